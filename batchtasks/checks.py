@@ -1,0 +1,59 @@
+"""System checks: bad configuration is an error with a hint, found at startup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core import checks
+from django.db import connections
+
+from .exceptions import BatchTasksError
+
+
+@checks.register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """``BATCHTASKS`` and its per-type overrides must be valid."""
+    from .conf import get_settings
+    from .registry import registry
+
+    try:
+        conf = get_settings()
+    except BatchTasksError as exc:
+        return [checks.Error(str(exc), hint="Fix settings.BATCHTASKS.", id="batchtasks.E001")]
+    errors: list[checks.CheckMessage] = []
+    for name, overrides in conf.TYPES.items():
+        if name not in registry:
+            errors.append(
+                checks.Warning(
+                    f"BATCHTASKS['TYPES'] configures {name!r}, which is not a registered type.",
+                    hint="Check the name, or add its module to BATCHTASKS['PLUGINS'].",
+                    id="batchtasks.W001",
+                )
+            )
+            continue
+        try:
+            registry.get(name).definition_values(overrides)
+        except BatchTasksError as exc:
+            errors.append(checks.Error(str(exc), id="batchtasks.E002"))
+    return errors
+
+
+@checks.register(checks.Tags.database)
+def check_database(databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """SQLite must support ``UPDATE … RETURNING`` (3.35 or newer)."""
+    errors: list[checks.CheckMessage] = []
+    for alias in databases or ():
+        connection = connections[alias]
+        if connection.vendor != "sqlite":
+            continue
+        version = connection.Database.sqlite_version_info
+        if version < (3, 35):
+            errors.append(
+                checks.Error(
+                    f"batchtasks needs SQLite 3.35 or newer; database {alias!r} has "
+                    f"{'.'.join(map(str, version))}.",
+                    hint="Use a newer Python build or PostgreSQL.",
+                    id="batchtasks.E003",
+                )
+            )
+    return errors

@@ -1,0 +1,57 @@
+"""Encoding of task parameters: JSON by default, raw bytes when passed explicitly; never pickle."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .exceptions import InvalidParameters
+
+JSON = "json"
+BYTES = "bytes"
+CODECS = (JSON, BYTES)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Parameters ready to store."""
+
+    data: bytes
+    codec: str
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+def encode(params: Any, *, type_name: str, limit: int) -> Encoded:
+    """Encode parameters for storage, or raise ``InvalidParameters`` saying what to change."""
+    if isinstance(params, bytes | bytearray | memoryview):
+        encoded = Encoded(bytes(params), BYTES)
+    else:
+        try:
+            text = json.dumps(params, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise InvalidParameters(
+                f"Parameters for {type_name!r} cannot be stored as JSON: {exc}. "
+                "Pass only dicts, lists, strings, numbers, booleans and None "
+                "(convert dates and decimals to strings), or pass bytes."
+            ) from exc
+        encoded = Encoded(text.encode(), JSON)
+    if encoded.size > limit:
+        raise InvalidParameters(
+            f"Parameters for {type_name!r} are {encoded.size:,} bytes; the limit is {limit:,} "
+            "(BATCHTASKS['MAX_PARAMS_BYTES']). Store large data elsewhere (a file or a model) "
+            "and pass a reference to it."
+        )
+    return encoded
+
+
+def decode(data: bytes, codec: str) -> Any:
+    """Turn stored parameters back into what was submitted."""
+    if codec == JSON:
+        return json.loads(data)
+    if codec == BYTES:
+        return bytes(data)
+    raise InvalidParameters(f"Unknown parameter codec {codec!r}; known codecs are {CODECS}.")

@@ -1,0 +1,211 @@
+"""The dispatcher: admit waiting tasks into their Celery queue, never past a limit.
+
+A pass for one queue runs in a transaction holding that queue's lock (its row,
+``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's write lock taken at ``BEGIN``).
+It counts the queue's and each type's tasks in flight, admits as many due
+``new`` tasks as there are free slots (priority, then fair turn, then age),
+commits, and only then publishes one message per admitted task. A failed
+publish puts the tasks back to ``new``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import partial
+
+from django.db import connections, router, transaction
+
+from . import transitions
+from .conf import get_settings
+from .models import BatchQueue, BatchTask, BatchTaskDefinition
+from .states import TaskState
+
+logger = logging.getLogger(__name__)
+
+_counter = itertools.count()
+_local = threading.local()
+
+
+@dataclass(frozen=True)
+class TypeSlot:
+    """A type of the queue being dispatched, with its free slots."""
+
+    definition_id: int
+    limit: int | None
+    in_flight: int
+
+    def free(self, queue_free: int) -> int:
+        if self.limit is None:
+            return queue_free
+        return min(queue_free, self.limit - self.in_flight)
+
+
+def _last_pass() -> dict[tuple[str, str], int]:
+    if not hasattr(_local, "last_pass"):
+        _local.last_pass = {}
+    return _local.last_pass  # type: ignore[no-any-return]
+
+
+def dispatch_on_commit(queue: str, *, using: str) -> None:
+    """Run a pass for ``queue`` once the current transaction commits (at once if none)."""
+    token = next(_counter)
+    transaction.on_commit(partial(_after_commit, queue, using, token), using=using, robust=True)
+
+
+def _after_commit(queue: str, using: str, token: int) -> None:
+    # Several submits in one transaction register several callbacks; a pass that
+    # started after this one was registered has already seen its task.
+    if _last_pass().get((using, queue), -1) > token:
+        return
+    dispatch_queue(queue, using=using)
+
+
+def dispatch_queue(queue: str, *, using: str | None = None) -> int:
+    """Run one pass for ``queue`` and publish what it admitted; return how many."""
+    db = using or router.db_for_write(BatchTask)
+    if connections[db].in_atomic_block:
+        dispatch_on_commit(queue, using=db)
+        return 0
+    _last_pass()[(db, queue)] = next(_counter)
+    with transaction.atomic(using=db):
+        admitted = _admit(queue, db)
+    if admitted:
+        _publish(queue, admitted, db)
+    return len(admitted)
+
+
+def dispatch_all(queues: Iterable[str] | None = None, *, using: str | None = None) -> int:
+    """Run a pass for each of ``queues`` (default: every known queue)."""
+    db = using or router.db_for_write(BatchTask)
+    if queues is None:
+        queues = BatchQueue.objects.using(db).values_list("name", flat=True)
+    return sum(dispatch_queue(queue, using=db) for queue in list(queues))
+
+
+def _lock_queue(
+    queue: str, db: str
+) -> tuple[int | None, list[tuple[int, int | None, bool]]] | None:
+    """Lock the queue row; return its limit and its types, or ``None`` if it has no row."""
+    connection = connections[db]
+    q = connection.ops.quote_name(BatchQueue._meta.db_table)
+    d = connection.ops.quote_name(BatchTaskDefinition._meta.db_table)
+    lock = " FOR UPDATE OF q" if connection.features.has_select_for_update_of else ""
+    if not lock:
+        # No row locks (SQLite): take the database's write lock before reading anything.
+        with connection.cursor() as cursor:
+            cursor.execute(f"UPDATE {q} SET name = name WHERE name = %s", [queue])
+    sql = (
+        f"SELECT q.max_concurrency, d.id, d.max_concurrency, d.enabled FROM {q} q "
+        f"LEFT JOIN {d} d ON d.queue = q.name WHERE q.name = %s ORDER BY d.id{lock}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [queue])
+        rows = cursor.fetchall()
+    if not rows:
+        return None
+    types = [(row[1], row[2], bool(row[3])) for row in rows if row[1] is not None]
+    return rows[0][0], types
+
+
+def _in_flight(queue: str, definition_ids: list[int], db: str) -> tuple[int, dict[int, int]]:
+    """Tasks queued or running: in the queue, and of each of the types (in any queue)."""
+    connection = connections[db]
+    t = connection.ops.quote_name(BatchTask._meta.db_table)
+    marks = ", ".join(["%s"] * len(definition_ids))
+    sql = (
+        f"SELECT definition_id, queue, COUNT(*) FROM {t} WHERE state IN (%s, %s) "
+        f"AND (queue = %s OR definition_id IN ({marks})) GROUP BY definition_id, queue"
+    )
+    params = [TaskState.QUEUED, TaskState.RUNNING, queue, *definition_ids]
+    in_queue = 0
+    per_type: dict[int, int] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for definition_id, task_queue, count in cursor.fetchall():
+            if task_queue == queue:
+                in_queue += count
+            per_type[definition_id] = per_type.get(definition_id, 0) + count
+    return in_queue, per_type
+
+
+def _admit(queue: str, db: str) -> list[tuple[int, int]]:
+    locked = _lock_queue(queue, db)
+    if locked is None:
+        return []
+    queue_limit, types = locked
+    enabled = [(pk, limit) for pk, limit, on in types if on]
+    if not enabled:
+        return []
+    in_queue, per_type = _in_flight(queue, [pk for pk, _ in enabled], db)
+    cap = queue_limit if queue_limit is not None else get_settings().DISPATCH_WINDOW
+    queue_free = cap - in_queue
+    if queue_free <= 0:
+        return []
+    slots = [TypeSlot(pk, limit, per_type.get(pk, 0)) for pk, limit in enabled]
+    open_slots = [slot for slot in slots if slot.free(queue_free) > 0]
+    skip_locked = connections[db].features.has_select_for_update_skip_locked
+    if len(open_slots) == 1:
+        slot = open_slots[0]
+        return transitions.admit(
+            None,
+            queue=queue,
+            using=db,
+            definition_id=slot.definition_id,
+            limit=slot.free(queue_free),
+            skip_locked=skip_locked,
+        )
+    if not open_slots:
+        return []
+    chosen = _merge_candidates(open_slots, queue_free, db)
+    return transitions.admit(chosen, queue=queue, using=db)
+
+
+def _merge_candidates(slots: list[TypeSlot], queue_free: int, db: str) -> list[int]:
+    """The best ``queue_free`` due tasks across several types, each within its own slots."""
+    from django.db.models import Q
+    from django.utils import timezone
+
+    now = timezone.now()
+    candidates: list[tuple[int, int]] = []
+    for slot in slots:
+        rows = (
+            BatchTask.objects.using(db)
+            .filter(definition_id=slot.definition_id, state=TaskState.NEW)
+            .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
+            .order_by("-priority", "fair_round", "id")
+            .values_list("priority", "id")[: slot.free(queue_free)]
+        )
+        candidates.extend(rows)
+    candidates.sort(key=lambda row: (-row[0], row[1]))
+    return [pk for _, pk in candidates[:queue_free]]
+
+
+def _publish(queue: str, admitted: list[tuple[int, int]], db: str) -> None:
+    from .tasks import publish
+
+    try:
+        publish(queue, admitted)
+    except Exception:
+        ids = [pk for pk, _ in admitted]
+        logger.exception("batchtasks publish failed queue=%s tasks=%d", queue, len(ids))
+        transitions.unqueue(ids, using=db)
+
+
+# --- refill after a finish ------------------------------------------------------
+_refill_times: dict[tuple[str, str], float] = {}
+
+
+def refill(queue: str, *, limited: bool, using: str) -> None:
+    """Refill the slot a finished task freed: at once for limited queues and types,
+    at most every ``REFILL_INTERVAL`` for unlimited ones (their window is large)."""
+    key = (using, queue)
+    now = time.monotonic()
+    if not limited and now - _refill_times.get(key, 0.0) < get_settings().REFILL_INTERVAL:
+        return
+    _refill_times[key] = now
+    dispatch_queue(queue, using=using)

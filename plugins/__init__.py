@@ -1,0 +1,1 @@
+"""Example task types of the reference project."""

@@ -1,0 +1,65 @@
+"""Small task types for demos, tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from batchtasks import BatchTaskPlugin, batchtask
+
+
+def _record(params: dict[str, Any], task_id: int | None, start: float, end: float) -> None:
+    """Append one line per run to ``params["record_dir"]/<task id>`` (a real side effect
+    that tests count to prove a task ran exactly once)."""
+    directory = params.get("record_dir")
+    if directory:
+        with Path(directory, str(task_id)).open("a") as fh:
+            fh.write(f"{os.getpid()} {start:.6f} {end:.6f}\n")
+
+
+@batchtask("examples.noop", description="Do nothing (benchmarks).")
+class Noop(BatchTaskPlugin):
+    """Do nothing and return nothing."""
+
+    def run(self, params: Any) -> None:
+        return None
+
+
+@batchtask("examples.sleep", description="Sleep for params['seconds'], checking for cancel.")
+class Sleep(BatchTaskPlugin):
+    """Sleep in small steps, checking for cancellation between them."""
+
+    def run(self, params: dict[str, Any]) -> dict[str, Any]:
+        seconds = float(params.get("seconds", 1.0))
+        start = time.time()
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(0.05, left))
+            self.check_cancelled()
+        end = time.time()
+        _record(params, self.task_id, start, end)
+        return {"slept": seconds, "start": start, "end": end, "pid": os.getpid()}
+
+
+@batchtask("examples.fail", description="Raise an error with params['message'].")
+class Fail(BatchTaskPlugin):
+    """Fail on purpose."""
+
+    def run(self, params: dict[str, Any]) -> None:
+        raise ValueError(params.get("message", "failed on purpose"))
+
+
+@batchtask("examples.progress", description="Report progress in params['steps'] steps.")
+class Progress(BatchTaskPlugin):
+    """Walk through steps, reporting progress after each."""
+
+    def run(self, params: dict[str, Any]) -> dict[str, Any]:
+        steps = int(params.get("steps", 10))
+        delay = float(params.get("delay", 0.2))
+        for step in range(1, steps + 1):
+            time.sleep(delay)
+            self.check_cancelled()
+            self.progress(100 * step / steps, f"step {step} of {steps}")
+        return {"steps": steps}

@@ -1,0 +1,5 @@
+"""The reference Django project that serves batchtasks."""
+
+from .celery import app as celery_app
+
+__all__ = ["celery_app"]

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from django.db import connection
+
+from batchtasks.definitions import get_definition, sync_definitions
+from batchtasks.models import BatchTaskDefinition
+from tests.workers import Worker
+
+ALL_QUEUES = [
+    "batch.examples.noop",
+    "batch.examples.sleep",
+    "batch.examples.fail",
+    "batch.examples.progress",
+    "batch.reports",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _require_postgres(django_db_setup: None) -> None:
+    if connection.vendor != "postgresql":
+        pytest.exit("The tests need PostgreSQL: set DATABASE_URL (see README).", returncode=2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_redis_prefix() -> Iterator[None]:
+    yield
+    prefix = os.environ["BATCHTASKS_REDIS_PREFIX"]
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+def purge_queues(queues: list[str]) -> None:
+    """Drop messages left in the broker by earlier tests."""
+    from project.celery import app
+
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for queue in queues:
+            channel.queue_purge(queue)
+
+
+@pytest.fixture
+def record_dir(tmp_path: Path) -> Path:
+    """Where example plugins append one line per run (see plugins.examples)."""
+    path = tmp_path / "runs"
+    path.mkdir()
+    return path
+
+
+def runs_of(record_dir: Path, task_id: int) -> list[tuple[int, float, float]]:
+    """The runs the plugin itself recorded for a task: (pid, start, end)."""
+    path = record_dir / str(task_id)
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    return [(int(p), float(s), float(e)) for p, s, e in (line.split() for line in lines)]
+
+
+@pytest.fixture
+def definitions(transactional_db: None) -> None:
+    sync_definitions()
+
+
+def set_limit(type_name: str, limit: int | None) -> None:
+    definition = get_definition(type_name)
+    BatchTaskDefinition.objects.filter(pk=definition.pk).update(max_concurrency=limit)
+
+
+@pytest.fixture
+def start_worker(
+    transactional_db: None, definitions: None, tmp_path: Path
+) -> Iterator[Callable[..., Worker]]:
+    """Start real worker processes; all are stopped before the database is flushed."""
+    started: list[Worker] = []
+    purge_queues(ALL_QUEUES)
+
+    def start(
+        name: str = "w1",
+        queues: list[str] | None = None,
+        concurrency: int = 2,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> Worker:
+        worker = Worker(
+            name, queues or ALL_QUEUES, concurrency=concurrency, log_dir=tmp_path, env=env
+        )
+        started.append(worker)
+        return worker.start(wait=wait)
+
+    yield start
+    for worker in started:
+        worker.stop()
+    connection.close()

@@ -1,0 +1,120 @@
+"""Real ``celery worker`` subprocesses on the test database and the run's Redis prefix."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)
+
+
+def database_url() -> str:
+    """A URL of the database the tests use (the test database, once created)."""
+    s = connection.settings_dict
+    user = s.get("USER") or ""
+    password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
+    auth = f"{user}{password}@" if user else ""
+    return f"postgres://{auth}{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+class Worker:
+    """One ``celery -A project worker`` process group."""
+
+    def __init__(
+        self,
+        name: str,
+        queues: list[str],
+        *,
+        concurrency: int = 2,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.queues = queues
+        self.concurrency = concurrency
+        self.log_path = log_dir / f"worker-{name}.log"
+        self.extra_env = env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def hostname(self) -> str:
+        return f"{self.name}@{os.uname().nodename}"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "celery", "-A", "project", "worker",
+            "-Q", ",".join(self.queues), "-c", str(self.concurrency), "-n", f"{self.name}@%h",
+            "-P", "prefork", "--prefetch-multiplier", "1",
+            "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info",
+        ]  # fmt: skip
+
+    def start(self, wait: bool = True) -> Worker:
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "DATABASE_URL": database_url(),
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        }
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"worker {self.name} exited early:\n{self.log()[-4000:]}")
+            return f"{self.hostname} ready." in self.log()
+
+        wait_for(ready, timeout=timeout, interval=0.1)
+
+    def _signal_group(self, sig: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool children), as an OOM killer would."""
+        self._signal_group(signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Warm shutdown; kill if it takes longer than ``timeout``."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout)
+        self._signal_group(signal.SIGKILL)
+        self.process.wait(10)

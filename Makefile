@@ -1,0 +1,61 @@
+# The commands of this project. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements/base.txt requirements/dev.txt | sha1sum | cut -c1-12)
+
+# Tests and benchmarks use the real PostgreSQL and Redis of this machine.
+TEST_ENV := DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/batchtasks} \
+            REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0}
+
+.PHONY: all run test lint format typecheck bench services requirements clean
+
+all: test
+
+$(STAMP): requirements/base.txt requirements/dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements/base.txt -r requirements/dev.txt
+	rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+## run: the web server and one worker for every batch queue (SQLite + filesystem broker
+##      unless DATABASE_URL / REDIS_URL are set); Ctrl-C stops both.
+run: $(STAMP)
+	$(BIN)/python -m project.dev
+
+## test: checks, lint, types and the whole test suite on PostgreSQL and Redis.
+test: $(STAMP) services
+	$(TEST_ENV) $(BIN)/python manage.py check --fail-level WARNING
+	$(TEST_ENV) $(BIN)/python manage.py makemigrations --check --dry-run
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(TEST_ENV) $(BIN)/python -m pytest
+
+lint:
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format:
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+typecheck:
+	$(BIN)/mypy
+
+## bench: throughput and latency against plain Celery, on PostgreSQL and Redis.
+bench: $(STAMP) services
+	$(TEST_ENV) $(BIN)/python -m bench.run
+
+services:
+	@.ci/services
+
+requirements:
+	$(BIN)/pip-compile --quiet --no-emit-index-url --no-emit-find-links --strip-extras \
+	    --allow-unsafe -o requirements/base.txt requirements/base.in
+	$(BIN)/pip-compile --quiet --no-emit-index-url --no-emit-find-links --strip-extras \
+	    --allow-unsafe -o requirements/dev.txt requirements/dev.in
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

@@ -15,7 +15,7 @@ from django.utils.translation import ngettext
 from .models import BatchQueue, BatchTask, BatchTaskAttempt, BatchTaskDefinition
 from .states import Priority, TaskState
 
-STATE_COLOURS = {
+STATE_COLOURS: dict[str, str] = {
     TaskState.NEW: "#6c757d",
     TaskState.QUEUED: "#0d6efd",
     TaskState.RUNNING: "#fd7e14",
@@ -30,7 +30,7 @@ class PriorityFilter(admin.SimpleListFilter):
     title = _("priority")
     parameter_name = "priority_band"
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
         return [
             ("immediate", _("Immediate (100)")),
             ("important", _("Important (50 to 99)")),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from django.core import checks
@@ -46,7 +47,7 @@ def check_database(databases: Any = None, **kwargs: Any) -> list[checks.CheckMes
         connection = connections[alias]
         if connection.vendor != "sqlite":
             continue
-        version = connection.Database.sqlite_version_info
+        version = sqlite3.sqlite_version_info
         if version < (3, 35):
             errors.append(
                 checks.Error(

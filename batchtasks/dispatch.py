@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from django.db import connections, router, transaction
 
@@ -48,7 +49,7 @@ class TypeSlot:
 def _last_pass() -> dict[tuple[str, str], int]:
     if not hasattr(_local, "last_pass"):
         _local.last_pass = {}
-    return _local.last_pass  # type: ignore[no-any-return]
+    return _local.last_pass
 
 
 def dispatch_on_commit(queue: str, *, using: str) -> None:
@@ -121,7 +122,7 @@ def _in_flight(queue: str, definition_ids: list[int], db: str) -> tuple[int, dic
         f"SELECT definition_id, queue, COUNT(*) FROM {t} WHERE state IN (%s, %s) "
         f"AND (queue = %s OR definition_id IN ({marks})) GROUP BY definition_id, queue"
     )
-    params = [TaskState.QUEUED, TaskState.RUNNING, queue, *definition_ids]
+    params: list[Any] = [TaskState.QUEUED, TaskState.RUNNING, queue, *definition_ids]
     in_queue = 0
     per_type: dict[int, int] = {}
     with connection.cursor() as cursor:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
+from django.db import models, router
 from django.db.models import Q
 from django.utils.functional import cached_property
 from django.utils.translation import gettext_lazy as _
@@ -308,21 +308,24 @@ class BatchTask(models.Model):
             using=using,
         )
 
+    def _db_for_write(self) -> str:
+        return self._state.db or router.db_for_write(BatchTask, instance=self)
+
     def cancel(self) -> bool:
         """Cancel a waiting task at once, or ask a running one to stop; True if it applied."""
         from . import transitions
 
-        applied = transitions.cancel(self.pk, using=self._state.db)
+        applied = transitions.cancel(self.pk, using=self._db_for_write())
         self.refresh_from_db(fields=["state", "cancel_requested", "finished_at"])
         return applied
 
     def set_priority(self, priority: int) -> bool:
-        """Move a waiting task in line; True if it was still waiting."""
+        """Move a task in line; True if it was still waiting for dispatch (state new)."""
         from . import transitions
         from .submit import check_priority
 
         value = check_priority(priority)
-        applied = transitions.set_priority(self.pk, value, using=self._state.db)
+        applied = transitions.set_priority(self.pk, value, using=self._db_for_write())
         if applied:
             self.priority = value
         return applied

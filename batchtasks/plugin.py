@@ -72,6 +72,8 @@ class BatchTaskPlugin:
         """The ``BatchTask`` row (read once, on first use)."""
         from .models import BatchTask
 
+        if self.task_id is None:
+            raise LookupError("This plugin is not running as a stored task, so it has no row.")
         return BatchTask.objects.select_related("owner", "definition").get(pk=self.task_id)
 
     def progress(self, percent: float, message: str | None = None) -> None:

@@ -136,23 +136,34 @@ def _prepare(
 
 
 def _first_round(request: Request) -> int:
-    """Start-time fair queueing: a key's next turn is after its own waiting tasks, and
-    never before the head of the line, so a newcomer is served within one round."""
+    """Start-time fair queueing. A task's turn is after its key's own waiting tasks and
+    never before the turn being served now (the newest in flight, else the head of the
+    line), so a newcomer waits at most one round whatever the backlog of others."""
     table = connections[request.db].ops.quote_name(BatchTask._meta.db_table)
+    definition = request.definition
     sql = (
-        f"SELECT (SELECT MIN(fair_round) FROM {table} WHERE definition_id = %s AND state = %s), "
+        f"SELECT (SELECT MAX(fair_round) FROM {table} WHERE queue = %s AND definition_id = %s "
+        "AND state IN (%s, %s)), "
+        f"(SELECT MIN(fair_round) FROM {table} WHERE definition_id = %s AND state = %s), "
         f"(SELECT MAX(fair_round) FROM {table} WHERE definition_id = %s AND state = %s "
         "AND fairness_key = %s)"
     )
-    definition_id = request.definition.pk
+    params: list[Any] = [
+        definition.queue,
+        definition.pk,
+        TaskState.QUEUED,
+        TaskState.RUNNING,
+        definition.pk,
+        TaskState.NEW,
+        definition.pk,
+        TaskState.NEW,
+        request.fairness_key,
+    ]
     with connections[request.db].cursor() as cursor:
-        cursor.execute(
-            sql,
-            [definition_id, TaskState.NEW, definition_id, TaskState.NEW, request.fairness_key],
-        )
-        head, last = cursor.fetchone()
-    head = head or 0
-    return head if last is None else max(head, last + 1)
+        cursor.execute(sql, params)
+        serving, head, last = cursor.fetchone()
+    now = serving if serving is not None else (head or 0)
+    return now if last is None else max(now, last + 1)
 
 
 def _parameters(task: BatchTask, encoded: Encoded) -> BatchTaskParameters:

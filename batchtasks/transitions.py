@@ -269,8 +269,6 @@ def cancel(task_id: int, *, using: str) -> bool:
 
 
 def set_priority(task_id: int, priority: int, *, using: str) -> bool:
-    """Change the priority of a task that has not started; True if it applied."""
-    waiting = BatchTask.objects.using(using).filter(
-        pk=task_id, state__in=(TaskState.NEW, TaskState.QUEUED)
-    )
+    """Change the priority of a task still waiting for dispatch; True if it applied."""
+    waiting = BatchTask.objects.using(using).filter(pk=task_id, state=TaskState.NEW)
     return bool(waiting.update(priority=priority))

@@ -52,7 +52,7 @@ def main() -> None:
         f"\nbatchtasks (database: {database}, broker: {broker})\n"
         f"  admin:  http://127.0.0.1:{port}/admin/  {login}\n"
         f"  worker: one worker for {', '.join(queues)}\n"
-        "  try:    python manage.py shell -c \"from batchtasks import BatchTask; "
+        '  try:    python manage.py shell -c "from batchtasks import BatchTask; '
         "BatchTask.submit('examples.sleep', {'seconds': 3})\"\n"
         "Ctrl-C stops everything.\n",
         flush=True,

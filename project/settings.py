@@ -85,7 +85,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": RUN_DIR / "db.sqlite3",
+            "NAME": str(RUN_DIR / "db.sqlite3"),
             "OPTIONS": {
                 # One writer at a time, taken at BEGIN: the dispatcher's lock on SQLite.
                 "transaction_mode": "IMMEDIATE",

@@ -39,6 +39,10 @@ class BatchTasksSettings:
     LEASE_SECONDS: float = 30.0
     #: Keep database connections between tasks (Celery's Django fixup closes them).
     KEEP_DB_CONNECTIONS: bool = True
+    #: Worker state writes wait for PostgreSQL's WAL flush (see batchtasks.db).
+    SYNCHRONOUS_COMMIT: bool = False
+    #: Prepared statements on the worker's state connection (off behind old PgBouncers).
+    PREPARED_STATEMENTS: bool = True
     #: The ``-A`` argument printed in worker command lines (default: the Celery app's name).
     CELERY_APP: str | None = None
 

@@ -20,11 +20,13 @@ from functools import partial
 from typing import Any
 
 from django.db import connections, router, transaction
+from django.utils import timezone
 
 from . import transitions
 from .conf import get_settings
+from .db import state_db
 from .models import BatchQueue, BatchTask, BatchTaskDefinition
-from .states import TaskState
+from .states import IN_FLIGHT_STATES, TaskState
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,11 @@ def dispatch_on_commit(queue: str, *, using: str) -> None:
     transaction.on_commit(partial(_after_commit, queue, using, token), using=using, robust=True)
 
 
+def publish_on_commit(queue: str, tasks: list[tuple[int, int]], *, using: str) -> None:
+    """Publish tasks already marked queued once the current transaction commits."""
+    transaction.on_commit(partial(_publish, queue, tasks, using), using=using, robust=True)
+
+
 def _after_commit(queue: str, using: str, token: int) -> None:
     # Several submits in one transaction register several callbacks; a pass that
     # started after this one was registered has already seen its task.
@@ -68,11 +75,12 @@ def _after_commit(queue: str, using: str, token: int) -> None:
 
 def dispatch_queue(queue: str, *, using: str | None = None) -> int:
     """Run one pass for ``queue`` and publish what it admitted; return how many."""
-    db = using or router.db_for_write(BatchTask)
-    if connections[db].in_atomic_block:
-        dispatch_on_commit(queue, using=db)
+    caller = using or router.db_for_write(BatchTask)
+    if connections[caller].in_atomic_block:
+        dispatch_on_commit(queue, using=caller)
         return 0
-    _last_pass()[(db, queue)] = next(_counter)
+    db = state_db(caller)
+    _last_pass()[(caller, queue)] = next(_counter)
     with transaction.atomic(using=db):
         admitted = _admit(queue, db)
     if admitted:
@@ -119,10 +127,11 @@ def _in_flight(queue: str, definition_ids: list[int], db: str) -> tuple[int, dic
     t = connection.ops.quote_name(BatchTask._meta.db_table)
     marks = ", ".join(["%s"] * len(definition_ids))
     sql = (
-        f"SELECT definition_id, queue, COUNT(*) FROM {t} WHERE state IN (%s, %s) "
+        f"SELECT definition_id, queue, COUNT(*) FROM {t} "
+        f"WHERE state IN ({transitions.states_sql(*IN_FLIGHT_STATES)}) "
         f"AND (queue = %s OR definition_id IN ({marks})) GROUP BY definition_id, queue"
     )
-    params: list[Any] = [TaskState.QUEUED, TaskState.RUNNING, queue, *definition_ids]
+    params: list[Any] = [queue, *definition_ids]
     in_queue = 0
     per_type: dict[int, int] = {}
     with connection.cursor() as cursor:
@@ -168,20 +177,20 @@ def _admit(queue: str, db: str) -> list[tuple[int, int]]:
 
 def _merge_candidates(slots: list[TypeSlot], queue_free: int, db: str) -> list[int]:
     """The best ``queue_free`` due tasks across several types, each within its own slots."""
-    from django.db.models import Q
-    from django.utils import timezone
-
-    now = timezone.now()
+    connection = connections[db]
+    t = connection.ops.quote_name(BatchTask._meta.db_table)
+    sql = (
+        f"SELECT priority, id FROM {t} WHERE definition_id = %s "
+        f"AND state = {transitions.states_sql(TaskState.NEW)} "
+        "AND (run_after IS NULL OR run_after <= %s) "
+        "ORDER BY priority DESC, fair_round, id LIMIT %s"
+    )
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
     candidates: list[tuple[int, int]] = []
-    for slot in slots:
-        rows = (
-            BatchTask.objects.using(db)
-            .filter(definition_id=slot.definition_id, state=TaskState.NEW)
-            .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
-            .order_by("-priority", "fair_round", "id")
-            .values_list("priority", "id")[: slot.free(queue_free)]
-        )
-        candidates.extend(rows)
+    with connection.cursor() as cursor:
+        for slot in slots:
+            cursor.execute(sql, [slot.definition_id, now, slot.free(queue_free)])
+            candidates.extend(cursor.fetchall())
     candidates.sort(key=lambda row: (-row[0], row[1]))
     return [pk for _, pk in candidates[:queue_free]]
 

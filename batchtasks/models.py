@@ -10,10 +10,12 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, router
 from django.db.models import Q
+from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.translation import gettext_lazy as _
 
 from .states import (
+    FINAL_STATES,
     PRIORITY_MAX,
     PRIORITY_MIN,
     STATE_CODES,
@@ -111,11 +113,14 @@ class TaskError:
 class BatchTask(models.Model):
     """One piece of background work and everything known about it; the row is the truth."""
 
+    # Every index costs a write on each state change; the ones in Meta serve every
+    # query that matters, so the foreign keys go without their default indexes.
     definition = models.ForeignKey(
         BatchTaskDefinition,
         on_delete=models.PROTECT,
         related_name="tasks",
         verbose_name=_("type"),
+        db_index=False,
     )
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -124,6 +129,7 @@ class BatchTask(models.Model):
         blank=True,
         related_name="batch_tasks",
         verbose_name=_("owner"),
+        db_index=False,
     )
     state = models.CharField(
         _("state"), max_length=16, choices=TaskState.choices, default=TaskState.NEW
@@ -151,7 +157,7 @@ class BatchTask(models.Model):
     worker = models.CharField(_("worker"), max_length=200, blank=True)
     lease_expires_at = models.DateTimeField(_("lease expires"), null=True, blank=True)
     cancel_requested = models.BooleanField(_("cancel requested"), default=False)
-    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    created_at = models.DateTimeField(_("created"), default=timezone.now, editable=False)
     queued_at = models.DateTimeField(_("queued"), null=True, blank=True)
     started_at = models.DateTimeField(_("started"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
@@ -193,7 +199,12 @@ class BatchTask(models.Model):
             ),
             # "My tasks", newest first.
             models.Index(fields=["owner", "-created_at"], name="batchtask_owner_idx"),
-            models.Index(fields=["state", "finished_at"], name="batchtask_state_finished_idx"),
+            # Retention purges and recent failures.
+            models.Index(
+                fields=["finished_at"],
+                name="batchtask_finished_idx",
+                condition=Q(state__in=list(FINAL_STATES)),
+            ),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -236,8 +247,6 @@ class BatchTask(models.Model):
         """Time from start to finish (or to now while running)."""
         if self.started_at is None:
             return None
-        from django.utils import timezone
-
         return (self.finished_at or timezone.now()) - self.started_at
 
     @cached_property
@@ -352,7 +361,9 @@ class BatchTaskParameters(models.Model):
 class BatchTaskAttempt(models.Model):
     """One run of a task, written when the attempt ends."""
 
-    task = models.ForeignKey(BatchTask, on_delete=models.CASCADE, related_name="attempts")
+    task = models.ForeignKey(
+        BatchTask, on_delete=models.CASCADE, related_name="attempts", db_index=False
+    )  # the unique (task, number) index serves lookups by task
     number = models.PositiveIntegerField(_("attempt"))
     worker = models.CharField(_("worker"), max_length=200, blank=True)
     started_at = models.DateTimeField(_("started"), null=True)

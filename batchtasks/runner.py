@@ -14,6 +14,7 @@ from django.db import InterfaceError, OperationalError, connections, router
 from . import dispatch, transitions
 from .codecs import decode
 from .conf import get_settings
+from .db import state_db
 from .exceptions import ResultNotSerializable, TaskCancelled
 from .models import BatchQueue, BatchTask, BatchTaskDefinition
 from .registry import registry
@@ -87,7 +88,7 @@ def _with_reconnect(action: Callable[[], T], using: str) -> T:
 def execute(task_id: int, *, worker: str, using: str | None = None) -> None:
     """Claim task ``task_id`` and run it to an outcome; a message for a task that is not
     queued (a duplicate, a stale redelivery, a cancelled task) runs nothing."""
-    db = using or router.db_for_write(BatchTask)
+    db = state_db(using or router.db_for_write(BatchTask))
     lease = get_settings().LEASE_SECONDS
     claim = _with_reconnect(
         lambda: transitions.claim(task_id, worker=worker, lease_seconds=lease, using=db), db
@@ -106,7 +107,10 @@ def execute(task_id: int, *, worker: str, using: str | None = None) -> None:
             claim.task_id,
             claim.attempt,
         )
-    dispatch.refill(claim.queue, limited=_is_limited(claim, db), using=db)
+    try:
+        dispatch.refill(claim.queue, limited=_is_limited(claim, db), using=db)
+    except Exception:  # the worker's periodic pass will refill instead
+        logger.exception("batchtasks refill failed queue=%s", claim.queue)
 
 
 def run_plugin(claim: transitions.Claim, context: RunnerContext) -> transitions.Outcome:

@@ -6,9 +6,11 @@ from typing import Any
 
 from celery import shared_task
 
+from . import publish as publishing
 from . import runner
+from .publish import RUN_TASK_NAME, message_id
 
-RUN_TASK_NAME = "batchtasks.run"
+__all__ = ["RUN_TASK_NAME", "message_id", "publish", "run_batch_task"]
 
 
 @shared_task(
@@ -24,20 +26,6 @@ def run_batch_task(self: Any, task_id: int) -> None:
     runner.execute(int(task_id), worker=self.request.hostname or "unknown")
 
 
-def message_id(task_id: int, attempt: int) -> str:
-    """The Celery task id of a batch task's message: readable in Flower and in logs."""
-    return f"batchtask-{task_id}-{attempt}"
-
-
 def publish(queue: str, tasks: list[tuple[int, int]]) -> None:
-    """Publish one message per ``(task id, attempt)`` to ``queue`` over one connection."""
-    app = run_batch_task.app
-    with app.producer_or_acquire() as producer:
-        for task_id, attempt in tasks:
-            run_batch_task.apply_async(
-                (task_id,),
-                queue=queue,
-                routing_key=queue,
-                task_id=message_id(task_id, attempt),
-                producer=producer,
-            )
+    """Publish one message per ``(task id, attempt)`` to ``queue`` with the current Celery app."""
+    publishing.publish(run_batch_task.app, queue, tasks)

@@ -59,8 +59,14 @@ class _Tables:
         self.definition = quote(BatchTaskDefinition._meta.db_table)
 
 
-def _in(states: tuple[str, ...]) -> tuple[str, list[str]]:
-    return f"state IN ({', '.join(['%s'] * len(states))})", list(states)
+def states_sql(*states: str) -> str:
+    """States as SQL literals, for ``state IN (…)``.
+
+    Literals, not parameters: a prepared statement's generic plan can then still prove
+    the ``WHERE state …`` predicates of the partial indexes and use them.
+    """
+    assert all(s.isalpha() and s in TaskState.values for s in states)
+    return ", ".join(f"'{s}'" for s in states)
 
 
 def _dt(connection: BaseDatabaseWrapper, value: datetime | None) -> Any:
@@ -73,22 +79,19 @@ def claim(task_id: int, *, worker: str, lease_seconds: float, using: str) -> Cla
     connection = connections[using]
     t = _Tables(connection)
     now = timezone.now()
-    guard, guard_params = _in(sources_of(TaskState.RUNNING))
     sql = (
-        f"UPDATE {t.task} SET state = %s, started_at = %s, worker = %s, lease_expires_at = %s, "
-        "progress_percent = 0, progress_message = '' "
-        f"WHERE id = %s AND {guard} "
+        f"UPDATE {t.task} SET state = '{TaskState.RUNNING}', started_at = %s, worker = %s, "
+        "lease_expires_at = %s, progress_percent = 0, progress_message = '' "
+        f"WHERE id = %s AND state IN ({states_sql(*sources_of(TaskState.RUNNING))}) "
         "RETURNING attempt, definition_id, queue, "
         f"(SELECT data FROM {t.params} WHERE task_id = {t.task}.id), "
         f"(SELECT codec FROM {t.params} WHERE task_id = {t.task}.id)"
     )
     params = [
-        TaskState.RUNNING,
         _dt(connection, now),
         worker,
         _dt(connection, now + timedelta(seconds=lease_seconds)),
         task_id,
-        *guard_params,
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -107,10 +110,11 @@ def record_progress(
     t = _Tables(connection)
     sql = (
         f"UPDATE {t.task} SET progress_percent = %s, progress_message = %s "
-        "WHERE id = %s AND state = %s AND attempt = %s RETURNING cancel_requested"
+        f"WHERE id = %s AND state = '{TaskState.RUNNING}' AND attempt = %s "
+        "RETURNING cancel_requested"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [percent, message, task_id, TaskState.RUNNING, attempt])
+        cursor.execute(sql, [percent, message, task_id, attempt])
         row = cursor.fetchone()
     return None if row is None else bool(row[0])
 
@@ -140,7 +144,7 @@ def finish(task_id: int, attempt: int, outcome: Outcome, *, using: str) -> bool:
         "error_message = %s, error_traceback = %s, lease_expires_at = NULL, "
         "progress_percent = COALESCE(%s, progress_percent), "
         "progress_message = COALESCE(%s, progress_message) "
-        "WHERE id = %s AND state = %s AND attempt = %s "
+        f"WHERE id = %s AND state = '{TaskState.RUNNING}' AND attempt = %s "
         "RETURNING id, attempt, worker, started_at, finished_at, state, error_type, error_message"
     )
     params = [
@@ -153,7 +157,6 @@ def finish(task_id: int, attempt: int, outcome: Outcome, *, using: str) -> bool:
         percent,
         message,
         task_id,
-        TaskState.RUNNING,
         attempt,
     ]
     columns = "task_id, number, worker, started_at, finished_at, outcome, error_type, error_message"
@@ -212,31 +215,36 @@ def admit(
     connection = connections[using]
     t = _Tables(connection)
     now = timezone.now()
-    assignments = "state = %s, queued_at = %s, queue = %s"
-    values: list[Any] = [TaskState.QUEUED, _dt(connection, now), queue]
+    assignments = f"state = '{TaskState.QUEUED}', queued_at = %s, queue = %s"
+    values: list[Any] = [_dt(connection, now), queue]
+    new = states_sql(TaskState.NEW)
     if ids is None:
-        # A materialised pick: PostgreSQL may rescan an ``IN (… LIMIT n FOR UPDATE)``
-        # subquery and so update more than n rows.
+        # Materialised, then matched by primary key: PostgreSQL may rescan an
+        # ``IN (… LIMIT n FOR UPDATE)`` subquery, and with stale statistics it may join
+        # a materialised pick against the whole backlog.
         lock = " FOR UPDATE SKIP LOCKED" if skip_locked else ""
+        by_id = (
+            "= ANY(ARRAY(SELECT id FROM picked))"
+            if connection.vendor == "postgresql"
+            else ("IN (SELECT id FROM picked)")
+        )
         sql = (
             f"WITH picked AS MATERIALIZED (SELECT id FROM {t.task} WHERE definition_id = %s "
-            "AND state = %s AND (run_after IS NULL OR run_after <= %s) "
+            f"AND state = {new} AND (run_after IS NULL OR run_after <= %s) "
             f"ORDER BY priority DESC, fair_round, id LIMIT %s{lock}) "
-            f"UPDATE {t.task} SET {assignments} FROM picked "
-            f"WHERE {t.task}.id = picked.id AND {t.task}.state = %s "
-            f"RETURNING {t.task}.id, {t.task}.attempt"
+            f"UPDATE {t.task} SET {assignments} WHERE id {by_id} AND state = {new} "
+            "RETURNING id, attempt"
         )
-        params = [definition_id, TaskState.NEW, _dt(connection, now), limit, *values]
+        params = [definition_id, _dt(connection, now), limit, *values]
     else:
         if not ids:
             return []
         marks = ", ".join(["%s"] * len(ids))
         sql = (
-            f"UPDATE {t.task} SET {assignments} WHERE id IN ({marks}) AND state = %s "
+            f"UPDATE {t.task} SET {assignments} WHERE id IN ({marks}) AND state = {new} "
             "RETURNING id, attempt"
         )
         params = [*values, *ids]
-    params.append(TaskState.NEW)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return [(row[0], row[1]) for row in cursor.fetchall()]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, router
 
 from .conf import get_settings
+from .db import close_state_connections, state_db
 from .definitions import sync_definitions
 from .dispatch import dispatch_queue
 from .models import BatchQueue
@@ -41,6 +42,7 @@ class WorkerAgent:
                 self.tick()
         finally:
             connection.close()
+            close_state_connections()
 
     def _startup(self) -> None:
         try:
@@ -65,7 +67,8 @@ class WorkerAgent:
         """One round of periodic duties."""
         close_old_connections()
         try:
+            using = state_db(router.db_for_write(BatchQueue))
             for queue in self._batch_queues():
-                dispatch_queue(queue)
+                dispatch_queue(queue, using=using)
         except Exception:
             logger.exception("batchtasks dispatch pass failed worker=%s", self.hostname)

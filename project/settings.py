@@ -129,9 +129,17 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "control_folder": str(_broker_dir / "control"),
         "polling_interval": 0.1,
     }
-elif os.environ.get("BATCHTASKS_REDIS_PREFIX"):
-    # Lets several test runs share one Redis server without seeing each other.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": os.environ["BATCHTASKS_REDIS_PREFIX"]}
+else:
+    if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) and not env_flag(
+        "CELERY_STOCK_REDIS_TRANSPORT"
+    ):
+        # kombu's Redis transport without a new client object per command.
+        CELERY_BROKER_TRANSPORT = "batchtasks.broker:Transport"
+    if os.environ.get("BATCHTASKS_REDIS_PREFIX"):
+        # Lets several test runs share one Redis server without seeing each other.
+        CELERY_BROKER_TRANSPORT_OPTIONS = {
+            "global_keyprefix": os.environ["BATCHTASKS_REDIS_PREFIX"]
+        }
 
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_TASK_SERIALIZER = "json"

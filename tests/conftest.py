@@ -8,6 +8,7 @@ import pytest
 import redis
 from django.db import connection
 
+from batchtasks.db import close_state_connections
 from batchtasks.definitions import get_definition, sync_definitions
 from batchtasks.models import BatchTaskDefinition
 from tests.workers import Worker
@@ -22,9 +23,11 @@ ALL_QUEUES = [
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _require_postgres(django_db_setup: None) -> None:
+def _require_postgres(django_db_setup: None) -> Iterator[None]:
     if connection.vendor != "postgresql":
         pytest.exit("The tests need PostgreSQL: set DATABASE_URL (see README).", returncode=2)
+    yield
+    close_state_connections()  # before the test database is dropped
 
 
 @pytest.fixture(scope="session", autouse=True)

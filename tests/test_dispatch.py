@@ -239,3 +239,14 @@ def test_a_queue_row_is_created_when_a_type_moves_to_a_new_queue() -> None:
     task.refresh_from_db()
     assert (task.state, task.queue) == (TaskState.QUEUED, "batch.moved")
     purge_queues(["batch.moved"])
+
+
+def test_direct_admission_keeps_to_the_window_and_never_overtakes(settings) -> None:
+    settings.BATCHTASKS = {**settings.BATCHTASKS, "DISPATCH_WINDOW": 2}
+    tasks = [BatchTask.submit("examples.noop", description=str(i)) for i in range(4)]
+
+    assert states(*tasks) == ["queued", "queued", "new", "new"]
+    BatchTask.objects.filter(pk=tasks[0].pk).update(state=TaskState.SUCCEEDED)
+    late = BatchTask.submit("examples.noop", description="late")  # a slot is free now
+
+    assert states(*tasks[2:], late) == ["queued", "new", "new"]

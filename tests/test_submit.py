@@ -34,8 +34,9 @@ def test_submit_saves_the_task_and_its_parameters() -> None:
     )
 
     task = BatchTask.objects.get(pk=task.pk)
-    assert task.state == TaskState.NEW
-    assert task.state_code == 1
+    # Nothing limits the type and nothing waits: admitted at once, published on commit.
+    assert task.state == TaskState.QUEUED
+    assert task.state_code == 2
     assert (task.owner, task.description, task.attempt) == (user, "nap", 1)
     assert task.priority == Priority.NORMAL
     assert task.fairness_key == f"user:{user.pk}"
@@ -43,6 +44,22 @@ def test_submit_saves_the_task_and_its_parameters() -> None:
     stored = task.parameters
     assert (stored.codec, stored.size) == ("json", len(bytes(stored.data)))
     assert task.type_name == "examples.sleep"
+
+
+def test_a_limited_type_waits_for_the_dispatcher() -> None:
+    BatchTask.submit("examples.noop")
+    BatchTaskDefinition.objects.filter(name="examples.noop").update(max_concurrency=3)
+
+    task = BatchTask.submit("examples.noop")
+
+    assert (task.state, task.state_code, task.queued_at) == (TaskState.NEW, 1, None)
+
+
+def test_a_task_waits_behind_others_of_its_type() -> None:
+    first = BatchTask.submit("examples.noop", run_after=timedelta(minutes=1))
+    second = BatchTask.submit("examples.noop")
+
+    assert (first.state, second.state) == (TaskState.NEW, TaskState.NEW)
 
 
 def test_default_priority_comes_from_the_live_definition() -> None:
@@ -207,6 +224,9 @@ def test_rolled_back_submit_leaves_nothing(django_capture_on_commit_callbacks) -
 
 
 def test_unique_key_returns_the_unfinished_task_and_raises_its_priority() -> None:
+    BatchTask.submit("examples.noop")
+    BatchTaskDefinition.objects.filter(name="examples.noop").update(max_concurrency=1)
+    BatchTask.objects.all().delete()
     first = BatchTask.submit("examples.noop", {"v": 1}, unique_key="report:42")
     again = BatchTask.submit(
         "examples.noop", {"v": 2}, unique_key="report:42", priority=Priority.IMPORTANT

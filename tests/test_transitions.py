@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from batchtasks import BatchTask, TaskState, transitions
@@ -35,8 +37,14 @@ def test_claim_takes_a_queued_task_once() -> None:
     assert task.started_at is not None and task.lease_expires_at > task.started_at
 
 
+def new_task() -> BatchTask:
+    task = BatchTask.submit("examples.noop", run_after=timedelta(hours=1))
+    assert task.state == TaskState.NEW
+    return task
+
+
 def test_a_new_or_cancelled_task_cannot_be_claimed() -> None:
-    fresh = BatchTask.submit("examples.noop")
+    fresh = new_task()
     cancelled = queued_task()
     cancelled.cancel()
 
@@ -91,7 +99,7 @@ def test_progress_is_written_only_while_running_and_reports_cancel() -> None:
 
 
 def test_cancel_stops_a_waiting_task_at_once_and_flags_a_running_one() -> None:
-    waiting = BatchTask.submit("examples.noop")
+    waiting = new_task()
     running = queued_task()
     claim(running)
 
@@ -116,7 +124,7 @@ def test_a_finished_task_cannot_be_cancelled() -> None:
 
 def test_unqueue_only_moves_queued_tasks() -> None:
     task = queued_task()
-    other = BatchTask.submit("examples.noop")
+    other = new_task()
 
     assert transitions.unqueue([task.pk, other.pk], using="default") == 1
     task.refresh_from_db()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django_celery_results.models import TaskResult
 
 from batchtasks import BatchTask, Priority, TaskState
 from batchtasks.models import BatchTaskAttempt
@@ -57,6 +58,7 @@ def test_success_saves_result_and_timestamps(start_worker, record_dir: Path) -> 
     assert len(runs_of(record_dir, task.pk)) == 1
     attempt = BatchTaskAttempt.objects.get(task=task)
     assert (attempt.number, attempt.outcome, attempt.worker) == (1, "succeeded", task.worker)
+    assert not TaskResult.objects.exists(), "the outcome must not be written twice"
 
 
 def test_failure_saves_error_type_and_message(start_worker) -> None:

@@ -49,7 +49,11 @@ class Worker:
         concurrency: int = 2,
         log_dir: Path,
         env: dict[str, str] | None = None,
+        settings_module: str = "tests.settings",
+        extra_args: list[str] | None = None,
     ) -> None:
+        self.settings_module = settings_module
+        self.extra_args = extra_args or []
         self.name = name
         self.queues = queues
         self.concurrency = concurrency
@@ -67,12 +71,13 @@ class Worker:
             "-Q", ",".join(self.queues), "-c", str(self.concurrency), "-n", f"{self.name}@%h",
             "-P", "prefork", "--prefetch-multiplier", "1",
             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info",
+            *self.extra_args,
         ]  # fmt: skip
 
     def start(self, wait: bool = True) -> Worker:
         env = {
             **os.environ,
-            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "DJANGO_SETTINGS_MODULE": self.settings_module,
             "DATABASE_URL": database_url(),
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,

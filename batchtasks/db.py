@@ -1,0 +1,85 @@
+"""The worker's own database connection for task state (claim, progress, finish, refill).
+
+It is a second connection beside the one plugin code uses, so that progress and the
+outcome are written and seen at once even while a plugin holds a transaction open,
+and so that it can be tuned for many tiny statements: on PostgreSQL server-side
+binding with prepared statements, and (unless ``SYNCHRONOUS_COMMIT``) commits that do
+not wait for the WAL flush. A PostgreSQL crash can then lose the last fraction of a
+second of worker state changes: the tasks concerned run again (at least once), and
+submits, which use the caller's connection, are never affected.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.db import connections
+from django.utils.connection import ConnectionDoesNotExist
+
+from .conf import get_settings
+
+SUFFIX = ":batchtasks"
+_registered: set[str] = set()
+
+
+def state_db(using: str) -> str:
+    """The alias of this thread's state connection to database ``using``."""
+    if using.endswith(SUFFIX):
+        return using
+    alias = using + SUFFIX
+    try:
+        wrapper = connections[alias]
+    except ConnectionDoesNotExist:
+        base = connections[using]
+        if base.vendor == "sqlite" and getattr(base, "is_in_memory_db", bool)():
+            return using  # a second connection would see another, empty database
+        wrapper = base.copy(alias)
+        if wrapper.vendor == "postgresql":
+            _tune_postgresql(wrapper.settings_dict)
+        connections[alias] = wrapper
+        _registered.add(alias)
+    else:
+        # Nothing closes this connection at the end of a request or task: drop it here
+        # once it has failed (a restarted server) or outlived CONN_MAX_AGE.
+        if not wrapper.in_atomic_block:
+            wrapper.close_if_unusable_or_obsolete()
+    return alias
+
+
+def _tune_postgresql(settings_dict: dict[str, Any]) -> None:
+    options = settings_dict.setdefault("OPTIONS", {})
+    if get_settings().PREPARED_STATEMENTS:
+        options.setdefault("server_side_binding", True)
+        options.setdefault("prepare_threshold", 2)
+    if not get_settings().SYNCHRONOUS_COMMIT:
+        flags = options.get("options", "")
+        options["options"] = f"{flags} -c synchronous_commit=off".strip()
+
+
+def close_state_connections() -> None:
+    """Close this thread's state connections."""
+    for alias in list(_registered):
+        try:
+            connections[alias].close()
+        except ConnectionDoesNotExist:
+            continue
+
+
+_inherited: list[Any] = []
+
+
+def _forget_after_fork() -> None:
+    # A forked pool process must never use its parent's socket. The inherited wrappers
+    # are dropped but kept referenced: collecting them would close the connection,
+    # which sends the server a goodbye over the parent's session.
+    for alias in list(_registered):
+        try:
+            wrapper = connections[alias]
+        except ConnectionDoesNotExist:
+            continue
+        _inherited.append(wrapper)
+        del connections[alias]
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

@@ -1,0 +1,96 @@
+"""Publishing run messages: a batch in one Redis round trip, or Celery's ``apply_async``.
+
+Each message is an ordinary Celery protocol-2 message for ``batchtasks.run`` whose only
+argument is the task id (a claim check). With kombu's Redis transport a whole batch is
+pushed through one pipeline: ``apply_async`` costs ~0.8 ms a message here, most of it in
+building a Redis client per call. The batch path is used only when nothing listens to
+Celery's publish signals (tracing tools do), and falls back to ``apply_async`` if the
+transport does not look as expected.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import signals
+from kombu.utils.json import dumps
+
+try:
+    from kombu.transport.redis import Channel as RedisChannel
+except ImportError:  # the redis client library is not installed
+    RedisChannel = None  # type: ignore[assignment, misc]
+
+logger = logging.getLogger(__name__)
+
+RUN_TASK_NAME = "batchtasks.run"
+CONTENT_TYPE = "application/json"
+DELIVERY_PERSISTENT = 2
+
+
+def message_id(task_id: int, attempt: int) -> str:
+    """The Celery task id of a batch task's message: readable in Flower and in logs."""
+    return f"batchtask-{task_id}-{attempt}"
+
+
+def publish(app: Any, queue: str, tasks: list[tuple[int, int]]) -> None:
+    """Publish one message per ``(task id, attempt)`` to ``queue``."""
+    if not tasks:
+        return
+    with app.pool.acquire(block=True) as connection:
+        channel = connection.default_channel
+        if _can_pipeline(channel):
+            _publish_pipelined(app, channel, queue, tasks)
+            return
+    _publish_each(app, queue, tasks)
+
+
+def _can_pipeline(channel: Any) -> bool:
+    if signals.before_task_publish.receivers or signals.after_task_publish.receivers:
+        return False
+    needed = ("_create_client", "_inplace_augment_message", "_q_for_pri", "prepare_message")
+    return (
+        RedisChannel is not None
+        and isinstance(channel, RedisChannel)
+        and all(hasattr(channel, name) for name in needed)
+    )
+
+
+def _publish_pipelined(app: Any, channel: Any, queue: str, tasks: list[tuple[int, int]]) -> None:
+    first_id = message_id(*tasks[0])
+    # The outcome lives on the BatchTask row: the result backend must not store it again.
+    headers, properties, body, _ = app.amqp.as_task_v2(
+        first_id, RUN_TASK_NAME, (tasks[0][0],), {}, ignore_result=True
+    )
+    properties = dict(properties, delivery_mode=DELIVERY_PERSISTENT)
+    embed = body[2]
+    key = channel._q_for_pri(queue, 0)
+    pipe = channel._create_client().pipeline(transaction=False)
+    for task_id, attempt in tasks:
+        mid = message_id(task_id, attempt)
+        message_headers = dict(headers, id=mid, root_id=mid, argsrepr=f"({task_id},)")
+        message = channel.prepare_message(
+            dumps([[task_id], {}, embed]),
+            0,
+            CONTENT_TYPE,
+            "utf-8",
+            message_headers,
+            dict(properties, correlation_id=mid),
+        )
+        # The AMQP default exchange: the routing key names the queue, no binding lookup.
+        channel._inplace_augment_message(message, "", queue)
+        pipe.lpush(key, dumps(message))
+    pipe.execute()
+
+
+def _publish_each(app: Any, queue: str, tasks: list[tuple[int, int]]) -> None:
+    run = app.tasks[RUN_TASK_NAME]
+    with app.producer_or_acquire() as producer:
+        for task_id, attempt in tasks:
+            run.apply_async(
+                (task_id,),
+                queue=queue,
+                routing_key=queue,
+                task_id=message_id(task_id, attempt),
+                producer=producer,
+            )

@@ -1,0 +1,312 @@
+"""``make bench``: batch tasks against plain Celery on this machine's PostgreSQL and Redis.
+
+Runs on its own database (``<DATABASE_URL name>_bench``) and Redis key prefix, with
+real worker processes, and prints a Markdown table for the README.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+N_SUBMIT = int(os.environ.get("BENCH_SUBMIT", "5000"))
+N_THROUGHPUT = int(os.environ.get("BENCH_TASKS", "10000"))
+N_PICKUP = int(os.environ.get("BENCH_PICKUP", "200"))
+N_REFILL = int(os.environ.get("BENCH_REFILL", "60"))
+PLAIN_QUEUE = "bench.plain"
+
+
+def configure() -> None:
+    """Point Django at the benchmark database and Redis prefix, creating the database."""
+    import psycopg
+
+    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/batchtasks")
+    base, name = url.rsplit("/", 1)
+    bench_name = name.split("?")[0] + "_bench"
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [bench_name])
+        if exists.fetchone() is None:
+            conn.execute(f'CREATE DATABASE "{bench_name}"')
+    os.environ["DATABASE_URL"] = f"{base}/{bench_name}"
+    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
+    os.environ["BATCHTASKS_REDIS_PREFIX"] = "batchtasks-bench:"
+    os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    # The baseline is Celery as shipped: kombu's own Redis transport.
+    os.environ["CELERY_STOCK_REDIS_TRANSPORT"] = "1"
+
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def reset() -> None:
+    """Empty the task tables and the broker queues between measurements."""
+    import redis
+    from django.db import connection
+
+    from batchtasks.models import BatchTask, BatchTaskAttempt, BatchTaskParameters
+
+    tables = [m._meta.db_table for m in (BatchTask, BatchTaskParameters, BatchTaskAttempt)]
+    with connection.cursor() as cursor:  # TRUNCATE leaves no dead rows to skew timings
+        cursor.execute(f"TRUNCATE {', '.join(tables)}")
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    keys = list(client.scan_iter(match=os.environ["BATCHTASKS_REDIS_PREFIX"] + "*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+OUR_TRANSPORT = {"CELERY_STOCK_REDIS_TRANSPORT": "0"}
+STOCK_TRANSPORT = {"CELERY_STOCK_REDIS_TRANSPORT": "1"}
+
+
+@contextmanager
+def worker(
+    queues: list[str], concurrency: int = 2, env: dict[str, str] | None = None
+) -> Iterator[Any]:
+    """A worker; batch workers use the batchtasks transport, plain ones kombu's."""
+    from tests.workers import Worker
+
+    env = env or (STOCK_TRANSPORT if queues == [PLAIN_QUEUE] else OUR_TRANSPORT)
+
+    with tempfile.TemporaryDirectory() as log_dir:
+        w = Worker(
+            "bench",
+            queues,
+            concurrency=concurrency,
+            log_dir=Path(log_dir),
+            settings_module="project.settings",
+            extra_args=["-I", "bench.tasks", "-l", "warning"],
+            env={"LOG_LEVEL": "WARNING", **env},
+        )
+        w.start(wait=False)
+        try:
+            wait_until(lambda: _responds(w), 60, interval=0.2)
+            yield w
+        finally:
+            w.stop()
+
+
+def _responds(w: Any) -> bool:
+    from project.celery import app
+
+    if w.process.poll() is not None:
+        raise RuntimeError(f"benchmark worker exited:\n{w.log()[-3000:]}")
+    return bool(app.control.ping([w.hostname], timeout=0.5))
+
+
+def all_done() -> bool:
+    from batchtasks.models import BatchTask
+    from batchtasks.states import UNFINISHED_STATES
+
+    return not BatchTask.objects.filter(state__in=UNFINISHED_STATES).exists()
+
+
+@contextmanager
+def producer_transport(transport: str) -> Iterator[None]:
+    """Publish from this process through another kombu transport."""
+    from project.celery import app
+
+    saved = app.conf.broker_transport
+
+    def reset() -> None:
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    app.conf.broker_transport = transport
+    reset()
+    try:
+        yield
+    finally:
+        app.conf.broker_transport = saved
+        reset()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> float:
+    """Wait for ``predicate``; return the time it first held (``time.perf_counter``)."""
+    deadline = time.perf_counter() + timeout
+    while not predicate():
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"benchmark step did not finish within {timeout} s")
+        time.sleep(interval)
+    return time.perf_counter()
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+# --- the measurements --------------------------------------------------------------------
+def bench_submit() -> list[tuple[str, str, str, str]]:
+    from batchtasks import BatchTask
+    from bench.tasks import noop
+
+    reset()
+    BatchTask.submit("examples.noop")  # create the definition and warm the connections
+    reset()
+    start = time.perf_counter()
+    BatchTask.submit_many("examples.noop", [{"i": i} for i in range(N_SUBMIT)])
+    ours = N_SUBMIT / (time.perf_counter() - start)
+    noop.apply_async(queue=PLAIN_QUEUE)
+    start = time.perf_counter()
+    for _ in range(N_SUBMIT):
+        noop.apply_async(queue=PLAIN_QUEUE)
+    plain = N_SUBMIT / (time.perf_counter() - start)
+    reset()
+    return [
+        (
+            f"submit_many of {N_SUBMIT:,} tasks (rows + first dispatch window published)",
+            f"{ours:,.0f} tasks/s",
+            f"{plain:,.0f} tasks/s (apply_async loop)",
+            f"{ours / plain:.1f}x",
+        )
+    ]
+
+
+def drain_plain(client: Any, worker_env: dict[str, str]) -> float:
+    from bench.tasks import key, noop
+
+    reset()
+    with worker([PLAIN_QUEUE], env=worker_env):
+        start = time.perf_counter()
+        for _ in range(N_THROUGHPUT):
+            noop.apply_async(queue=PLAIN_QUEUE)
+        done = wait_until(
+            lambda: int(client.get(key("done")) or 0) >= N_THROUGHPUT, timeout=600, interval=0.1
+        )
+    reset()
+    return N_THROUGHPUT / (done - start)
+
+
+def bench_throughput() -> list[tuple[str, str, str, str]]:
+    import redis
+
+    from batchtasks import BatchTask
+
+    reset()
+    with worker(["batch.examples.noop"]):
+        start = time.perf_counter()
+        BatchTask.submit_many("examples.noop", [{}] * N_THROUGHPUT)
+        done = wait_until(all_done, timeout=600, interval=0.1)
+        ours = N_THROUGHPUT / (done - start)
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    plain = drain_plain(client, STOCK_TRANSPORT)
+    with producer_transport("batchtasks.broker:Transport"):
+        tuned = drain_plain(client, OUR_TRANSPORT)
+    label = f"end-to-end {N_THROUGHPUT:,} no-op tasks, one worker -c 2 (submit to last done)"
+    return [
+        (label, f"{ours:,.0f} tasks/s", f"{plain:,.0f} tasks/s", f"{ours / plain:.2f}x"),
+        (
+            "the same, plain Celery also on the batchtasks Redis transport",
+            f"{ours:,.0f} tasks/s",
+            f"{tuned:,.0f} tasks/s",
+            f"{ours / tuned:.2f}x",
+        ),
+    ]
+
+
+def bench_pickup() -> list[tuple[str, str, str, str]]:
+    import redis
+
+    from batchtasks import BatchTask
+    from bench.tasks import key, stamp
+
+    reset()
+    ours: list[float] = []
+    with worker(["batch.examples.sleep"]):
+        submitted = []
+        for _ in range(N_PICKUP):
+            t0 = time.time()
+            task = BatchTask.submit("examples.sleep", {"seconds": 0})
+            submitted.append((task.pk, t0))
+            time.sleep(0.03)
+        wait_until(all_done, 60)
+        starts = dict(BatchTask.objects.values_list("pk", "result__start"))
+        ours = [(starts[pk] - t0) * 1000 for pk, t0 in submitted]
+    reset()
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    plain: list[float] = []
+    with worker([PLAIN_QUEUE]):
+        sent = []
+        for i in range(N_PICKUP):
+            t0 = time.time()
+            stamp.apply_async((i,), queue=PLAIN_QUEUE)
+            sent.append(t0)
+            time.sleep(0.03)
+        wait_until(lambda: client.exists(key(f"stamp:{N_PICKUP - 1}")), 60)
+        plain = [(float(client.get(key(f"stamp:{i}"))) - t0) * 1000 for i, t0 in enumerate(sent)]
+    reset()
+    return [
+        (
+            f"pickup latency p50, submit to plugin start, idle worker ({N_PICKUP} runs)",
+            f"{percentile(ours, 50):.1f} ms",
+            f"{percentile(plain, 50):.1f} ms",
+            f"+{percentile(ours, 50) - percentile(plain, 50):.1f} ms",
+        ),
+        (
+            "pickup latency p95",
+            f"{percentile(ours, 95):.1f} ms",
+            f"{percentile(plain, 95):.1f} ms",
+            f"+{percentile(ours, 95) - percentile(plain, 95):.1f} ms",
+        ),
+    ]
+
+
+def bench_refill() -> list[tuple[str, str, str, str]]:
+    from batchtasks import BatchTask
+    from batchtasks.models import BatchTaskDefinition
+
+    reset()
+    BatchTask.submit("examples.sleep", {"seconds": 0})
+    BatchTaskDefinition.objects.filter(name="examples.sleep").update(max_concurrency=1)
+    reset()
+    with worker(["batch.examples.sleep"]):
+        BatchTask.submit_many("examples.sleep", [{"seconds": 0.02}] * N_REFILL)
+        wait_until(all_done, 120)
+    runs = sorted(BatchTask.objects.values_list("result__start", "result__end"))
+    gaps = [(b[0] - a[1]) * 1000 for a, b in itertools.pairwise(runs)]
+    BatchTaskDefinition.objects.filter(name="examples.sleep").update(max_concurrency=None)
+    reset()
+    return [
+        (
+            "slot refill, max_concurrency=1: plugin end to next plugin start, p50 / p95",
+            f"{statistics.median(gaps):.1f} / {percentile(gaps, 95):.1f} ms",
+            "n/a (no cluster-wide limits)",
+            "",
+        )
+    ]
+
+
+def main() -> None:
+    configure()
+    steps = {
+        "submit": bench_submit,
+        "throughput": bench_throughput,
+        "pickup": bench_pickup,
+        "refill": bench_refill,
+    }
+    chosen = sys.argv[1:] or list(steps)
+    rows: list[tuple[str, str, str, str]] = []
+    for name in chosen:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        rows += steps[name]()
+    print("\n| measurement | batchtasks | plain Celery | ratio |")
+    print("|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()

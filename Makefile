@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements/base.txt requirements/dev.t
 TEST_ENV := DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/batchtasks} \
             REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0}
 
-.PHONY: all run test lint format typecheck bench services requirements clean
+.PHONY: all run test test-django6 lint format typecheck bench services requirements clean
 
 all: test
 
@@ -34,6 +34,11 @@ test: $(STAMP) services
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(TEST_ENV) $(BIN)/python -m pytest
+	$(TEST_ENV) .ci/django6 -q
+
+## test-django6: the suite on the newest Django only (skipped without Python >= 3.12).
+test-django6: services
+	$(TEST_ENV) .ci/django6
 
 lint:
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
@@ -58,4 +63,4 @@ requirements:
 	    --allow-unsafe -o requirements/dev.txt requirements/dev.in
 
 clean:
-	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-django6 .run .pytest_cache .mypy_cache .ruff_cache

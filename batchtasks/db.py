@@ -11,14 +11,18 @@ submits, which use the caller's connection, are never affected.
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from django.db import connections
+from django.db import InterfaceError, OperationalError, connections
 from django.utils.connection import ConnectionDoesNotExist
 
 from .conf import get_settings
 
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 SUFFIX = ":batchtasks"
 _registered: set[str] = set()
 
@@ -35,6 +39,9 @@ def state_db(using: str) -> str:
         if base.vendor == "sqlite" and getattr(base, "is_in_memory_db", bool)():
             return using  # a second connection would see another, empty database
         wrapper = base.copy(alias)
+        # Persistent whatever CONN_MAX_AGE says (Django's default of 0 would mean a new
+        # connection per task); a failed connection is still replaced, below.
+        wrapper.settings_dict["CONN_MAX_AGE"] = None
         if wrapper.vendor == "postgresql":
             _tune_postgresql(wrapper.settings_dict)
         connections[alias] = wrapper
@@ -45,6 +52,20 @@ def state_db(using: str) -> str:
         if not wrapper.in_atomic_block:
             wrapper.close_if_unusable_or_obsolete()
     return alias
+
+
+def reconnecting(action: Callable[[], T], using: str) -> T:
+    """Run ``action`` (guarded writes, or a whole transaction), once more on a fresh
+    connection if the old one died, as it does when PostgreSQL restarts."""
+    try:
+        return action()
+    except (OperationalError, InterfaceError):
+        connection = connections[using]
+        if connection.in_atomic_block:
+            raise
+        logger.warning("batchtasks database connection lost; reconnecting db=%s", using)
+        connection.close()
+        return action()
 
 
 def _tune_postgresql(settings_dict: dict[str, Any]) -> None:

@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from django.db import connections, router, transaction
@@ -24,7 +23,7 @@ from django.utils import timezone
 
 from . import transitions
 from .conf import get_settings
-from .db import state_db
+from .db import reconnecting, state_db
 from .models import BatchQueue, BatchTask, BatchTaskDefinition
 from .states import IN_FLIGHT_STATES, TaskState
 
@@ -57,12 +56,20 @@ def _last_pass() -> dict[tuple[str, str], int]:
 def dispatch_on_commit(queue: str, *, using: str) -> None:
     """Run a pass for ``queue`` once the current transaction commits (at once if none)."""
     token = next(_counter)
-    transaction.on_commit(partial(_after_commit, queue, using, token), using=using, robust=True)
+
+    def dispatch_after_commit() -> None:
+        _after_commit(queue, using, token)
+
+    transaction.on_commit(dispatch_after_commit, using=using, robust=True)
 
 
 def publish_on_commit(queue: str, tasks: list[tuple[int, int]], *, using: str) -> None:
     """Publish tasks already marked queued once the current transaction commits."""
-    transaction.on_commit(partial(_publish, queue, tasks, using), using=using, robust=True)
+
+    def publish_after_commit() -> None:
+        _publish(queue, tasks, using)
+
+    transaction.on_commit(publish_after_commit, using=using, robust=True)
 
 
 def _after_commit(queue: str, using: str, token: int) -> None:
@@ -81,8 +88,12 @@ def dispatch_queue(queue: str, *, using: str | None = None) -> int:
         return 0
     db = state_db(caller)
     _last_pass()[(caller, queue)] = next(_counter)
-    with transaction.atomic(using=db):
-        admitted = _admit(queue, db)
+
+    def one_pass() -> list[tuple[int, int]]:
+        with transaction.atomic(using=db):
+            return _admit(queue, db)
+
+    admitted = reconnecting(one_pass, db)
     if admitted:
         _publish(queue, admitted, db)
     return len(admitted)

@@ -6,15 +6,13 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Callable
-from typing import TypeVar
 
-from django.db import InterfaceError, OperationalError, connections, router
+from django.db import DatabaseError, router
 
 from . import dispatch, transitions
 from .codecs import decode
 from .conf import get_settings
-from .db import state_db
+from .db import reconnecting, state_db
 from .exceptions import ResultNotSerializable, TaskCancelled
 from .models import BatchQueue, BatchTask, BatchTaskDefinition
 from .registry import registry
@@ -22,7 +20,6 @@ from .states import TaskState
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 MAX_MESSAGE = 10_000
 MAX_TRACEBACK = 64_000
 
@@ -53,16 +50,30 @@ class RunnerContext:
         percent, message = self._pending
         self._pending = None
         self._last_write = self._last_check = time.monotonic()
-        cancel = transitions.record_progress(
-            self.task_id, self.attempt, percent, message, using=self.using
-        )
+        task_id, attempt = self.task_id, self.attempt
+        try:
+            cancel = reconnecting(
+                lambda: transitions.record_progress(
+                    task_id, attempt, percent, message, using=self.using
+                ),
+                self.using,
+            )
+        except DatabaseError:  # progress is not worth failing the task for
+            logger.warning("batchtasks progress not written task=%s", task_id, exc_info=True)
+            return
         self._cancel = self._cancel or cancel is None or cancel
 
     def cancel_requested(self) -> bool:
         if not self._cancel and time.monotonic() - self._last_check >= self._interval:
             self._last_check = time.monotonic()
-            assert self.task_id is not None
-            self._cancel = transitions.cancel_requested(self.task_id, using=self.using)
+            task_id = self.task_id
+            assert task_id is not None
+            try:
+                self._cancel = reconnecting(
+                    lambda: transitions.cancel_requested(task_id, using=self.using), self.using
+                )
+            except DatabaseError:
+                logger.warning("batchtasks cancel check failed task=%s", task_id, exc_info=True)
         return self._cancel
 
     def take_pending(self) -> tuple[int, str] | None:
@@ -71,26 +82,12 @@ class RunnerContext:
         return pending
 
 
-def _with_reconnect(action: Callable[[], T], using: str) -> T:
-    """Run a single-statement write, once more on a fresh connection if the old one died
-    (a restarted PostgreSQL); the statements are guarded, so a repeat is harmless."""
-    try:
-        return action()
-    except (OperationalError, InterfaceError):
-        connection = connections[using]
-        if connection.in_atomic_block:
-            raise
-        logger.warning("batchtasks database connection lost; reconnecting db=%s", using)
-        connection.close()
-        return action()
-
-
 def execute(task_id: int, *, worker: str, using: str | None = None) -> None:
     """Claim task ``task_id`` and run it to an outcome; a message for a task that is not
     queued (a duplicate, a stale redelivery, a cancelled task) runs nothing."""
     db = state_db(using or router.db_for_write(BatchTask))
     lease = get_settings().LEASE_SECONDS
-    claim = _with_reconnect(
+    claim = reconnecting(
         lambda: transitions.claim(task_id, worker=worker, lease_seconds=lease, using=db), db
     )
     if claim is None:
@@ -98,7 +95,7 @@ def execute(task_id: int, *, worker: str, using: str | None = None) -> None:
         return
     context = RunnerContext(claim, worker, db)
     outcome = run_plugin(claim, context)
-    applied = _with_reconnect(
+    applied = reconnecting(
         lambda: transitions.finish(claim.task_id, claim.attempt, outcome, using=db), db
     )
     if not applied:

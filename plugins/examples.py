@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
 
 from batchtasks import BatchTaskPlugin, batchtask
 
@@ -58,8 +62,13 @@ class Progress(BatchTaskPlugin):
     def run(self, params: dict[str, Any]) -> dict[str, Any]:
         steps = int(params.get("steps", 10))
         delay = float(params.get("delay", 0.2))
-        for step in range(1, steps + 1):
-            time.sleep(delay)
-            self.check_cancelled()
-            self.progress(100 * step / steps, f"step {step} of {steps}")
+        # With "atomic", the work holds a transaction open the whole time, as an
+        # import that must land all or nothing does; progress must show regardless.
+        with transaction.atomic() if params.get("atomic") else nullcontext():
+            if params.get("atomic"):
+                get_user_model().objects.exists()  # really open the transaction
+            for step in range(1, steps + 1):
+                time.sleep(delay)
+                self.check_cancelled()
+                self.progress(100 * step / steps, f"step {step} of {steps}")
         return {"steps": steps}

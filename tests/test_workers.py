@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import connection, transaction
 from django_celery_results.models import TaskResult
 
 from batchtasks import BatchTask, Priority, TaskState
@@ -76,9 +76,10 @@ def test_failure_saves_error_type_and_message(start_worker) -> None:
     assert task.attempts.get().outcome == "failed"
 
 
-def test_progress_is_visible_while_running(start_worker) -> None:
+@pytest.mark.parametrize("atomic", [False, True], ids=["plain", "inside-a-transaction"])
+def test_progress_is_visible_while_running(start_worker, atomic: bool) -> None:
     start_worker()
-    task = BatchTask.submit("examples.progress", {"steps": 10, "delay": 0.3})
+    task = BatchTask.submit("examples.progress", {"steps": 10, "delay": 0.3, "atomic": atomic})
     seen: set[tuple[str, int, str]] = set()
 
     def finished() -> bool:
@@ -213,3 +214,20 @@ def test_rolled_back_submit_never_runs(start_worker, record_dir: Path) -> None:
 
     assert BatchTask.objects.count() == 1
     assert list(record_dir.iterdir()) == []
+
+
+def test_workers_survive_lost_database_connections(start_worker) -> None:
+    set_limit("examples.sleep", 1)  # through the dispatcher, not only direct admission
+    start_worker(queues=["batch.examples.sleep"])
+    (first,) = wait_final(BatchTask.submit("examples.sleep", {"seconds": 0.1}))
+    with connection.cursor() as cursor:  # as a PostgreSQL restart would
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert cursor.rowcount >= 2
+
+    tasks = wait_final(*(BatchTask.submit("examples.sleep", {"seconds": 0.1}) for _ in range(3)))
+
+    assert first.state == TaskState.SUCCEEDED
+    assert [t.state for t in tasks] == [TaskState.SUCCEEDED] * 3

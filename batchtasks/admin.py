@@ -13,6 +13,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from .models import BatchQueue, BatchTask, BatchTaskAttempt, BatchTaskDefinition
+from .registry import OPTIONS
 from .states import Priority, TaskState
 
 STATE_COLOURS: dict[str, str] = {
@@ -231,18 +232,8 @@ class BatchTaskAdmin(admin.ModelAdmin):
 
 @admin.register(BatchTaskDefinition)
 class BatchTaskDefinitionAdmin(admin.ModelAdmin):
-    list_display = (
-        "name",
-        "queue",
-        "max_concurrency",
-        "priority",
-        "timeout",
-        "soft_timeout",
-        "max_attempts",
-        "retention",
-        "isolation",
-        "enabled",
-    )
+    # The options a @batchtask declares, as the database now holds them.
+    list_display = ("name", *(o for o in OPTIONS if o != "description"), "enabled")
     list_editable = ("max_concurrency", "enabled")
     list_filter = ("enabled", "queue", "isolation")
     search_fields = ("name", "description", "queue")

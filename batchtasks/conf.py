@@ -35,8 +35,16 @@ class BatchTasksSettings:
     REFILL_INTERVAL: float = 0.05
     #: Least seconds between two progress writes of one task (the last is always written).
     PROGRESS_INTERVAL: float = 1.0
-    #: Seconds a claimed task's lease lasts before it must be renewed.
+    #: Seconds a claimed task's lease lasts; a worker not heard from for as long is offline.
     LEASE_SECONDS: float = 30.0
+    #: Seconds between a worker's heartbeats (lease renewals, its BatchWorker row).
+    HEARTBEAT_SECONDS: float = 5.0
+    #: Seconds between sweeps (one worker at a time sweeps the whole cluster).
+    SWEEP_INTERVAL: float = 5.0
+    #: Seconds a task may stay queued with its broker queue empty before it is republished.
+    REPUBLISH_AFTER: float = 30.0
+    #: Seconds a running task has to honour a cancel before its process is stopped.
+    CANCEL_GRACE: float = 10.0
     #: Keep database connections between tasks (Celery's Django fixup closes them).
     KEEP_DB_CONNECTIONS: bool = True
     #: Worker state writes wait for PostgreSQL's WAL flush (see batchtasks.db).
@@ -75,7 +83,16 @@ class BatchTasksSettings:
                 raise ConfigurationError(
                     f"BATCHTASKS[{name!r}] must be a positive integer, not {value!r}."
                 )
-        for name in ("DISPATCH_INTERVAL", "REFILL_INTERVAL", "PROGRESS_INTERVAL", "LEASE_SECONDS"):
+        for name in (
+            "DISPATCH_INTERVAL",
+            "REFILL_INTERVAL",
+            "PROGRESS_INTERVAL",
+            "LEASE_SECONDS",
+            "HEARTBEAT_SECONDS",
+            "SWEEP_INTERVAL",
+            "REPUBLISH_AFTER",
+            "CANCEL_GRACE",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise ConfigurationError(

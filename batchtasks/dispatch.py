@@ -25,6 +25,8 @@ from . import transitions
 from .conf import get_settings
 from .db import reconnecting, state_db
 from .models import BatchQueue, BatchTask, BatchTaskDefinition
+from .publish import Run
+from .sql import states_sql
 from .states import IN_FLIGHT_STATES, TaskState
 
 logger = logging.getLogger(__name__)
@@ -63,11 +65,11 @@ def dispatch_on_commit(queue: str, *, using: str) -> None:
     transaction.on_commit(dispatch_after_commit, using=using, robust=True)
 
 
-def publish_on_commit(queue: str, tasks: list[tuple[int, int]], *, using: str) -> None:
+def publish_on_commit(queue: str, tasks: list[Run], *, using: str) -> None:
     """Publish tasks already marked queued once the current transaction commits."""
 
     def publish_after_commit() -> None:
-        _publish(queue, tasks, using)
+        publish_or_unqueue(queue, tasks, using)
 
     transaction.on_commit(publish_after_commit, using=using, robust=True)
 
@@ -89,13 +91,13 @@ def dispatch_queue(queue: str, *, using: str | None = None) -> int:
     db = state_db(caller)
     _last_pass()[(caller, queue)] = next(_counter)
 
-    def one_pass() -> list[tuple[int, int]]:
+    def one_pass() -> list[Run]:
         with transaction.atomic(using=db):
             return _admit(queue, db)
 
     admitted = reconnecting(one_pass, db)
     if admitted:
-        _publish(queue, admitted, db)
+        publish_or_unqueue(queue, admitted, db)
     return len(admitted)
 
 
@@ -107,9 +109,18 @@ def dispatch_all(queues: Iterable[str] | None = None, *, using: str | None = Non
     return sum(dispatch_queue(queue, using=db) for queue in list(queues))
 
 
-def _lock_queue(
-    queue: str, db: str
-) -> tuple[int | None, list[tuple[int, int | None, bool]]] | None:
+@dataclass(frozen=True)
+class TypeRow:
+    """A type of a queue as its definition row says now."""
+
+    definition_id: int
+    limit: int | None
+    enabled: bool
+    timeout: int | None
+    soft_timeout: int | None
+
+
+def _lock_queue(queue: str, db: str) -> tuple[int | None, list[TypeRow]] | None:
     """Lock the queue row; return its limit and its types, or ``None`` if it has no row."""
     connection = connections[db]
     q = connection.ops.quote_name(BatchQueue._meta.db_table)
@@ -120,15 +131,18 @@ def _lock_queue(
         with connection.cursor() as cursor:
             cursor.execute(f"UPDATE {q} SET name = name WHERE name = %s", [queue])
     sql = (
-        f"SELECT q.max_concurrency, d.id, d.max_concurrency, d.enabled FROM {q} q "
-        f"LEFT JOIN {d} d ON d.queue = q.name WHERE q.name = %s ORDER BY d.id{lock}"
+        "SELECT q.max_concurrency, d.id, d.max_concurrency, d.enabled, d.timeout, "
+        f"d.soft_timeout FROM {q} q LEFT JOIN {d} d ON d.queue = q.name "
+        f"WHERE q.name = %s ORDER BY d.id{lock}"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [queue])
         rows = cursor.fetchall()
     if not rows:
         return None
-    types = [(row[1], row[2], bool(row[3])) for row in rows if row[1] is not None]
+    types = [
+        TypeRow(row[1], row[2], bool(row[3]), row[4], row[5]) for row in rows if row[1] is not None
+    ]
     return rows[0][0], types
 
 
@@ -139,7 +153,7 @@ def _in_flight(queue: str, definition_ids: list[int], db: str) -> tuple[int, dic
     marks = ", ".join(["%s"] * len(definition_ids))
     sql = (
         f"SELECT definition_id, queue, COUNT(*) FROM {t} "
-        f"WHERE state IN ({transitions.states_sql(*IN_FLIGHT_STATES)}) "
+        f"WHERE state IN ({states_sql(*IN_FLIGHT_STATES)}) "
         f"AND (queue = %s OR definition_id IN ({marks})) GROUP BY definition_id, queue"
     )
     params: list[Any] = [queue, *definition_ids]
@@ -154,36 +168,42 @@ def _in_flight(queue: str, definition_ids: list[int], db: str) -> tuple[int, dic
     return in_queue, per_type
 
 
-def _admit(queue: str, db: str) -> list[tuple[int, int]]:
+def _admit(queue: str, db: str) -> list[Run]:
     locked = _lock_queue(queue, db)
     if locked is None:
         return []
     queue_limit, types = locked
-    enabled = [(pk, limit) for pk, limit, on in types if on]
+    enabled = {row.definition_id: row for row in types if row.enabled}
     if not enabled:
         return []
-    in_queue, per_type = _in_flight(queue, [pk for pk, _ in enabled], db)
+    in_queue, per_type = _in_flight(queue, list(enabled), db)
     cap = queue_limit if queue_limit is not None else get_settings().DISPATCH_WINDOW
     queue_free = cap - in_queue
     if queue_free <= 0:
         return []
-    slots = [TypeSlot(pk, limit, per_type.get(pk, 0)) for pk, limit in enabled]
+    slots = [TypeSlot(pk, row.limit, per_type.get(pk, 0)) for pk, row in enabled.items()]
     open_slots = [slot for slot in slots if slot.free(queue_free) > 0]
-    skip_locked = connections[db].features.has_select_for_update_skip_locked
     if len(open_slots) == 1:
         slot = open_slots[0]
-        return transitions.admit(
+        admitted = transitions.admit(
             None,
             queue=queue,
             using=db,
             definition_id=slot.definition_id,
             limit=slot.free(queue_free),
-            skip_locked=skip_locked,
+            skip_locked=connections[db].features.has_select_for_update_skip_locked,
         )
-    if not open_slots:
+    elif open_slots:
+        chosen = _merge_candidates(open_slots, queue_free, db)
+        admitted = transitions.admit(chosen, queue=queue, using=db)
+    else:
         return []
-    chosen = _merge_candidates(open_slots, queue_free, db)
-    return transitions.admit(chosen, queue=queue, using=db)
+    return [run_of(task_id, attempt, enabled[pk]) for task_id, attempt, pk in admitted]
+
+
+def run_of(task_id: int, attempt: int, row: Any) -> Run:
+    """The message for an attempt, with the time limits of its type."""
+    return Run(task_id, attempt, row.timeout, row.soft_timeout)
 
 
 def _merge_candidates(slots: list[TypeSlot], queue_free: int, db: str) -> list[int]:
@@ -192,7 +212,7 @@ def _merge_candidates(slots: list[TypeSlot], queue_free: int, db: str) -> list[i
     t = connection.ops.quote_name(BatchTask._meta.db_table)
     sql = (
         f"SELECT priority, id FROM {t} WHERE definition_id = %s "
-        f"AND state = {transitions.states_sql(TaskState.NEW)} "
+        f"AND state = {states_sql(TaskState.NEW)} "
         "AND (run_after IS NULL OR run_after <= %s) "
         "ORDER BY priority DESC, fair_round, id LIMIT %s"
     )
@@ -206,13 +226,14 @@ def _merge_candidates(slots: list[TypeSlot], queue_free: int, db: str) -> list[i
     return [pk for _, pk in candidates[:queue_free]]
 
 
-def _publish(queue: str, admitted: list[tuple[int, int]], db: str) -> None:
+def publish_or_unqueue(queue: str, admitted: list[Run], db: str) -> None:
+    """Publish runs of queued tasks; if the broker refuses, they go back to ``new``."""
     from .tasks import publish
 
     try:
         publish(queue, admitted)
     except Exception:
-        ids = [pk for pk, _ in admitted]
+        ids = [run.task_id for run in admitted]
         logger.exception("batchtasks publish failed queue=%s tasks=%d", queue, len(ids))
         transitions.unqueue(ids, using=db)
 

@@ -31,6 +31,10 @@ class TaskTypeDisabled(BatchTasksError):
     """Raised when a task is submitted for a type whose definition is disabled."""
 
 
+class PermanentFailure(BatchTasksError):
+    """Raise from a plugin to fail the task at once, whatever attempts it has left."""
+
+
 class TaskCancelled(BatchTasksError):
     """Raised inside a running plugin by ``check_cancelled()`` once cancel was requested."""
 

@@ -79,6 +79,12 @@ class BatchTaskDefinition(models.Model):
     max_attempts = models.PositiveSmallIntegerField(
         _("max attempts"), default=1, validators=[MinValueValidator(1)]
     )
+    retry_backoff = models.PositiveIntegerField(
+        _("retry backoff (s)"),
+        default=2,
+        help_text=_("Delay before the second attempt; it doubles for each attempt after."),
+    )
+    retry_backoff_max = models.PositiveIntegerField(_("longest retry backoff (s)"), default=600)
     retention = models.PositiveIntegerField(
         _("retention (s)"),
         null=True,
@@ -191,6 +197,18 @@ class BatchTask(models.Model):
                 name="batchtask_fair_head_idx",
                 condition=Q(state=TaskState.NEW),
             ),
+            # When the next delayed task falls due.
+            models.Index(
+                fields=["run_after"],
+                name="batchtask_delayed_idx",
+                condition=Q(state=TaskState.NEW, run_after__isnull=False),
+            ),
+            # Leases to check for expiry.
+            models.Index(
+                fields=["lease_expires_at"],
+                name="batchtask_lease_idx",
+                condition=Q(state=TaskState.RUNNING),
+            ),
             # Slots in use, counted under the dispatcher's lock.
             models.Index(
                 fields=["queue", "definition"],
@@ -272,6 +290,7 @@ class BatchTask(models.Model):
         description: str = "",
         run_after: datetime | timedelta | None = None,
         unique_key: str | None = None,
+        on_conflict: str = "return",
         fairness_key: str | None = None,
         using: str | None = None,
     ) -> BatchTask:
@@ -286,6 +305,7 @@ class BatchTask(models.Model):
             description=description,
             run_after=run_after,
             unique_key=unique_key,
+            on_conflict=on_conflict,
             fairness_key=fairness_key,
             using=using,
         )
@@ -328,6 +348,18 @@ class BatchTask(models.Model):
         self.refresh_from_db(fields=["state", "cancel_requested", "finished_at"])
         return applied
 
+    def retry(self) -> bool:
+        """Run a failed or cancelled task again, as its next attempt; True if it applied."""
+        from . import transitions
+        from .dispatch import dispatch_on_commit
+
+        db = self._db_for_write()
+        applied = transitions.retry(self.pk, using=db)
+        if applied:
+            dispatch_on_commit(self.definition.queue, using=db)
+        self.refresh_from_db()
+        return applied
+
     def set_priority(self, priority: int) -> bool:
         """Move a task in line; True if it was still waiting for dispatch (state new)."""
         from . import transitions
@@ -338,6 +370,40 @@ class BatchTask(models.Model):
         if applied:
             self.priority = value
         return applied
+
+
+class WorkerState(models.TextChoices):
+    """Whether a worker is heard from."""
+
+    ONLINE = "online", _("Online")
+    STOPPED = "stopped", _("Stopped")
+    OFFLINE = "offline", _("Offline (heartbeat lost)")
+
+
+class BatchWorker(models.Model):
+    """A Celery worker serving batch queues, as its last heartbeat described it."""
+
+    name = models.CharField(_("name"), max_length=200, unique=True)
+    host = models.CharField(_("host"), max_length=200)
+    pid = models.PositiveIntegerField(_("pid"))
+    queues = models.JSONField(_("queues"), default=list)
+    concurrency = models.PositiveIntegerField(_("concurrency"), default=0)
+    tasks_in_hand = models.PositiveIntegerField(_("tasks in hand"), default=0)
+    cpu_percent = models.FloatField(_("CPU %"), null=True, blank=True)
+    memory_bytes = models.BigIntegerField(_("memory (bytes)"), null=True, blank=True)
+    state = models.CharField(
+        _("state"), max_length=16, choices=WorkerState.choices, default=WorkerState.ONLINE
+    )
+    started_at = models.DateTimeField(_("started"))
+    last_seen_at = models.DateTimeField(_("last seen"))
+
+    class Meta:
+        verbose_name = _("batch worker")
+        verbose_name_plural = _("batch workers")
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class BatchTaskParameters(models.Model):

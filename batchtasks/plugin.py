@@ -49,6 +49,9 @@ class BatchTaskPlugin:
 
     #: Set by ``@batchtask``.
     type_name: ClassVar[str] = ""
+    #: Exceptions after which a failed attempt runs again (while attempts remain);
+    #: ``PermanentFailure`` never does.
+    retry_on: ClassVar[tuple[type[BaseException], ...]] = (Exception,)
 
     def __init__(self, context: TaskContext | None = None) -> None:
         self.context: TaskContext = context if context is not None else LocalContext()

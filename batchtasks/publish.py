@@ -11,7 +11,7 @@ transport does not look as expected.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 from celery import signals
 from kombu.utils.json import dumps
@@ -28,13 +28,26 @@ CONTENT_TYPE = "application/json"
 DELIVERY_PERSISTENT = 2
 
 
+class Run(NamedTuple):
+    """One message to publish: an attempt of a task, with its type's time limits.
+
+    Celery's prefork pool enforces them: past ``soft_time_limit`` the plugin gets
+    ``SoftTimeLimitExceeded``; past ``time_limit`` its process is killed and replaced.
+    """
+
+    task_id: int
+    attempt: int
+    time_limit: int | None = None
+    soft_time_limit: int | None = None
+
+
 def message_id(task_id: int, attempt: int) -> str:
     """The Celery task id of a batch task's message: readable in Flower and in logs."""
     return f"batchtask-{task_id}-{attempt}"
 
 
-def publish(app: Any, queue: str, tasks: list[tuple[int, int]]) -> None:
-    """Publish one message per ``(task id, attempt)`` to ``queue``."""
+def publish(app: Any, queue: str, tasks: list[Run]) -> None:
+    """Publish one message per run to ``queue``."""
     if not tasks:
         return
     with app.pool.acquire(block=True) as connection:
@@ -43,6 +56,20 @@ def publish(app: Any, queue: str, tasks: list[tuple[int, int]]) -> None:
             _publish_pipelined(app, channel, queue, tasks)
             return
     _publish_each(app, queue, tasks)
+
+
+def broker_depth(app: Any, queue: str) -> int | None:
+    """Messages ready in ``queue`` on the broker, or ``None`` if the broker cannot say."""
+    try:
+        with app.pool.acquire(block=True) as connection:
+            channel = connection.default_channel
+            size = getattr(channel, "_size", None)  # kombu's virtual transports (Redis…)
+            if size is not None:
+                return int(size(queue))
+            return int(channel.queue_declare(queue=queue, passive=True).message_count)
+    except Exception:
+        logger.warning("batchtasks cannot read the depth of queue=%s", queue, exc_info=True)
+        return None
 
 
 def _can_pipeline(channel: Any) -> bool:
@@ -56,8 +83,8 @@ def _can_pipeline(channel: Any) -> bool:
     )
 
 
-def _publish_pipelined(app: Any, channel: Any, queue: str, tasks: list[tuple[int, int]]) -> None:
-    first_id = message_id(*tasks[0])
+def _publish_pipelined(app: Any, channel: Any, queue: str, tasks: list[Run]) -> None:
+    first_id = message_id(tasks[0].task_id, tasks[0].attempt)
     # The outcome lives on the BatchTask row: the result backend must not store it again.
     headers, properties, body, _ = app.amqp.as_task_v2(
         first_id, RUN_TASK_NAME, (tasks[0][0],), {}, ignore_result=True
@@ -66,11 +93,17 @@ def _publish_pipelined(app: Any, channel: Any, queue: str, tasks: list[tuple[int
     embed = body[2]
     key = channel._q_for_pri(queue, 0)
     pipe = channel._create_client().pipeline(transaction=False)
-    for task_id, attempt in tasks:
-        mid = message_id(task_id, attempt)
-        message_headers = dict(headers, id=mid, root_id=mid, argsrepr=f"({task_id},)")
+    for run in tasks:
+        mid = message_id(run.task_id, run.attempt)
+        message_headers = dict(
+            headers,
+            id=mid,
+            root_id=mid,
+            argsrepr=f"({run.task_id},)",
+            timelimit=[run.time_limit, run.soft_time_limit],
+        )
         message = channel.prepare_message(
-            dumps([[task_id], {}, embed]),
+            dumps([[run.task_id], {}, embed]),
             0,
             CONTENT_TYPE,
             "utf-8",
@@ -83,14 +116,16 @@ def _publish_pipelined(app: Any, channel: Any, queue: str, tasks: list[tuple[int
     pipe.execute()
 
 
-def _publish_each(app: Any, queue: str, tasks: list[tuple[int, int]]) -> None:
-    run = app.tasks[RUN_TASK_NAME]
+def _publish_each(app: Any, queue: str, tasks: list[Run]) -> None:
+    runner = app.tasks[RUN_TASK_NAME]
     with app.producer_or_acquire() as producer:
-        for task_id, attempt in tasks:
-            run.apply_async(
-                (task_id,),
+        for run in tasks:
+            runner.apply_async(
+                (run.task_id,),
                 queue=queue,
                 routing_key=queue,
-                task_id=message_id(task_id, attempt),
+                task_id=message_id(run.task_id, run.attempt),
+                time_limit=run.time_limit,
+                soft_time_limit=run.soft_time_limit,
                 producer=producer,
             )

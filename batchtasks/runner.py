@@ -6,15 +6,18 @@ import json
 import logging
 import time
 import traceback
+from dataclasses import dataclass
+from datetime import datetime
 
 from django.db import DatabaseError, router
 
-from . import dispatch, transitions
+from . import dispatch, lease, retries, transitions
 from .codecs import decode
 from .conf import get_settings
 from .db import reconnecting, state_db
 from .exceptions import ResultNotSerializable, TaskCancelled
 from .models import BatchQueue, BatchTask, BatchTaskDefinition
+from .plugin import BatchTaskPlugin
 from .registry import registry
 from .states import TaskState
 
@@ -70,7 +73,7 @@ class RunnerContext:
             assert task_id is not None
             try:
                 self._cancel = reconnecting(
-                    lambda: transitions.cancel_requested(task_id, using=self.using), self.using
+                    lambda: lease.cancel_requested(task_id, using=self.using), self.using
                 )
             except DatabaseError:
                 logger.warning("batchtasks cancel check failed task=%s", task_id, exc_info=True)
@@ -86,15 +89,16 @@ def execute(task_id: int, *, worker: str, using: str | None = None) -> None:
     """Claim task ``task_id`` and run it to an outcome; a message for a task that is not
     queued (a duplicate, a stale redelivery, a cancelled task) runs nothing."""
     db = state_db(using or router.db_for_write(BatchTask))
-    lease = get_settings().LEASE_SECONDS
+    lease_seconds = get_settings().LEASE_SECONDS
     claim = reconnecting(
-        lambda: transitions.claim(task_id, worker=worker, lease_seconds=lease, using=db), db
+        lambda: transitions.claim(task_id, worker=worker, lease_seconds=lease_seconds, using=db),
+        db,
     )
     if claim is None:
         logger.info("batchtasks message dropped task=%s reason=not-queued", task_id)
         return
-    context = RunnerContext(claim, worker, db)
-    outcome = run_plugin(claim, context)
+    facts = type_facts(claim.definition_id, claim.queue, db)
+    outcome = run_plugin(claim, facts, RunnerContext(claim, worker, db))
     applied = reconnecting(
         lambda: transitions.finish(claim.task_id, claim.attempt, outcome, using=db), db
     )
@@ -104,30 +108,37 @@ def execute(task_id: int, *, worker: str, using: str | None = None) -> None:
             claim.task_id,
             claim.attempt,
         )
+    elif facts.retention == 0 and outcome.retry_at is None:  # delete on completion
+        transitions.delete_tasks([claim.task_id], using=db)
     try:
-        dispatch.refill(claim.queue, limited=_is_limited(claim, db), using=db)
+        dispatch.refill(claim.queue, limited=facts.limited, using=db)
     except Exception:  # the worker's periodic pass will refill instead
         logger.exception("batchtasks refill failed queue=%s", claim.queue)
 
 
-def run_plugin(claim: transitions.Claim, context: RunnerContext) -> transitions.Outcome:
+def run_plugin(
+    claim: transitions.Claim, facts: TypeFacts, context: RunnerContext
+) -> transitions.Outcome:
     """Call the plugin and turn whatever happens into an ``Outcome``."""
+    plugin_cls: type[BatchTaskPlugin] | None = None
     try:
-        spec = registry.get(_type_name(claim.definition_id, context.using))
-        plugin = spec.plugin(context)
-        result = plugin.run(decode(claim.data, claim.codec))
-        _check_result(spec.name, result)
+        plugin_cls = registry.get(facts.name).plugin
+        result = plugin_cls(context).run(decode(claim.data, claim.codec))
+        _check_result(facts.name, result)
     except TaskCancelled as exc:
         return transitions.Outcome(
             TaskState.CANCELLED, error_message=str(exc), progress=context.take_pending()
         )
     except Exception as exc:
+        retry_on = plugin_cls.retry_on if plugin_cls is not None else ()
+        again = retries.is_retryable(exc, retry_on) and not context.cancel_requested()
         return transitions.Outcome(
             TaskState.FAILED,
             error_type=error_type(exc),
             error_message=str(exc)[:MAX_MESSAGE],
             error_traceback="".join(traceback.format_exception(exc))[-MAX_TRACEBACK:],
             progress=context.take_pending(),
+            retry_at=facts.retry_at(claim.attempt) if again else None,
         )
     pending = context.take_pending()
     return transitions.Outcome(
@@ -153,42 +164,55 @@ def _check_result(type_name: str, result: object) -> None:
         ) from exc
 
 
-# --- per-process caches of definition facts ---------------------------------------------
-_names: dict[int, str] = {}
-_limits: dict[tuple[int, str], tuple[float, bool]] = {}
-LIMITS_TTL = 5.0
+# --- what a worker process knows of a type, read again every few seconds ------------------
+@dataclass(frozen=True)
+class TypeFacts:
+    """The definition values the runner needs, as the rows said a moment ago."""
 
+    name: str
+    limited: bool
+    max_attempts: int
+    retry_backoff: int
+    retry_backoff_max: int
+    retention: int | None
 
-def _type_name(definition_id: int, using: str) -> str:
-    """A definition's name (names never change, so it is cached for good)."""
-    if definition_id not in _names:
-        _names[definition_id] = (
-            BatchTaskDefinition.objects.using(using)
-            .values_list("name", flat=True)
-            .get(pk=definition_id)
+    def retry_at(self, attempt: int) -> datetime | None:
+        return retries.retry_at(
+            attempt, self.max_attempts, self.retry_backoff, self.retry_backoff_max
         )
-    return _names[definition_id]
 
 
-def _is_limited(claim: transitions.Claim, using: str) -> bool:
-    """Whether the claim's type or queue has a concurrency limit (cached a few seconds)."""
-    key = (claim.definition_id, claim.queue)
+FACTS_TTL = 5.0
+_facts: dict[tuple[int, str], tuple[float, TypeFacts]] = {}
+
+
+def type_facts(definition_id: int, queue: str, using: str) -> TypeFacts:
+    """The facts of a type and its queue (cached ``FACTS_TTL`` seconds per process)."""
+    key = (definition_id, queue)
     now = time.monotonic()
-    cached = _limits.get(key)
-    if cached is not None and now - cached[0] < LIMITS_TTL:
+    cached = _facts.get(key)
+    if cached is not None and now - cached[0] < FACTS_TTL:
         return cached[1]
-    type_limit = (
+    row = (
         BatchTaskDefinition.objects.using(using)
-        .filter(pk=claim.definition_id)
-        .values_list("max_concurrency", flat=True)
-        .first()
+        .values_list(
+            "name",
+            "max_concurrency",
+            "max_attempts",
+            "retry_backoff",
+            "retry_backoff_max",
+            "retention",
+        )
+        .get(pk=definition_id)
     )
     queue_limit = (
         BatchQueue.objects.using(using)
-        .filter(name=claim.queue)
+        .filter(name=queue)
         .values_list("max_concurrency", flat=True)
         .first()
     )
+    name, type_limit, max_attempts, backoff, backoff_max, retention = row
     limited = type_limit is not None or queue_limit is not None
-    _limits[key] = (now, limited)
-    return limited
+    facts = TypeFacts(name, limited, max_attempts, backoff, backoff_max, retention)
+    _facts[key] = (now, facts)
+    return facts

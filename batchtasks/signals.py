@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import traceback
 from typing import Any
 
 from celery import signals
 from django.db import close_old_connections, router
 
-from . import transitions
+from . import lease
 from .conf import get_settings
 from .tasks import RUN_TASK_NAME
 
@@ -50,7 +49,7 @@ def _recycle_connections(sender: Any = None, **kwargs: Any) -> None:
 
 @signals.worker_ready.connect
 def start_agent(sender: Any = None, **kwargs: Any) -> None:
-    """Start the worker's background agent (safety-net dispatch passes)."""
+    """Start the worker's agent: heartbeats, leases, safety-net dispatch, sweeps."""
     global _agent
     from .worker import WorkerAgent
 
@@ -63,7 +62,13 @@ def start_agent(sender: Any = None, **kwargs: Any) -> None:
             "so a worker does not hold batch messages it cannot start",
             prefetch,
         )
-    _agent = WorkerAgent(hostname=sender.hostname, queues=queues)
+    concurrency = getattr(getattr(sender, "controller", None), "concurrency", 0) or 0
+    _agent = WorkerAgent(
+        hostname=sender.hostname,
+        queues=queues,
+        concurrency=int(concurrency),
+        pool=getattr(sender, "pool", None),
+    )
     _agent.start()
 
 
@@ -75,24 +80,36 @@ def stop_agent(**kwargs: Any) -> None:
 
 
 @signals.task_failure.connect
-def fail_broken_run(
+def end_broken_run(
     sender: Any = None,
     task_id: str | None = None,
     exception: BaseException | None = None,
-    args: Any = None,
     **kwargs: Any,
 ) -> None:
-    """The runner records plugin errors itself; this catches errors of the runner itself."""
-    if not _is_batch_task(sender) or not args or exception is None:
+    """The runner records what plugins raise itself. This ends attempts that Celery saw
+    fail around it: the hard time limit, a lost pool process, or the runner's own error."""
+    if not _is_batch_task(sender) or exception is None or not task_id:
         return
+    from billiard.exceptions import TimeLimitExceeded, WorkerLostError
+
+    from .db import state_db
     from .models import BatchTask
     from .runner import error_type
+    from .worker import parse_message_id
 
-    using = router.db_for_write(BatchTask)
-    text = "".join(traceback.format_exception(exception))
+    key = parse_message_id(task_id)
+    if key is None:
+        return
+    using = state_db(router.db_for_write(BatchTask))
     try:
-        transitions.fail_running(
-            int(args[0]), error_type(exception), str(exception), text, using=using
-        )
+        held = lease.held_attempt(*key, using=using)
+        if held is None:
+            return
+        if isinstance(exception, TimeLimitExceeded):
+            lease.lose(held, lease.TIME_LIMIT, lease.time_limit_message(held), using=using)
+        elif isinstance(exception, WorkerLostError):
+            lease.lose(held, lease.WORKER_LOST, lease.worker_lost_message(held), using=using)
+        else:
+            lease.lose(held, error_type(exception), str(exception), using=using)
     except Exception:
-        logger.exception("batchtasks could not record a runner failure task=%s", args[0])
+        logger.exception("batchtasks could not record a failed run task=%s", task_id)

@@ -13,16 +13,17 @@ from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
 from django.utils.timezone import now
 
+from . import transitions
 from .bulk import insert_task, insert_tasks
 from .codecs import Encoded, encode
 from .conf import get_settings
 from .definitions import get_definition
-from .dispatch import dispatch_on_commit, publish_on_commit
+from .dispatch import dispatch_on_commit, publish_on_commit, run_of
 from .exceptions import InvalidTaskOption, TaskTypeDisabled
 from .models import BatchQueue, BatchTask, BatchTaskDefinition, BatchTaskParameters
 from .registry import registry
+from .sql import states_sql
 from .states import IN_FLIGHT_STATES, PRIORITY_MAX, PRIORITY_MIN, UNFINISHED_STATES, TaskState
-from .transitions import states_sql
 
 
 def check_priority(priority: Any) -> int:
@@ -178,11 +179,14 @@ def _prepare(
     )
 
 
+ON_CONFLICT = ("return", "supersede")
+
 # In the model's field order, as Model.from_db expects.
 DEFINITION_FIELDS = [
     f.attname
     for f in BatchTaskDefinition._meta.concrete_fields
-    if f.attname in {"id", "name", "queue", "priority", "enabled", "max_concurrency"}
+    if f.attname
+    in {"id", "name", "queue", "priority", "enabled", "max_concurrency", "timeout", "soft_timeout"}
 ]
 
 
@@ -241,11 +245,17 @@ def submit(
     description: Any = "",
     run_after: Any = None,
     unique_key: Any = None,
+    on_conflict: str = "return",
     fairness_key: Any = None,
     using: str | None = None,
 ) -> BatchTask:
     """Insert one task and its parameters; publish after the caller's transaction commits."""
     unique = _check_text("unique_key", unique_key, 200, optional=True)
+    if on_conflict not in ON_CONFLICT:
+        raise InvalidTaskOption(
+            f"on_conflict={on_conflict!r} must be one of {ON_CONFLICT}: 'return' gives back the "
+            "unfinished task with the same unique_key, 'supersede' skips it if it is waiting."
+        )
     encoded = encode(
         {} if params is None else params,
         type_name=type_name,
@@ -266,7 +276,7 @@ def submit(
         if unique is None:
             insert_task(task, encoded, using=request.db)
         else:
-            existing = _insert_unique(task, request)
+            existing = _insert_unique(task, request, supersede=on_conflict == "supersede")
             if existing is not None:
                 return existing
             _parameters(task, encoded).save(using=request.db, force_insert=True)
@@ -278,35 +288,44 @@ def _after_insert(tasks: list[BatchTask], request: Request) -> None:
     """Publish tasks admitted at once, or let the dispatcher admit them, after commit."""
     queue = request.definition.queue
     if tasks[0].state == TaskState.QUEUED:
-        publish_on_commit(queue, [(t.pk, t.attempt) for t in tasks], using=request.db)
+        runs = [run_of(t.pk, t.attempt, request.definition) for t in tasks]
+        publish_on_commit(queue, runs, using=request.db)
     else:
         dispatch_on_commit(queue, using=request.db)
 
 
-def _insert_unique(task: BatchTask, request: Request) -> BatchTask | None:
-    """Insert ``task`` unless an unfinished task has its key; then return that one."""
-    try:
-        with transaction.atomic(using=request.db):
-            task.save(using=request.db)
-    except IntegrityError:
-        existing = (
-            BatchTask.objects.using(request.db)
-            .filter(
-                definition=request.definition,
-                unique_key=task.unique_key,
-                state__in=UNFINISHED_STATES,
-            )
-            .first()
-        )
-        if existing is None:  # finished in between: try once more
-            task.pk = None
-            task.save(using=request.db)
+def _insert_unique(task: BatchTask, request: Request, *, supersede: bool) -> BatchTask | None:
+    """Insert ``task`` unless an unfinished task has its key, and then return that one.
+
+    With ``supersede`` a waiting task with the key is marked skipped first (Tridion's
+    hash semantics); a running one cannot be, and is returned. The partial unique index
+    decides races between concurrent submits.
+    """
+    db, key = request.db, task.unique_key
+    assert key is not None
+    for _ in range(3):
+        if supersede:
+            for queue in transitions.skip_waiting(request.definition.pk, key, using=db):
+                dispatch_on_commit(queue, using=db)
+        try:
+            with transaction.atomic(using=db):
+                task.save(using=db, force_insert=True)
             return None
+        except IntegrityError:
+            task.pk = None
+        unfinished = BatchTask.objects.using(db).filter(
+            definition=request.definition, unique_key=key, state__in=UNFINISHED_STATES
+        )
+        existing = unfinished.first()
+        if existing is None:  # it finished in between: insert again
+            continue
+        if supersede and existing.state != TaskState.RUNNING:
+            continue  # a concurrent submit's task, itself now superseded by this one
         # Sense/Net: an identical task is not inserted twice, only its priority is raised.
         if task.priority > existing.priority:
             existing.set_priority(task.priority)
         return existing
-    return None
+    raise IntegrityError(f"could not insert a task with unique_key={key!r}; try again")
 
 
 def _copy_with_round(template: BatchTask, fair_round: int) -> BatchTask:

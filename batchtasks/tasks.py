@@ -8,9 +8,9 @@ from celery import shared_task
 
 from . import publish as publishing
 from . import runner
-from .publish import RUN_TASK_NAME, message_id
+from .publish import RUN_TASK_NAME, Run, message_id
 
-__all__ = ["RUN_TASK_NAME", "message_id", "publish", "run_batch_task"]
+__all__ = ["RUN_TASK_NAME", "Run", "broker_depth", "message_id", "publish", "run_batch_task"]
 
 
 @shared_task(
@@ -26,6 +26,11 @@ def run_batch_task(self: Any, task_id: int) -> None:
     runner.execute(int(task_id), worker=self.request.hostname or "unknown")
 
 
-def publish(queue: str, tasks: list[tuple[int, int]]) -> None:
-    """Publish one message per ``(task id, attempt)`` to ``queue`` with the current Celery app."""
-    publishing.publish(run_batch_task.app, queue, tasks)
+def broker_depth(queue: str) -> int | None:
+    """Messages ready in ``queue`` on the current Celery app's broker (``None``: unknown)."""
+    return publishing.broker_depth(run_batch_task.app, queue)
+
+
+def publish(queue: str, tasks: list[Run] | list[tuple[int, int]]) -> None:
+    """Publish one message per run (or ``(task id, attempt)``) to ``queue``."""
+    publishing.publish(run_batch_task.app, queue, [Run(*t) for t in tasks])

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connections, transaction
-from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db import connections, models, transaction
 from django.utils import timezone
 
-from .models import BatchTask, BatchTaskAttempt, BatchTaskDefinition, BatchTaskParameters
-from .states import TaskState, sources_of
+from .models import BatchTask
+from .sql import Tables, db_datetime, states_sql
+from .states import FINAL_STATES, TaskState, sources_of
 
 logger = logging.getLogger(__name__)
 
@@ -46,38 +46,15 @@ class Outcome:
     error_traceback: str = ""
     #: Progress to write with the outcome: (percent, message); ``None`` keeps what is stored.
     progress: tuple[int | None, str | None] | None = None
-
-
-class _Tables:
-    """Quoted table names for one connection."""
-
-    def __init__(self, connection: BaseDatabaseWrapper) -> None:
-        quote = connection.ops.quote_name
-        self.task = quote(BatchTask._meta.db_table)
-        self.params = quote(BatchTaskParameters._meta.db_table)
-        self.attempt = quote(BatchTaskAttempt._meta.db_table)
-        self.definition = quote(BatchTaskDefinition._meta.db_table)
-
-
-def states_sql(*states: str) -> str:
-    """States as SQL literals, for ``state IN (…)``.
-
-    Literals, not parameters: a prepared statement's generic plan can then still prove
-    the ``WHERE state …`` predicates of the partial indexes and use them.
-    """
-    assert all(s.isalpha() and s in TaskState.values for s in states)
-    return ", ".join(f"'{s}'" for s in states)
-
-
-def _dt(connection: BaseDatabaseWrapper, value: datetime | None) -> Any:
-    return connection.ops.adapt_datetimefield_value(value)
+    #: For a failure: run again as the next attempt at this time.
+    retry_at: datetime | None = None
 
 
 # --- worker side -------------------------------------------------------------------
 def claim(task_id: int, *, worker: str, lease_seconds: float, using: str) -> Claim | None:
     """``queued → running`` for this worker; ``None`` if the task is not queued any more."""
     connection = connections[using]
-    t = _Tables(connection)
+    t = Tables(connection)
     now = timezone.now()
     sql = (
         f"UPDATE {t.task} SET state = '{TaskState.RUNNING}', started_at = %s, worker = %s, "
@@ -88,9 +65,9 @@ def claim(task_id: int, *, worker: str, lease_seconds: float, using: str) -> Cla
         f"(SELECT codec FROM {t.params} WHERE task_id = {t.task}.id)"
     )
     params = [
-        _dt(connection, now),
+        db_datetime(connection, now),
         worker,
-        _dt(connection, now + timedelta(seconds=lease_seconds)),
+        db_datetime(connection, now + timedelta(seconds=lease_seconds)),
         task_id,
     ]
     with connection.cursor() as cursor:
@@ -107,7 +84,7 @@ def record_progress(
 ) -> bool | None:
     """Write progress of a running attempt; return its cancel flag (``None`` if not running)."""
     connection = connections[using]
-    t = _Tables(connection)
+    t = Tables(connection)
     sql = (
         f"UPDATE {t.task} SET progress_percent = %s, progress_message = %s "
         f"WHERE id = %s AND state = '{TaskState.RUNNING}' AND attempt = %s "
@@ -119,54 +96,79 @@ def record_progress(
     return None if row is None else bool(row[0])
 
 
-def cancel_requested(task_id: int, *, using: str) -> bool:
-    """Whether a cancel was asked for (a finished or missing task counts as cancelled)."""
-    row = (
-        BatchTask.objects.using(using)
-        .filter(pk=task_id)
-        .values_list("cancel_requested", "state")
-        .first()
-    )
-    return row is None or bool(row[0]) or row[1] != TaskState.RUNNING
-
-
 def finish(task_id: int, attempt: int, outcome: Outcome, *, using: str) -> bool:
-    """``running → outcome.state`` for this attempt, with its attempt row; True if applied."""
+    """End this running attempt with its attempt row; True if it applied.
+
+    ``running → outcome.state``, or for a failure with ``retry_at`` ``running → new``
+    with the next attempt number, due at ``retry_at``.
+    """
     if outcome.state not in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED):
         raise ValueError(f"finish() cannot end a task as {outcome.state!r}.")
     connection = connections[using]
-    t = _Tables(connection)
-    now = timezone.now()
-    result_field = BatchTask._meta.get_field("result")
+    now = db_datetime(connection, timezone.now())
     percent, message = outcome.progress if outcome.progress else (None, None)
-    update = (
-        f"UPDATE {t.task} SET state = %s, finished_at = %s, result = %s, error_type = %s, "
-        "error_message = %s, error_traceback = %s, lease_expires_at = NULL, "
+    error = [outcome.error_type[:200], outcome.error_message, outcome.error_traceback]
+    common = (
+        "error_type = %s, error_message = %s, error_traceback = %s, lease_expires_at = NULL, "
         "progress_percent = COALESCE(%s, progress_percent), "
-        "progress_message = COALESCE(%s, progress_message) "
-        f"WHERE id = %s AND state = '{TaskState.RUNNING}' AND attempt = %s "
-        "RETURNING id, attempt, worker, started_at, finished_at, state, error_type, error_message"
+        "progress_message = COALESCE(%s, progress_message)"
     )
-    params = [
-        outcome.state,
-        _dt(connection, now),
-        result_field.get_db_prep_save(outcome.result, connection),
-        outcome.error_type[:200],
-        outcome.error_message,
-        outcome.error_traceback,
-        percent,
-        message,
+    if outcome.retry_at is not None and outcome.state == TaskState.FAILED:
+        assignments = (
+            f"state = '{TaskState.NEW}', attempt = attempt + 1, run_after = %s, queue = '', "
+            f"queued_at = NULL, {common}"
+        )
+        values = [db_datetime(connection, outcome.retry_at), *error, percent, message]
+        return _end_attempt(
+            task_id,
+            attempt,
+            assignments=assignments,
+            values=values,
+            now=now,
+            number="attempt - 1",
+            using=using,
+        )
+    result = BatchTask._meta.get_field("result").get_db_prep_save(outcome.result, connection)
+    assignments = f"state = '{outcome.state}', finished_at = %s, result = %s, {common}"
+    values = [now, result, *error, percent, message]
+    return _end_attempt(
         task_id,
         attempt,
-    ]
+        assignments=assignments,
+        values=values,
+        now=now,
+        number="attempt",
+        using=using,
+    )
+
+
+def _end_attempt(
+    task_id: int,
+    attempt: int,
+    *,
+    assignments: str,
+    values: list[Any],
+    now: Any,
+    number: str,
+    using: str,
+) -> bool:
+    """Apply ``assignments`` to the running attempt and write its attempt row."""
+    connection = connections[using]
+    t = Tables(connection)
+    # The attempt's outcome is the task's new state, except that a retry failed.
+    outcome = f"CASE WHEN state = '{TaskState.NEW}' THEN '{TaskState.FAILED}' ELSE state END"
+    update = (
+        f"UPDATE {t.task} SET {assignments} "
+        f"WHERE id = %s AND state = '{TaskState.RUNNING}' AND attempt = %s "
+        f"RETURNING id, {number}, worker, started_at, %s, {outcome}, error_type, error_message"
+    )
+    params = [*values, task_id, attempt, now]
     columns = "task_id, number, worker, started_at, finished_at, outcome, error_type, error_message"
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             # One round trip: the attempt row is written from what the update returned.
             cursor.execute(
-                f"WITH done AS ({update}) INSERT INTO {t.attempt} ({columns}) "
-                "SELECT id, attempt, worker, started_at, finished_at, state, error_type, "
-                "error_message FROM done",
+                f"WITH done AS ({update}) INSERT INTO {t.attempt} ({columns}) SELECT * FROM done",
                 params,
             )
             return cursor.rowcount == 1
@@ -182,24 +184,6 @@ def finish(task_id: int, attempt: int, outcome: Outcome, *, using: str) -> bool:
     return True
 
 
-def fail_running(
-    task_id: int, error_type: str, message: str, traceback: str, *, using: str
-) -> bool:
-    """Fail whatever attempt of the task is running (used when the runner itself broke)."""
-    attempt = (
-        BatchTask.objects.using(using)
-        .filter(pk=task_id, state=TaskState.RUNNING)
-        .values_list("attempt", flat=True)
-        .first()
-    )
-    if attempt is None:
-        return False
-    outcome = Outcome(
-        TaskState.FAILED, error_type=error_type, error_message=message, error_traceback=traceback
-    )
-    return finish(task_id, attempt, outcome, using=using)
-
-
 # --- dispatcher side ---------------------------------------------------------------
 def admit(
     ids: list[int] | None,
@@ -209,14 +193,14 @@ def admit(
     definition_id: int | None = None,
     limit: int = 0,
     skip_locked: bool = False,
-) -> list[tuple[int, int]]:
+) -> list[tuple[int, int, int]]:
     """``new → queued`` into ``queue``: the given ids, or the next ``limit`` due tasks of a type
-    in (priority, fair turn, age) order. Returns ``(id, attempt)`` of what was admitted."""
+    in (priority, fair turn, age) order. Returns ``(id, attempt, definition id)`` of each."""
     connection = connections[using]
-    t = _Tables(connection)
+    t = Tables(connection)
     now = timezone.now()
     assignments = f"state = '{TaskState.QUEUED}', queued_at = %s, queue = %s"
-    values: list[Any] = [_dt(connection, now), queue]
+    values: list[Any] = [db_datetime(connection, now), queue]
     new = states_sql(TaskState.NEW)
     if ids is None:
         # Materialised, then matched by primary key: PostgreSQL may rescan an
@@ -233,21 +217,21 @@ def admit(
             f"AND state = {new} AND (run_after IS NULL OR run_after <= %s) "
             f"ORDER BY priority DESC, fair_round, id LIMIT %s{lock}) "
             f"UPDATE {t.task} SET {assignments} WHERE id {by_id} AND state = {new} "
-            "RETURNING id, attempt"
+            "RETURNING id, attempt, definition_id"
         )
-        params = [definition_id, _dt(connection, now), limit, *values]
+        params = [definition_id, db_datetime(connection, now), limit, *values]
     else:
         if not ids:
             return []
         marks = ", ".join(["%s"] * len(ids))
         sql = (
             f"UPDATE {t.task} SET {assignments} WHERE id IN ({marks}) AND state = {new} "
-            "RETURNING id, attempt"
+            "RETURNING id, attempt, definition_id"
         )
         params = [*values, *ids]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return [(row[0], row[1]) for row in cursor.fetchall()]
+        return [(row[0], row[1], row[2]) for row in cursor.fetchall()]
 
 
 def unqueue(ids: list[int], *, using: str) -> int:
@@ -280,3 +264,105 @@ def set_priority(task_id: int, priority: int, *, using: str) -> bool:
     """Change the priority of a task still waiting for dispatch; True if it applied."""
     waiting = BatchTask.objects.using(using).filter(pk=task_id, state=TaskState.NEW)
     return bool(waiting.update(priority=priority))
+
+
+# --- leases and lost attempts ------------------------------------------------------------
+def renew_leases(
+    worker: str, held: list[tuple[int, int]], seconds: float, *, using: str
+) -> list[tuple[int, int, bool]]:
+    """Extend the leases of attempts ``worker`` holds; return ``(id, attempt, cancel
+    requested)`` for each that is still its own."""
+    if not held:
+        return []
+    connection = connections[using]
+    t = Tables(connection)
+    until = db_datetime(connection, timezone.now() + timedelta(seconds=seconds))
+    pairs = ", ".join(["(%s, %s)"] * len(held))
+    sql = (
+        f"UPDATE {t.task} SET lease_expires_at = %s WHERE state = '{TaskState.RUNNING}' "
+        f"AND worker = %s AND (id, attempt) IN ({pairs}) "
+        "RETURNING id, attempt, cancel_requested"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [until, worker, *(value for pair in held for value in pair)])
+        return [(row[0], row[1], bool(row[2])) for row in cursor.fetchall()]
+
+
+def lose_attempt(
+    task_id: int,
+    attempt: int,
+    error_type: str,
+    message: str,
+    *,
+    retry_at: datetime | None,
+    using: str,
+) -> bool:
+    """End an attempt whose process is gone: run it again at ``retry_at``, or fail it."""
+    outcome = Outcome(
+        TaskState.FAILED, error_type=error_type, error_message=message, retry_at=retry_at
+    )
+    return finish(task_id, attempt, outcome, using=using)
+
+
+# --- more user side -----------------------------------------------------------------------
+def retry(task_id: int, *, using: str) -> bool:
+    """Run a failed or cancelled task again as its next attempt; True if it applied."""
+    finished = [s for s in sources_of(TaskState.NEW) if s in FINAL_STATES]
+    tasks = BatchTask.objects.using(using).filter(pk=task_id, state__in=finished)
+    applied = tasks.update(
+        state=TaskState.NEW,
+        attempt=models.F("attempt") + 1,
+        run_after=None,
+        queue="",
+        queued_at=None,
+        started_at=None,
+        finished_at=None,
+        worker="",
+        lease_expires_at=None,
+        cancel_requested=False,
+        result=None,
+        error_type="",
+        error_message="",
+        error_traceback="",
+        progress_percent=0,
+        progress_message="",
+    )
+    return bool(applied)
+
+
+def skip_waiting(definition_id: int, unique_key: str, *, using: str) -> list[str]:
+    """Mark the waiting tasks of a type with ``unique_key`` skipped (superseded); return
+    the queues of those that held a slot."""
+    waiting = BatchTask.objects.using(using).filter(
+        definition_id=definition_id,
+        unique_key=unique_key,
+        state__in=(TaskState.NEW, TaskState.QUEUED),
+    )
+    queues = [q for q in waiting.values_list("queue", flat=True) if q]
+    waiting.update(state=TaskState.SKIPPED, finished_at=timezone.now())
+    return queues
+
+
+def delete_tasks(ids: list[int], *, using: str) -> int:
+    """Delete finished tasks with their parameters and attempts (retention)."""
+    if not ids:
+        return 0
+    connection = connections[using]
+    t = Tables(connection)
+    marks = ", ".join(["%s"] * len(ids))
+    final = states_sql(*FINAL_STATES)
+    with transaction.atomic(using=using), connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM {t.task} WHERE id IN ({marks}) AND state IN ({final}) FOR UPDATE"
+            if connection.features.has_select_for_update
+            else f"SELECT id FROM {t.task} WHERE id IN ({marks}) AND state IN ({final})",
+            ids,
+        )
+        done = [row[0] for row in cursor.fetchall()]
+        if not done:
+            return 0
+        marks = ", ".join(["%s"] * len(done))
+        cursor.execute(f"DELETE FROM {t.params} WHERE task_id IN ({marks})", done)
+        cursor.execute(f"DELETE FROM {t.attempt} WHERE task_id IN ({marks})", done)
+        cursor.execute(f"DELETE FROM {t.task} WHERE id IN ({marks})", done)
+        return cursor.rowcount

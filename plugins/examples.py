@@ -8,10 +8,12 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from batchtasks import BatchTaskPlugin, batchtask
+from batchtasks.exceptions import PermanentFailure
 
 
 def _record(params: dict[str, Any], task_id: int | None, start: float, end: float) -> None:
@@ -33,18 +35,43 @@ class Noop(BatchTaskPlugin):
 
 @batchtask("examples.sleep", description="Sleep for params['seconds'], checking for cancel.")
 class Sleep(BatchTaskPlugin):
-    """Sleep in small steps, checking for cancellation between them."""
+    """Sleep in small steps, checking for cancellation between them.
+
+    ``cooperate: false`` never checks (a plugin stuck in a long call); ``catch_soft:
+    true`` returns early, saying so, when the soft time limit strikes.
+    """
 
     def run(self, params: dict[str, Any]) -> dict[str, Any]:
         seconds = float(params.get("seconds", 1.0))
         start = time.time()
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(0.05, left))
-            self.check_cancelled()
+        try:
+            self._sleep(seconds, cooperate=params.get("cooperate", True))
+        except SoftTimeLimitExceeded:
+            if not params.get("catch_soft"):
+                raise
+            return {"soft_timeout": True, "start": start, "end": time.time()}
         end = time.time()
         _record(params, self.task_id, start, end)
         return {"slept": seconds, "start": start, "end": end, "pid": os.getpid()}
+
+    def _sleep(self, seconds: float, *, cooperate: bool) -> None:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(0.05, left))
+            if cooperate:
+                self.check_cancelled()
+
+
+@batchtask("examples.flaky", max_attempts=3, retry_backoff=1, description="Fail, then succeed.")
+class Flaky(BatchTaskPlugin):
+    """Fail each attempt before ``succeed_on`` (default 2); ``permanent`` fails for good."""
+
+    def run(self, params: dict[str, Any]) -> dict[str, Any]:
+        if params.get("permanent"):
+            raise PermanentFailure("this will not get better by trying again")
+        if self.attempt < int(params.get("succeed_on", 2)):
+            raise ConnectionError(f"attempt {self.attempt}: the far end did not answer")
+        return {"attempt": self.attempt}
 
 
 @batchtask("examples.fail", description="Raise an error with params['message'].")

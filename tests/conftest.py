@@ -17,6 +17,7 @@ ALL_QUEUES = [
     "batch.examples.noop",
     "batch.examples.sleep",
     "batch.examples.fail",
+    "batch.examples.flaky",
     "batch.examples.progress",
     "batch.reports",
 ]

@@ -129,6 +129,8 @@ def test_definitions_are_editable(admin_client: Client, tasks) -> None:
             "timeout": "60",
             "soft_timeout": "",
             "max_attempts": "2",
+            "retry_backoff": "2",
+            "retry_backoff_max": "600",
             "retention": "",
             "isolation": "inline",
             "enabled": "on",

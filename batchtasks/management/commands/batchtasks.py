@@ -10,7 +10,10 @@ from batchtasks.matrix import build_matrix, render_matrix
 
 
 class Command(BaseCommand):
-    help = "Operate batch tasks: print the worker matrix, run a dispatch pass, sync definitions."
+    help = (
+        "Operate batch tasks: print the worker matrix, run a dispatch pass, sweep, purge, "
+        "sync definitions."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", metavar="ACTION")
@@ -22,6 +25,12 @@ class Command(BaseCommand):
         dispatch = sub.add_parser("dispatch", help="Run one dispatch pass for queues.")
         dispatch.add_argument("queues", nargs="*", help="Queue names (default: all).")
         sub.add_parser("sync", help="Create missing definition and queue rows from the registry.")
+        sub.add_parser(
+            "sweep",
+            help="Once: recover attempts with expired leases, republish lost messages, "
+            "purge past retention, mark silent workers offline.",
+        )
+        sub.add_parser("purge", help="Delete finished tasks older than their type's retention.")
 
     def handle(self, *args: Any, action: str, **options: Any) -> None:
         handler = getattr(self, f"handle_{action}")
@@ -48,8 +57,30 @@ class Command(BaseCommand):
         count = dispatch_all(queues or None)
         self.stdout.write(f"Dispatched {count} task(s).")
 
+    def handle_sweep(self, **options: Any) -> None:
+        from batchtasks.db import state_db
+        from batchtasks.sweeper import sweep
+
+        report = sweep(using=state_db(_database()))
+        if report is None:
+            raise CommandError("Another process is sweeping right now; try again in a moment.")
+        self.stdout.write(f"Swept: {report}.")
+
+    def handle_purge(self, **options: Any) -> None:
+        from batchtasks.sweeper import purge
+
+        self.stdout.write(f"Purged {purge(using=_database())} finished task(s).")
+
     def handle_sync(self, **options: Any) -> None:
         from batchtasks.definitions import sync_definitions
 
         definitions = sync_definitions()
         self.stdout.write(f"{len(definitions)} task type definition(s) in the database.")
+
+
+def _database() -> str:
+    from django.db import router
+
+    from batchtasks.models import BatchTask
+
+    return router.db_for_write(BatchTask)

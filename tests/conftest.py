@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,26 @@ def _clean_redis_prefix() -> Iterator[None]:
     keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
     if keys:
         client.delete(*keys)
+
+
+@contextmanager
+def broker_at(url: str, max_retries: int | None = 1) -> Iterator[None]:
+    """Point the Celery app at another broker, dropping its pooled connections."""
+    from project.celery import app
+
+    saved = app.conf.broker_url, app.conf.broker_connection_max_retries
+
+    def reset() -> None:  # kombu keeps one pool per URL; the app must look it up again
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    app.conf.broker_url, app.conf.broker_connection_max_retries = url, max_retries
+    reset()
+    try:
+        yield
+    finally:
+        app.conf.broker_url, app.conf.broker_connection_max_retries = saved
+        reset()
 
 
 def purge_queues(queues: list[str]) -> None:

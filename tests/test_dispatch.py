@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -18,8 +16,7 @@ from batchtasks import BatchTask, BatchTaskPlugin, Priority, TaskState, batchtas
 from batchtasks.definitions import ensure_queue, get_definition
 from batchtasks.dispatch import dispatch_queue
 from batchtasks.models import BatchQueue, BatchTaskDefinition
-from project.celery import app
-from tests.conftest import purge_queues, set_limit
+from tests.conftest import broker_at, purge_queues, set_limit
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -47,24 +44,6 @@ def broker_depth(queue: str) -> int:
     """Messages waiting in the real broker (kombu keeps a Redis list per queue)."""
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
     return int(client.llen(os.environ["BATCHTASKS_REDIS_PREFIX"] + queue))
-
-
-@contextmanager
-def broker_at(url: str) -> Iterator[None]:
-    """Point the Celery app at another broker, dropping its pooled connections."""
-    saved = app.conf.broker_url, app.conf.broker_connection_max_retries
-
-    def reset() -> None:  # kombu keeps one pool per URL; the app must look it up again
-        app._pool = None
-        app.amqp._producer_pool = None
-
-    app.conf.broker_url, app.conf.broker_connection_max_retries = url, 1
-    reset()
-    try:
-        yield
-    finally:
-        app.conf.broker_url, app.conf.broker_connection_max_retries = saved
-        reset()
 
 
 def states(*tasks: BatchTask) -> list[str]:

@@ -74,16 +74,18 @@ STOCK_TRANSPORT = {"CELERY_STOCK_REDIS_TRANSPORT": "1"}
 
 @contextmanager
 def worker(
-    queues: list[str], concurrency: int = 2, env: dict[str, str] | None = None
+    queues: list[str],
+    concurrency: int = 2,
+    env: dict[str, str] | None = None,
+    name: str = "bench",
 ) -> Iterator[Any]:
     """A worker; batch workers use the batchtasks transport, plain ones kombu's."""
     from tests.workers import Worker
 
     env = env or (STOCK_TRANSPORT if queues == [PLAIN_QUEUE] else OUR_TRANSPORT)
-
     with tempfile.TemporaryDirectory() as log_dir:
         w = Worker(
-            "bench",
+            name,
             queues,
             concurrency=concurrency,
             log_dir=Path(log_dir),
@@ -191,11 +193,11 @@ def drain_plain(client: Any, worker_env: dict[str, str]) -> float:
     return N_THROUGHPUT / (done - start)
 
 
-def drain_ours() -> float:
+def drain_ours(env: dict[str, str] | None = None) -> float:
     from batchtasks import BatchTask
 
     reset()
-    with worker(["batch.examples.noop"]):
+    with worker(["batch.examples.noop"], env={**OUR_TRANSPORT, **(env or {})}):
         start = time.perf_counter()
         BatchTask.submit_many("examples.noop", [{}] * N_THROUGHPUT)
         done = wait_until(all_done, timeout=600, interval=0.1)
@@ -301,6 +303,73 @@ def bench_refill() -> list[tuple[str, str, str, str]]:
     ]
 
 
+N_RECOVERY = int(os.environ.get("BENCH_RECOVERY", "3"))
+
+
+def bench_recovery() -> list[tuple[str, str, str, str]]:
+    """SIGKILL the worker running a task; time until another worker runs it again."""
+    from batchtasks import BatchTask, TaskState
+    from batchtasks.conf import get_settings
+    from batchtasks.models import BatchTaskDefinition
+
+    def running_on(task_id: int, prefix: str) -> Callable[[], bool]:
+        def check() -> bool:
+            state, name = BatchTask.objects.values_list("state", "worker").get(pk=task_id)
+            return state == TaskState.RUNNING and name.startswith(prefix)
+
+        return check
+
+    reset()
+    BatchTask.submit("examples.sleep", {"seconds": 0})
+    BatchTaskDefinition.objects.filter(name="examples.sleep").update(max_attempts=2)
+    waits = []
+    for _ in range(N_RECOVERY):
+        reset()
+        with worker(["batch.examples.sleep"], 1, name="victim") as victim:
+            task = BatchTask.submit("examples.sleep", {"seconds": 300})
+            wait_until(running_on(task.pk, "victim@"), 60)
+            with worker(["batch.examples.sleep"], 1, name="rescuer"):
+                start = time.perf_counter()
+                victim.kill()
+                done = wait_until(running_on(task.pk, "rescuer@"), 300, interval=0.05)
+                waits.append(done - start)
+    BatchTaskDefinition.objects.filter(name="examples.sleep").update(max_attempts=1)
+    reset()
+    conf = get_settings()
+    return [
+        (
+            f"SIGKILL of a worker to its task running on another, median of {N_RECOVERY} "
+            f"(lease {conf.LEASE_SECONDS:g} s, sweep every {conf.SWEEP_INTERVAL:g} s)",
+            f"{statistics.median(waits):.1f} s",
+            "3600 s with acks_late (Redis visibility timeout); never without",
+            "",
+        )
+    ]
+
+
+def bench_heartbeat() -> list[tuple[str, str, str, str]]:
+    """Throughput with the default heartbeat against heartbeats and sweeps (nearly) off."""
+    rates: dict[str, list[float]] = {"default": [], "off": []}
+    quiet = {
+        "BATCHTASKS_HEARTBEAT_SECONDS": "3600",
+        "BATCHTASKS_LEASE_SECONDS": "7200",
+        "BATCHTASKS_SWEEP_INTERVAL": "3600",
+    }
+    for _ in range(REPEAT):
+        rates["default"].append(drain_ours())
+        rates["off"].append(drain_ours(quiet))
+    on, off = (statistics.median(rates[k]) for k in ("default", "off"))
+    return [
+        (
+            "heartbeat cost: throughput with the default heartbeat (5 s) / with heartbeats "
+            f"and sweeps off (median of {REPEAT})",
+            f"{on:,.0f} / {off:,.0f} tasks/s",
+            "",
+            f"{on / off:.2f}x",
+        )
+    ]
+
+
 def main() -> None:
     configure()
     steps = {
@@ -308,6 +377,8 @@ def main() -> None:
         "throughput": bench_throughput,
         "pickup": bench_pickup,
         "refill": bench_refill,
+        "recovery": bench_recovery,
+        "heartbeat": bench_heartbeat,
     }
     chosen = sys.argv[1:] or list(steps)
     rows: list[tuple[str, str, str, str]] = []

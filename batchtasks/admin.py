@@ -12,7 +12,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from .models import BatchQueue, BatchTask, BatchTaskAttempt, BatchTaskDefinition
+from .models import BatchQueue, BatchTask, BatchTaskAttempt, BatchTaskDefinition, BatchWorker
 from .registry import OPTIONS
 from .states import Priority, TaskState
 
@@ -99,7 +99,7 @@ class BatchTaskAdmin(admin.ModelAdmin):
     list_select_related = ("definition", "owner")
     show_full_result_count = False
     date_hierarchy = "created_at"
-    actions = ("cancel_tasks",)
+    actions = ("cancel_tasks", "retry_tasks")
     inlines = (AttemptInline,)
     fieldsets = (
         (None, {"fields": ("definition", "state", "owner", "description", "priority")}),
@@ -156,6 +156,9 @@ class BatchTaskAdmin(admin.ModelAdmin):
 
     def has_cancel_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.has_perm("batchtasks.cancel_batchtask"))
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("batchtasks.retry_batchtask"))
 
     @admin.display(description=_("state"), ordering="state")
     def state_badge(self, task: BatchTask) -> str:
@@ -228,6 +231,46 @@ class BatchTaskAdmin(admin.ModelAdmin):
                 % {"count": skipped},
                 messages.WARNING,
             )
+
+    @admin.action(permissions=["retry"], description=_("Retry selected failed or cancelled tasks"))
+    def retry_tasks(self, request: HttpRequest, queryset: QuerySet[BatchTask]) -> None:
+        finished = queryset.filter(state__in=(TaskState.FAILED, TaskState.CANCELLED))
+        done = sum(1 for task in finished.select_related("definition") if task.retry())
+        self.message_user(
+            request,
+            ngettext("%(count)d task will run again.", "%(count)d tasks will run again.", done)
+            % {"count": done},
+            messages.SUCCESS,
+        )
+
+
+@admin.register(BatchWorker)
+class BatchWorkerAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "state",
+        "queues",
+        "concurrency",
+        "tasks_in_hand",
+        "cpu_percent",
+        "memory_display",
+        "started_at",
+        "last_seen_at",
+    )
+    list_filter = ("state",)
+    search_fields = ("name", "host")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description=_("memory"), ordering="memory_bytes")
+    def memory_display(self, worker: BatchWorker) -> str:
+        if worker.memory_bytes is None:
+            return "-"
+        return f"{worker.memory_bytes / 2**20:,.0f} MiB"
 
 
 @admin.register(BatchTaskDefinition)

@@ -147,3 +147,25 @@ def test_definitions_are_editable(admin_client: Client, tasks) -> None:
     from batchtasks.models import BatchQueue
 
     assert BatchQueue.objects.filter(name="batch.naps").exists()
+
+
+def test_the_retry_action_runs_failed_tasks_again(admin_client: Client, tasks) -> None:
+    ids = [str(t.pk) for t in tasks]
+
+    page = admin_client.post(
+        CHANGELIST, {"action": "retry_tasks", "_selected_action": ids}, follow=True
+    )
+
+    assert "1 task will run again." in page.content.decode()
+    failed = BatchTask.objects.get(pk=tasks[1].pk)
+    assert (failed.state, failed.attempt, failed.error) == (TaskState.NEW, 2, None)
+
+
+def test_workers_are_listed(admin_client: Client) -> None:
+    from batchtasks.lease import register_worker
+
+    register_worker("w1@host", queues=["batch.x"], concurrency=4, using="default")
+
+    html = admin_client.get(reverse("admin:batchtasks_batchworker_changelist")).content.decode()
+
+    assert "w1@host" in html and "Online" in html

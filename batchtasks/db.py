@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -54,18 +55,26 @@ def state_db(using: str) -> str:
     return alias
 
 
-def reconnecting(action: Callable[[], T], using: str) -> T:
-    """Run ``action`` (guarded writes, or a whole transaction), once more on a fresh
-    connection if the old one died, as it does when PostgreSQL restarts."""
-    try:
-        return action()
-    except (OperationalError, InterfaceError):
-        connection = connections[using]
-        if connection.in_atomic_block:
-            raise
-        logger.warning("batchtasks database connection lost; reconnecting db=%s", using)
-        connection.close()
-        return action()
+def reconnecting(action: Callable[[], T], using: str, *, patience: float = 0.0) -> T:
+    """Run ``action`` (guarded writes, or a whole transaction) on a fresh connection if
+    the old one died, as it does when PostgreSQL restarts: once more at once, then again
+    with growing pauses for up to ``patience`` seconds while the server is away."""
+    deadline = time.monotonic() + patience
+    pause = 0.1
+    while True:
+        try:
+            return action()
+        except (OperationalError, InterfaceError):
+            connection = connections[using]
+            if connection.in_atomic_block:
+                raise
+            connection.close()
+            if pause > 0.1 and time.monotonic() + pause > deadline:
+                raise
+            logger.warning("batchtasks database connection lost; reconnecting db=%s", using)
+            if pause > 0.1:
+                time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 def _tune_postgresql(settings_dict: dict[str, Any]) -> None:

@@ -90,9 +90,12 @@ def execute(task_id: int, *, worker: str, using: str | None = None) -> None:
     queued (a duplicate, a stale redelivery, a cancelled task) runs nothing."""
     db = state_db(using or router.db_for_write(BatchTask))
     lease_seconds = get_settings().LEASE_SECONDS
+    # While PostgreSQL is away, wait for it rather than drop the message or the outcome
+    # (then the task would run again): as long as a lease, which nobody can take meanwhile.
     claim = reconnecting(
         lambda: transitions.claim(task_id, worker=worker, lease_seconds=lease_seconds, using=db),
         db,
+        patience=lease_seconds,
     )
     if claim is None:
         logger.info("batchtasks message dropped task=%s reason=not-queued", task_id)
@@ -100,7 +103,9 @@ def execute(task_id: int, *, worker: str, using: str | None = None) -> None:
     facts = type_facts(claim.definition_id, claim.queue, db)
     outcome = run_plugin(claim, facts, RunnerContext(claim, worker, db))
     applied = reconnecting(
-        lambda: transitions.finish(claim.task_id, claim.attempt, outcome, using=db), db
+        lambda: transitions.finish(claim.task_id, claim.attempt, outcome, using=db),
+        db,
+        patience=lease_seconds,
     )
     if not applied:
         logger.warning(

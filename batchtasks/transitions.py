@@ -119,25 +119,19 @@ def finish(task_id: int, attempt: int, outcome: Outcome, *, using: str) -> bool:
             f"queued_at = NULL, {common}"
         )
         values = [db_datetime(connection, outcome.retry_at), *error, percent, message]
-        return _end_attempt(
-            task_id,
-            attempt,
-            assignments=assignments,
-            values=values,
-            now=now,
-            number="attempt - 1",
-            using=using,
-        )
-    result = BatchTask._meta.get_field("result").get_db_prep_save(outcome.result, connection)
-    assignments = f"state = '{outcome.state}', finished_at = %s, result = %s, {common}"
-    values = [now, result, *error, percent, message]
+        number = "attempt - 1"  # the update has already counted the next attempt
+    else:
+        result = BatchTask._meta.get_field("result").get_db_prep_save(outcome.result, connection)
+        assignments = f"state = '{outcome.state}', finished_at = %s, result = %s, {common}"
+        values = [now, result, *error, percent, message]
+        number = "attempt"
     return _end_attempt(
         task_id,
         attempt,
         assignments=assignments,
         values=values,
         now=now,
-        number="attempt",
+        number=number,
         using=using,
     )
 

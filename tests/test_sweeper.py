@@ -212,3 +212,29 @@ def test_supersede_marks_the_older_waiting_task_skipped() -> None:
     assert newer.pk != older.pk and newer.params == {"v": 2}
     with pytest.raises(InvalidTaskOption, match="on_conflict"):
         BatchTask.submit("examples.noop", unique_key="export", on_conflict="replace")
+
+
+def test_a_heartbeat_ends_attempts_no_pool_process_holds() -> None:
+    from batchtasks.worker import WorkerAgent
+
+    define_sleep = BatchTaskDefinition.objects.filter(pk=get_definition("examples.sleep").pk)
+    define_sleep.update(timeout=60, max_attempts=2)
+    overran, vanished = BatchTask.submit_many("examples.sleep", [{}, {}])
+    for task in (overran, vanished):
+        assert transitions.claim(task.pk, worker="w@x", lease_seconds=30, using="default")
+    BatchTask.objects.filter(pk=overran.pk).update(
+        started_at=timezone.now() - timedelta(seconds=61)
+    )
+
+    # This process holds no Celery requests: whatever the database says w@x runs is lost.
+    WorkerAgent(hostname="w@x", queues=[QUEUE]).heartbeat()
+
+    overran.refresh_from_db()
+    vanished.refresh_from_db()
+    timed_out = BatchTaskAttempt.objects.get(task=overran)
+    assert timed_out.error_type == "billiard.exceptions.TimeLimitExceeded"
+    assert "hard time limit of 60 s exceeded; worker w@x stopped it" in timed_out.error_message
+    assert overran.state == TaskState.NEW and overran.run_after > timezone.now()  # backoff
+    lost = BatchTaskAttempt.objects.get(task=vanished)
+    assert lost.error_type == "billiard.exceptions.WorkerLostError"
+    assert vanished.state == TaskState.QUEUED and vanished.attempt == 2  # again at once

@@ -24,7 +24,7 @@ from datetime import timedelta
 from django.db import connections
 from django.utils import timezone
 
-from . import lease
+from . import lease, transitions
 from .conf import get_settings
 from .dispatch import dispatch_queue, publish_or_unqueue
 from .models import BatchTask, BatchTaskDefinition
@@ -128,16 +128,8 @@ def republish_lost(report: SweepReport, *, using: str) -> None:
     for queue, runs in stale.items():
         if broker_depth(queue) != 0:  # messages still wait there: not lost, or unknown
             continue
-        ids = [run.task_id for run in runs]
         # Restart the clock, so that each lost message is replaced once per period.
-        still = set(
-            BatchTask.objects.using(using)
-            .filter(pk__in=ids, state=TaskState.QUEUED)
-            .values_list("pk", flat=True)
-        )
-        BatchTask.objects.using(using).filter(pk__in=still, state=TaskState.QUEUED).update(
-            queued_at=timezone.now()
-        )
+        still = transitions.requeued_now([run.task_id for run in runs], using=using)
         runs = [run for run in runs if run.task_id in still]
         if runs:
             publish_or_unqueue(queue, runs, using)

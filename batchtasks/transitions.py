@@ -228,6 +228,22 @@ def admit(
         return [(row[0], row[1], row[2]) for row in cursor.fetchall()]
 
 
+def requeued_now(ids: list[int], *, using: str) -> set[int]:
+    """Restart the queued clock of tasks still ``queued``; return their ids."""
+    if not ids:
+        return set()
+    connection = connections[using]
+    t = Tables(connection)
+    marks = ", ".join(["%s"] * len(ids))
+    sql = (
+        f"UPDATE {t.task} SET queued_at = %s WHERE id IN ({marks}) "
+        f"AND state = '{TaskState.QUEUED}' RETURNING id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [db_datetime(connection, timezone.now()), *ids])
+        return {row[0] for row in cursor.fetchall()}
+
+
 def unqueue(ids: list[int], *, using: str) -> int:
     """``queued → new`` for tasks whose messages could not be published."""
     return (

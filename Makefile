@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed-$(shell cat requirements/base.txt requirements/dev.t
 
 # Tests and benchmarks use the real PostgreSQL and Redis of this machine.
 TEST_ENV := DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/batchtasks} \
-            REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0}
+            REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} \
+            DJANGO_SETTINGS_MODULE=tests.settings
 
 .PHONY: all run test test-django6 lint format typecheck bench services requirements clean
 
@@ -26,12 +27,12 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m project.dev
 
-## test: checks, lint, types and the whole test suite on PostgreSQL and Redis.
+## test: checks, lint (with the layers contract), types and the whole test suite on
+##       PostgreSQL and Redis, then the suite again on the newest Django.
 test: $(STAMP) services
 	$(TEST_ENV) $(BIN)/python manage.py check --fail-level WARNING
 	$(TEST_ENV) $(BIN)/python manage.py makemigrations --check --dry-run
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(MAKE) --no-print-directory lint
 	$(BIN)/mypy
 	$(TEST_ENV) $(BIN)/python -m pytest
 	$(TEST_ENV) .ci/django6 -q
@@ -40,13 +41,16 @@ test: $(STAMP) services
 test-django6: services
 	$(TEST_ENV) .ci/django6
 
-lint:
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+## lint: ruff, ruff format, and import-linter: imports point down the layers, no circles.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
-format:
+format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
-typecheck:
+typecheck: $(STAMP)
 	$(BIN)/mypy
 
 ## bench: throughput and latency against plain Celery, on PostgreSQL and Redis.

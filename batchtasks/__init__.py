@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .plugin import BatchTaskPlugin
-from .registry import batchtask
-from .states import Priority, TaskState
+from .core.plugin import BatchTaskPlugin
+from .core.registry import batchtask
+from .core.states import Priority, TaskState
 
 if TYPE_CHECKING:
     from .models import BatchTask

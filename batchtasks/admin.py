@@ -12,9 +12,11 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from .core.exceptions import UniqueKeyConflict
+from .core.registry import OPTIONS
+from .core.states import Priority, TaskState
 from .models import BatchQueue, BatchTask, BatchTaskAttempt, BatchTaskDefinition, BatchWorker
-from .registry import OPTIONS
-from .states import Priority, TaskState
+from .services.definitions import ensure_queue
 
 STATE_COLOURS: dict[str, str] = {
     TaskState.NEW: "#6c757d",
@@ -235,7 +237,12 @@ class BatchTaskAdmin(admin.ModelAdmin):
     @admin.action(permissions=["retry"], description=_("Retry selected failed or cancelled tasks"))
     def retry_tasks(self, request: HttpRequest, queryset: QuerySet[BatchTask]) -> None:
         finished = queryset.filter(state__in=(TaskState.FAILED, TaskState.CANCELLED))
-        done = sum(1 for task in finished.select_related("definition") if task.retry())
+        done = 0
+        for task in finished.select_related("definition"):
+            try:
+                done += task.retry()
+            except UniqueKeyConflict as exc:
+                self.message_user(request, str(exc), messages.ERROR)
         self.message_user(
             request,
             ngettext("%(count)d task will run again.", "%(count)d tasks will run again.", done)
@@ -286,8 +293,6 @@ class BatchTaskDefinitionAdmin(admin.ModelAdmin):
         return False  # definitions come from code (@batchtask)
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
-        from .definitions import ensure_queue
-
         super().save_model(request, obj, form, change)
         ensure_queue(obj.queue)
 
@@ -297,3 +302,9 @@ class BatchQueueAdmin(admin.ModelAdmin):
     list_display = ("name", "max_concurrency", "created_at")
     list_editable = ("max_concurrency",)
     search_fields = ("name",)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A queue that types still name would only be created again by the dispatcher.
+        if obj is not None and BatchTaskDefinition.objects.filter(queue=obj.name).exists():
+            return False
+        return super().has_delete_permission(request, obj)

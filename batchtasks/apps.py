@@ -1,4 +1,9 @@
-"""Django app configuration: load plugins, connect signals, sync definitions on migrate."""
+"""Django app configuration: wire the layers together at startup.
+
+Loads the plugin modules, hands the services' operations down to the models (the one
+seam from the models upward), connects the Celery signal handlers and the system
+checks, and syncs definitions on migrate.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +20,14 @@ class BatchTasksConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, signals  # noqa: F401  (registers checks and Celery signal handlers)
-        from .conf import get_settings
-        from .registry import registry
+        from . import checks  # noqa: F401  (registers the system checks)
+        from .core.conf import get_settings
+        from .core.registry import registry
+        from .models import install_operations
+        from .services.operations import operations
+        from .worker import signals  # noqa: F401  (connects the Celery signal handlers)
 
+        install_operations(operations)
         registry.load(get_settings().PLUGINS)
         post_migrate.connect(_sync_definitions, sender=self)
 
@@ -26,8 +35,8 @@ class BatchTasksConfig(AppConfig):
 def _sync_definitions(*, using: str, plan: Any = None, **kwargs: Any) -> None:
     from django.db import router
 
-    from .definitions import sync_definitions
     from .models import BatchTaskDefinition
+    from .services.definitions import sync_definitions
 
     if router.allow_migrate_model(using, BatchTaskDefinition):
         sync_definitions(using=using)

@@ -8,14 +8,14 @@ from typing import Any
 from django.core import checks
 from django.db import connections
 
-from .exceptions import BatchTasksError
+from .core.exceptions import BatchTasksError
 
 
 @checks.register()
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """``BATCHTASKS`` and its per-type overrides must be valid."""
-    from .conf import get_settings
-    from .registry import registry
+    from .core.conf import get_settings
+    from .core.registry import registry
 
     try:
         conf = get_settings()
@@ -55,6 +55,45 @@ def check_database(databases: Any = None, **kwargs: Any) -> list[checks.CheckMes
                     f"{'.'.join(map(str, version))}.",
                     hint="Use a newer Python build or PostgreSQL.",
                     id="batchtasks.E003",
+                )
+            )
+    return errors
+
+
+@checks.register(checks.Tags.database)
+def check_isolation_level(databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """The database batchtasks writes to must run READ COMMITTED (PostgreSQL).
+
+    The dispatcher locks a queue's row, then counts the tasks in flight: only READ
+    COMMITTED lets the count see what other passes committed while it waited for the
+    lock. Under REPEATABLE READ or SERIALIZABLE limits could be overshot or passes fail.
+    """
+    from django.db import router
+
+    from .models import BatchTask
+
+    alias = router.db_for_write(BatchTask)
+    errors: list[checks.CheckMessage] = []
+    for name in (alias, f"{alias}:batchtasks"):
+        if name not in connections.settings:
+            continue
+        settings_dict = connections.settings[name]
+        if "postgresql" not in settings_dict.get("ENGINE", ""):
+            continue
+        level = (settings_dict.get("OPTIONS") or {}).get("isolation_level")
+        if level is None:
+            continue
+        from psycopg import IsolationLevel
+
+        if IsolationLevel(level) != IsolationLevel.READ_COMMITTED:
+            errors.append(
+                checks.Error(
+                    f"Database {name!r} is configured with isolation_level="
+                    f"{IsolationLevel(level).name}; batchtasks dispatches on it and needs "
+                    "READ COMMITTED.",
+                    hint="Remove OPTIONS['isolation_level'] (PostgreSQL's default is READ "
+                    "COMMITTED), or route batchtasks' models to a database alias that uses it.",
+                    id="batchtasks.E004",
                 )
             )
     return errors

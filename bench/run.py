@@ -40,6 +40,7 @@ def configure() -> None:
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
     os.environ["BATCHTASKS_REDIS_PREFIX"] = "batchtasks-bench:"
     os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
+    os.environ.setdefault("DJANGO_SECRET_KEY", "benchmarks-only-not-a-secret")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     # The baseline is Celery as shipped: kombu's own Redis transport.
     os.environ["CELERY_STOCK_REDIS_TRANSPORT"] = "1"
@@ -110,8 +111,8 @@ def _responds(w: Any) -> bool:
 
 
 def all_done() -> bool:
+    from batchtasks.core.states import UNFINISHED_STATES
     from batchtasks.models import BatchTask
-    from batchtasks.states import UNFINISHED_STATES
 
     return not BatchTask.objects.filter(state__in=UNFINISHED_STATES).exists()
 
@@ -213,7 +214,7 @@ def bench_throughput() -> list[tuple[str, str, str, str]]:
     for _ in range(REPEAT):  # interleaved, so that drifts of the machine hit all alike
         ours.append(drain_ours())
         plain.append(drain_plain(client, STOCK_TRANSPORT))
-        with producer_transport("batchtasks.broker:Transport"):
+        with producer_transport("batchtasks.transport.redis:Transport"):
             tuned.append(drain_plain(client, OUR_TRANSPORT))
     a, b, c = (statistics.median(x) for x in (ours, plain, tuned))
     label = (
@@ -309,7 +310,7 @@ N_RECOVERY = int(os.environ.get("BENCH_RECOVERY", "3"))
 def bench_recovery() -> list[tuple[str, str, str, str]]:
     """SIGKILL the worker running a task; time until another worker runs it again."""
     from batchtasks import BatchTask, TaskState
-    from batchtasks.conf import get_settings
+    from batchtasks.core.conf import get_settings
     from batchtasks.models import BatchTaskDefinition
 
     def running_on(task_id: int, prefix: str) -> Callable[[], bool]:

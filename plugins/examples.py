@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from batchtasks import BatchTaskPlugin, batchtask
-from batchtasks.exceptions import PermanentFailure
+from batchtasks.core.exceptions import PermanentFailure
 
 
-def _record(params: dict[str, Any], task_id: int | None, start: float, end: float) -> None:
-    """Append one line per run to ``params["record_dir"]/<task id>`` (a real side effect
-    that tests count to prove a task ran exactly once)."""
-    directory = params.get("record_dir")
-    if directory:
-        with Path(directory, str(task_id)).open("a") as fh:
-            fh.write(f"{os.getpid()} {start:.6f} {end:.6f}\n")
+def _record(params: dict[str, Any], task_id: int | None, event: str, when: float) -> None:
+    """With ``params["record"]``, append ``<event> <pid> <time>`` to
+    ``MEDIA_ROOT/batchtasks/runs/<task id>``: a real side effect that tests read to prove
+    a task started once, or that two never ran at once. Never a path from params."""
+    if not params.get("record") or task_id is None:
+        return
+    folder = Path(settings.MEDIA_ROOT) / "batchtasks" / "runs"
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / str(int(task_id))).open("a") as fh:
+        fh.write(f"{event} {os.getpid()} {when:.6f}\n")
 
 
 @batchtask("examples.noop", description="Do nothing (benchmarks).")
@@ -37,13 +42,17 @@ class Noop(BatchTaskPlugin):
 class Sleep(BatchTaskPlugin):
     """Sleep in small steps, checking for cancellation between them.
 
-    ``cooperate: false`` never checks (a plugin stuck in a long call); ``catch_soft:
-    true`` returns early, saying so, when the soft time limit strikes.
+    ``cooperate: false`` never checks (a plugin stuck in a long call);
+    ``ignore_sigterm: true`` also ignores SIGTERM (a plugin that will not be told);
+    ``catch_soft: true`` returns early, saying so, when the soft time limit strikes.
     """
 
     def run(self, params: dict[str, Any]) -> dict[str, Any]:
         seconds = float(params.get("seconds", 1.0))
+        if params.get("ignore_sigterm"):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         start = time.time()
+        _record(params, self.task_id, "start", start)
         try:
             self._sleep(seconds, cooperate=params.get("cooperate", True))
         except SoftTimeLimitExceeded:
@@ -51,7 +60,7 @@ class Sleep(BatchTaskPlugin):
                 raise
             return {"soft_timeout": True, "start": start, "end": time.time()}
         end = time.time()
-        _record(params, self.task_id, start, end)
+        _record(params, self.task_id, "end", end)
         return {"slept": seconds, "start": start, "end": end, "pid": os.getpid()}
 
     def _sleep(self, seconds: float, *, cooperate: bool) -> None:
@@ -84,7 +93,8 @@ class Fail(BatchTaskPlugin):
 
 @batchtask("examples.progress", description="Report progress in params['steps'] steps.")
 class Progress(BatchTaskPlugin):
-    """Walk through steps, reporting progress after each."""
+    """Walk through steps, reporting progress after each; then, with ``silent_after``,
+    work that many seconds more without a word."""
 
     def run(self, params: dict[str, Any]) -> dict[str, Any]:
         steps = int(params.get("steps", 10))
@@ -98,4 +108,5 @@ class Progress(BatchTaskPlugin):
                 time.sleep(delay)
                 self.check_cancelled()
                 self.progress(100 * step / steps, f"step {step} of {steps}")
+        time.sleep(float(params.get("silent_after", 0)))
         return {"steps": steps}

@@ -34,12 +34,13 @@ def ensure_admin() -> str:
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    os.environ.setdefault("DJANGO_DEBUG", "1")  # development: web and worker alike
     django.setup()
     from django.conf import settings
     from django.core.management import call_command
     from honcho.manager import Manager
 
-    from batchtasks.definitions import sync_definitions
+    from batchtasks.services.definitions import sync_definitions
 
     call_command("migrate", verbosity=0)
     login = ensure_admin()
@@ -61,7 +62,6 @@ def main() -> None:
     manager.add_process(
         "web",
         f"{python} manage.py runserver 127.0.0.1:{port}",
-        env={**os.environ, "DJANGO_DEBUG": os.environ.get("DJANGO_DEBUG", "1")},
     )
     manager.add_process(
         "worker",

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 RUN_DIR = Path(os.environ.get("BATCHTASKS_RUN_DIR", BASE_DIR / ".run"))
@@ -26,9 +27,15 @@ def env_flag(name: str, default: bool = False) -> bool:
 
 
 DEBUG = env_flag("DJANGO_DEBUG")
-SECRET_KEY = os.environ.get(
-    "DJANGO_SECRET_KEY", "insecure-development-key-set-DJANGO_SECRET_KEY-in-production"
-)
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is not set. Set it to a long random value in production "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(50))'), or set "
+            "DJANGO_DEBUG=1 for development (make run does)."
+        )
+    SECRET_KEY = "insecure-development-key-only-used-with-DJANGO_DEBUG"
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
 
 INSTALLED_APPS = [
@@ -134,7 +141,7 @@ else:
         "CELERY_STOCK_REDIS_TRANSPORT"
     ):
         # kombu's Redis transport without a new client object per command.
-        CELERY_BROKER_TRANSPORT = "batchtasks.broker:Transport"
+        CELERY_BROKER_TRANSPORT = "batchtasks.transport.redis:Transport"
     if os.environ.get("BATCHTASKS_REDIS_PREFIX"):
         # Lets several test runs share one Redis server without seeing each other.
         CELERY_BROKER_TRANSPORT_OPTIONS = {

@@ -9,9 +9,9 @@ import pytest
 import redis
 from django.db import connection
 
-from batchtasks.db import close_state_connections
-from batchtasks.definitions import get_definition, sync_definitions
+from batchtasks.db.connections import close_state_connections
 from batchtasks.models import BatchTaskDefinition
+from batchtasks.services.definitions import get_definition, sync_definitions
 from tests.workers import Worker
 
 ALL_QUEUES = [
@@ -73,20 +73,36 @@ def purge_queues(queues: list[str]) -> None:
 
 
 @pytest.fixture
-def record_dir(tmp_path: Path) -> Path:
-    """Where example plugins append one line per run (see plugins.examples)."""
-    path = tmp_path / "runs"
-    path.mkdir()
+def media_root(tmp_path: Path) -> Path:
+    """The MEDIA_ROOT of the workers a test starts."""
+    path = tmp_path / "media"
+    path.mkdir(exist_ok=True)
     return path
 
 
-def runs_of(record_dir: Path, task_id: int) -> list[tuple[int, float, float]]:
-    """The runs the plugin itself recorded for a task: (pid, start, end)."""
+@pytest.fixture
+def record_dir(media_root: Path) -> Path:
+    """Where example plugins given ``{"record": True}`` note each run (plugins.examples)."""
+    path = media_root / "batchtasks" / "runs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def runs_of(record_dir: Path, task_id: int) -> list[tuple[int, float, float | None]]:
+    """The runs the plugin itself recorded for a task: (pid, start, end or None if the
+    run never reached its end)."""
     path = record_dir / str(task_id)
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()
-    return [(int(p), float(s), float(e)) for p, s, e in (line.split() for line in lines)]
+    runs: list[tuple[int, float, float | None]] = []
+    for line in path.read_text().splitlines():
+        event, pid, when = line.split()
+        if event == "start":
+            runs.append((int(pid), float(when), None))
+        else:
+            at = max(i for i, run in enumerate(runs) if run[0] == int(pid) and run[2] is None)
+            runs[at] = (int(pid), runs[at][1], float(when))
+    return runs
 
 
 @pytest.fixture
@@ -101,7 +117,7 @@ def set_limit(type_name: str, limit: int | None) -> None:
 
 @pytest.fixture
 def start_worker(
-    transactional_db: None, definitions: None, tmp_path: Path
+    transactional_db: None, definitions: None, tmp_path: Path, media_root: Path
 ) -> Iterator[Callable[..., Worker]]:
     """Start real worker processes; all are stopped before the database is flushed."""
     started: list[Worker] = []
@@ -114,8 +130,14 @@ def start_worker(
         wait: bool = True,
         env: dict[str, str] | None = None,
     ) -> Worker:
+        twins = sum(1 for w in started if w.name == name)
         worker = Worker(
-            name, queues or ALL_QUEUES, concurrency=concurrency, log_dir=tmp_path, env=env
+            name,
+            queues or ALL_QUEUES,
+            concurrency=concurrency,
+            log_dir=tmp_path,
+            env={"DJANGO_MEDIA_ROOT": str(media_root), **(env or {})},
+            log_name=f"{name}-{twins + 1}" if twins else name,
         )
         started.append(worker)
         return worker.start(wait=wait)

@@ -10,5 +10,16 @@ os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/batcht
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
 os.environ.setdefault("BATCHTASKS_REDIS_PREFIX", f"batchtasks-test-{os.getpid()}:")
 os.environ.setdefault("BATCHTASKS_TEST_DB_NAME", f"test_batchtasks_{os.getpid()}")
+os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-not-a-secret")
 
 from project.settings import *  # noqa: F403
+
+if os.environ.get("BATCHTASKS_TEST_CLOCK_SKEW"):
+    # A host whose clock is off by this many seconds (tests of the database clock).
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    _skew = timedelta(seconds=float(os.environ["BATCHTASKS_TEST_CLOCK_SKEW"]))
+    _true_now = timezone.now
+    timezone.now = lambda: _true_now() + _skew

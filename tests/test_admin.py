@@ -129,6 +129,7 @@ def test_definitions_are_editable(admin_client: Client, tasks) -> None:
             "timeout": "60",
             "soft_timeout": "",
             "max_attempts": "2",
+            "max_lost_runs": "3",
             "retry_backoff": "2",
             "retry_backoff_max": "600",
             "retention": "",
@@ -161,10 +162,45 @@ def test_the_retry_action_runs_failed_tasks_again(admin_client: Client, tasks) -
     assert (failed.state, failed.attempt, failed.error) == (TaskState.NEW, 2, None)
 
 
-def test_workers_are_listed(admin_client: Client) -> None:
-    from batchtasks.lease import register_worker
+def test_the_retry_action_says_why_a_task_cannot_run_again(admin_client: Client) -> None:
+    old = BatchTask.submit("examples.noop", unique_key="nightly")
+    BatchTask.objects.filter(pk=old.pk).update(state=TaskState.FAILED)
+    BatchTask.submit("examples.noop", unique_key="nightly")  # holds the key now
 
-    register_worker("w1@host", queues=["batch.x"], concurrency=4, using="default")
+    page = admin_client.post(
+        CHANGELIST, {"action": "retry_tasks", "_selected_action": [str(old.pk)]}, follow=True
+    )
+
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "holds its unique_key" in html and "0 tasks will run again." in html
+    assert BatchTask.objects.get(pk=old.pk).state == TaskState.FAILED
+
+
+def test_a_queue_that_types_name_cannot_be_deleted(admin_client: Client) -> None:
+    from batchtasks.models import BatchQueue
+    from batchtasks.services.definitions import get_definition
+
+    queue = BatchQueue.objects.get(name=get_definition("examples.noop").queue)
+    unused = BatchQueue.objects.create(name="batch.unused")
+
+    used = admin_client.post(
+        reverse("admin:batchtasks_batchqueue_delete", args=[queue.pk]), {"post": "yes"}
+    )
+    free = admin_client.post(
+        reverse("admin:batchtasks_batchqueue_delete", args=[unused.pk]), {"post": "yes"}
+    )
+
+    assert used.status_code == 403 and free.status_code == 302
+    assert BatchQueue.objects.filter(pk=queue.pk).exists()
+    assert not BatchQueue.objects.filter(pk=unused.pk).exists()
+
+
+def test_workers_are_listed(admin_client: Client) -> None:
+    from batchtasks.services.workers import Identity, register_worker
+
+    boot = Identity("w1@host", "c" * 32, 123, "", 0.0)
+    register_worker(boot, queues=["batch.x"], concurrency=4, using="default")
 
     html = admin_client.get(reverse("admin:batchtasks_batchworker_changelist")).content.decode()
 

@@ -20,8 +20,8 @@ import redis
 from django.db import connection
 
 from batchtasks import BatchTask, TaskState
-from batchtasks.definitions import get_definition
 from batchtasks.models import BatchTaskAttempt, BatchTaskDefinition
+from batchtasks.services.definitions import get_definition
 from tests.conftest import broker_at, runs_of
 from tests.test_recovery import FAST
 from tests.workers import wait_for
@@ -131,9 +131,7 @@ def test_nothing_is_lost_and_nothing_runs_needlessly_twice(
     env = {**FAST, "REDIS_URL": private_redis.url}
     a = start_worker("a", SLEEP, concurrency=2, env=env)
     b = start_worker("b", SLEEP, concurrency=2, env=env)
-    tasks = BatchTask.submit_many(
-        "examples.sleep", [{"seconds": 0.05, "record_dir": str(record_dir)}] * TASKS
-    )
+    tasks = BatchTask.submit_many("examples.sleep", [{"seconds": 0.05, "record": True}] * TASKS)
     in_hand = 0
 
     def kill_a() -> int:

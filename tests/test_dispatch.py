@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 from django.contrib.auth import get_user_model
+from django.db import OperationalError, connection, connections, transaction
 from django.utils import timezone
 
 from batchtasks import BatchTask, BatchTaskPlugin, Priority, TaskState, batchtask, transitions
-from batchtasks.definitions import ensure_queue, get_definition
-from batchtasks.dispatch import dispatch_queue
+from batchtasks.core.states import AttemptOutcome
 from batchtasks.models import BatchQueue, BatchTaskDefinition
+from batchtasks.services.definitions import get_definition
+from batchtasks.services.dispatch import dispatch_queue
 from tests.conftest import broker_at, purge_queues, set_limit
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -56,12 +61,11 @@ def run_one_queued(queue: str) -> BatchTask:
     task = BatchTask.objects.filter(state=TaskState.QUEUED, queue=queue).order_by(
         "queued_at", "id"
     )[0]
-    claim = transitions.claim(task.pk, worker="test", lease_seconds=30, using="default")
+    fence = transitions.Fence(task.pk, task.attempt, "test")
+    claim = transitions.claim(fence, worker="test", pid=1, lease_seconds=30, using="default")
     assert claim is not None
-    ok = transitions.finish(
-        task.pk, claim.attempt, transitions.Outcome(TaskState.SUCCEEDED), using="default"
-    )
-    assert ok
+    done = transitions.Outcome(AttemptOutcome.SUCCEEDED)
+    assert transitions.end_attempt(fence, done, using="default") is not None
     dispatch_queue(queue)
     return task
 
@@ -206,18 +210,69 @@ def test_failed_publish_puts_tasks_back_to_new() -> None:
     assert broker_depth("batch.examples.noop") == 1
 
 
-def test_a_queue_row_is_created_when_a_type_moves_to_a_new_queue() -> None:
-    definition = get_definition("examples.noop")
-    definition.queue = "batch.moved"
-    definition.save()
-    ensure_queue("batch.moved")
+def test_a_deleted_queue_row_is_created_again_and_its_tasks_dispatched() -> None:
+    set_limit("examples.sleep", 2)
+    BatchQueue.objects.filter(name="batch.examples.sleep").delete()
+
+    tasks = BatchTask.submit_many("examples.sleep", [{}] * 3)
+
+    assert Counter(states(*tasks)) == {TaskState.QUEUED: 2, TaskState.NEW: 1}
+    assert BatchQueue.objects.filter(name="batch.examples.sleep").exists()
+    assert broker_depth("batch.examples.sleep") == 2
+
+
+def test_a_type_moved_to_a_queue_without_a_row_is_dispatched_there() -> None:
+    definition = get_definition("examples.sleep")
+    BatchTaskDefinition.objects.filter(pk=definition.pk).update(
+        queue="batch.moved", max_concurrency=1
+    )
     purge_queues(["batch.moved"])
 
-    task = BatchTask.submit("examples.noop")
+    first, second = BatchTask.submit_many("examples.sleep", [{}] * 2)
 
-    task.refresh_from_db()
-    assert (task.state, task.queue) == (TaskState.QUEUED, "batch.moved")
+    assert states(first, second) == [TaskState.QUEUED, TaskState.NEW]
+    assert BatchTask.objects.get(pk=first.pk).queue == "batch.moved"
+    assert broker_depth("batch.moved") == 1
     purge_queues(["batch.moved"])
+
+
+def test_types_sharing_a_queue_share_its_turns() -> None:
+    users = get_user_model().objects
+    alice, bob = users.create_user("alice"), users.create_user("bob")
+    get_definition("tests.shared_b")
+    BatchQueue.objects.filter(name=SHARED).update(max_concurrency=1)
+    BatchTask.submit_many("tests.shared_a", [{}] * 6, owner=alice)
+    BatchTask.submit("tests.shared_b", owner=bob)
+
+    order = [run_one_queued(SHARED).owner_id for _ in range(7)]
+
+    assert order.index(bob.pk) <= 2, f"bob waited behind alice's backlog: {order}"
+
+
+def test_a_pass_whose_commit_answer_was_lost_still_publishes_what_it_admitted(
+    monkeypatch,
+) -> None:
+    set_limit("examples.sleep", 2)
+    tasks = BatchTask.submit_many("examples.sleep", [{}] * 5)
+    purge_queues(["batch.examples.sleep"])  # as if nothing had been dispatched yet
+    BatchTask.objects.filter(pk__in=[t.pk for t in tasks]).update(
+        state=TaskState.NEW, queue="", queued_at=None
+    )
+    real_commit = connection.commit
+    lost = []
+
+    def commit_then_lose_the_answer() -> None:
+        real_commit()
+        if not lost:
+            lost.append(True)
+            raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(connection, "commit", commit_then_lose_the_answer)
+    dispatch_queue("batch.examples.sleep")
+
+    assert lost
+    assert Counter(states(*tasks)) == {TaskState.QUEUED: 2, TaskState.NEW: 3}
+    assert broker_depth("batch.examples.sleep") == 2  # published after the retry
 
 
 def test_direct_admission_keeps_to_the_window_and_never_overtakes(settings) -> None:
@@ -229,3 +284,52 @@ def test_direct_admission_keeps_to_the_window_and_never_overtakes(settings) -> N
     late = BatchTask.submit("examples.noop", description="late")  # a slot is free now
 
     assert states(*tasks[2:], late) == ["queued", "new", "new"]
+
+
+def test_a_dispatch_pass_is_read_committed_whatever_the_connection_default() -> None:
+    from batchtasks.db.connections import read_committed
+
+    other = connection.copy("serializable")
+    other.settings_dict["OPTIONS"] = {
+        **other.settings_dict.get("OPTIONS", {}),
+        "isolation_level": psycopg.IsolationLevel.SERIALIZABLE,
+    }
+    connections["serializable"] = other
+    try:
+        seen = []
+        for force in (False, True):
+            with transaction.atomic(using="serializable"):
+                if force:
+                    read_committed("serializable")
+                with other.cursor() as cursor:
+                    cursor.execute("SHOW transaction_isolation")
+                    seen.append(cursor.fetchone()[0])
+        assert seen == ["serializable", "read committed"]
+    finally:
+        other.close()
+        del connections["serializable"]
+
+
+def test_a_system_check_refuses_another_isolation_level(settings) -> None:
+    from django.core.checks import run_checks
+
+    databases = {alias: dict(value) for alias, value in settings.DATABASES.items()}
+    databases["default"]["OPTIONS"] = {
+        **databases["default"].get("OPTIONS", {}),
+        "isolation_level": psycopg.IsolationLevel.REPEATABLE_READ,
+    }
+    with connections_settings(databases):
+        errors = [e for e in run_checks(databases=["default"]) if e.id == "batchtasks.E004"]
+
+    assert len(errors) == 1 and "REPEATABLE_READ" in errors[0].msg
+    assert "READ COMMITTED" in errors[0].msg
+
+
+@contextmanager
+def connections_settings(databases: dict) -> Iterator[None]:
+    saved = connections.settings
+    connections.settings = databases
+    try:
+        yield
+    finally:
+        connections.settings = saved

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 
-from batchtasks.exceptions import TaskCancelled
-from batchtasks.plugin import LocalContext
+from batchtasks.core.exceptions import TaskCancelled
+from batchtasks.core.plugin import LocalContext
 from plugins.reports import UsersCsv
 
 pytestmark = pytest.mark.django_db

@@ -8,16 +8,16 @@ from typing import Any
 import pytest
 
 from batchtasks import BatchTaskPlugin, batchtask
-from batchtasks.conf import BatchTasksSettings, get_settings
-from batchtasks.exceptions import (
+from batchtasks.core.conf import BatchTasksSettings, get_settings
+from batchtasks.core.exceptions import (
     ConfigurationError,
     DuplicateTaskType,
     InvalidTaskOption,
     UnknownTaskType,
 )
-from batchtasks.plugin import LocalContext
-from batchtasks.registry import registry
-from batchtasks.states import STATE_CODES, TaskState
+from batchtasks.core.plugin import LocalContext
+from batchtasks.core.registry import registry
+from batchtasks.core.states import STATE_CODES, TaskState
 
 
 @pytest.fixture

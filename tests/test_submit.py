@@ -10,7 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from batchtasks import BatchTask, Priority, TaskState
-from batchtasks.exceptions import (
+from batchtasks.core.exceptions import (
     BatchTasksError,
     InvalidParameters,
     InvalidTaskOption,

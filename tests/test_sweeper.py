@@ -1,4 +1,5 @@
-"""The sweeper and the user-side recovery calls, against the real database and broker."""
+"""The sweeper, the heartbeat and the user-side recovery calls, against the real database
+and broker (no worker process)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,24 @@ import pytest
 import redis
 from django.core.management import call_command
 from django.db import connection
+from django.db.models import F
 from django.utils import timezone
 
 from batchtasks import BatchTask, TaskState, transitions
-from batchtasks.db import close_state_connections, state_db
-from batchtasks.definitions import get_definition
-from batchtasks.exceptions import InvalidTaskOption
-from batchtasks.lease import register_worker
+from batchtasks.core.exceptions import InvalidTaskOption
+from batchtasks.core.states import AttemptOutcome
+from batchtasks.db.connections import close_state_connections
 from batchtasks.models import BatchTaskAttempt, BatchTaskDefinition, BatchWorker, WorkerState
-from batchtasks.sweeper import cluster_lock, sweep
+from batchtasks.services import sweeper
+from batchtasks.services.definitions import get_definition
+from batchtasks.services.sweeper import cluster_lock, sweep
+from batchtasks.services.workers import Identity, register_worker
 from tests.conftest import purge_queues, set_limit
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 QUEUE = "batch.examples.sleep"
+GONE = "d" * 32
 
 
 @pytest.fixture(autouse=True)
@@ -37,13 +42,15 @@ def depth(queue: str) -> int:
     return int(client.llen(os.environ["BATCHTASKS_REDIS_PREFIX"] + queue))
 
 
-def running_task(max_attempts: int = 1, lease_ago: float = 5) -> BatchTask:
+def define_sleep(**values: object) -> None:
+    BatchTaskDefinition.objects.filter(pk=get_definition("examples.sleep").pk).update(**values)
+
+
+def running_task(lease_ago: float = 5, instance: str = GONE) -> BatchTask:
     """A task a worker "w1@gone" claimed, whose lease ran out ``lease_ago`` s ago."""
-    BatchTaskDefinition.objects.filter(pk=get_definition("examples.sleep").pk).update(
-        max_attempts=max_attempts
-    )
     task = BatchTask.submit("examples.sleep", {"seconds": 1})
-    assert transitions.claim(task.pk, worker="w1@gone", lease_seconds=30, using="default")
+    fence = transitions.Fence(task.pk, task.attempt, instance)
+    assert transitions.claim(fence, worker="w1@gone", pid=1, lease_seconds=30, using="default")
     BatchTask.objects.filter(pk=task.pk).update(
         lease_expires_at=timezone.now() - timedelta(seconds=lease_ago)
     )
@@ -51,24 +58,26 @@ def running_task(max_attempts: int = 1, lease_ago: float = 5) -> BatchTask:
     return task
 
 
-def test_an_expired_lease_runs_the_task_again_while_attempts_remain() -> None:
-    task = running_task(max_attempts=3)
+def test_an_expired_lease_is_a_lost_run_that_runs_again_at_once() -> None:
+    define_sleep(max_attempts=1)  # a lost run does not count as an attempt
+    task = running_task()
 
-    report = sweep(using=state_db("default"))
+    report = sweep(using="default")
 
     assert report is not None and report.requeued == 1
     task.refresh_from_db()
-    assert (task.state, task.attempt) == (TaskState.QUEUED, 2)  # refilled at once
+    assert (task.state, task.attempt, task.lost_runs) == (TaskState.QUEUED, 2, 1)  # refilled
     lost = BatchTaskAttempt.objects.get(task=task, number=1)
-    assert (lost.outcome, lost.error_type) == ("failed", "batchtasks.LeaseExpired")
+    assert (lost.outcome, lost.error_type) == ("lost", "batchtasks.LeaseExpired")
     assert "w1@gone" in lost.error_message
     assert depth(QUEUE) == 1
 
 
-def test_an_expired_lease_fails_the_last_attempt_naming_the_worker() -> None:
-    task = running_task(max_attempts=1)
+def test_past_max_lost_runs_an_expired_lease_fails_naming_the_worker() -> None:
+    define_sleep(max_lost_runs=0)
+    task = running_task()
 
-    sweep(using=state_db("default"))
+    sweep(using="default")
 
     task.refresh_from_db()
     assert task.state == TaskState.FAILED
@@ -76,38 +85,53 @@ def test_an_expired_lease_fails_the_last_attempt_naming_the_worker() -> None:
     assert "lease lost: worker w1@gone stopped renewing it" in task.error.message
 
 
+def test_an_expired_lease_of_a_cancelled_task_ends_it_cancelled() -> None:
+    task = running_task()
+    assert task.cancel()
+
+    report = sweep(using="default")
+
+    task.refresh_from_db()
+    assert report is not None and report.cancelled == 1
+    assert (task.state, task.attempt) == (TaskState.CANCELLED, 1)
+    assert depth(QUEUE) == 0
+
+
 def test_a_live_lease_is_left_alone() -> None:
     task = running_task(lease_ago=-30)
 
-    sweep(using=state_db("default"))
+    sweep(using="default")
 
     task.refresh_from_db()
     assert task.state == TaskState.RUNNING
 
 
-def test_lost_messages_are_published_again_once(settings) -> None:
+def test_queued_tasks_are_published_again_by_age_with_backoff(settings) -> None:
     settings.BATCHTASKS = {**settings.BATCHTASKS, "REPUBLISH_AFTER": 10}
     tasks = BatchTask.submit_many("examples.noop", [{}] * 3)
-    purge_queues(["batch.examples.noop"])  # as a Redis restarted empty would
-    old = timezone.now() - timedelta(seconds=11)
-    BatchTask.objects.filter(pk__in=[t.pk for t in tasks]).update(queued_at=old)
+    ids = [t.pk for t in tasks]
+    assert depth("batch.examples.noop") == 3  # a backlog: republishing does not wait for it
+    queued = BatchTask.objects.filter(pk__in=ids)
+    queued.update(queued_at=timezone.now() - timedelta(seconds=11))
 
-    first = sweep(using=state_db("default"))
-    second = sweep(using=state_db("default"))
+    first = sweep(using="default")
+    second = sweep(using="default")
+    queued.update(republished_at=F("republished_at") - timedelta(seconds=11))
+    third = sweep(using="default")  # once: 10 s since; after one republish it waits 20 s
+    queued.update(republished_at=F("republished_at") - timedelta(seconds=10))
+    fourth = sweep(using="default")
 
-    assert first is not None and first.republished == 3
-    assert second is not None and second.republished == 0
-    assert depth("batch.examples.noop") == 3
-    assert all(t.queued_at > old for t in BatchTask.objects.filter(pk__in=[t.pk for t in tasks]))
+    counts = [r.republished for r in (first, second, third, fourth) if r is not None]
+    assert counts == [3, 0, 0, 3]
+    assert depth("batch.examples.noop") == 9
+    assert list(queued.values_list("republish_count", flat=True)) == [2, 2, 2]
 
 
-def test_waiting_messages_are_not_duplicated(settings) -> None:
-    settings.BATCHTASKS = {**settings.BATCHTASKS, "REPUBLISH_AFTER": 1}
-    tasks = BatchTask.submit_many("examples.noop", [{}] * 3)
-    old = timezone.now() - timedelta(seconds=5)
-    BatchTask.objects.filter(pk__in=[t.pk for t in tasks]).update(queued_at=old)
+def test_a_recent_queued_task_is_not_published_again(settings) -> None:
+    settings.BATCHTASKS = {**settings.BATCHTASKS, "REPUBLISH_AFTER": 30}
+    BatchTask.submit_many("examples.noop", [{}] * 3)
 
-    report = sweep(using=state_db("default"))
+    report = sweep(using="default")
 
     assert report is not None and report.republished == 0
     assert depth("batch.examples.noop") == 3
@@ -131,9 +155,13 @@ def test_retention_purges_old_finished_tasks_and_keeps_the_rest() -> None:
     assert set(BatchTask.objects.values_list("pk", flat=True)) == {recent.pk, waiting.pk}
 
 
+def boot(name: str, instance: str, pid: int = 1, space: str = "") -> Identity:
+    return Identity(name, instance, pid, space, 0.0)
+
+
 def test_silent_workers_are_marked_offline() -> None:
-    register_worker("quiet@host", queues=[QUEUE], concurrency=2, using="default")
-    register_worker("chatty@host", queues=[QUEUE], concurrency=2, using="default")
+    register_worker(boot("quiet@host", "1" * 32), queues=[QUEUE], concurrency=2, using="default")
+    register_worker(boot("chatty@host", "2" * 32), queues=[QUEUE], concurrency=2, using="default")
     BatchWorker.objects.filter(name="quiet@host").update(
         last_seen_at=timezone.now() - timedelta(minutes=5)
     )
@@ -146,16 +174,45 @@ def test_silent_workers_are_marked_offline() -> None:
     assert "offline=1" in out.getvalue()
 
 
+def test_a_dead_worker_boot_on_this_machine_gives_back_its_attempts_at_once() -> None:
+    from batchtasks.services.workers import process_space
+
+    here = process_space()
+    assert here, "the tests run on Linux"
+    register_worker(boot("w1@gone", GONE, pid=2**22 + 7, space=here), queues=[QUEUE],
+                    concurrency=1, using="default")  # fmt: skip
+    task = running_task(lease_ago=-600)  # its lease is far from running out
+
+    report = sweep(using="default")
+
+    task.refresh_from_db()
+    assert report is not None and report.reaped == 1
+    assert (task.state, task.attempt) == (TaskState.QUEUED, 2)
+    assert BatchWorker.objects.get(instance=GONE).state == WorkerState.OFFLINE
+
+
+def test_a_live_worker_boot_keeps_its_attempts() -> None:
+    from batchtasks.services.workers import process_space
+
+    alive = boot("w1@here", GONE, pid=os.getpid(), space=process_space())
+    register_worker(alive, queues=[QUEUE], concurrency=1, using="default")
+    BatchWorker.objects.filter(instance=GONE).update(process_started=None)
+    task = running_task(lease_ago=-600)
+
+    report = sweep(using="default")
+
+    task.refresh_from_db()
+    assert report is not None and report.reaped == 0
+    assert task.state == TaskState.RUNNING
+
+
 def test_one_sweeper_at_a_time() -> None:
-    with cluster_lock(state_db("default")) as mine:
+    with cluster_lock("default") as mine:
         assert mine
         other = connection.copy("other")
         try:
             with other.cursor() as cursor:
-                cursor.execute(
-                    "SELECT pg_try_advisory_lock(%s)",
-                    [__import__("batchtasks.sweeper").sweeper.LOCK_KEY],
-                )
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", [sweeper.LOCK_KEY])
                 assert cursor.fetchone()[0] is False
         finally:
             other.close()
@@ -163,9 +220,8 @@ def test_one_sweeper_at_a_time() -> None:
 
 def test_retry_runs_a_failed_task_again_as_its_next_attempt() -> None:
     task = running_task()
-    transitions.finish(
-        task.pk, 1, transitions.Outcome(TaskState.FAILED, error_type="X"), using="default"
-    )
+    failed = transitions.Outcome(AttemptOutcome.FAILED, error_type="X")
+    transitions.end_attempt(transitions.Fence(task.pk, 1, GONE), failed, using="default")
 
     assert task.retry()
 
@@ -215,20 +271,23 @@ def test_supersede_marks_the_older_waiting_task_skipped() -> None:
 
 
 def test_a_heartbeat_ends_attempts_no_pool_process_holds() -> None:
-    from batchtasks.worker import WorkerAgent
+    from batchtasks.worker.heartbeat import Heartbeat
+    from batchtasks.worker.stopping import Stopper
 
-    define_sleep = BatchTaskDefinition.objects.filter(pk=get_definition("examples.sleep").pk)
-    define_sleep.update(timeout=60, max_attempts=2)
+    define_sleep(timeout=60, max_attempts=2)
     overran, vanished = BatchTask.submit_many("examples.sleep", [{}, {}])
+    me = boot("w@x", "e" * 32)
     for task in (overran, vanished):
-        assert transitions.claim(task.pk, worker="w@x", lease_seconds=30, using="default")
+        fence = transitions.Fence(task.pk, 1, me.instance)
+        assert transitions.claim(fence, worker="w@x", pid=1, lease_seconds=30, using="default")
     BatchTask.objects.filter(pk=overran.pk).update(
         started_at=timezone.now() - timedelta(seconds=61)
     )
 
     # This process holds no Celery requests: whatever the database says w@x runs is lost.
-    WorkerAgent(hostname="w@x", queues=[QUEUE]).heartbeat()
+    freed = Heartbeat(me, Stopper(lambda fence: False)).beat("default")
 
+    assert freed == {QUEUE}
     overran.refresh_from_db()
     vanished.refresh_from_db()
     timed_out = BatchTaskAttempt.objects.get(task=overran)
@@ -236,5 +295,29 @@ def test_a_heartbeat_ends_attempts_no_pool_process_holds() -> None:
     assert "hard time limit of 60 s exceeded; worker w@x stopped it" in timed_out.error_message
     assert overran.state == TaskState.NEW and overran.run_after > timezone.now()  # backoff
     lost = BatchTaskAttempt.objects.get(task=vanished)
-    assert lost.error_type == "billiard.exceptions.WorkerLostError"
-    assert vanished.state == TaskState.QUEUED and vanished.attempt == 2  # again at once
+    assert (lost.outcome, lost.error_type) == ("lost", "billiard.exceptions.WorkerLostError")
+    assert (vanished.state, vanished.attempt) == (TaskState.NEW, 2)  # due at once
+
+
+def test_a_heartbeat_that_cannot_see_its_requests_loses_nothing(monkeypatch) -> None:
+    from batchtasks.worker import heartbeat
+    from batchtasks.worker.stopping import Stopper
+
+    me = boot("w@x", "f" * 32)
+    task = BatchTask.submit("examples.sleep", {})
+    fence = transitions.Fence(task.pk, 1, me.instance)
+    transitions.claim(fence, worker="w@x", pid=1, lease_seconds=1, using="default")
+    task.refresh_from_db()
+    before = task.lease_expires_at
+
+    class Unreadable(set):
+        def __iter__(self):
+            raise RuntimeError("Set changed size during iteration")
+
+    monkeypatch.setattr(heartbeat.celery_state, "active_requests", Unreadable())
+    heartbeat.Heartbeat(me, Stopper(lambda fence: False)).beat("default")
+
+    task.refresh_from_db()
+    assert task.state == TaskState.RUNNING
+    assert task.lease_expires_at - before > timedelta(seconds=20)  # renewed, not lost
+    assert not BatchTaskAttempt.objects.filter(task=task).exists()

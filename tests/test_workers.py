@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from django_celery_results.models import TaskResult
 
 from batchtasks import BatchTask, Priority, TaskState
 from batchtasks.models import BatchTaskAttempt
-from batchtasks.tasks import publish
+from batchtasks.transport.publish import Run, publish
 from tests.conftest import runs_of, set_limit
 from tests.workers import wait_for
 
@@ -44,7 +43,7 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
 
 def test_success_saves_result_and_timestamps(start_worker, record_dir: Path) -> None:
     start_worker()
-    task = BatchTask.submit("examples.sleep", {"seconds": 0.2, "record_dir": str(record_dir)})
+    task = BatchTask.submit("examples.sleep", {"seconds": 0.2, "record": True})
 
     (task,) = wait_final(task)
 
@@ -103,7 +102,7 @@ def test_type_limit_holds_across_three_workers(start_worker, record_dir: Path) -
     set_limit("examples.sleep", 2)
     for name in ("a", "b", "c"):
         start_worker(name, ["batch.examples.sleep"], concurrency=3, wait=False)
-    params = [{"seconds": 0.4, "record_dir": str(record_dir)} for _ in range(10)]
+    params = [{"seconds": 0.4, "record": True} for _ in range(10)]
     tasks = BatchTask.submit_many("examples.sleep", params)
 
     running_counts = []
@@ -185,14 +184,16 @@ def test_fairness_lets_a_second_owner_in_before_the_backlog_drains(start_worker)
 
 
 def test_duplicate_and_stale_messages_run_nothing_twice(start_worker, record_dir: Path) -> None:
-    start_worker(concurrency=3)
-    task = BatchTask.submit("examples.sleep", {"seconds": 0.5, "record_dir": str(record_dir)})
+    w = start_worker(concurrency=3)
+    task = BatchTask.submit("examples.sleep", {"seconds": 0.5, "record": True})
     task.refresh_from_db()
-    publish(task.queue, [(task.pk, task.attempt)] * 2)  # two more copies while it waits or runs
+    copy = Run(task.pk, task.attempt)
+    publish(task.queue, [copy] * 2)  # two more copies while it waits or runs
 
     (task,) = wait_final(task)
-    publish(task.queue, [(task.pk, task.attempt)])  # a stale copy after it finished
-    time.sleep(1.0)
+    publish(task.queue, [copy])  # a stale copy after it finished
+    dropped = f"message dropped task={task.pk} attempt={task.attempt} "
+    wait_for(lambda: w.log_count(dropped) == 3)  # every copy was taken and ran nothing
 
     assert len(runs_of(record_dir, task.pk)) == 1
     assert BatchTaskAttempt.objects.filter(task=task).count() == 1
@@ -207,13 +208,29 @@ def test_rolled_back_submit_never_runs(start_worker, record_dir: Path) -> None:
         pass
 
     with pytest.raises(Abort), transaction.atomic():
-        BatchTask.submit("examples.sleep", {"seconds": 0.1, "record_dir": str(record_dir)})
+        BatchTask.submit("examples.sleep", {"seconds": 0.1, "record": True})
         raise Abort
     proof = BatchTask.submit("examples.sleep", {"seconds": 1.5})  # outlives two dispatch ticks
     wait_final(proof)
 
     assert BatchTask.objects.count() == 1
     assert list(record_dir.iterdir()) == []
+
+
+def test_throttled_progress_is_written_while_the_plugin_is_silent(start_worker) -> None:
+    start_worker(env={"BATCHTASKS_PROGRESS_INTERVAL": "0.5"})
+    # Three reports at once, then four silent seconds: two reports are held back.
+    task = BatchTask.submit("examples.progress", {"steps": 3, "delay": 0, "silent_after": 4})
+    seen: list[tuple[str, int, str]] = []
+
+    def last_report_shown() -> bool:
+        row = BatchTask.objects.values_list("state", "progress_percent", "progress_message")
+        seen.append(row.get(pk=task.pk))
+        return seen[-1][0] in FINAL or seen[-1][1:] == (100, "step 3 of 3")
+
+    wait_for(last_report_shown, timeout=30, interval=0.05)
+
+    assert seen[-1] == (TaskState.RUNNING, 100, "step 3 of 3"), seen[-5:]
 
 
 def test_workers_survive_lost_database_connections(start_worker) -> None:

@@ -51,19 +51,30 @@ class Worker:
         env: dict[str, str] | None = None,
         settings_module: str = "tests.settings",
         extra_args: list[str] | None = None,
+        log_name: str | None = None,
     ) -> None:
         self.settings_module = settings_module
         self.extra_args = extra_args or []
         self.name = name
         self.queues = queues
         self.concurrency = concurrency
-        self.log_path = log_dir / f"worker-{name}.log"
+        self.log_path = log_dir / f"worker-{log_name or name}.log"
         self.extra_env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def hostname(self) -> str:
         return f"{self.name}@{os.uname().nodename}"
+
+    @property
+    def pid(self) -> int:
+        """The pid of the worker's main process (its last start)."""
+        assert self.process is not None
+        return self.process.pid
+
+    def log_count(self, text: str) -> int:
+        """How often ``text`` appears in the worker's log."""
+        return self.log().count(text)
 
     def command(self) -> list[str]:
         return [
@@ -82,6 +93,7 @@ class Worker:
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }
+        self._ready_before = self.log_count(f"{self.hostname} ready.")
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             self.command(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -99,7 +111,7 @@ class Worker:
         def ready() -> bool:
             if self.process is not None and self.process.poll() is not None:
                 raise AssertionError(f"worker {self.name} exited early:\n{self.log()[-4000:]}")
-            return f"{self.hostname} ready." in self.log()
+            return self.log_count(f"{self.hostname} ready.") > self._ready_before
 
         wait_for(ready, timeout=timeout, interval=0.1)
 

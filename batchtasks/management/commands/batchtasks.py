@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from batchtasks.matrix import build_matrix, render_matrix
+from batchtasks.services.matrix import build_matrix, render_matrix
 
 
 class Command(BaseCommand):
@@ -37,14 +37,14 @@ class Command(BaseCommand):
         handler(**options)
 
     def handle_workers(self, **options: Any) -> None:
-        from batchtasks.definitions import sync_definitions
+        from batchtasks.services.definitions import sync_definitions
 
         sync_definitions()
         self.stdout.write(render_matrix(build_matrix()))
 
     def handle_dispatch(self, *, queues: list[str], **options: Any) -> None:
-        from batchtasks.dispatch import dispatch_all
         from batchtasks.models import BatchQueue
+        from batchtasks.services.dispatch import dispatch_all
 
         if queues:
             known = set(BatchQueue.objects.filter(name__in=queues).values_list("name", flat=True))
@@ -58,21 +58,20 @@ class Command(BaseCommand):
         self.stdout.write(f"Dispatched {count} task(s).")
 
     def handle_sweep(self, **options: Any) -> None:
-        from batchtasks.db import state_db
-        from batchtasks.sweeper import sweep
+        from batchtasks.services.sweeper import sweep
 
-        report = sweep(using=state_db(_database()))
+        report = sweep(using=_database())
         if report is None:
             raise CommandError("Another process is sweeping right now; try again in a moment.")
         self.stdout.write(f"Swept: {report}.")
 
     def handle_purge(self, **options: Any) -> None:
-        from batchtasks.sweeper import purge
+        from batchtasks.services.sweeper import purge
 
         self.stdout.write(f"Purged {purge(using=_database())} finished task(s).")
 
     def handle_sync(self, **options: Any) -> None:
-        from batchtasks.definitions import sync_definitions
+        from batchtasks.services.definitions import sync_definitions
 
         definitions = sync_definitions()
         self.stdout.write(f"{len(definitions)} task type definition(s) in the database.")

@@ -1,0 +1,155 @@
+"""The ``BATCHTASKS`` setting, read lazily into one typed object."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+from .exceptions import ConfigurationError
+
+
+@dataclass(frozen=True)
+class BatchTasksSettings:
+    """Every key of ``settings.BATCHTASKS`` with its default."""
+
+    #: Modules imported at startup so that their ``@batchtask`` classes register.
+    PLUGINS: tuple[str, ...] = ()
+    #: Per type: values that replace the code's defaults when its definition row is created.
+    TYPES: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Per queue: ``{"max_concurrency": n}`` used when the queue row is created.
+    QUEUES: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Prefix of a type's default queue: ``batch.<type name>``.
+    QUEUE_PREFIX: str = "batch."
+    #: Largest encoded parameters accepted by ``submit`` (bytes).
+    MAX_PARAMS_BYTES: int = 1024 * 1024
+    #: Largest result a plugin may return, as JSON (bytes); a larger one fails the attempt.
+    MAX_RESULT_BYTES: int = 1024 * 1024
+    #: Most tasks in flight (queued + running) per queue whose types have no limit.
+    DISPATCH_WINDOW: int = 500
+    #: Seconds between the safety-net dispatch passes a worker runs.
+    DISPATCH_INTERVAL: float = 1.0
+    #: Least seconds between two refill passes after finishes of unlimited types.
+    REFILL_INTERVAL: float = 0.05
+    #: Least seconds between two progress writes of one task (the last is always written).
+    PROGRESS_INTERVAL: float = 1.0
+    #: Seconds a claimed task's lease lasts; a worker not heard from for as long is offline.
+    LEASE_SECONDS: float = 30.0
+    #: Seconds between a worker's heartbeats (lease renewals, its BatchWorker row).
+    HEARTBEAT_SECONDS: float = 5.0
+    #: Seconds between sweeps (one worker at a time sweeps the whole cluster).
+    SWEEP_INTERVAL: float = 5.0
+    #: Seconds a task may stay queued unclaimed before its message is published again
+    #: (then after twice as long, and so on: a duplicate message runs nothing).
+    REPUBLISH_AFTER: float = 30.0
+    #: Seconds a running task has to honour a cancel before its process gets SIGTERM.
+    CANCEL_GRACE: float = 10.0
+    #: Seconds between that SIGTERM and the SIGKILL of a process that ignores it.
+    KILL_GRACE: float = 5.0
+    #: Keep database connections between tasks (Celery's Django fixup closes them).
+    KEEP_DB_CONNECTIONS: bool = True
+    #: Worker state writes wait for PostgreSQL's WAL flush (see batchtasks.db).
+    SYNCHRONOUS_COMMIT: bool = False
+    #: Prepared statements on the worker's state connection (off behind old PgBouncers).
+    PREPARED_STATEMENTS: bool = True
+    #: The ``-A`` argument printed in worker command lines (default: the Celery app's name).
+    CELERY_APP: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> BatchTasksSettings:
+        """Build from the user's dict, rejecting unknown keys and wrong types."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigurationError(
+                f"Unknown BATCHTASKS setting(s) {', '.join(map(repr, unknown))}; "
+                f"known settings are {', '.join(sorted(known))}."
+            )
+        values = dict(raw)
+        if "PLUGINS" in values:
+            plugins = values["PLUGINS"]
+            if isinstance(plugins, str) or not all(isinstance(p, str) for p in plugins):
+                raise ConfigurationError(
+                    f"BATCHTASKS['PLUGINS'] must be a list of module paths, not {plugins!r}."
+                )
+            values["PLUGINS"] = tuple(plugins)
+        result = cls(**values)
+        result._validate()
+        return result
+
+    def _validate(self) -> None:
+        for name in ("MAX_PARAMS_BYTES", "MAX_RESULT_BYTES", "DISPATCH_WINDOW"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigurationError(
+                    f"BATCHTASKS[{name!r}] must be a positive integer, not {value!r}."
+                )
+        for name in (
+            "DISPATCH_INTERVAL",
+            "REFILL_INTERVAL",
+            "PROGRESS_INTERVAL",
+            "LEASE_SECONDS",
+            "HEARTBEAT_SECONDS",
+            "SWEEP_INTERVAL",
+            "REPUBLISH_AFTER",
+            "CANCEL_GRACE",
+            "KILL_GRACE",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ConfigurationError(
+                    f"BATCHTASKS[{name!r}] must be a number of seconds >= 0, not {value!r}."
+                )
+        for name in ("TYPES", "QUEUES"):
+            value = getattr(self, name)
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise ConfigurationError(
+                    f"BATCHTASKS[{name!r}] must map names to dicts of options, not {value!r}."
+                )
+
+
+ENV_PREFIX = "BATCHTASKS_"
+_cached: BatchTasksSettings | None = None
+
+
+def _from_environment(raw: dict[str, Any]) -> dict[str, Any]:
+    """Per-server overrides: ``BATCHTASKS_<KEY>`` for the number and flag settings."""
+    values = dict(raw)
+    for f in fields(BatchTasksSettings):
+        text = os.environ.get(ENV_PREFIX + f.name)
+        if text is None or f.type not in ("int", "float", "bool"):
+            continue
+        try:
+            if f.type == "bool":
+                values[f.name] = text.strip().lower() in {"1", "true", "yes", "on"}
+            else:
+                values[f.name] = int(text) if f.type == "int" else float(text)
+        except ValueError:
+            raise ConfigurationError(
+                f"Environment variable {ENV_PREFIX + f.name}={text!r} must be a {f.type}."
+            ) from None
+    return values
+
+
+def get_settings() -> BatchTasksSettings:
+    """The current settings; read on first use and again after ``setting_changed``.
+
+    Precedence: ``BATCHTASKS_<KEY>`` environment variables, then ``settings.BATCHTASKS``,
+    then the defaults above.
+    """
+    global _cached
+    if _cached is None:
+        raw = getattr(settings, "BATCHTASKS", {}) or {}
+        _cached = BatchTasksSettings.from_dict(_from_environment(raw))
+    return _cached
+
+
+@receiver(setting_changed)
+def _reset(*, setting: str, **kwargs: Any) -> None:
+    global _cached
+    if setting == "BATCHTASKS":
+        _cached = None

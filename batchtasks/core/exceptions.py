@@ -1,0 +1,55 @@
+"""The one exception hierarchy of batchtasks."""
+
+from __future__ import annotations
+
+
+class BatchTasksError(Exception):
+    """Raised for every error batchtasks reports; catch this to catch them all."""
+
+
+class ConfigurationError(BatchTasksError):
+    """Raised when settings or a task type declaration cannot be used."""
+
+
+class UnknownTaskType(BatchTasksError, LookupError):
+    """Raised when a task type name is not registered."""
+
+
+class DuplicateTaskType(ConfigurationError):
+    """Raised when two different classes register the same task type name."""
+
+
+class InvalidTaskOption(BatchTasksError, ValueError):
+    """Raised when an option of a task type or of a submit is out of range or unknown."""
+
+
+class InvalidParameters(BatchTasksError, ValueError):
+    """Raised when task parameters cannot be encoded or exceed the size limit."""
+
+
+class TaskTypeDisabled(BatchTasksError):
+    """Raised when a task is submitted for a type whose definition is disabled."""
+
+
+class PermanentFailure(BatchTasksError):
+    """Raise from a plugin to fail the task at once, whatever attempts it has left."""
+
+
+class TaskCancelled(BatchTasksError):
+    """Raised inside a running plugin by ``check_cancelled()`` once cancel was requested."""
+
+
+class ResultNotSerializable(BatchTasksError, TypeError):
+    """Raised when a plugin returns a result that cannot be stored as JSON."""
+
+
+class ResultTooLarge(BatchTasksError, ValueError):
+    """Raised when a plugin's result is larger than ``BATCHTASKS['MAX_RESULT_BYTES']``."""
+
+
+class TaskStopped(TaskCancelled):
+    """Raised inside a running plugin when its worker stops it after an ignored cancel."""
+
+
+class UniqueKeyConflict(BatchTasksError):
+    """Raised when a task cannot run again because an unfinished task holds its unique key."""

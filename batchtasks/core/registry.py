@@ -1,0 +1,271 @@
+"""Task types declared in code: the ``@batchtask`` decorator and the registry it fills."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .exceptions import ConfigurationError, DuplicateTaskType, InvalidTaskOption, UnknownTaskType
+from .states import PRIORITY_MAX, PRIORITY_MIN, Isolation, Priority
+
+if TYPE_CHECKING:
+    from .plugin import BatchTaskPlugin
+
+P = TypeVar("P", bound="type[BatchTaskPlugin]")
+
+#: The options ``@batchtask`` accepts; they are the editable fields of a definition.
+OPTIONS = (
+    "queue",
+    "max_concurrency",
+    "priority",
+    "timeout",
+    "soft_timeout",
+    "max_attempts",
+    "max_lost_runs",
+    "retry_backoff",
+    "retry_backoff_max",
+    "retention",
+    "isolation",
+    "description",
+)
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
+SUPPORTED_ISOLATION = (Isolation.INLINE,)
+
+
+@dataclass(frozen=True)
+class TaskTypeSpec:
+    """A task type as the code declares it."""
+
+    name: str
+    plugin: type[BatchTaskPlugin] = field(compare=False)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def definition_values(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Field values for a new definition row: code defaults, then ``overrides``."""
+        from .conf import get_settings
+
+        doc = (self.plugin.__doc__ or "").strip()
+        values: dict[str, Any] = {
+            "queue": get_settings().QUEUE_PREFIX + self.name,
+            "max_concurrency": None,
+            "priority": int(Priority.NORMAL),
+            "timeout": None,
+            "soft_timeout": None,
+            "max_attempts": 1,
+            "max_lost_runs": 3,
+            "retry_backoff": 2,
+            "retry_backoff_max": 600,
+            "retention": None,
+            "isolation": Isolation.INLINE.value,
+            "description": doc.splitlines()[0] if doc else "",
+        }
+        values.update(self.options)
+        if overrides:
+            values.update(validate_options(self.name, overrides, source="BATCHTASKS['TYPES']"))
+        return values
+
+
+def _seconds(name: str, option: str, value: Any, *, allow_zero: bool = False) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+        if seconds != int(seconds):
+            raise InvalidTaskOption(
+                f"{option}={value!r} for task type {name!r} must be whole seconds."
+            )
+        value = int(seconds)
+    low = 0 if allow_zero else 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise InvalidTaskOption(
+            f"{option}={value!r} for task type {name!r} must be a number of seconds >= {low} "
+            "(an int or a timedelta), or None."
+        )
+    return value
+
+
+def positive_int(name: str, option: str, value: Any, *, allow_none: bool) -> int | None:
+    """``value`` if it is an int >= 1 (or ``None`` when allowed), else ``InvalidTaskOption``."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        hint = ", or None for no limit" if allow_none else ""
+        raise InvalidTaskOption(
+            f"{option}={value!r} for task type {name!r} must be an integer >= 1{hint}."
+        )
+    return value
+
+
+def _count(name: str, option: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidTaskOption(
+            f"{option}={value!r} for task type {name!r} must be an integer >= 0."
+        )
+    return value
+
+
+def _queue(name: str, option: str, value: Any) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise InvalidTaskOption(
+            f"queue={value!r} for task type {name!r} must be a name of letters, digits "
+            "and . _ : - (at most 200 characters)."
+        )
+    return value
+
+
+def _priority(name: str, option: str, value: Any) -> int:
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or not (PRIORITY_MIN <= value <= PRIORITY_MAX)
+    ):
+        raise InvalidTaskOption(
+            f"priority={value!r} for task type {name!r} must be an integer from "
+            f"{PRIORITY_MIN} to {PRIORITY_MAX} (see batchtasks.Priority)."
+        )
+    return int(value)
+
+
+def _isolation(name: str, option: str, value: Any) -> str:
+    if value not in Isolation.values:
+        raise InvalidTaskOption(
+            f"isolation={value!r} for task type {name!r} must be one of {Isolation.values}."
+        )
+    if value not in SUPPORTED_ISOLATION:
+        raise InvalidTaskOption(
+            f"isolation={value!r} for task type {name!r} is not supported yet; "
+            f"use one of {[str(v) for v in SUPPORTED_ISOLATION]}."
+        )
+    return str(value)
+
+
+def _description(name: str, option: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidTaskOption(f"description for task type {name!r} must be a string.")
+    return value
+
+
+_CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
+    "queue": _queue,
+    "max_concurrency": partial(positive_int, allow_none=True),
+    "priority": _priority,
+    "timeout": _seconds,
+    "soft_timeout": _seconds,
+    "max_attempts": partial(positive_int, allow_none=False),
+    "max_lost_runs": _count,
+    "retry_backoff": partial(_seconds, allow_zero=True),
+    "retry_backoff_max": partial(_seconds, allow_zero=True),
+    "retention": partial(_seconds, allow_zero=True),
+    "isolation": _isolation,
+    "description": _description,
+}
+assert set(_CHECKS) == set(OPTIONS)
+
+
+def validate_options(name: str, options: dict[str, Any], *, source: str) -> dict[str, Any]:
+    """Check task type options; unknown names and bad values raise ``InvalidTaskOption``."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise InvalidTaskOption(
+            f"{source} got unknown option(s) {', '.join(map(repr, unknown))} for task type "
+            f"{name!r}; the options are {', '.join(OPTIONS)}."
+        )
+    clean = {option: _CHECKS[option](name, option, value) for option, value in options.items()}
+    timeout, soft = clean.get("timeout"), clean.get("soft_timeout")
+    if timeout is not None and soft is not None and soft >= timeout:
+        raise InvalidTaskOption(
+            f"soft_timeout={soft} for task type {name!r} must be less than timeout={timeout}."
+        )
+    return clean
+
+
+class Registry:
+    """Task types by name."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, TaskTypeSpec] = {}
+
+    def register(self, spec: TaskTypeSpec) -> None:
+        """Add a type; re-registering the same class (a module reload) replaces it."""
+        existing = self._types.get(spec.name)
+        if existing is not None and _qualname(existing.plugin) != _qualname(spec.plugin):
+            raise DuplicateTaskType(
+                f"Task type {spec.name!r} is registered by both {_qualname(existing.plugin)} and "
+                f"{_qualname(spec.plugin)}; give one of them another name."
+            )
+        self._types[spec.name] = spec
+
+    def unregister(self, name: str) -> None:
+        """Remove a type (tests use this)."""
+        self._types.pop(name, None)
+
+    def get(self, name: str) -> TaskTypeSpec:
+        """The type called ``name``, or ``UnknownTaskType`` naming close matches."""
+        try:
+            return self._types[name]
+        except (KeyError, TypeError):
+            raise UnknownTaskType(self._unknown_message(name)) from None
+
+    def _unknown_message(self, name: object) -> str:
+        close = difflib.get_close_matches(str(name), self._types, n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        return (
+            f"Unknown task type {name!r}.{hint} Registered types: "
+            f"{', '.join(sorted(self._types)) or 'none'}. A type is registered by a "
+            "@batchtask class in a module listed in BATCHTASKS['PLUGINS']."
+        )
+
+    def __iter__(self) -> Iterator[TaskTypeSpec]:
+        return iter(sorted(self._types.values(), key=lambda spec: spec.name))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
+
+    def load(self, modules: tuple[str, ...]) -> None:
+        """Import the plugin modules so that their classes register."""
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ConfigurationError(
+                    f"BATCHTASKS['PLUGINS'] lists {module!r}, which cannot be imported: {exc}"
+                ) from exc
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+registry = Registry()
+
+
+def batchtask(name: str, **options: Any) -> Callable[[P], P]:
+    """Register a ``BatchTaskPlugin`` subclass as the task type ``name``."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidTaskOption(
+            f"Task type name {name!r} must be letters, digits and . _ : - "
+            "(at most 200 characters), for example 'reports.users_csv'."
+        )
+    clean = validate_options(name, options, source="@batchtask")
+
+    def decorate(cls: P) -> P:
+        from .plugin import BatchTaskPlugin
+
+        if not (isinstance(cls, type) and issubclass(cls, BatchTaskPlugin)):
+            raise InvalidTaskOption(
+                f"@batchtask({name!r}) decorates {cls!r}; it must decorate a subclass of "
+                "batchtasks.BatchTaskPlugin that overrides run(self, params)."
+            )
+        if cls.run is BatchTaskPlugin.run:
+            raise InvalidTaskOption(f"{_qualname(cls)} must override run(self, params).")
+        cls.type_name = name
+        registry.register(TaskTypeSpec(name=name, plugin=cls, options=clean))
+        return cls
+
+    return decorate

@@ -1,0 +1,95 @@
+"""Queues and task type definitions: the live configuration the dispatcher reads."""
+
+from __future__ import annotations
+
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from ..core.states import PRIORITY_MAX, PRIORITY_MIN, Isolation, Priority
+
+PRIORITY_VALIDATORS = [MinValueValidator(PRIORITY_MIN), MaxValueValidator(PRIORITY_MAX)]
+
+
+class BatchQueue(models.Model):
+    """A Celery routing queue; its limit caps the tasks in flight of all its types together."""
+
+    name = models.CharField(_("name"), max_length=200, unique=True)
+    max_concurrency = models.PositiveIntegerField(
+        _("max concurrency"),
+        null=True,
+        blank=True,
+        help_text=_("Most tasks queued or running at once in this queue; empty = no limit."),
+    )
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("batch queue")
+        verbose_name_plural = _("batch queues")
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class BatchTaskDefinition(models.Model):
+    """The live settings of one task type (created from the code's registry on first use)."""
+
+    name = models.CharField(_("name"), max_length=200, unique=True)
+    description = models.TextField(_("description"), blank=True)
+    queue = models.CharField(_("queue"), max_length=200)
+    max_concurrency = models.PositiveIntegerField(
+        _("max concurrency"),
+        null=True,
+        blank=True,
+        help_text=_("Most tasks of this type queued or running at once; empty = no limit."),
+    )
+    priority = models.SmallIntegerField(
+        _("default priority"), default=Priority.NORMAL, validators=PRIORITY_VALIDATORS
+    )
+    timeout = models.PositiveIntegerField(
+        _("timeout (s)"), null=True, blank=True, help_text=_("Hard time limit in seconds.")
+    )
+    soft_timeout = models.PositiveIntegerField(
+        _("soft timeout (s)"),
+        null=True,
+        blank=True,
+        help_text=_("Seconds after which the plugin gets an exception it may catch."),
+    )
+    max_attempts = models.PositiveSmallIntegerField(
+        _("max attempts"), default=1, validators=[MinValueValidator(1)]
+    )
+    max_lost_runs = models.PositiveSmallIntegerField(
+        _("max lost runs"),
+        default=3,
+        help_text=_(
+            "Runs lost with their worker (killed, out of memory, host gone) that run again "
+            "without counting as attempts; one more fails the task."
+        ),
+    )
+    retry_backoff = models.PositiveIntegerField(
+        _("retry backoff (s)"),
+        default=2,
+        help_text=_("Delay before the second attempt; it doubles for each attempt after."),
+    )
+    retry_backoff_max = models.PositiveIntegerField(_("longest retry backoff (s)"), default=600)
+    retention = models.PositiveIntegerField(
+        _("retention (s)"),
+        null=True,
+        blank=True,
+        help_text=_("Seconds a finished task is kept; 0 = delete on completion; empty = forever."),
+    )
+    isolation = models.CharField(
+        _("isolation"), max_length=16, choices=Isolation.choices, default=Isolation.INLINE
+    )
+    enabled = models.BooleanField(_("enabled"), default=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("batch task definition")
+        verbose_name_plural = _("batch task definitions")
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,0 +1,53 @@
+"""What belongs to one task: its encoded parameters and the record of each attempt."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from ..core.states import AttemptOutcome
+from .tasks import BatchTask
+
+
+class BatchTaskParameters(models.Model):
+    """The encoded parameters of one task (SuperOffice's binaryobject)."""
+
+    task = models.OneToOneField(
+        BatchTask, on_delete=models.CASCADE, primary_key=True, related_name="parameters"
+    )
+    data = models.BinaryField(_("data"))
+    codec = models.CharField(_("codec"), max_length=16, default="json")
+    size = models.PositiveIntegerField(_("size (bytes)"))
+
+    class Meta:
+        verbose_name = _("batch task parameters")
+        verbose_name_plural = _("batch task parameters")
+
+    def __str__(self) -> str:
+        return f"parameters of task #{self.task_id} ({self.codec}, {self.size} bytes)"
+
+
+class BatchTaskAttempt(models.Model):
+    """One run of a task, written when the attempt ends."""
+
+    task = models.ForeignKey(
+        BatchTask, on_delete=models.CASCADE, related_name="attempts", db_index=False
+    )  # the unique (task, number) index serves lookups by task
+    number = models.PositiveIntegerField(_("attempt"))
+    worker = models.CharField(_("worker"), max_length=200, blank=True)
+    started_at = models.DateTimeField(_("started"), null=True)
+    finished_at = models.DateTimeField(_("finished"))
+    outcome = models.CharField(_("outcome"), max_length=16, choices=AttemptOutcome.choices)
+    error_type = models.CharField(_("error type"), max_length=200, blank=True)
+    error_message = models.TextField(_("error message"), blank=True)
+
+    class Meta:
+        verbose_name = _("batch task attempt")
+        verbose_name_plural = _("batch task attempts")
+        ordering = ["task", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "number"], name="batchtask_attempt_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"task #{self.task_id} attempt {self.number}: {self.outcome}"

@@ -1,0 +1,274 @@
+"""The dispatcher: admit waiting tasks into their Celery queue, never past a limit.
+
+A pass for one queue runs in a READ COMMITTED transaction holding that queue's lock
+(its row, ``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's write lock taken at
+``BEGIN``). It counts the queue's and each type's tasks in flight, admits as many due
+``new`` tasks as there are free slots (priority, then fair turn, then age), commits,
+and only then publishes one message per admitted attempt. A failed publish puts the
+tasks back to ``new``. A queue row that was deleted is created again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections, router, transaction
+
+from .. import transitions
+from ..core.conf import get_settings
+from ..core.states import IN_FLIGHT_STATES, TaskState
+from ..db.connections import read_committed, reconnecting, state_db
+from ..db.sql import Clock, states_sql
+from ..models import BatchQueue, BatchTask, BatchTaskDefinition
+from ..transport.publish import Run, publish
+from .definitions import ensure_queue
+
+logger = logging.getLogger(__name__)
+
+_counter = itertools.count()
+_local = threading.local()
+
+
+@dataclass(frozen=True)
+class TypeSlot:
+    """A type of the queue being dispatched, with its free slots."""
+
+    definition_id: int
+    limit: int | None
+    in_flight: int
+
+    def free(self, queue_free: int) -> int:
+        if self.limit is None:
+            return queue_free
+        return min(queue_free, self.limit - self.in_flight)
+
+
+def _last_pass() -> dict[tuple[str, str], int]:
+    if not hasattr(_local, "last_pass"):
+        _local.last_pass = {}
+    return _local.last_pass
+
+
+def dispatch_on_commit(queue: str, *, using: str) -> None:
+    """Run a pass for ``queue`` once the current transaction commits (at once if none)."""
+    token = next(_counter)
+
+    def dispatch_after_commit() -> None:
+        _after_commit(queue, using, token)
+
+    transaction.on_commit(dispatch_after_commit, using=using, robust=True)
+
+
+def publish_on_commit(queue: str, tasks: list[Run], *, using: str) -> None:
+    """Publish tasks already marked queued once the current transaction commits."""
+
+    def publish_after_commit() -> None:
+        publish_or_unqueue(queue, tasks, using)
+
+    transaction.on_commit(publish_after_commit, using=using, robust=True)
+
+
+def _after_commit(queue: str, using: str, token: int) -> None:
+    # Several submits in one transaction register several callbacks; a pass that
+    # started after this one was registered has already seen its task.
+    if _last_pass().get((using, queue), -1) > token:
+        return
+    dispatch_queue(queue, using=using)
+
+
+def dispatch_queue(queue: str, *, using: str | None = None) -> int:
+    """Run one pass for ``queue`` and publish what it admitted; return how many."""
+    caller = using or router.db_for_write(BatchTask)
+    if connections[caller].in_atomic_block:
+        dispatch_on_commit(queue, using=caller)
+        return 0
+    db = state_db(caller)
+    _last_pass()[(caller, queue)] = next(_counter)
+    # What a try admitted before its connection broke may have committed (the commit's
+    # answer is what got lost): a retry publishes those that are queued, too.
+    tried: list[Run] = []
+
+    def one_pass() -> list[Run]:
+        earlier = _still_queued(tried, db)
+        with transaction.atomic(using=db):
+            read_committed(db)
+            admitted = _admit(queue, db)
+            tried[:] = admitted
+        return earlier + admitted
+
+    admitted = reconnecting(one_pass, db)
+    if admitted:
+        publish_or_unqueue(queue, admitted, db)
+    return len(admitted)
+
+
+def _still_queued(runs: list[Run], db: str) -> list[Run]:
+    if not runs:
+        return []
+    queued = transitions.still_queued([(r.task_id, r.attempt) for r in runs], using=db)
+    return [r for r in runs if (r.task_id, r.attempt) in queued]
+
+
+def dispatch_all(queues: Iterable[str] | None = None, *, using: str | None = None) -> int:
+    """Run a pass for each of ``queues`` (default: every known queue)."""
+    db = using or router.db_for_write(BatchTask)
+    if queues is None:
+        queues = BatchQueue.objects.using(db).values_list("name", flat=True)
+    return sum(dispatch_queue(queue, using=db) for queue in list(queues))
+
+
+@dataclass(frozen=True)
+class QueueType:
+    """A type of the queue being dispatched, as its definition row says now."""
+
+    definition_id: int
+    limit: int | None
+    enabled: bool
+    timeout: int | None
+    soft_timeout: int | None
+
+
+def _lock_queue(queue: str, db: str) -> tuple[int | None, list[QueueType]] | None:
+    """Lock the queue row; return its limit and its types, or ``None`` if it has no row."""
+    connection = connections[db]
+    q = connection.ops.quote_name(BatchQueue._meta.db_table)
+    d = connection.ops.quote_name(BatchTaskDefinition._meta.db_table)
+    lock = " FOR UPDATE OF q" if connection.features.has_select_for_update_of else ""
+    if not lock:
+        # No row locks (SQLite): take the database's write lock before reading anything.
+        with connection.cursor() as cursor:
+            cursor.execute(f"UPDATE {q} SET name = name WHERE name = %s", [queue])
+    sql = (
+        "SELECT q.max_concurrency, d.id, d.max_concurrency, d.enabled, d.timeout, "
+        f"d.soft_timeout FROM {q} q LEFT JOIN {d} d ON d.queue = q.name "
+        f"WHERE q.name = %s ORDER BY d.id{lock}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [queue])
+        rows = cursor.fetchall()
+    if not rows:
+        return None
+    types = [
+        QueueType(row[1], row[2], bool(row[3]), row[4], row[5])
+        for row in rows
+        if row[1] is not None
+    ]
+    return rows[0][0], types
+
+
+def _in_flight(queue: str, definition_ids: list[int], db: str) -> tuple[int, dict[int, int]]:
+    """Tasks queued or running: in the queue, and of each of the types (in any queue)."""
+    connection = connections[db]
+    t = connection.ops.quote_name(BatchTask._meta.db_table)
+    marks = ", ".join(["%s"] * len(definition_ids))
+    sql = (
+        f"SELECT definition_id, queue, COUNT(*) FROM {t} "
+        f"WHERE state IN ({states_sql(*IN_FLIGHT_STATES)}) "
+        f"AND (queue = %s OR definition_id IN ({marks})) GROUP BY definition_id, queue"
+    )
+    params: list[Any] = [queue, *definition_ids]
+    in_queue = 0
+    per_type: dict[int, int] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for definition_id, task_queue, count in cursor.fetchall():
+            if task_queue == queue:
+                in_queue += count
+            per_type[definition_id] = per_type.get(definition_id, 0) + count
+    return in_queue, per_type
+
+
+def _admit(queue: str, db: str) -> list[Run]:
+    locked = _lock_queue(queue, db)
+    if locked is None:
+        if not BatchTaskDefinition.objects.using(db).filter(queue=queue).exists():
+            return []
+        # Its row was deleted while types still name it: without a row nothing would be
+        # admitted again, so create it (with its configured limit) and go on.
+        logger.warning("batchtasks queue row missing, created again queue=%s", queue)
+        ensure_queue(queue, using=db)
+        locked = _lock_queue(queue, db)
+        if locked is None:
+            return []
+    queue_limit, types = locked
+    enabled = {row.definition_id: row for row in types if row.enabled}
+    if not enabled:
+        return []
+    in_queue, per_type = _in_flight(queue, list(enabled), db)
+    cap = queue_limit if queue_limit is not None else get_settings().DISPATCH_WINDOW
+    queue_free = cap - in_queue
+    if queue_free <= 0:
+        return []
+    slots = [TypeSlot(pk, row.limit, per_type.get(pk, 0)) for pk, row in enabled.items()]
+    open_slots = [slot for slot in slots if slot.free(queue_free) > 0]
+    if len(open_slots) == 1:
+        slot = open_slots[0]
+        admitted = transitions.admit(
+            None,
+            queue=queue,
+            using=db,
+            definition_id=slot.definition_id,
+            limit=slot.free(queue_free),
+            skip_locked=connections[db].features.has_select_for_update_skip_locked,
+        )
+    elif open_slots:
+        chosen = _merge_candidates(open_slots, queue_free, db)
+        admitted = transitions.admit(chosen, queue=queue, using=db)
+    else:
+        return []
+    return [run_of(task_id, attempt, enabled[pk]) for task_id, attempt, pk in admitted]
+
+
+def run_of(task_id: int, attempt: int, row: Any) -> Run:
+    """The message for an attempt, with the time limits of its type."""
+    return Run(task_id, attempt, row.timeout, row.soft_timeout)
+
+
+def _merge_candidates(slots: list[TypeSlot], queue_free: int, db: str) -> list[int]:
+    """The best ``queue_free`` due tasks across several types, each within its own slots,
+    in (priority, fair turn, age) order: the types of a queue share one line of turns."""
+    connection = connections[db]
+    t = connection.ops.quote_name(BatchTask._meta.db_table)
+    sql = (
+        f"SELECT priority, fair_round, id FROM {t} WHERE definition_id = %s "
+        f"AND state = {states_sql(TaskState.NEW)} "
+        f"AND (run_after IS NULL OR run_after <= {Clock(connection).now}) "
+        "ORDER BY priority DESC, fair_round, id LIMIT %s"
+    )
+    candidates: list[tuple[int, int, int]] = []
+    with connection.cursor() as cursor:
+        for slot in slots:
+            cursor.execute(sql, [slot.definition_id, slot.free(queue_free)])
+            candidates.extend(cursor.fetchall())
+    candidates.sort(key=lambda row: (-row[0], row[1], row[2]))
+    return [pk for _, _, pk in candidates[:queue_free]]
+
+
+def publish_or_unqueue(queue: str, admitted: list[Run], db: str) -> None:
+    """Publish runs of queued tasks; if the broker refuses, they go back to ``new``."""
+    try:
+        publish(queue, admitted)
+    except Exception:
+        logger.exception("batchtasks publish failed queue=%s tasks=%d", queue, len(admitted))
+        transitions.unqueue([(run.task_id, run.attempt) for run in admitted], using=db)
+
+
+# --- refill after a finish ------------------------------------------------------
+_refill_times: dict[tuple[str, str], float] = {}
+
+
+def refill(queue: str, *, limited: bool, using: str) -> None:
+    """Refill the slot a finished task freed: at once for limited queues and types,
+    at most every ``REFILL_INTERVAL`` for unlimited ones (their window is large)."""
+    key = (using, queue)
+    now = time.monotonic()
+    if not limited and now - _refill_times.get(key, 0.0) < get_settings().REFILL_INTERVAL:
+        return
+    _refill_times[key] = now
+    dispatch_queue(queue, using=using)

@@ -1,0 +1,49 @@
+"""What a worker process knows of a task type, read again every few seconds."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ..models import BatchQueue, BatchTaskDefinition
+
+FACTS_TTL = 5.0
+
+
+@dataclass(frozen=True)
+class TypeFacts:
+    """The definition values the runner needs, as the rows said a moment ago."""
+
+    name: str
+    #: Whether the type or its queue has a limit (a finish then refills at once).
+    limited: bool
+    retry_backoff: int
+    retry_backoff_max: int
+    retention: int | None
+
+
+_facts: dict[tuple[int, str], tuple[float, TypeFacts]] = {}
+
+
+def type_facts(definition_id: int, queue: str, using: str) -> TypeFacts:
+    """The facts of a type and its queue (cached ``FACTS_TTL`` seconds per process)."""
+    key = (definition_id, queue)
+    now = time.monotonic()
+    cached = _facts.get(key)
+    if cached is not None and now - cached[0] < FACTS_TTL:
+        return cached[1]
+    name, type_limit, backoff, backoff_max, retention = (
+        BatchTaskDefinition.objects.using(using)
+        .values_list("name", "max_concurrency", "retry_backoff", "retry_backoff_max", "retention")
+        .get(pk=definition_id)
+    )
+    queue_limit = (
+        BatchQueue.objects.using(using)
+        .filter(name=queue)
+        .values_list("max_concurrency", flat=True)
+        .first()
+    )
+    limited = type_limit is not None or queue_limit is not None
+    facts = TypeFacts(name, limited, backoff, backoff_max, retention)
+    _facts[key] = (now, facts)
+    return facts

@@ -1,0 +1,180 @@
+"""Running attempts and their leases, and ending the ones whose process is gone.
+
+A claimed attempt holds a lease that its worker's heartbeat renews. An attempt whose
+process is gone (its pool process died or hit the hard time limit, its worker was
+killed or lost its host) is found here and ended through ``transitions``: a lost run
+runs again at once, without counting as an attempt, up to the type's
+``max_lost_runs``; a hard timeout is a failure like any other. A cancel requested
+before the loss always wins: the task ends cancelled and never starts again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections
+
+from .. import transitions
+from ..core.retries import retry_delay
+from ..core.states import AttemptOutcome, TaskState
+from ..db.sql import Clock, Tables
+
+logger = logging.getLogger(__name__)
+
+LEASE_LOST = "batchtasks.LeaseExpired"
+WORKER_LOST = "billiard.exceptions.WorkerLostError"
+TIME_LIMIT = "billiard.exceptions.TimeLimitExceeded"
+STOPPED = "batchtasks.Stopped"
+
+
+@dataclass(frozen=True)
+class HeldAttempt:
+    """A running attempt, with what deciding its fate needs."""
+
+    task_id: int
+    attempt: int
+    worker: str
+    instance: str
+    pid: int | None
+    queue: str
+    #: Whether it has run past its type's hard timeout (by the database's clock).
+    overran: bool
+    timeout: int | None
+    cancel_requested: bool
+    lost_runs: int
+    retry_backoff: int
+    retry_backoff_max: int
+
+    @property
+    def fence(self) -> transitions.Fence:
+        return transitions.Fence(self.task_id, self.attempt, self.instance)
+
+
+def _held(where: str, params: list[Any], using: str, limit: int = 1000) -> list[HeldAttempt]:
+    connection = connections[using]
+    t, clock = Tables(connection), Clock(connection)
+    overran = f"(d.timeout IS NOT NULL AND {clock.seconds_since('t.started_at')} >= d.timeout)"
+    sql = (
+        "SELECT t.id, t.attempt, t.worker, t.worker_instance, t.worker_pid, t.queue, "
+        f"{overran}, d.timeout, t.cancel_requested, t.lost_runs, d.retry_backoff, "
+        f"d.retry_backoff_max FROM {t.task} t JOIN {t.definition} d ON d.id = t.definition_id "
+        f"WHERE t.state = '{TaskState.RUNNING}' AND {where} ORDER BY t.id LIMIT %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, limit])
+        rows = cursor.fetchall()
+    return [
+        HeldAttempt(
+            task_id=row[0],
+            attempt=row[1],
+            worker=row[2],
+            instance=row[3],
+            pid=row[4],
+            queue=row[5],
+            overran=bool(row[6]),
+            timeout=row[7],
+            cancel_requested=bool(row[8]),
+            lost_runs=row[9],
+            retry_backoff=row[10],
+            retry_backoff_max=row[11],
+        )
+        for row in rows
+    ]
+
+
+def held_attempt(fence: transitions.Fence, *, using: str) -> HeldAttempt | None:
+    """The attempt if it is still running under ``fence``."""
+    found = _held(
+        "t.id = %s AND t.attempt = %s AND t.worker_instance = %s",
+        [fence.task_id, fence.attempt, fence.instance],
+        using,
+        1,
+    )
+    return found[0] if found else None
+
+
+def running_on(instance: str, *, using: str) -> list[HeldAttempt]:
+    """The attempts the database says worker instance ``instance`` is running."""
+    return _held("t.worker_instance = %s", [instance], using)
+
+
+def expired_leases(*, using: str, limit: int = 1000) -> list[HeldAttempt]:
+    """Running attempts whose lease ran out: their worker stopped renewing it."""
+    now = Clock(connections[using]).now
+    return _held(f"t.lease_expires_at < {now}", [], using, limit)
+
+
+def still_ours(fence: transitions.Fence, *, using: str) -> bool | None:
+    """The cancel flag of an attempt this instance runs; ``None`` if it is not running
+    under ``fence`` any more (it ended, or its lease went to another)."""
+    connection = connections[using]
+    t = Tables(connection)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT cancel_requested FROM {t.task} WHERE id = %s AND attempt = %s "
+            f"AND worker_instance = %s AND state = '{TaskState.RUNNING}'",
+            [fence.task_id, fence.attempt, fence.instance],
+        )
+        row = cursor.fetchone()
+    return None if row is None else bool(row[0])
+
+
+def ended_as_lost(fence: transitions.Fence, *, using: str) -> bool:
+    """Whether the attempt was ended as a lost run (its lease expired, or its worker was
+    taken for dead) rather than by its own run."""
+    connection = connections[using]
+    t = Tables(connection)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT outcome FROM {t.attempt} WHERE task_id = %s AND number = %s",
+            [fence.task_id, fence.attempt],
+        )
+        row = cursor.fetchone()
+    return row is not None and row[0] == AttemptOutcome.LOST
+
+
+def time_limit_message(held: HeldAttempt) -> str:
+    return f"hard time limit of {held.timeout} s exceeded; worker {held.worker} stopped it"
+
+
+def worker_lost_message(held: HeldAttempt) -> str:
+    return f"the pool process running it on {held.worker} ended before it finished"
+
+
+def lose(
+    held: HeldAttempt,
+    error_type: str,
+    message: str,
+    *,
+    using: str,
+    lease_expired: bool = False,
+) -> transitions.Ended | None:
+    """End an attempt whose process is gone (see the module text)."""
+    if held.cancel_requested:
+        error_type, message = STOPPED, f"cancelled; its process ended ({message})"
+    if error_type == TIME_LIMIT:
+        failures = held.attempt - held.lost_runs
+        outcome = transitions.Outcome(
+            AttemptOutcome.FAILED,
+            error_type=error_type,
+            error_message=message,
+            retry=True,
+            retry_delay=retry_delay(failures, held.retry_backoff, held.retry_backoff_max),
+        )
+    else:
+        outcome = transitions.Outcome(
+            AttemptOutcome.LOST, error_type=error_type, error_message=message
+        )
+    ended = transitions.end_attempt(held.fence, outcome, using=using, lease_expired=lease_expired)
+    if ended is not None:
+        logger.warning(
+            "batchtasks attempt lost task=%s attempt=%s worker=%s reason=%s next=%s",
+            held.task_id,
+            held.attempt,
+            held.worker,
+            error_type,
+            ended.state,
+        )
+    return ended

@@ -1,0 +1,92 @@
+"""The concurrency matrix: queues, their types and limits, and the workers that serve them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..core.conf import get_settings
+from ..models import BatchQueue, BatchTaskDefinition
+
+
+@dataclass(frozen=True)
+class MatrixType:
+    """A type in the matrix: its name, cluster-wide limit and whether it is enabled."""
+
+    name: str
+    max_concurrency: int | None
+    enabled: bool
+
+
+@dataclass(frozen=True)
+class MatrixQueue:
+    """A queue in the matrix, with its limit and its types."""
+
+    name: str
+    max_concurrency: int | None
+    types: tuple[MatrixType, ...]
+
+    @property
+    def useful_concurrency(self) -> int | None:
+        """Most tasks this queue can run at once cluster-wide (``None``: unlimited)."""
+        type_limits = [t.max_concurrency for t in self.types if t.enabled]
+        total = None if None in type_limits else sum(type_limits)  # type: ignore[arg-type]
+        limits = [x for x in (total, self.max_concurrency) if x is not None]
+        return min(limits) if limits else None
+
+
+def celery_app_name() -> str:
+    """The ``-A`` argument for worker command lines."""
+    configured = get_settings().CELERY_APP
+    if configured:
+        return configured
+    from celery import current_app
+
+    return current_app.main or "project"
+
+
+def build_matrix() -> list[MatrixQueue]:
+    """Every queue with a definition, and its types."""
+    limits = dict(BatchQueue.objects.values_list("name", "max_concurrency"))
+    by_queue: dict[str, list[MatrixType]] = {}
+    for d in BatchTaskDefinition.objects.order_by("queue", "name"):
+        by_queue.setdefault(d.queue, []).append(MatrixType(d.name, d.max_concurrency, d.enabled))
+    return [
+        MatrixQueue(name, limits.get(name), tuple(types))
+        for name, types in sorted(by_queue.items())
+    ]
+
+
+def worker_command(queues: list[str], concurrency: int, node: str) -> str:
+    return (
+        f"celery -A {celery_app_name()} worker -Q {','.join(queues)} -c {concurrency} "
+        f"--prefetch-multiplier 1 -n {node}@%h"
+    )
+
+
+def _limit(value: int | None) -> str:
+    return "unlimited" if value is None else str(value)
+
+
+def render_matrix(rows: list[MatrixQueue]) -> str:
+    """The matrix as text, with one worker command line per queue."""
+    if not rows:
+        return "No task types are registered (BATCHTASKS['PLUGINS'] lists their modules).\n"
+    cpus = os.cpu_count() or 2
+    lines = ["Queues and task types (limits are cluster-wide, queued + running):", ""]
+    for row in rows:
+        lines.append(f"{row.name}  (queue limit: {_limit(row.max_concurrency)})")
+        for t in row.types:
+            state = "" if t.enabled else "  [disabled]"
+            lines.append(f"    {t.name:<40} max_concurrency={_limit(t.max_concurrency)}{state}")
+    lines += ["", "Worker command lines (one per queue; run as many hosts as you like):", ""]
+    for row in rows:
+        useful = row.useful_concurrency
+        concurrency = useful if useful is not None else cpus
+        note = "" if useful is not None else "   # unlimited: size -c per server"
+        node = row.name.replace(".", "-")
+        lines.append(worker_command([row.name], concurrency, node) + note)
+    everything = [row.name for row in rows]
+    lines += ["", "Or one worker for every batch queue:", ""]
+    lines.append(worker_command(everything, cpus, "batch"))
+    return "\n".join(lines) + "\n"

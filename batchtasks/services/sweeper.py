@@ -1,0 +1,179 @@
+"""The sweeper: what no single worker can see. One worker at a time runs it, every
+``SWEEP_INTERVAL`` seconds, and ``manage.py batchtasks sweep`` runs it once.
+
+- Running attempts whose lease expired (the worker was killed, ran out of memory or
+  lost its host) are lost runs: they run again at once while the type's
+  ``max_lost_runs`` allows, else fail saying which worker held them; a cancel asked
+  for meanwhile ends them cancelled.
+- Attempts of worker boots on this machine whose process is gone are ended the same
+  way, without waiting for their leases.
+- Queued tasks whose message may be lost (Redis restarted empty, a crash between
+  commit and publish) are published again once they have waited ``REPUBLISH_AFTER``
+  seconds unclaimed, then after twice as long, and so on. Messages are fenced by
+  attempt, so a duplicate runs nothing.
+- Finished tasks older than their type's retention are deleted.
+- Workers not heard from for a lease period are marked offline; rows of workers
+  stopped or offline for a week are deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from django.db import connections
+
+from .. import transitions
+from ..core.conf import get_settings
+from ..core.states import FINAL_STATES, TaskState
+from ..db.sql import Clock, Tables, states_sql
+from ..models import BatchTaskDefinition
+from ..transport.publish import Run
+from . import leases, workers
+from .dispatch import dispatch_queue, publish_or_unqueue
+
+logger = logging.getLogger(__name__)
+
+LOCK_KEY = zlib.crc32(b"batchtasks.sweep")
+BATCH = 1000
+#: Republishing waits at most ``REPUBLISH_AFTER`` times this between two publishes.
+REPUBLISH_BACKOFF_MAX = 64
+#: Seconds the rows of stopped or offline workers are kept.
+WORKER_ROWS_KEPT = 7 * 24 * 3600
+
+
+@dataclass
+class SweepReport:
+    """What one sweep did."""
+
+    requeued: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    reaped: int = 0
+    republished: int = 0
+    purged: int = 0
+    offline: int = 0
+    queues: set[str] = field(default_factory=set)
+
+    def __str__(self) -> str:
+        return (
+            f"requeued={self.requeued} failed={self.failed} cancelled={self.cancelled} "
+            f"reaped={self.reaped} republished={self.republished} purged={self.purged} "
+            f"offline={self.offline}"
+        )
+
+
+@contextmanager
+def cluster_lock(using: str) -> Iterator[bool]:
+    """Whether this process may sweep now: a PostgreSQL advisory lock, held by its session,
+    so a sweeper that dies releases it with its connection. Other databases: always."""
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [LOCK_KEY])
+        locked = bool(cursor.fetchone()[0])
+    try:
+        yield locked
+    finally:
+        if locked:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [LOCK_KEY])
+
+
+def sweep(*, using: str, instance: str = "") -> SweepReport | None:
+    """One sweep of the whole cluster; ``None`` if another process is sweeping.
+    ``instance``: the sweeping worker's own, which is alive."""
+    with cluster_lock(using) as locked:
+        if not locked:
+            return None
+        report = SweepReport()
+        expire_leases(report, using=using)
+        freed = workers.reap_dead_instances(workers.process_space(), exclude=instance, using=using)
+        report.reaped = len(freed)
+        report.queues.update(freed)
+        republish_lost(report, using=using)
+        report.purged = purge(using=using)
+        report.offline = workers.workers_gone(silent_for=get_settings().LEASE_SECONDS, using=using)
+        workers.forget_workers(older_than=WORKER_ROWS_KEPT, using=using)
+    for queue in sorted(report.queues):  # refill the slots freed above at once
+        dispatch_queue(queue, using=using)
+    if any((report.requeued, report.failed, report.cancelled, report.reaped)) or any(
+        (report.republished, report.offline)
+    ):
+        logger.warning("batchtasks sweep %s", report)
+    return report
+
+
+def expire_leases(report: SweepReport, *, using: str) -> None:
+    """Attempts whose worker stopped renewing their lease are lost runs."""
+    for held in leases.expired_leases(using=using, limit=BATCH):
+        message = (
+            f"lease lost: worker {held.worker or '?'} stopped renewing it "
+            f"(killed, out of memory, or its host is gone)"
+        )
+        ended = leases.lose(held, leases.LEASE_LOST, message, using=using, lease_expired=True)
+        if ended is None:
+            continue
+        if ended.runs_again:
+            report.requeued += 1
+        elif ended.state == TaskState.CANCELLED:
+            report.cancelled += 1
+        else:
+            report.failed += 1
+        report.queues.add(held.queue)
+
+
+def republish_lost(report: SweepReport, *, using: str) -> None:
+    """Publish again the queued tasks whose message may be lost (see the module text)."""
+    connection = connections[using]
+    t, clock = Tables(connection), Clock(connection)
+    waited = clock.seconds_since("COALESCE(t.republished_at, t.queued_at)")
+    factor = (
+        f"POWER(2, LEAST(t.republish_count, {REPUBLISH_BACKOFF_MAX.bit_length() - 1}))"
+        if connection.vendor == "postgresql"
+        else f"(1 << MIN(t.republish_count, {REPUBLISH_BACKOFF_MAX.bit_length() - 1}))"
+    )
+    sql = (
+        f"SELECT t.queue, t.id, t.attempt, d.timeout, d.soft_timeout FROM {t.task} t "
+        f"JOIN {t.definition} d ON d.id = t.definition_id "
+        f"WHERE t.state IN ({states_sql(TaskState.QUEUED)}) AND {waited} > %s * {factor} "
+        "ORDER BY t.queued_at LIMIT %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [float(get_settings().REPUBLISH_AFTER), BATCH])
+        rows = cursor.fetchall()
+    stale: dict[str, list[Run]] = defaultdict(list)
+    for queue, task_id, attempt, timeout, soft in rows:
+        stale[queue].append(Run(task_id, attempt, timeout, soft))
+    for queue, runs in stale.items():
+        # Count the publish first, so that each attempt is republished once per period.
+        marked = transitions.mark_republished([(r.task_id, r.attempt) for r in runs], using=using)
+        runs = [run for run in runs if (run.task_id, run.attempt) in marked]
+        if runs:
+            publish_or_unqueue(queue, runs, using)
+            report.republished += len(runs)
+
+
+def purge(*, using: str) -> int:
+    """Delete finished tasks older than their type's retention; return how many."""
+    connection = connections[using]
+    t, clock = Tables(connection), Clock(connection)
+    sql = (
+        f"SELECT id FROM {t.task} WHERE definition_id = %s "
+        f"AND state IN ({states_sql(*FINAL_STATES)}) "
+        f"AND finished_at < {clock.after} LIMIT %s"
+    )
+    deleted = 0
+    kept = BatchTaskDefinition.objects.using(using).filter(retention__isnull=False)
+    for definition_id, retention in kept.values_list("id", "retention"):
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [definition_id, clock.param(-(retention or 0)), BATCH])
+            ids = [row[0] for row in cursor.fetchall()]
+        deleted += transitions.delete_tasks(ids, using=using)
+    return deleted

@@ -1,0 +1,45 @@
+"""Every write to a batch task, each a guarded conditional update that reports what it did.
+
+A write takes the states it may leave from ``core.states.WRITES`` (the one table of the
+state machine) for its ``WHERE`` clause, so stale or duplicate messages and signals can
+never move a task backwards or finish it twice. A worker's writes are also fenced by
+(task, attempt, worker instance). Nothing here dispatches or publishes: callers act on
+the facts returned. Work that runs once per task (claim, progress, end) is one
+statement each.
+"""
+
+from .attempts import (
+    Claim,
+    Ended,
+    Fence,
+    Outcome,
+    Renewed,
+    claim,
+    end_attempt,
+    record_progress,
+    renew_leases,
+)
+from .dispatching import admit, mark_republished, still_queued, unqueue
+from .requests import Cancelled, cancel, delete_tasks, retry, set_priority, skip_waiting
+
+__all__ = [
+    "Cancelled",
+    "Claim",
+    "Ended",
+    "Fence",
+    "Outcome",
+    "Renewed",
+    "admit",
+    "cancel",
+    "claim",
+    "delete_tasks",
+    "end_attempt",
+    "mark_republished",
+    "record_progress",
+    "renew_leases",
+    "retry",
+    "set_priority",
+    "skip_waiting",
+    "still_queued",
+    "unqueue",
+]

@@ -1,0 +1,264 @@
+"""The writes a worker makes about an attempt it runs: claim, progress, lease renewal, end.
+
+Each is fenced by (task, attempt, worker instance): a message for another attempt
+claims nothing, and a run that lost its lease (another instance now holds the task,
+or it ended) can write nothing more. Times come from the database's clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections, transaction
+
+from ..core.states import WRITES, AttemptOutcome, TaskState
+from ..db.sql import Clock, Tables, states_sql
+from ..models import BatchTask
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Who may write about an attempt: the worker instance that claimed it."""
+
+    task_id: int
+    attempt: int
+    instance: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A task this worker now runs, with what it needs to run it."""
+
+    task_id: int
+    attempt: int
+    definition_id: int
+    queue: str
+    lost_runs: int
+    data: bytes
+    codec: str
+
+
+def claim(fence: Fence, *, worker: str, pid: int, lease_seconds: float, using: str) -> Claim | None:
+    """``queued → running`` for this worker instance, only for the attempt the message
+    names; ``None`` if the task is not queued as that attempt (a stale or duplicate
+    message, a cancelled task)."""
+    connection = connections[using]
+    t, clock = Tables(connection), Clock(connection)
+    sql = (
+        f"UPDATE {t.task} SET state = '{TaskState.RUNNING}', started_at = {clock.now}, "
+        f"worker = %s, worker_instance = %s, worker_pid = %s, lease_expires_at = {clock.after}, "
+        "progress_percent = 0, progress_message = '' "
+        f"WHERE id = %s AND attempt = %s AND state IN ({states_sql(*WRITES['claim'].sources)}) "
+        "RETURNING definition_id, queue, lost_runs, "
+        f"(SELECT data FROM {t.params} p WHERE p.task_id = {t.task}.id), "
+        f"(SELECT codec FROM {t.params} p WHERE p.task_id = {t.task}.id)"
+    )
+    params = [worker, fence.instance, pid, clock.param(lease_seconds), fence.task_id, fence.attempt]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    definition_id, queue, lost_runs, data, codec = row
+    return Claim(
+        fence.task_id,
+        fence.attempt,
+        definition_id,
+        queue,
+        lost_runs,
+        bytes(data or b"{}"),
+        codec or "json",
+    )
+
+
+def _fenced(write: str) -> str:
+    return (
+        "id = %s AND attempt = %s AND worker_instance = %s "
+        f"AND state IN ({states_sql(*WRITES[write].sources)})"
+    )
+
+
+def record_progress(fence: Fence, percent: int, message: str, *, using: str) -> bool | None:
+    """Write progress of a running attempt; return its cancel flag (``None``: the attempt
+    is not this instance's any more, so it must stop)."""
+    connection = connections[using]
+    t = Tables(connection)
+    sql = (
+        f"UPDATE {t.task} SET progress_percent = %s, progress_message = %s "
+        f"WHERE {_fenced('progress')} RETURNING cancel_requested"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [percent, message, fence.task_id, fence.attempt, fence.instance])
+        row = cursor.fetchone()
+    return None if row is None else bool(row[0])
+
+
+@dataclass(frozen=True)
+class Renewed:
+    """An attempt whose lease was just extended."""
+
+    task_id: int
+    attempt: int
+    cancel_requested: bool
+    pid: int | None
+
+
+def renew_leases(
+    instance: str, held: list[tuple[int, int]] | None, seconds: float, *, using: str
+) -> list[Renewed]:
+    """Extend the leases of the attempts ``instance`` holds (``None``: all it holds,
+    for a beat that could not see which it holds)."""
+    if held is not None and not held:
+        return []
+    connection = connections[using]
+    t, clock = Tables(connection), Clock(connection)
+    sql = (
+        f"UPDATE {t.task} SET lease_expires_at = {clock.after} WHERE worker_instance = %s "
+        f"AND state IN ({states_sql(*WRITES['renew_lease'].sources)})"
+    )
+    params: list[Any] = [clock.param(seconds), instance]
+    if held is not None:
+        sql += f" AND (id, attempt) IN ({', '.join(['(%s, %s)'] * len(held))})"
+        params += [value for pair in held for value in pair]
+    with connection.cursor() as cursor:
+        cursor.execute(sql + " RETURNING id, attempt, cancel_requested, worker_pid", params)
+        return [Renewed(row[0], row[1], bool(row[2]), row[3]) for row in cursor.fetchall()]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended.
+
+    ``kind`` is the attempt's own outcome. The task's next state follows from it and
+    from the row, in one statement: a cancel requested meanwhile always wins over running
+    again; a ``failed`` attempt with ``retry`` runs again while attempts remain (lost runs
+    do not count), after ``retry_delay`` seconds; a ``lost`` run runs again at once while
+    the type's ``max_lost_runs`` allows, else fails.
+    """
+
+    kind: str
+    result: Any = None
+    error_type: str = ""
+    error_message: str = ""
+    error_traceback: str = ""
+    #: Progress to write with the outcome: (percent, message); ``None`` keeps what is stored.
+    progress: tuple[int | None, str | None] | None = None
+    retry: bool = False
+    retry_delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Ended:
+    """What ending an attempt did to its task."""
+
+    state: str
+    queue: str
+
+    @property
+    def runs_again(self) -> bool:
+        return self.state == TaskState.NEW
+
+
+def _next_state(kind: str, retry: bool, t: Tables) -> str:
+    """SQL for the task's next state."""
+    if kind in (AttemptOutcome.SUCCEEDED, AttemptOutcome.CANCELLED):
+        return f"'{kind}'"
+    limit = f"(SELECT {{}} FROM {t.definition} d WHERE d.id = definition_id)"
+    if kind == AttemptOutcome.LOST:
+        again = f"WHEN lost_runs < {limit.format('max_lost_runs')} THEN '{TaskState.NEW}' "
+    elif retry:
+        again = f"WHEN attempt - lost_runs < {limit.format('max_attempts')} THEN '{TaskState.NEW}' "
+    else:
+        again = ""
+    return (
+        f"(CASE WHEN cancel_requested THEN '{TaskState.CANCELLED}' {again}"
+        f"ELSE '{TaskState.FAILED}' END)"
+    )
+
+
+def end_attempt(
+    fence: Fence, outcome: Outcome, *, using: str, lease_expired: bool = False
+) -> Ended | None:
+    """End a running attempt and write its attempt row, in one statement on PostgreSQL;
+    ``None`` if the attempt is not running under ``fence`` (nothing is written).
+
+    ``lease_expired`` adds the guard the sweeper needs: only if the lease ran out.
+    """
+    if outcome.kind not in AttemptOutcome.values:
+        raise ValueError(f"end_attempt() got an unknown outcome {outcome.kind!r}.")
+    connection = connections[using]
+    t, clock = Tables(connection), Clock(connection)
+    nxt = _next_state(outcome.kind, outcome.retry, t)
+    again = f"{nxt} = '{TaskState.NEW}'"
+    percent, message = outcome.progress if outcome.progress else (None, None)
+    result = BatchTask._meta.get_field("result").get_db_prep_save(outcome.result, connection)
+    lost = 1 if outcome.kind == AttemptOutcome.LOST else 0
+    assignments = (
+        f"state = {nxt}, "
+        f"attempt = CASE WHEN {again} THEN attempt + 1 ELSE attempt END, "
+        f"lost_runs = CASE WHEN {again} THEN lost_runs + {lost} "
+        f"ELSE lost_runs END, "
+        f"run_after = CASE WHEN {again} THEN {clock.after} ELSE run_after END, "
+        f"queue = CASE WHEN {again} THEN '' ELSE queue END, "
+        f"queued_at = CASE WHEN {again} THEN NULL ELSE queued_at END, "
+        f"finished_at = CASE WHEN {again} THEN NULL ELSE {clock.now} END, "
+        "result = %s, error_type = %s, error_message = %s, error_traceback = %s, "
+        "lease_expires_at = NULL, worker_pid = NULL, "
+        f"progress_percent = COALESCE(%s, progress_percent), "
+        f"progress_message = COALESCE(%s, progress_message)"
+    )
+    values = [
+        clock.param(outcome.retry_delay),
+        result,
+        outcome.error_type[:200],
+        outcome.error_message,
+        outcome.error_traceback,
+        percent,
+        message,
+    ]
+    where = _fenced("end_attempt")
+    if lease_expired:
+        where += f" AND lease_expires_at < {clock.now}"
+    # Returned after the update: a task that runs again has counted its next attempt.
+    number = f"CASE WHEN state = '{TaskState.NEW}' THEN attempt - 1 ELSE attempt END"
+    update = (
+        f"UPDATE {t.task} SET {assignments} WHERE {where} "
+        f"RETURNING id AS id, {number} AS number, worker AS worker, started_at AS started_at, "
+        f"{clock.now} AS now, '{outcome.kind}' AS outcome, error_type AS error_type, "
+        "error_message AS error_message, state AS state, queue AS queue"
+    )
+    params = [*values, fence.task_id, fence.attempt, fence.instance]
+    return _write_with_attempt_row(update, params, using)
+
+
+ATTEMPT_COLUMNS = (
+    "task_id, number, worker, started_at, finished_at, outcome, error_type, error_message"
+)
+
+
+def _write_with_attempt_row(update: str, params: list[Any], using: str) -> Ended | None:
+    connection = connections[using]
+    t = Tables(connection)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # One round trip: the attempt row is written from what the update returned.
+            cursor.execute(
+                f"WITH done AS ({update}), recorded AS ("
+                f"INSERT INTO {t.attempt} ({ATTEMPT_COLUMNS}) SELECT id, number, worker, "
+                "started_at, now, outcome, error_type, error_message FROM done) "
+                "SELECT state, queue FROM done",
+                params,
+            )
+            row = cursor.fetchone()
+            return None if row is None else Ended(row[0], row[1])
+        with transaction.atomic(using=using):
+            cursor.execute(update, params)
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            marks = ", ".join(["%s"] * 8)
+            cursor.execute(
+                f"INSERT INTO {t.attempt} ({ATTEMPT_COLUMNS}) VALUES ({marks})", list(row[:8])
+            )
+    return Ended(row[8], row[9])

@@ -1,0 +1,126 @@
+"""What users and their code ask of a task: cancel, retry, reprioritise, supersede,
+delete. Each write returns what it did; dispatching the freed slots is the caller's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db import IntegrityError, connections, transaction
+
+from ..core.exceptions import UniqueKeyConflict
+from ..core.states import WRITES, TaskState
+from ..db.sql import Clock, Tables, states_sql
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """What a cancel did: ended a waiting task (freeing a slot in ``freed_queue`` if it
+    held one), or flagged a running one."""
+
+    ended: bool = False
+    flagged: bool = False
+    freed_queue: str = ""
+
+    @property
+    def applied(self) -> bool:
+        return self.ended or self.flagged
+
+
+def cancel(task_id: int, *, using: str) -> Cancelled:
+    """Cancel a waiting task now, or flag a running one for its worker to stop."""
+    connection = connections[using]
+    t, clock = Tables(connection), Clock(connection)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {t.task} SET state = '{TaskState.CANCELLED}', finished_at = {clock.now}, "
+            f"lease_expires_at = NULL WHERE id = %s "
+            f"AND state IN ({states_sql(*WRITES['cancel_waiting'].sources)}) RETURNING queue",
+            [task_id],
+        )
+        row = cursor.fetchone()
+        if row is not None:
+            return Cancelled(ended=True, freed_queue=row[0] or "")
+        cursor.execute(
+            f"UPDATE {t.task} SET cancel_requested = TRUE WHERE id = %s "
+            f"AND state IN ({states_sql(*WRITES['request_cancel'].sources)}) "
+            "AND NOT cancel_requested",
+            [task_id],
+        )
+        return Cancelled(flagged=cursor.rowcount == 1)
+
+
+def retry(task_id: int, *, using: str) -> bool:
+    """Run a failed or cancelled task again as its next attempt, with a fresh allowance
+    of lost runs; True if it applied. ``UniqueKeyConflict`` if an unfinished task now
+    holds its unique key."""
+    connection = connections[using]
+    t = Tables(connection)
+    sql = (
+        f"UPDATE {t.task} SET state = '{TaskState.NEW}', attempt = attempt + 1, lost_runs = 0, "
+        "run_after = NULL, queue = '', queued_at = NULL, started_at = NULL, "
+        "finished_at = NULL, worker = '', worker_instance = '', worker_pid = NULL, "
+        "lease_expires_at = NULL, cancel_requested = FALSE, result = NULL, error_type = '', "
+        "error_message = '', error_traceback = '', progress_percent = 0, progress_message = '' "
+        f"WHERE id = %s AND state IN ({states_sql(*WRITES['retry'].sources)})"
+    )
+    try:
+        # A savepoint: a conflict must not break the caller's transaction.
+        with transaction.atomic(using=using), connection.cursor() as cursor:
+            cursor.execute(sql, [task_id])
+            return cursor.rowcount == 1
+    except IntegrityError as exc:
+        raise UniqueKeyConflict(
+            f"Task {task_id} cannot run again: another unfinished task of its type holds "
+            "its unique_key. Cancel that one first, or wait until it has finished."
+        ) from exc
+
+
+def set_priority(task_id: int, priority: int, *, using: str) -> bool:
+    """Change the priority of a task still waiting for dispatch; True if it applied."""
+    connection = connections[using]
+    t = Tables(connection)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {t.task} SET priority = %s WHERE id = %s "
+            f"AND state IN ({states_sql(*WRITES['set_priority'].sources)})",
+            [priority, task_id],
+        )
+        return cursor.rowcount == 1
+
+
+def skip_waiting(definition_id: int, unique_key: str, *, using: str) -> list[str]:
+    """Mark the waiting tasks of a type with ``unique_key`` skipped (superseded); return
+    the queues of those that held a slot."""
+    connection = connections[using]
+    t, clock = Tables(connection), Clock(connection)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {t.task} SET state = '{TaskState.SKIPPED}', finished_at = {clock.now} "
+            "WHERE definition_id = %s AND unique_key = %s "
+            f"AND state IN ({states_sql(*WRITES['skip'].sources)}) RETURNING queue",
+            [definition_id, unique_key],
+        )
+        return [row[0] for row in cursor.fetchall() if row[0]]
+
+
+def delete_tasks(ids: list[int], *, using: str) -> int:
+    """Delete finished tasks with their parameters and attempts (retention)."""
+    if not ids:
+        return 0
+    connection = connections[using]
+    t = Tables(connection)
+    marks = ", ".join(["%s"] * len(ids))
+    final = states_sql(*WRITES["delete"].sources)
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    with transaction.atomic(using=using), connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM {t.task} WHERE id IN ({marks}) AND state IN ({final}){lock}", ids
+        )
+        done = [row[0] for row in cursor.fetchall()]
+        if not done:
+            return 0
+        marks = ", ".join(["%s"] * len(done))
+        cursor.execute(f"DELETE FROM {t.params} WHERE task_id IN ({marks})", done)
+        cursor.execute(f"DELETE FROM {t.attempt} WHERE task_id IN ({marks})", done)
+        cursor.execute(f"DELETE FROM {t.task} WHERE id IN ({marks})", done)
+        return cursor.rowcount

@@ -1,0 +1,1 @@
+"""The broker side: building and publishing run messages, and a faster Redis transport."""

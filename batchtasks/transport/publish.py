@@ -1,0 +1,126 @@
+"""Publishing run messages: a batch in one Redis round trip, or Celery's ``send_task``.
+
+Each message is an ordinary Celery protocol-2 message for ``batchtasks.run`` whose
+arguments are the task id and the attempt it is for (a claim check: the parameters stay
+in the database, and a message for any other attempt runs nothing). With kombu's Redis
+transport a whole batch is pushed through one pipeline: ``apply_async`` costs ~0.8 ms a
+message here, most of it in building a Redis client per call. The batch path is used
+only when nothing listens to Celery's publish signals (tracing tools do), and falls back
+to one ``send_task`` per message if the transport does not look as expected.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from celery import current_app, signals
+from kombu.utils.json import dumps
+
+try:
+    from kombu.transport.redis import Channel as RedisChannel
+except ImportError:  # the redis client library is not installed
+    RedisChannel = None  # type: ignore[assignment, misc]
+
+RUN_TASK_NAME = "batchtasks.run"
+CONTENT_TYPE = "application/json"
+DELIVERY_PERSISTENT = 2
+
+
+class Run(NamedTuple):
+    """One message to publish: an attempt of a task, with its type's time limits.
+
+    Celery's prefork pool enforces them: past ``soft_time_limit`` the plugin gets
+    ``SoftTimeLimitExceeded``; past ``time_limit`` its process is killed and replaced.
+    """
+
+    task_id: int
+    attempt: int
+    time_limit: int | None = None
+    soft_time_limit: int | None = None
+
+
+def message_id(task_id: int, attempt: int) -> str:
+    """The Celery task id of a batch task's message: readable in Flower and in logs."""
+    return f"batchtask-{task_id}-{attempt}"
+
+
+def parse_message_id(request_id: str) -> tuple[int, int] | None:
+    """``(task id, attempt)`` from a run message's id (``batchtask-<id>-<attempt>``)."""
+    prefix, _, rest = request_id.partition("-")
+    task_id, _, attempt = rest.partition("-")
+    if prefix != "batchtask" or not task_id.isdigit() or not attempt.isdigit():
+        return None
+    return int(task_id), int(attempt)
+
+
+def publish(queue: str, tasks: list[Run], *, app: Any = None) -> None:
+    """Publish one message per run to ``queue`` (with the current Celery app by default)."""
+    if not tasks:
+        return
+    app = app or current_app
+    with app.pool.acquire(block=True) as connection:
+        channel = connection.default_channel
+        if _can_pipeline(channel):
+            _publish_pipelined(app, channel, queue, tasks)
+            return
+    _publish_each(app, queue, tasks)
+
+
+def _can_pipeline(channel: Any) -> bool:
+    if signals.before_task_publish.receivers or signals.after_task_publish.receivers:
+        return False
+    needed = ("_create_client", "_inplace_augment_message", "_q_for_pri", "prepare_message")
+    return (
+        RedisChannel is not None
+        and isinstance(channel, RedisChannel)
+        and all(hasattr(channel, name) for name in needed)
+    )
+
+
+def _publish_pipelined(app: Any, channel: Any, queue: str, tasks: list[Run]) -> None:
+    first_id = message_id(tasks[0].task_id, tasks[0].attempt)
+    # The outcome lives on the BatchTask row: the result backend must not store it again.
+    headers, properties, body, _ = app.amqp.as_task_v2(
+        first_id, RUN_TASK_NAME, (tasks[0].task_id, tasks[0].attempt), {}, ignore_result=True
+    )
+    properties = dict(properties, delivery_mode=DELIVERY_PERSISTENT)
+    embed = body[2]
+    key = channel._q_for_pri(queue, 0)
+    pipe = channel._create_client().pipeline(transaction=False)
+    for run in tasks:
+        mid = message_id(run.task_id, run.attempt)
+        message_headers = dict(
+            headers,
+            id=mid,
+            root_id=mid,
+            argsrepr=f"({run.task_id}, {run.attempt})",
+            timelimit=[run.time_limit, run.soft_time_limit],
+        )
+        message = channel.prepare_message(
+            dumps([[run.task_id, run.attempt], {}, embed]),
+            0,
+            CONTENT_TYPE,
+            "utf-8",
+            message_headers,
+            dict(properties, correlation_id=mid),
+        )
+        # The AMQP default exchange: the routing key names the queue, no binding lookup.
+        channel._inplace_augment_message(message, "", queue)
+        pipe.lpush(key, dumps(message))
+    pipe.execute()
+
+
+def _publish_each(app: Any, queue: str, tasks: list[Run]) -> None:
+    with app.producer_or_acquire() as producer:
+        for run in tasks:
+            app.send_task(
+                RUN_TASK_NAME,
+                (run.task_id, run.attempt),
+                queue=queue,
+                routing_key=queue,
+                task_id=message_id(run.task_id, run.attempt),
+                time_limit=run.time_limit,
+                soft_time_limit=run.soft_time_limit,
+                ignore_result=True,
+                producer=producer,
+            )

@@ -1,0 +1,207 @@
+"""The agent that lives in each Celery worker's main process, in a thread of its own.
+
+It keeps working while the pool processes run plugin code, so leases are renewed and
+cancels enforced whatever a plugin does. It only schedules; each duty lives in its
+own module: the heartbeat (``heartbeat``: leases, lost attempts, the worker's row)
+every ``HEARTBEAT_SECONDS``, stopping processes (``stopping``) every tenth of a second
+while any must stop, a safety-net dispatch pass for its queues every
+``DISPATCH_INTERVAL`` and the moment a delayed task falls due, and a sweep of the
+cluster (``services.sweeper``) every ``SWEEP_INTERVAL``, one worker at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import psutil
+from django.db import close_old_connections, connection, connections, router
+
+from ..core.conf import get_settings
+from ..core.states import TaskState
+from ..db.connections import close_state_connections, state_db
+from ..db.sql import Clock, Tables, states_sql
+from ..models import BatchQueue, BatchTask
+from ..services import sweeper, workers
+from ..services.definitions import sync_definitions
+from ..services.dispatch import dispatch_queue
+from ..services.workers import Identity
+from ..transitions import Fence
+from .heartbeat import Heartbeat, in_flight
+from .stopping import Stopper
+
+logger = logging.getLogger(__name__)
+
+STOP_STEP_SECONDS = 0.1
+
+
+class WorkerAgent:
+    """See the module text."""
+
+    def __init__(self, identity: Identity, *, queues: list[str], concurrency: int = 0) -> None:
+        self.identity = identity
+        self.queues = queues
+        self.concurrency = concurrency
+        self.stopper = Stopper(still_running=_holds)
+        self.heart = Heartbeat(identity, self.stopper)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="batchtasks-agent", daemon=True)
+        self._next = {"beat": 0.0, "dispatch": 0.0, "sweep": 0.0, "stop": float("inf")}
+        self._processes: dict[int, psutil.Process] = {}
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def db(self) -> str:
+        return state_db(router.db_for_write(BatchTask))
+
+    def _loop(self) -> None:
+        try:
+            self._startup()
+            while not self._stop.wait(self._sleep()):
+                self.tick()
+        finally:
+            try:
+                workers.worker_stopped(self.identity.instance, using=self.db)
+            except Exception:
+                logger.warning("batchtasks could not mark worker=%s stopped", self.identity.name)
+            connection.close()
+            close_state_connections()
+
+    def _startup(self) -> None:
+        try:
+            sync_definitions()
+            workers.register_worker(
+                self.identity, queues=self.queues, concurrency=self.concurrency, using=self.db
+            )
+            # A previous boot on this machine that died (this worker restarted under its
+            # name, say) gives back what it held now, not when its leases run out.
+            freed = workers.reap_dead_instances(
+                self.identity.process_space, exclude=self.identity.instance, using=self.db
+            )
+            for queue in set(freed):
+                dispatch_queue(queue, using=self.db)
+        except Exception:
+            logger.exception("batchtasks could not register worker=%s", self.identity.name)
+        if not self._batch_queues():
+            logger.warning(
+                "batchtasks worker=%s consumes no batch queue (queues=%s); "
+                "`manage.py batchtasks workers` prints the -Q options to use",
+                self.identity.name,
+                ",".join(self.queues),
+            )
+
+    def _sleep(self) -> float:
+        return max(0.01, min(self._next.values()) - time.monotonic())
+
+    def tick(self) -> None:
+        """Whatever duties are due now."""
+        close_old_connections()
+        settings = get_settings()
+        duties = (
+            ("beat", self.heartbeat, settings.HEARTBEAT_SECONDS),
+            ("stop", self.stop_processes, STOP_STEP_SECONDS),
+            ("dispatch", self.dispatch, settings.DISPATCH_INTERVAL),
+            ("sweep", self.sweep, settings.SWEEP_INTERVAL),
+        )
+        for name, duty, interval in duties:
+            if time.monotonic() < self._next[name]:
+                continue
+            self._next[name] = time.monotonic() + interval
+            try:
+                duty()
+            except Exception:
+                logger.exception("batchtasks %s failed worker=%s", name, self.identity.name)
+                connections[self.db].close()  # a fresh connection next time
+        if not self.stopper.pending:
+            self._next["stop"] = float("inf")
+
+    # --- duties -------------------------------------------------------------------------
+    def heartbeat(self) -> None:
+        """Renew leases, end lost attempts, stop what must stop, record this worker."""
+        db = self.db
+        freed = self.heart.beat(db)
+        if self.stopper.pending:
+            self._next["stop"] = min(self._next["stop"], time.monotonic())
+        cpu, memory = self._usage()
+        workers.worker_seen(
+            self.identity.instance, in_hand=self.heart.in_hand, cpu=cpu, memory=memory, using=db
+        )
+        for queue in freed:
+            dispatch_queue(queue, using=db)
+
+    def stop_processes(self) -> None:
+        """Advance the stopping of processes; once one is gone, end its attempt at once."""
+        before = self.stopper.pending
+        self.stopper.step(kill_grace=get_settings().KILL_GRACE)
+        if before:
+            # A stopped process's attempt is ended by Celery's failure signal, or by
+            # the next beat: beat now rather than in HEARTBEAT_SECONDS.
+            self._next["beat"] = min(self._next["beat"], time.monotonic() + 0.2)
+
+    def _batch_queues(self) -> list[str]:
+        known = BatchQueue.objects.using(self.db).filter(name__in=self.queues)
+        names = set(known.values_list("name", flat=True))
+        return [queue for queue in self.queues if queue in names]
+
+    def dispatch(self) -> None:
+        """A safety-net pass for each batch queue; wake again when a delayed task is due."""
+        queues = self._batch_queues()
+        for queue in queues:
+            dispatch_queue(queue, using=self.db)
+        wait = self._seconds_to_next_due(queues)
+        if wait is not None:
+            self._next["dispatch"] = min(self._next["dispatch"], time.monotonic() + wait + 0.005)
+
+    def _seconds_to_next_due(self, queues: list[str]) -> float | None:
+        """Seconds until the next delayed task of ``queues`` falls due, by the database's
+        clock (this host's may differ)."""
+        if not queues:
+            return None
+        db_connection = connections[self.db]
+        t, clock = Tables(db_connection), Clock(db_connection)
+        marks = ", ".join(["%s"] * len(queues))
+        sql = (
+            f"SELECT {clock.seconds_until('MIN(t.run_after)')} FROM {t.task} t "
+            f"JOIN {t.definition} d ON d.id = t.definition_id "
+            f"WHERE t.state = {states_sql(TaskState.NEW)} AND t.run_after > {clock.now} "
+            f"AND d.queue IN ({marks})"
+        )
+        with db_connection.cursor() as cursor:
+            cursor.execute(sql, queues)
+            value = cursor.fetchone()[0]
+        return None if value is None else max(0.0, float(value))
+
+    def sweep(self) -> None:
+        """Sweep the cluster, unless another worker is at it."""
+        sweeper.sweep(using=self.db, instance=self.identity.instance)
+
+    def _usage(self) -> tuple[float | None, int | None]:
+        """CPU % and resident memory of this worker and its pool processes."""
+        try:
+            main = self._processes.setdefault(os.getpid(), psutil.Process())
+            family = [main, *main.children(recursive=True)]
+            cpu = memory = 0.0
+            for process in family:
+                process = self._processes.setdefault(process.pid, process)
+                cpu += process.cpu_percent(None)
+                memory += process.memory_info().rss
+            alive = {p.pid for p in family}
+            self._processes = {pid: p for pid, p in self._processes.items() if pid in alive}
+            return round(cpu, 1), int(memory)
+        except psutil.Error:
+            return None, None
+
+
+def _holds(fence: Fence) -> bool | None:
+    """Whether this worker still runs ``fence``'s message (``None``: cannot tell now)."""
+    held = in_flight()
+    return None if held is None else (fence.task_id, fence.attempt) in held

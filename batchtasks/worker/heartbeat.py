@@ -1,0 +1,112 @@
+"""A worker's heartbeat: renew the leases of the attempts it runs, end those whose
+process is gone, and have stopped those that must stop.
+
+What the worker holds is read from Celery's own bookkeeping of the requests it has
+received and started (a read-only copy, taken again when the consumer thread changes
+it meanwhile). If it cannot be read, the beat fails closed: it renews every lease of
+this instance and ends nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.worker import state as celery_state
+
+from .. import transitions
+from ..core.conf import get_settings
+from ..services import leases
+from ..services.workers import Identity
+from ..transport.publish import RUN_TASK_NAME, parse_message_id
+from .stopping import Stopper
+
+logger = logging.getLogger(__name__)
+
+
+def in_flight() -> set[tuple[int, int]] | None:
+    """``(task id, attempt)`` of the run messages this worker holds (received, waiting
+    for or in a pool process); ``None`` if Celery's sets could not be read."""
+    for _ in range(10):
+        try:
+            requests: list[Any] = [
+                *celery_state.reserved_requests,
+                *celery_state.active_requests,
+            ]
+            break
+        except RuntimeError:  # changed size while being copied: try again
+            continue
+    else:
+        return None
+    held = set()
+    for request in requests:
+        if getattr(request, "name", None) == RUN_TASK_NAME:
+            key = parse_message_id(getattr(request, "id", "") or "")
+            if key is not None:
+                held.add(key)
+    return held
+
+
+class Heartbeat:
+    """One worker boot's heartbeat (see the module text)."""
+
+    def __init__(self, identity: Identity, stopper: Stopper) -> None:
+        self.identity = identity
+        self.stopper = stopper
+        #: Attempts renewed at the last beat, with the pid running each.
+        self._ours: dict[tuple[int, int], int | None] = {}
+        #: Run messages in hand at the last beat.
+        self.in_hand = 0
+
+    def beat(self, db: str) -> set[str]:
+        """One beat; returns the queues whose slots it freed."""
+        instance = self.identity.instance
+        # The database first, then what we hold: an attempt claimed in between is then
+        # missing from `running`, never wrongly missing from `held`.
+        running = leases.running_on(instance, using=db)
+        held = in_flight()
+        settings = get_settings()
+        freed: set[str] = set()
+        if held is None:
+            logger.warning("batchtasks cannot read the requests in hand; beat keeps all leases")
+            renewed = transitions.renew_leases(instance, None, settings.LEASE_SECONDS, using=db)
+        else:
+            for attempt in running:
+                if (attempt.task_id, attempt.attempt) not in held and self._lose(attempt, db):
+                    freed.add(attempt.queue)
+            renewed = transitions.renew_leases(
+                instance, list(held), settings.LEASE_SECONDS, using=db
+            )
+        self._stop_what_must_stop(renewed, held, db)
+        self.in_hand = len(held) if held is not None else len(renewed)
+        return freed
+
+    def _lose(self, held: leases.HeldAttempt, db: str) -> bool:
+        if held.overran:
+            reason, message = leases.TIME_LIMIT, leases.time_limit_message(held)
+        else:
+            reason, message = leases.WORKER_LOST, leases.worker_lost_message(held)
+        return leases.lose(held, reason, message, using=db) is not None
+
+    def _stop_what_must_stop(
+        self, renewed: list[transitions.Renewed], held: set[tuple[int, int]] | None, db: str
+    ) -> None:
+        instance = self.identity.instance
+        now_ours = {(r.task_id, r.attempt): r.pid for r in renewed}
+        for r in renewed:
+            if r.cancel_requested:
+                fence = transitions.Fence(r.task_id, r.attempt, instance)
+                self.stopper.stop(
+                    fence, r.pid, reason="cancel ignored", grace=get_settings().CANCEL_GRACE
+                )
+        if held is not None:
+            # Ours at the last beat, still running here, but ended as a lost run since
+            # (this worker was silent for a lease): it must not go on unseen.
+            for key, pid in self._ours.items():
+                if key in held and key not in now_ours:
+                    fence = transitions.Fence(*key, instance)
+                    if leases.ended_as_lost(fence, using=db):
+                        self.stopper.stop(fence, pid, reason="lease lost", grace=0.0)
+            keep = {transitions.Fence(*key, instance) for key in held}
+            self.stopper.forget(keep)
+        self._ours = now_ours

@@ -1,0 +1,196 @@
+"""Run one attempt: claim it, call its plugin, write its outcome, refill its slot.
+
+Runs in a pool process. Every write is fenced by (task, attempt, worker instance), so
+a message for another attempt runs nothing and a run that lost its lease writes
+nothing more.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+
+from django.db import DatabaseError, router
+
+from .. import transitions
+from ..core.codecs import decode
+from ..core.conf import get_settings
+from ..core.exceptions import (
+    ResultNotSerializable,
+    ResultTooLarge,
+    TaskCancelled,
+    TaskStopped,
+)
+from ..core.plugin import BatchTaskPlugin
+from ..core.registry import registry
+from ..core.retries import is_retryable, retry_delay
+from ..core.states import AttemptOutcome
+from ..db.connections import reconnecting, state_db
+from ..models import BatchTask
+from ..services import dispatch, leases
+from ..services.facts import TypeFacts, type_facts
+from . import identity, stopping
+from .progress import ProgressWriter, state_lock
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE = 10_000
+MAX_TRACEBACK = 64_000
+
+
+class RunnerContext:
+    """The plugin's view of its run: throttled progress writes and cancel checks."""
+
+    def __init__(self, claim: transitions.Claim, fence: transitions.Fence, worker: str) -> None:
+        self.task_id: int | None = claim.task_id
+        self.attempt = claim.attempt
+        self.worker = worker
+        self.fence = fence
+        self.using = ""
+        self.progress: ProgressWriter | None = None
+        self._last_check = time.monotonic()
+
+    def bind(self, using: str) -> RunnerContext:
+        self.using = using
+        self.progress = ProgressWriter(self.fence, using, get_settings().PROGRESS_INTERVAL)
+        return self
+
+    def report_progress(self, percent: int, message: str) -> None:
+        assert self.progress is not None
+        self.progress.report(percent, message)
+        self._last_check = time.monotonic()
+
+    def cancel_requested(self) -> bool:
+        """True once a cancel was asked for, or the attempt is no longer this worker's."""
+        assert self.progress is not None
+        progress = self.progress
+        if progress.cancel:
+            return True
+        if time.monotonic() - self._last_check >= progress.interval:
+            self._last_check = time.monotonic()
+            fence, using = self.fence, self.using
+            try:
+                with state_lock:
+                    flag = reconnecting(lambda: leases.still_ours(fence, using=using), using)
+            except DatabaseError:
+                logger.warning("batchtasks cancel check failed task=%s", fence.task_id)
+                return False
+            progress.cancel = flag is None or flag
+        return progress.cancel
+
+    def load_task(self) -> BatchTask:
+        return BatchTask.objects.select_related("owner", "definition").get(pk=self.fence.task_id)
+
+    def take_pending(self) -> tuple[int, str] | None:
+        return None if self.progress is None else self.progress.take_pending()
+
+
+def execute(
+    task_id: int, attempt: int, *, worker: str, using: str | None = None
+) -> transitions.Ended | None:
+    """Claim attempt ``attempt`` of task ``task_id`` and run it to an outcome. A message
+    for a task that is not queued as that attempt (a duplicate, a stale message of an
+    earlier attempt, a cancelled task) runs nothing."""
+    db = state_db(using or router.db_for_write(BatchTask))
+    fence = transitions.Fence(task_id, attempt, identity.instance())
+    lease_seconds = get_settings().LEASE_SECONDS
+    # While PostgreSQL is away, wait for it rather than drop the message or the outcome
+    # (then the task would run again): as long as a lease, which nobody can take meanwhile.
+    with state_lock:
+        claim = reconnecting(
+            lambda: transitions.claim(
+                fence, worker=worker, pid=os.getpid(), lease_seconds=lease_seconds, using=db
+            ),
+            db,
+            patience=lease_seconds,
+        )
+    if claim is None:
+        logger.info(
+            "batchtasks message dropped task=%s attempt=%s reason=not-queued", task_id, attempt
+        )
+        return None
+    facts = type_facts(claim.definition_id, claim.queue, db)
+    context = RunnerContext(claim, fence, worker).bind(db)
+    outcome = run_plugin(claim, facts, context)
+    with state_lock:
+        ended = reconnecting(
+            lambda: transitions.end_attempt(fence, outcome, using=db), db, patience=lease_seconds
+        )
+    if ended is None:
+        logger.warning(
+            "batchtasks outcome not recorded task=%s attempt=%s reason=no-longer-ours",
+            task_id,
+            attempt,
+        )
+    elif facts.retention == 0 and not ended.runs_again:  # delete on completion
+        transitions.delete_tasks([task_id], using=db)
+    try:
+        dispatch.refill(claim.queue, limited=facts.limited, using=db)
+    except Exception:  # the worker's periodic pass will refill instead
+        logger.exception("batchtasks refill failed queue=%s", claim.queue)
+    return ended
+
+
+def run_plugin(
+    claim: transitions.Claim, facts: TypeFacts, context: RunnerContext
+) -> transitions.Outcome:
+    """Call the plugin and turn whatever happens into an ``Outcome``."""
+    plugin_cls: type[BatchTaskPlugin] | None = None
+    try:
+        plugin_cls = registry.get(facts.name).plugin
+        params = decode(claim.data, claim.codec)
+        with stopping.plugin_running(context.fence):
+            result = plugin_cls(context).run(params)
+        _check_result(facts.name, result)
+    except TaskCancelled as exc:
+        return transitions.Outcome(
+            AttemptOutcome.CANCELLED,
+            error_type=leases.STOPPED if isinstance(exc, TaskStopped) else "",
+            error_message=str(exc),
+            progress=context.take_pending(),
+        )
+    except Exception as exc:
+        retry_on = plugin_cls.retry_on if plugin_cls is not None else ()
+        failures = claim.attempt - claim.lost_runs
+        return transitions.Outcome(
+            AttemptOutcome.FAILED,
+            error_type=error_type(exc),
+            error_message=str(exc)[:MAX_MESSAGE],
+            error_traceback="".join(traceback.format_exception(exc))[-MAX_TRACEBACK:],
+            progress=context.take_pending(),
+            retry=is_retryable(exc, retry_on),
+            retry_delay=retry_delay(failures, facts.retry_backoff, facts.retry_backoff_max),
+        )
+    pending = context.take_pending()
+    return transitions.Outcome(
+        AttemptOutcome.SUCCEEDED, result=result, progress=(100, pending[1] if pending else None)
+    )
+
+
+def error_type(exc: BaseException) -> str:
+    """``module.Class`` of an exception (just ``Class`` for builtins)."""
+    cls = type(exc)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _check_result(type_name: str, result: object) -> None:
+    try:
+        text = json.dumps(result, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ResultNotSerializable(
+            f"Task type {type_name!r} returned {type(result).__name__}, which cannot be stored "
+            f"as JSON ({exc}); return dicts, lists, strings, numbers, booleans or None."
+        ) from exc
+    limit = get_settings().MAX_RESULT_BYTES
+    size = len(text.encode())
+    if size > limit:
+        raise ResultTooLarge(
+            f"Task type {type_name!r} returned a result of {size:,} bytes as JSON; the limit "
+            f"is {limit:,} (BATCHTASKS['MAX_RESULT_BYTES']). Store large output elsewhere "
+            "(a file or a model) and return a reference to it."
+        )

@@ -12,6 +12,7 @@ from .. import transitions
 from ..models import BatchTask
 from . import submit as submitting
 from .dispatch import dispatch_on_commit
+from .validation import check_priority
 
 
 def _db(task: BatchTask) -> str:
@@ -46,7 +47,7 @@ class Operations:
         return applied
 
     def set_priority(self, task: BatchTask, priority: int) -> bool:
-        value = submitting.check_priority(priority)
+        value = check_priority(priority)
         applied = transitions.set_priority(task.pk, value, using=_db(task))
         if applied:
             task.priority = value

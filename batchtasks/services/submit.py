@@ -8,76 +8,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import IntegrityError, connections, router, transaction
-from django.utils import timezone
 
 from .. import transitions
 from ..core.codecs import Encoded, encode
 from ..core.conf import get_settings
 from ..core.exceptions import InvalidTaskOption, TaskTypeDisabled
 from ..core.registry import registry
-from ..core.states import (
-    IN_FLIGHT_STATES,
-    PRIORITY_MAX,
-    PRIORITY_MIN,
-    UNFINISHED_STATES,
-    TaskState,
-)
+from ..core.states import IN_FLIGHT_STATES, UNFINISHED_STATES, TaskState
 from ..db.sql import Clock, as_datetime, states_sql
 from ..models import BatchQueue, BatchTask, BatchTaskDefinition, BatchTaskParameters
 from .bulk import insert_task, insert_tasks
 from .definitions import get_definition
 from .dispatch import dispatch_on_commit, publish_on_commit, run_of
-
-
-def check_priority(priority: Any) -> int:
-    """The priority as an int, or ``InvalidTaskOption`` if it is not one from -100 to 100."""
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise InvalidTaskOption(
-            f"priority={priority!r} must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX} "
-            "(see batchtasks.Priority)."
-        )
-    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
-        raise InvalidTaskOption(
-            f"priority={priority!r} is out of range; use {PRIORITY_MIN} to {PRIORITY_MAX} "
-            "(Priority.UNIMPORTANT=-50, NORMAL=0, IMPORTANT=50, IMMEDIATE=100)."
-        )
-    return int(priority)
-
-
-def _check_text(name: str, value: Any, limit: int, *, optional: bool) -> str | None:
-    if value is None and optional:
-        return None
-    if not isinstance(value, str):
-        raise InvalidTaskOption(f"{name}={value!r} must be a string.")
-    if len(value) > limit:
-        raise InvalidTaskOption(f"{name} is {len(value)} characters; the limit is {limit}.")
-    return value
-
-
-def _check_run_after(run_after: Any) -> datetime | timedelta | None:
-    if run_after is None or isinstance(run_after, timedelta):
-        return run_after
-    if isinstance(run_after, datetime):
-        if settings.USE_TZ and timezone.is_naive(run_after):
-            raise InvalidTaskOption(
-                f"run_after={run_after!r} is a naive datetime; pass an aware one "
-                "(django.utils.timezone.now() + timedelta(...)) or a timedelta."
-            )
-        return run_after
-    raise InvalidTaskOption(f"run_after={run_after!r} must be a datetime, a timedelta or None.")
-
-
-def _owner_id(owner: Any) -> int | None:
-    if owner is None or getattr(owner, "is_anonymous", False):
-        return None
-    pk = getattr(owner, "pk", None)
-    if pk is None:
-        raise InvalidTaskOption(
-            f"owner={owner!r} must be a saved user (an instance of the user model) or None."
-        )
-    return int(pk)
+from .validation import check_owner, check_priority, check_run_after, check_text
 
 
 @dataclass(frozen=True)
@@ -154,10 +98,10 @@ def _prepare(
 ) -> Request:
     registry.get(type_name)
     checked_priority = None if priority is None else check_priority(priority)
-    text = _check_text("description", description, 500, optional=False) or ""
-    key = _check_text("fairness_key", fairness_key, 200, optional=True)
-    owner_id = _owner_id(owner)
-    when = _check_run_after(run_after)
+    text = check_text("description", description, 500, optional=False) or ""
+    key = check_text("fairness_key", fairness_key, 200, optional=True)
+    owner_id = check_owner(owner)
+    when = check_run_after(run_after)
     db = using or router.db_for_write(BatchTask)
     if key is None:
         key = "" if owner_id is None else f"user:{owner_id}"
@@ -211,6 +155,31 @@ def _load(
     one round whatever the backlog of others.
     """
     connection = connections[db]
+    sql = _LINE_SQL.get(connection.vendor) or _LINE_SQL.setdefault(
+        connection.vendor, _line_sql(connection)
+    )
+    params: list[Any] = [key, get_settings().DISPATCH_WINDOW + 1, type_name]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    n = len(DEFINITION_FIELDS)
+    definition = BatchTaskDefinition.from_db(db, DEFINITION_FIELDS, row[:n])
+    serving, head, last, queue_limit, in_flight_count, db_now = row[n:]
+    turn = serving if serving is not None else (head or 0)
+    line = Line(queue_limit=queue_limit, in_flight=in_flight_count, backlog=head is not None)
+    first = turn if last is None else max(turn, last + 1)
+    now = as_datetime(db_now)
+    assert now is not None
+    return definition, first, line, now
+
+
+_LINE_SQL: dict[str, str] = {}
+
+
+def _line_sql(connection: Any) -> str:
+    """The query of ``_load``; its parameters: the fairness key, the window + 1, the type."""
     t = connection.ops.quote_name(BatchTask._meta.db_table)
     d = connection.ops.quote_name(BatchTaskDefinition._meta.db_table)
     q = connection.ops.quote_name(BatchQueue._meta.db_table)
@@ -221,7 +190,7 @@ def _load(
         # MIN/MAX over the whole backlog: the same answer from the partial indexes).
         return f"(SELECT {pick} FROM {d} qd WHERE qd.queue = d.queue)"
 
-    sql = (
+    return (
         f"SELECT {', '.join('d.' + f for f in DEFINITION_FIELDS)}, "
         f"(SELECT fair_round FROM {t} WHERE queue = d.queue AND state IN ({in_flight}) "
         "ORDER BY fair_round DESC LIMIT 1), "
@@ -239,21 +208,6 @@ def _load(
         f"AND state IN ({in_flight}) LIMIT %s) AS in_flight), {Clock(connection).now} "
         f"FROM {d} d WHERE d.name = %s"
     )
-    params: list[Any] = [key, get_settings().DISPATCH_WINDOW + 1, type_name]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    n = len(DEFINITION_FIELDS)
-    definition = BatchTaskDefinition.from_db(db, DEFINITION_FIELDS, row[:n])
-    serving, head, last, queue_limit, in_flight_count, db_now = row[n:]
-    turn = serving if serving is not None else (head or 0)
-    line = Line(queue_limit=queue_limit, in_flight=in_flight_count, backlog=head is not None)
-    first = turn if last is None else max(turn, last + 1)
-    now = as_datetime(db_now)
-    assert now is not None
-    return definition, first, line, now
 
 
 def _parameters(task: BatchTask, encoded: Encoded) -> BatchTaskParameters:
@@ -274,7 +228,7 @@ def submit(
     using: str | None = None,
 ) -> BatchTask:
     """Insert one task and its parameters; publish after the caller's transaction commits."""
-    unique = _check_text("unique_key", unique_key, 200, optional=True)
+    unique = check_text("unique_key", unique_key, 200, optional=True)
     if on_conflict not in ON_CONFLICT:
         raise InvalidTaskOption(
             f"on_conflict={on_conflict!r} must be one of {ON_CONFLICT}: 'return' gives back the "

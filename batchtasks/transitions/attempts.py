@@ -189,34 +189,7 @@ def end_attempt(
         raise ValueError(f"end_attempt() got an unknown outcome {outcome.kind!r}.")
     connection = connections[using]
     t, clock = Tables(connection), Clock(connection)
-    nxt = _next_state(outcome.kind, outcome.retry, t)
-    again = f"{nxt} = '{TaskState.NEW}'"
-    percent, message = outcome.progress if outcome.progress else (None, None)
-    result = BatchTask._meta.get_field("result").get_db_prep_save(outcome.result, connection)
-    lost = 1 if outcome.kind == AttemptOutcome.LOST else 0
-    assignments = (
-        f"state = {nxt}, "
-        f"attempt = CASE WHEN {again} THEN attempt + 1 ELSE attempt END, "
-        f"lost_runs = CASE WHEN {again} THEN lost_runs + {lost} "
-        f"ELSE lost_runs END, "
-        f"run_after = CASE WHEN {again} THEN {clock.after} ELSE run_after END, "
-        f"queue = CASE WHEN {again} THEN '' ELSE queue END, "
-        f"queued_at = CASE WHEN {again} THEN NULL ELSE queued_at END, "
-        f"finished_at = CASE WHEN {again} THEN NULL ELSE {clock.now} END, "
-        "result = %s, error_type = %s, error_message = %s, error_traceback = %s, "
-        "lease_expires_at = NULL, worker_pid = NULL, "
-        f"progress_percent = COALESCE(%s, progress_percent), "
-        f"progress_message = COALESCE(%s, progress_message)"
-    )
-    values = [
-        clock.param(outcome.retry_delay),
-        result,
-        outcome.error_type[:200],
-        outcome.error_message,
-        outcome.error_traceback,
-        percent,
-        message,
-    ]
+    assignments, values = _end_assignments(outcome, t, clock, connection)
     where = _fenced("end_attempt")
     if lease_expired:
         where += f" AND lease_expires_at < {clock.now}"
@@ -230,6 +203,41 @@ def end_attempt(
     )
     params = [*values, fence.task_id, fence.attempt, fence.instance]
     return _write_with_attempt_row(update, params, using)
+
+
+def _end_assignments(
+    outcome: Outcome, t: Tables, clock: Clock, connection: Any
+) -> tuple[str, list[Any]]:
+    """The ``SET`` list of ``end_attempt`` and its values: the next state and, when the
+    task runs again, the next attempt's bookkeeping."""
+    nxt = _next_state(outcome.kind, outcome.retry, t)
+    again = f"{nxt} = '{TaskState.NEW}'"
+    lost = 1 if outcome.kind == AttemptOutcome.LOST else 0
+    assignments = (
+        f"state = {nxt}, "
+        f"attempt = CASE WHEN {again} THEN attempt + 1 ELSE attempt END, "
+        f"lost_runs = CASE WHEN {again} THEN lost_runs + {lost} ELSE lost_runs END, "
+        f"run_after = CASE WHEN {again} THEN {clock.after} ELSE run_after END, "
+        f"queue = CASE WHEN {again} THEN '' ELSE queue END, "
+        f"queued_at = CASE WHEN {again} THEN NULL ELSE queued_at END, "
+        f"finished_at = CASE WHEN {again} THEN NULL ELSE {clock.now} END, "
+        "result = %s, error_type = %s, error_message = %s, error_traceback = %s, "
+        "lease_expires_at = NULL, worker_pid = NULL, "
+        "progress_percent = COALESCE(%s, progress_percent), "
+        "progress_message = COALESCE(%s, progress_message)"
+    )
+    percent, message = outcome.progress if outcome.progress else (None, None)
+    result = BatchTask._meta.get_field("result").get_db_prep_save(outcome.result, connection)
+    values = [
+        clock.param(outcome.retry_delay),
+        result,
+        outcome.error_type[:200],
+        outcome.error_message,
+        outcome.error_traceback,
+        percent,
+        message,
+    ]
+    return assignments, values
 
 
 ATTEMPT_COLUMNS = (

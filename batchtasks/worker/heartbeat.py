@@ -72,7 +72,7 @@ class Heartbeat:
             renewed = transitions.renew_leases(instance, None, settings.LEASE_SECONDS, using=db)
         else:
             for attempt in running:
-                if (attempt.task_id, attempt.attempt) not in held and self._lose(attempt, db):
+                if (attempt.task_id, attempt.attempt) not in held and self._end_vanished(attempt, db):
                     freed.add(attempt.queue)
             renewed = transitions.renew_leases(
                 instance, list(held), settings.LEASE_SECONDS, using=db
@@ -81,7 +81,8 @@ class Heartbeat:
         self.in_hand = len(held) if held is not None else len(renewed)
         return freed
 
-    def _lose(self, held: leases.HeldAttempt, db: str) -> bool:
+    def _end_vanished(self, held: leases.HeldAttempt, db: str) -> bool:
+        """End an attempt no pool process of this worker holds any more."""
         if held.overran:
             reason, message = leases.TIME_LIMIT, leases.time_limit_message(held)
         else:

@@ -72,7 +72,9 @@ class Heartbeat:
             renewed = transitions.renew_leases(instance, None, settings.LEASE_SECONDS, using=db)
         else:
             for attempt in running:
-                if (attempt.task_id, attempt.attempt) not in held and self._end_vanished(attempt, db):
+                if (attempt.task_id, attempt.attempt) not in held and self._end_vanished(
+                    attempt, db
+                ):
                     freed.add(attempt.queue)
             renewed = transitions.renew_leases(
                 instance, list(held), settings.LEASE_SECONDS, using=db

@@ -87,12 +87,12 @@ def test_example_plugins_record_only_under_media_root(settings, tmp_path: Path) 
     assert [line.split()[0] for line in lines if line] == ["start", "end"]
 
 
-def run_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def start_project(env: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE"))}
     return subprocess.run(
-        [sys.executable, "manage.py", "check"],
+        [sys.executable, "-c", code],
         cwd=ROOT,
-        env={**base, "DJANGO_SETTINGS_MODULE": "project.settings", **env},
+        env={**base, **env},
         capture_output=True,
         text=True,
         timeout=120,
@@ -100,16 +100,35 @@ def run_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+SERVERS = {
+    "web": "import project.wsgi",
+    "worker": "from project.celery import app; app.loader.import_default_modules()",
+}
+
+
+@pytest.mark.parametrize("server", SERVERS)
 def test_the_project_refuses_to_start_without_a_secret_key_in_production(
-    tmp_path: Path,
+    tmp_path: Path, server: str
 ) -> None:
     run_dir = {"BATCHTASKS_RUN_DIR": str(tmp_path)}
+    code = SERVERS[server]
 
-    production = run_check(run_dir)
-    development = run_check({**run_dir, "DJANGO_DEBUG": "1"})
-    configured = run_check({**run_dir, "DJANGO_SECRET_KEY": "x" * 50})
+    production = start_project(run_dir, code)
+    development = start_project({**run_dir, "DJANGO_DEBUG": "1"}, code)
+    configured = start_project({**run_dir, "DJANGO_SECRET_KEY": "x" * 50}, code)
 
     assert production.returncode != 0
     assert "DJANGO_SECRET_KEY is not set" in production.stderr
     assert development.returncode == 0, development.stderr
     assert configured.returncode == 0, configured.stderr
+
+
+def test_manage_py_by_hand_is_development_without_a_key(tmp_path: Path) -> None:
+    shown = start_project(
+        {"BATCHTASKS_RUN_DIR": str(tmp_path)},
+        "import sys; sys.argv = ['manage.py', 'diffsettings']; "
+        "import runpy; runpy.run_path('manage.py', run_name='__main__')",
+    )
+
+    assert shown.returncode == 0, shown.stderr
+    assert "DEBUG = True" in shown.stdout

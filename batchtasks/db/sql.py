@@ -49,6 +49,12 @@ def states_sql(*states: str) -> str:
     return ", ".join(f"'{s}'" for s in states)
 
 
+def attempts_in(runs: list[tuple[int, int]]) -> tuple[str, list[int]]:
+    """``(id, attempt) IN (…)`` for these ``(task id, attempt)`` pairs, and its values."""
+    pairs = ", ".join(["(%s, %s)"] * len(runs))
+    return f"(id, attempt) IN ({pairs})", [value for pair in runs for value in pair]
+
+
 class Clock:
     """The database's clock as SQL expressions (``%s`` placeholders take seconds).
 

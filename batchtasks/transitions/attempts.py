@@ -13,7 +13,7 @@ from typing import Any
 from django.db import connections, transaction
 
 from ..core.states import WRITES, AttemptOutcome, TaskState
-from ..db.sql import Clock, Tables, states_sql
+from ..db.sql import Clock, Tables, attempts_in, states_sql
 from ..models import BatchTask
 
 
@@ -119,8 +119,9 @@ def renew_leases(
     )
     params: list[Any] = [clock.param(seconds), instance]
     if held is not None:
-        sql += f" AND (id, attempt) IN ({', '.join(['(%s, %s)'] * len(held))})"
-        params += [value for pair in held for value in pair]
+        match, values = attempts_in(held)
+        sql += f" AND {match}"
+        params += values
     with connection.cursor() as cursor:
         cursor.execute(sql + " RETURNING id, attempt, cancel_requested, worker_pid", params)
         return [Renewed(row[0], row[1], bool(row[2]), row[3]) for row in cursor.fetchall()]

@@ -7,7 +7,7 @@ from typing import Any
 from django.db import connections
 
 from ..core.states import WRITES, TaskState
-from ..db.sql import Clock, Tables, states_sql
+from ..db.sql import Clock, Tables, attempts_in, states_sql
 
 
 def admit(
@@ -66,13 +66,13 @@ def still_queued(runs: list[tuple[int, int]], *, using: str) -> set[tuple[int, i
         return set()
     connection = connections[using]
     t = Tables(connection)
-    pairs = ", ".join(["(%s, %s)"] * len(runs))
+    match, values = attempts_in(runs)
     sql = (
-        f"SELECT id, attempt FROM {t.task} WHERE (id, attempt) IN ({pairs}) "
+        f"SELECT id, attempt FROM {t.task} WHERE {match} "
         f"AND state IN ({states_sql(*WRITES['republish'].sources)})"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [value for pair in runs for value in pair])
+        cursor.execute(sql, values)
         return {(row[0], row[1]) for row in cursor.fetchall()}
 
 
@@ -82,14 +82,13 @@ def unqueue(runs: list[tuple[int, int]], *, using: str) -> int:
         return 0
     connection = connections[using]
     t = Tables(connection)
-    pairs = ", ".join(["(%s, %s)"] * len(runs))
+    match, values = attempts_in(runs)
     sql = (
         f"UPDATE {t.task} SET state = '{TaskState.NEW}', queued_at = NULL, queue = '' "
-        f"WHERE (id, attempt) IN ({pairs}) "
-        f"AND state IN ({states_sql(*WRITES['unqueue'].sources)})"
+        f"WHERE {match} AND state IN ({states_sql(*WRITES['unqueue'].sources)})"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [value for pair in runs for value in pair])
+        cursor.execute(sql, values)
         return cursor.rowcount
 
 
@@ -99,12 +98,12 @@ def mark_republished(runs: list[tuple[int, int]], *, using: str) -> set[tuple[in
         return set()
     connection = connections[using]
     t, clock = Tables(connection), Clock(connection)
-    pairs = ", ".join(["(%s, %s)"] * len(runs))
+    match, values = attempts_in(runs)
     sql = (
         f"UPDATE {t.task} SET republished_at = {clock.now}, "
-        f"republish_count = republish_count + 1 WHERE (id, attempt) IN ({pairs}) "
+        f"republish_count = republish_count + 1 WHERE {match} "
         f"AND state IN ({states_sql(*WRITES['republish'].sources)}) RETURNING id, attempt"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [value for pair in runs for value in pair])
+        cursor.execute(sql, values)
         return {(row[0], row[1]) for row in cursor.fetchall()}

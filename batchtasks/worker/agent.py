@@ -140,11 +140,11 @@ class WorkerAgent:
 
     def stop_processes(self) -> None:
         """Advance the stopping of processes; once one is gone, end its attempt at once."""
-        before = self.stopper.pending
         self.stopper.step(kill_grace=get_settings().KILL_GRACE)
-        if before:
-            # A stopped process's attempt is ended by Celery's failure signal, or by
-            # the next beat: beat now rather than in HEARTBEAT_SECONDS.
+        if self.stopper.signalled:
+            # A signalled process's attempt is ended by its runner, by Celery's failure
+            # signal or by the next beat: beat soon rather than in HEARTBEAT_SECONDS
+            # (not during a cancel's grace period, when nothing is about to change).
             self._next["beat"] = min(self._next["beat"], time.monotonic() + 0.2)
 
     def _batch_queues(self) -> list[str]:

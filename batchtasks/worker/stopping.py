@@ -135,6 +135,11 @@ class Stopper:
     def pending(self) -> bool:
         return bool(self._pending)
 
+    @property
+    def signalled(self) -> bool:
+        """Whether a signal went to any process that must stop (its end is near)."""
+        return any(s.terminated_at is not None for s in self._pending.values())
+
     def stop(self, fence: Fence, pid: int | None, *, reason: str, grace: float) -> None:
         """Stop ``fence``'s process (``pid``) unless it ends by itself within ``grace`` s."""
         if pid is None or pid == os.getpid():

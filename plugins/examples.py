@@ -38,7 +38,9 @@ class Noop(BatchTaskPlugin):
         return None
 
 
-@batchtask("examples.sleep", description="Sleep for params['seconds'], checking for cancel.")
+@batchtask(
+    "examples.sleep", web=True, description="Sleep for params['seconds'], checking for cancel."
+)
 class Sleep(BatchTaskPlugin):
     """Sleep in small steps, checking for cancellation between them.
 
@@ -83,7 +85,7 @@ class Flaky(BatchTaskPlugin):
         return {"attempt": self.attempt}
 
 
-@batchtask("examples.fail", description="Raise an error with params['message'].")
+@batchtask("examples.fail", web=True, description="Raise an error with params['message'].")
 class Fail(BatchTaskPlugin):
     """Fail on purpose."""
 
@@ -91,7 +93,7 @@ class Fail(BatchTaskPlugin):
         raise ValueError(params.get("message", "failed on purpose"))
 
 
-@batchtask("examples.progress", description="Report progress in params['steps'] steps.")
+@batchtask("examples.progress", web=True, description="Report progress in params['steps'] steps.")
 class Progress(BatchTaskPlugin):
     """Walk through steps, reporting progress after each; then, with ``silent_after``,
     work that many seconds more without a word."""

@@ -24,6 +24,7 @@ CHUNK = 500
     timeout=600,
     priority=Priority.NORMAL,
     description="Export users as CSV",
+    web=True,
 )
 class UsersCsv(BatchTaskPlugin):
     """Write the users (optionally only active ones) to a CSV file under MEDIA_ROOT."""

@@ -56,6 +56,8 @@ class BatchTasksSettings:
     SYNCHRONOUS_COMMIT: bool = False
     #: Prepared statements on the worker's state connection (off behind old PgBouncers).
     PREPARED_STATEMENTS: bool = True
+    #: How long the running-tasks indicator keeps showing a finished task (seconds).
+    INDICATOR_RECENT_SECONDS: int = 300
     #: The ``-A`` argument printed in worker command lines (default: the Celery app's name).
     CELERY_APP: str | None = None
 
@@ -82,7 +84,12 @@ class BatchTasksSettings:
         return result
 
     def _validate(self) -> None:
-        for name in ("MAX_PARAMS_BYTES", "MAX_RESULT_BYTES", "DISPATCH_WINDOW"):
+        for name in (
+            "MAX_PARAMS_BYTES",
+            "MAX_RESULT_BYTES",
+            "DISPATCH_WINDOW",
+            "INDICATOR_RECENT_SECONDS",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigurationError(

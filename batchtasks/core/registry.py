@@ -45,6 +45,9 @@ class TaskTypeSpec:
     name: str
     plugin: type[BatchTaskPlugin] = field(compare=False)
     options: dict[str, Any] = field(default_factory=dict)
+    #: Who may submit it over the HTTP API: nobody (False), any signed-in user (True),
+    #: or users with the named permission ("app_label.codename").
+    web: bool | str = False
 
     def definition_values(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """Field values for a new definition row: code defaults, then ``overrides``."""
@@ -245,14 +248,28 @@ def _qualname(cls: type) -> str:
 registry = Registry()
 
 
-def batchtask(name: str, **options: Any) -> Callable[[P], P]:
-    """Register a ``BatchTaskPlugin`` subclass as the task type ``name``."""
+def _web(name: str, value: Any) -> bool | str:
+    if isinstance(value, bool) or (isinstance(value, str) and re.fullmatch(r"[\w]+\.[\w]+", value)):
+        return value
+    raise InvalidTaskOption(
+        f"web={value!r} for task type {name!r} must be True (any signed-in user may submit "
+        "it over HTTP), False (none may), or a permission such as 'reports.add_report'."
+    )
+
+
+def batchtask(name: str, *, web: bool | str = False, **options: Any) -> Callable[[P], P]:
+    """Register a ``BatchTaskPlugin`` subclass as the task type ``name``.
+
+    ``web`` says who may submit it over the HTTP API (see ``TaskTypeSpec.web``); the other
+    options are the fields of its definition (``OPTIONS``).
+    """
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise InvalidTaskOption(
             f"Task type name {name!r} must be letters, digits and . _ : - "
             "(at most 200 characters), for example 'reports.users_csv'."
         )
     clean = validate_options(name, options, source="@batchtask")
+    web = _web(name, web)
 
     def decorate(cls: P) -> P:
         from .plugin import BatchTaskPlugin
@@ -265,7 +282,7 @@ def batchtask(name: str, **options: Any) -> Callable[[P], P]:
         if cls.run is BatchTaskPlugin.run:
             raise InvalidTaskOption(f"{_qualname(cls)} must override run(self, params).")
         cls.type_name = name
-        registry.register(TaskTypeSpec(name=name, plugin=cls, options=clean))
+        registry.register(TaskTypeSpec(name=name, plugin=cls, options=clean, web=web))
         return cls
 
     return decorate

@@ -96,6 +96,9 @@ class BatchTask(models.Model):
     queued_at = models.DateTimeField(_("queued"), null=True, blank=True)
     started_at = models.DateTimeField(_("started"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    # The last change a user could see (state, progress, priority, a cancel request);
+    # lease renewals and re-publishing leave it alone. The API's ``since`` filter.
+    updated_at = models.DateTimeField(_("updated"), default=timezone.now, editable=False)
 
     class Meta:
         verbose_name = _("batch task")
@@ -104,6 +107,7 @@ class BatchTask(models.Model):
         permissions = [
             ("cancel_batchtask", _("Can cancel batch tasks")),
             ("retry_batchtask", _("Can retry batch tasks")),
+            ("view_all_batchtasks", _("Can see every user's batch tasks in the API")),
         ]
         indexes = [
             # The dispatcher's pick: due waiting tasks of a type by priority, turn, age.
@@ -146,6 +150,9 @@ class BatchTask(models.Model):
             ),
             # "My tasks", newest first.
             models.Index(fields=["owner", "-created_at"], name="batchtask_owner_idx"),
+            # The running-tasks indicator's poll: an owner's unfinished tasks (finished_at
+            # is NULL exactly while a task is unfinished) and those finished lately.
+            models.Index(fields=["owner", "finished_at"], name="batchtask_owner_active_idx"),
             # Retention purges and recent failures.
             models.Index(
                 fields=["finished_at"],

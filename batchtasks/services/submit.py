@@ -53,6 +53,7 @@ class Request:
             fair_round=fair_round,
             unique_key=unique_key,
             created_at=self.now,
+            updated_at=self.now,
         )
         if queued:
             task.state, task.queue = TaskState.QUEUED, self.definition.queue

@@ -47,6 +47,7 @@ def claim(fence: Fence, *, worker: str, pid: int, lease_seconds: float, using: s
     t, clock = Tables(connection), Clock(connection)
     sql = (
         f"UPDATE {t.task} SET state = '{TaskState.RUNNING}', started_at = {clock.now}, "
+        f"updated_at = {clock.now}, "
         f"worker = %s, worker_instance = %s, worker_pid = %s, lease_expires_at = {clock.after}, "
         "progress_percent = 0, progress_message = '' "
         f"WHERE id = %s AND attempt = %s AND state IN ({states_sql(*WRITES['claim'].sources)}) "
@@ -83,9 +84,10 @@ def record_progress(fence: Fence, percent: int, message: str, *, using: str) -> 
     """Write progress of a running attempt; return its cancel flag (``None``: the attempt
     is not this instance's any more, so it must stop)."""
     connection = connections[using]
-    t = Tables(connection)
+    t, clock = Tables(connection), Clock(connection)
     sql = (
-        f"UPDATE {t.task} SET progress_percent = %s, progress_message = %s "
+        f"UPDATE {t.task} SET progress_percent = %s, progress_message = %s, "
+        f"updated_at = {clock.now} "
         f"WHERE {_fenced('progress')} RETURNING cancel_requested"
     )
     with connection.cursor() as cursor:
@@ -222,6 +224,7 @@ def _end_assignments(
         f"queue = CASE WHEN {again} THEN '' ELSE queue END, "
         f"queued_at = CASE WHEN {again} THEN NULL ELSE queued_at END, "
         f"finished_at = CASE WHEN {again} THEN NULL ELSE {clock.now} END, "
+        f"updated_at = {clock.now}, "
         "result = %s, error_type = %s, error_message = %s, error_traceback = %s, "
         "lease_expires_at = NULL, worker_pid = NULL, "
         "progress_percent = COALESCE(%s, progress_percent), "

@@ -24,7 +24,8 @@ def admit(
     connection = connections[using]
     t, clock = Tables(connection), Clock(connection)
     assignments = (
-        f"state = '{TaskState.QUEUED}', queued_at = {clock.now}, queue = %s, "
+        f"state = '{TaskState.QUEUED}', queued_at = {clock.now}, updated_at = {clock.now}, "
+        "queue = %s, "
         "republished_at = NULL, republish_count = 0"
     )
     new = states_sql(*WRITES["admit"].sources)
@@ -81,10 +82,11 @@ def unqueue(runs: list[tuple[int, int]], *, using: str) -> int:
     if not runs:
         return 0
     connection = connections[using]
-    t = Tables(connection)
+    t, clock = Tables(connection), Clock(connection)
     match, values = attempts_in(runs)
     sql = (
-        f"UPDATE {t.task} SET state = '{TaskState.NEW}', queued_at = NULL, queue = '' "
+        f"UPDATE {t.task} SET state = '{TaskState.NEW}', queued_at = NULL, queue = '', "
+        f"updated_at = {clock.now} "
         f"WHERE {match} AND state IN ({states_sql(*WRITES['unqueue'].sources)})"
     )
     with connection.cursor() as cursor:

@@ -33,6 +33,7 @@ def cancel(task_id: int, *, using: str) -> Cancelled:
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {t.task} SET state = '{TaskState.CANCELLED}', finished_at = {clock.now}, "
+            f"updated_at = {clock.now}, "
             f"lease_expires_at = NULL WHERE id = %s "
             f"AND state IN ({states_sql(*WRITES['cancel_waiting'].sources)}) RETURNING queue",
             [task_id],
@@ -41,7 +42,7 @@ def cancel(task_id: int, *, using: str) -> Cancelled:
         if row is not None:
             return Cancelled(ended=True, freed_queue=row[0] or "")
         cursor.execute(
-            f"UPDATE {t.task} SET cancel_requested = TRUE WHERE id = %s "
+            f"UPDATE {t.task} SET cancel_requested = TRUE, updated_at = {clock.now} WHERE id = %s "
             f"AND state IN ({states_sql(*WRITES['request_cancel'].sources)}) "
             "AND NOT cancel_requested",
             [task_id],
@@ -54,9 +55,10 @@ def retry(task_id: int, *, using: str) -> bool:
     of lost runs; True if it applied. ``UniqueKeyConflict`` if an unfinished task now
     holds its unique key."""
     connection = connections[using]
-    t = Tables(connection)
+    t, clock = Tables(connection), Clock(connection)
     sql = (
         f"UPDATE {t.task} SET state = '{TaskState.NEW}', attempt = attempt + 1, lost_runs = 0, "
+        f"updated_at = {clock.now}, "
         "run_after = NULL, queue = '', queued_at = NULL, started_at = NULL, "
         "finished_at = NULL, worker = '', worker_instance = '', worker_pid = NULL, "
         "lease_expires_at = NULL, cancel_requested = FALSE, result = NULL, error_type = '', "
@@ -78,10 +80,10 @@ def retry(task_id: int, *, using: str) -> bool:
 def set_priority(task_id: int, priority: int, *, using: str) -> bool:
     """Change the priority of a task still waiting for dispatch; True if it applied."""
     connection = connections[using]
-    t = Tables(connection)
+    t, clock = Tables(connection), Clock(connection)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {t.task} SET priority = %s WHERE id = %s "
+            f"UPDATE {t.task} SET priority = %s, updated_at = {clock.now} WHERE id = %s "
             f"AND state IN ({states_sql(*WRITES['set_priority'].sources)})",
             [priority, task_id],
         )
@@ -95,7 +97,8 @@ def skip_waiting(definition_id: int, unique_key: str, *, using: str) -> list[str
     t, clock = Tables(connection), Clock(connection)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {t.task} SET state = '{TaskState.SKIPPED}', finished_at = {clock.now} "
+            f"UPDATE {t.task} SET state = '{TaskState.SKIPPED}', finished_at = {clock.now}, "
+            f"updated_at = {clock.now} "
             "WHERE definition_id = %s AND unique_key = %s "
             f"AND state IN ({states_sql(*WRITES['skip'].sources)}) RETURNING queue",
             [definition_id, unique_key],

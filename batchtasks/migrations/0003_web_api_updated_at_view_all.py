@@ -46,4 +46,16 @@ class Migration(migrations.Migration):
             model_name="batchtask",
             index=models.Index(fields=["owner", "finished_at"], name="batchtask_owner_active_idx"),
         ),
+        migrations.RemoveIndex(
+            model_name="batchtask",
+            name="batchtask_finished_idx",
+        ),
+        migrations.AddIndex(
+            model_name="batchtask",
+            index=models.Index(
+                condition=models.Q(("state__in", ["succeeded", "failed", "cancelled", "skipped"])),
+                fields=["finished_at", "definition", "state"],
+                name="batchtask_finished_idx",
+            ),
+        ),
     ]

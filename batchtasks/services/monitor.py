@@ -1,0 +1,390 @@
+"""What the staff monitor shows: workers, the load of every queue and type, running
+tasks, recent failures and the last hour's finishes by type and minute.
+
+A page view costs the same fixed handful of queries however many rows there are
+(aggregates grouped by type, and two short lists with a limit). Every age and window is
+measured from one reading of the database's clock, so hosts whose clocks disagree
+cannot make a heartbeat look late or a window slide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from itertools import chain
+from typing import Any
+
+from django.db import connections, router
+from django.db.models import Count, Min, Q, QuerySet
+from django.db.models.functions import Coalesce, Left, TruncMinute
+
+from ..core.conf import get_settings
+from ..core.states import FINAL_STATES, IN_FLIGHT_STATES, TaskState
+from ..db.sql import Clock, as_datetime
+from ..models import BatchQueue, BatchTask, BatchTaskDefinition, BatchWorker, WorkerState
+
+HOUR = timedelta(hours=1)
+RECENT = timedelta(minutes=5)
+RUNNING_SHOWN = 50
+FAILURES_SHOWN = 20
+EXCERPT_CHARS = 200
+
+
+def duration_text(seconds: float | None) -> str:
+    """Seconds as a short reading: "7 s", "4 min 05 s", "2 h 03 min"; "-" for none."""
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """One boot of a worker as its last heartbeat described it."""
+
+    id: int
+    name: str
+    host: str
+    pid: int
+    #: A ``WorkerState``; an online row whose heartbeat is overdue reads as offline.
+    state: str
+    heartbeat_age: float
+    tasks_in_hand: int
+    concurrency: int
+    cpu_percent: float | None
+    memory_bytes: int | None
+
+    @property
+    def state_label(self) -> str:
+        """The state in words."""
+        return str(WorkerState(self.state).label)
+
+    @property
+    def heartbeat_text(self) -> str:
+        """Time since the last heartbeat, in words."""
+        return duration_text(self.heartbeat_age)
+
+
+@dataclass(frozen=True)
+class Load:
+    """Tasks of a type (or a whole queue) by where they are; the windows end now."""
+
+    running: int = 0
+    queued: int = 0
+    #: Waiting for dispatch (state new), ``delayed`` of them not due yet.
+    waiting: int = 0
+    delayed: int = 0
+    #: Seconds the longest-waiting due task has waited (``None``: nothing waits).
+    oldest_wait: float | None = None
+    #: Ended in any way (succeeded, failed, cancelled, skipped); ``failed_*`` of them failed.
+    finished_recent: int = 0
+    failed_recent: int = 0
+    finished_hour: int = 0
+    failed_hour: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Queued or running: the tasks that count against a limit."""
+        return self.queued + self.running
+
+    @property
+    def oldest_wait_text(self) -> str:
+        """The longest wait, in words."""
+        return duration_text(self.oldest_wait)
+
+    def __add__(self, other: Load) -> Load:
+        summed = {
+            f.name: getattr(self, f.name) + getattr(other, f.name)
+            for f in fields(self)
+            if f.name != "oldest_wait"
+        }
+        waits = [w for w in (self.oldest_wait, other.oldest_wait) if w is not None]
+        return Load(**summed, oldest_wait=max(waits, default=None))
+
+
+@dataclass(frozen=True)
+class TypeLoad:
+    """A task type in its queue: its limit and its load."""
+
+    id: int
+    name: str
+    max_concurrency: int | None
+    enabled: bool
+    load: Load
+
+
+@dataclass(frozen=True)
+class QueueLoad:
+    """A queue, its limit, and its types with their loads."""
+
+    name: str
+    max_concurrency: int | None
+    types: tuple[TypeLoad, ...]
+
+    @property
+    def load(self) -> Load:
+        """The load of all its types together."""
+        return sum((t.load for t in self.types), Load())
+
+
+@dataclass(frozen=True)
+class RunningTask:
+    """A task running now, with its last reported progress."""
+
+    id: int
+    type_name: str
+    description: str
+    owner_name: str
+    progress_percent: int
+    progress_message: str
+    worker: str
+    running_for: float | None
+    cancel_requested: bool
+
+    @property
+    def running_for_text(self) -> str:
+        """Time since it started, in words."""
+        return duration_text(self.running_for)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A task that failed lately, with the start of its error message."""
+
+    id: int
+    type_name: str
+    description: str
+    error_type: str
+    message: str
+    finished_at: datetime | None
+    ago: float
+
+    @property
+    def ago_text(self) -> str:
+        """Time since it failed, in words."""
+        return duration_text(self.ago)
+
+
+@dataclass(frozen=True)
+class Finishes:
+    """Tasks of one type that ended in one minute of the last hour (the ``finished_*``
+    and ``failed_*`` counts of ``load``; ``*_recent``: in the last five minutes)."""
+
+    definition_id: int
+    minute: datetime
+    load: Load
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the monitor shows, as of ``now`` by the database's clock."""
+
+    now: datetime
+    workers: tuple[WorkerStatus, ...]
+    queues: tuple[QueueLoad, ...]
+    running: tuple[RunningTask, ...]
+    failures: tuple[Failure, ...]
+    #: Tasks ended in the last hour, by type and minute.
+    finishes: tuple[Finishes, ...]
+
+    @property
+    def total(self) -> Load:
+        """The load of every queue together."""
+        return sum((q.load for q in self.queues), Load())
+
+    @property
+    def workers_online(self) -> int:
+        """How many workers are heard from."""
+        return sum(1 for w in self.workers if w.state == WorkerState.ONLINE)
+
+
+def snapshot(using: str | None = None) -> Snapshot:
+    """Read everything the monitor shows (nine queries, whatever the number of rows)."""
+    db = using or router.db_for_read(BatchTask)
+    now = database_now(db)
+    finishes = finished_by_minute(now, db)
+    return Snapshot(
+        now=now,
+        workers=workers(now, db),
+        queues=queue_loads(now, db, finishes),
+        running=running_tasks(now, db),
+        failures=recent_failures(now, db),
+        finishes=finishes,
+    )
+
+
+def database_now(using: str) -> datetime:
+    """The database server's clock."""
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {Clock(connection).now}", [])
+        now = as_datetime(cursor.fetchone()[0])
+    assert now is not None
+    return now
+
+
+def _seconds(now: datetime, then: datetime | None) -> float | None:
+    return None if then is None else max(0.0, (now - then).total_seconds())
+
+
+def workers(now: datetime, using: str) -> tuple[WorkerStatus, ...]:
+    """Workers online, and those stopped or lost within the last hour."""
+    overdue = get_settings().LEASE_SECONDS
+    rows = (
+        BatchWorker.objects.using(using)
+        .filter(Q(state=WorkerState.ONLINE) | Q(last_seen_at__gte=now - HOUR))
+        .order_by("name", "-started_at")
+        .defer("queues", "process_space", "process_started")
+    )
+    found = []
+    for w in rows:
+        age = _seconds(now, w.last_seen_at) or 0.0
+        # The sweeper marks a silent worker offline only while some worker still sweeps.
+        state = WorkerState.OFFLINE if w.state == WorkerState.ONLINE and age > overdue else w.state
+        found.append(
+            WorkerStatus(
+                id=w.pk,
+                name=w.name,
+                host=w.host,
+                pid=w.pid,
+                state=state,
+                heartbeat_age=age,
+                tasks_in_hand=w.tasks_in_hand,
+                concurrency=w.concurrency,
+                cpu_percent=w.cpu_percent,
+                memory_bytes=w.memory_bytes,
+            )
+        )
+    return tuple(found)
+
+
+def queue_loads(now: datetime, using: str, finishes: tuple[Finishes, ...]) -> tuple[QueueLoad, ...]:
+    """Every queue with a type, each type's limit and load (four queries)."""
+    ended = ((f.definition_id, f.load) for f in finishes)
+    loads = _added(_in_flight(using), _waiting(now, using), ended)
+    limits = dict(BatchQueue.objects.using(using).values_list("name", "max_concurrency"))
+    by_queue: dict[str, list[TypeLoad]] = {}
+    definitions = BatchTaskDefinition.objects.using(using).order_by("queue", "name")
+    for d in definitions.only("id", "name", "queue", "max_concurrency", "enabled"):
+        load = loads.get(d.pk, Load())
+        by_queue.setdefault(d.queue, []).append(
+            TypeLoad(d.pk, d.name, d.max_concurrency, d.enabled, load)
+        )
+    return tuple(
+        QueueLoad(name, limits.get(name), tuple(types)) for name, types in by_queue.items()
+    )
+
+
+def _grouped(tasks: QuerySet[BatchTask], **aggregates: Any) -> Iterator[tuple[int, Any]]:
+    for row in tasks.order_by().values("definition_id").annotate(**aggregates):
+        yield row.pop("definition_id"), row
+
+
+def _in_flight(using: str) -> Iterator[tuple[int, Load]]:
+    # The partial index on in-flight tasks serves this; finished rows are never read.
+    for definition_id, row in _grouped(
+        BatchTask.objects.using(using).filter(state__in=IN_FLIGHT_STATES),
+        running=Count("id", filter=Q(state=TaskState.RUNNING)),
+        queued=Count("id", filter=Q(state=TaskState.QUEUED)),
+    ):
+        yield definition_id, Load(**row)
+
+
+def _waiting(now: datetime, using: str) -> Iterator[tuple[int, Load]]:
+    due = Q(run_after__isnull=True) | Q(run_after__lte=now)
+    for definition_id, row in _grouped(
+        BatchTask.objects.using(using).filter(state=TaskState.NEW),
+        waiting=Count("id"),
+        delayed=Count("id", filter=Q(run_after__gt=now)),
+        since=Min(Coalesce("run_after", "created_at"), filter=due),
+    ):
+        yield definition_id, Load(oldest_wait=_seconds(now, row.pop("since")), **row)
+
+
+def _added(*parts: Iterable[tuple[int, Load]]) -> dict[int, Load]:
+    """The loads of each type, added up."""
+    totals: dict[int, Load] = {}
+    for definition_id, load in chain(*parts):
+        totals[definition_id] = totals.get(definition_id, Load()) + load
+    return totals
+
+
+def running_tasks(now: datetime, using: str) -> tuple[RunningTask, ...]:
+    """The tasks running now, longest-running first (at most ``RUNNING_SHOWN``)."""
+    rows = (
+        BatchTask.objects.using(using)
+        .filter(state=TaskState.RUNNING)
+        .order_by("started_at", "id")
+        .values_list(
+            "id", "definition__name", "description", "owner__username", "progress_percent",
+            "progress_message", "worker", "started_at", "cancel_requested",
+        )[:RUNNING_SHOWN]
+    )  # fmt: skip
+    return tuple(
+        RunningTask(
+            id=pk,
+            type_name=type_name,
+            description=description,
+            owner_name=owner or "",
+            progress_percent=percent,
+            progress_message=message,
+            worker=worker,
+            running_for=_seconds(now, started),
+            cancel_requested=cancel,
+        )
+        for pk, type_name, description, owner, percent, message, worker, started, cancel in rows
+    )
+
+
+def recent_failures(now: datetime, using: str) -> tuple[Failure, ...]:
+    """The last ``FAILURES_SHOWN`` tasks that failed, newest first."""
+    rows = (
+        BatchTask.objects.using(using)
+        .filter(state=TaskState.FAILED)
+        .order_by("-finished_at", "-id")
+        .annotate(excerpt=Left("error_message", EXCERPT_CHARS + 1))
+        .values_list(
+            "id", "definition__name", "description", "error_type", "excerpt", "finished_at"
+        )[:FAILURES_SHOWN]
+    )
+    failures = []
+    for pk, type_name, description, error_type, excerpt, finished_at in rows:
+        text = excerpt or ""
+        failures.append(
+            Failure(
+                id=pk,
+                type_name=type_name,
+                description=description,
+                error_type=error_type,
+                message=text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "…",
+                finished_at=finished_at,
+                ago=_seconds(now, finished_at) or 0.0,
+            )
+        )
+    return tuple(failures)
+
+
+def finished_by_minute(now: datetime, using: str) -> tuple[Finishes, ...]:
+    """Tasks that ended in the last hour, by type and minute, ``*_recent`` of them in
+    the last five minutes: the one read of the hour's finished tasks, for the queue
+    table and the chart alike."""
+    recent, failed = Q(finished_at__gte=now - RECENT), Q(state=TaskState.FAILED)
+    rows = (
+        BatchTask.objects.using(using)
+        .filter(state__in=FINAL_STATES, finished_at__gte=now - HOUR)
+        .annotate(minute=TruncMinute("finished_at"))
+        .order_by()
+        .values("definition_id", "minute")
+        .annotate(
+            finished_hour=Count("id"),
+            failed_hour=Count("id", filter=failed),
+            finished_recent=Count("id", filter=recent),
+            failed_recent=Count("id", filter=recent & failed),
+        )
+    )
+    return tuple(Finishes(row.pop("definition_id"), row.pop("minute"), Load(**row)) for row in rows)

@@ -1,0 +1,21 @@
+"""URLs of the web surfaces; a project mounts them with
+``path("batchtasks/", include("batchtasks.urls"))``."""
+
+from django.urls import path
+
+from .web import api, monitor
+
+app_name = "batchtasks"
+
+urlpatterns = [
+    # --- JSON API (batchtasks.web.api) ---
+    path("api/tasks/", api.tasks, name="api-tasks"),
+    path("api/tasks/active/", api.active, name="api-active"),
+    path("api/tasks/<str:pk>/", api.task, name="api-task"),
+    path("api/tasks/<str:pk>/cancel/", api.cancel, name="api-cancel"),
+    path("api/tasks/<str:pk>/retry/", api.retry, name="api-retry"),
+    path("api/types/", api.types, name="api-types"),
+    path("api/schema.json", api.schema, name="api-schema"),
+    # --- staff monitor (batchtasks.web.monitor) ---
+    path("monitor/", monitor.page, name="monitor"),
+]

@@ -1,0 +1,1 @@
+"""The web surfaces: the JSON API, the running-tasks indicator and the staff monitor."""

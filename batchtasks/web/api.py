@@ -1,0 +1,150 @@
+"""The JSON API under ``/batchtasks/api/`` (web-contract.md): list, submit, one task,
+cancel, retry, the indicator's poll, the submittable types and the OpenAPI document."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Q
+from django.db.models.functions import Now
+from django.http import HttpRequest, HttpResponse, HttpResponseNotModified
+from django.utils.http import parse_etags
+
+from ..core.conf import get_settings
+from ..core.exceptions import UniqueKeyConflict
+from ..core.states import FINAL_STATES
+from ..models import BatchTask
+from . import api_query, api_submit, openapi
+from .auth import api_view
+from .problems import Problem
+from .serialize import BIGINT_MAX, Viewer, dumps, task_json
+
+FINAL = frozenset(FINAL_STATES)
+JSON = "application/json"
+
+
+def _json(data: Any, status: int = 200) -> HttpResponse:
+    return HttpResponse(dumps(data), status=status, content_type=JSON)
+
+
+def _visible(viewer: Viewer, pk: int | str) -> BatchTask:
+    """The task if the caller may see it; not-found otherwise (whether or not it exists).
+
+    ``pk`` may be any path segment: the answer to one that is no task id is a problem too.
+    """
+    text = str(pk)
+    valid = api_query.NUMBER.fullmatch(text) and 0 < int(text) <= BIGINT_MAX
+    task = viewer.tasks().filter(pk=int(text)).first() if valid else None
+    if task is None:
+        raise Problem("not-found", "There is no such task that you can see.")
+    return task
+
+
+@api_view("GET", "POST")
+def tasks(request: HttpRequest) -> HttpResponse:
+    """GET: the caller's tasks, newest first, a page at a time. POST: submit a task."""
+    viewer = Viewer(request.user)
+    if request.method == "POST":
+        return _submit(request, viewer)
+    query = api_query.parse_list_query(request.GET)
+    page = list(api_query.select(query, viewer))
+    return _json(
+        {
+            "results": [task_json(t, viewer) for t in page[: query.limit]],
+            "next": api_query.next_link(request, page, query),
+        }
+    )
+
+
+def _submit(request: HttpRequest, viewer: Viewer) -> HttpResponse:
+    submission = api_submit.parse_submission(api_submit.read_body(request))
+    api_submit.check_type(submission.type, request.user)
+    submitted, created = api_submit.submit(submission, request.user)
+    body = task_json(_visible(viewer, submitted.pk), viewer)
+    response = _json(body, status=201 if created else 200)
+    if created:
+        response["Location"] = body["url"]
+    return response
+
+
+@api_view("GET")
+def task(request: HttpRequest, pk: int | str) -> HttpResponse:
+    """One task."""
+    viewer = Viewer(request.user)
+    return _json(task_json(_visible(viewer, pk), viewer))
+
+
+@api_view("POST")
+def cancel(request: HttpRequest, pk: int | str) -> HttpResponse:
+    """Cancel a waiting task, or ask a running one to stop."""
+    viewer = Viewer(request.user)
+    target = _visible(viewer, pk)
+    if not viewer.may_cancel(target):
+        raise Problem("permission-denied", "Cancelling others' tasks needs cancel_batchtask.")
+    applied = target.state not in FINAL and target.cancel()
+    # Not applied to an unfinished task: it runs and was already asked to stop.
+    if not applied and target.state in FINAL:
+        raise Problem("wrong-state", f"Task {target.pk} has already finished ({target.state}).")
+    return _json(task_json(_visible(viewer, pk), viewer))
+
+
+@api_view("POST")
+def retry(request: HttpRequest, pk: int | str) -> HttpResponse:
+    """Run a failed or cancelled task again, as its next attempt."""
+    viewer = Viewer(request.user)
+    target = _visible(viewer, pk)
+    if not viewer.may_retry(target):
+        raise Problem("permission-denied", "Retrying others' tasks needs retry_batchtask.")
+    try:
+        applied = target.retry()
+    except UniqueKeyConflict as exc:
+        raise Problem("unique-key-conflict", str(exc)) from None
+    if not applied:
+        raise Problem(
+            "wrong-state",
+            f"Task {target.pk} is {target.state}; only failed or cancelled tasks retry.",
+        )
+    return _json(task_json(_visible(viewer, pk), viewer))
+
+
+@api_view("GET")
+def active(request: HttpRequest) -> HttpResponse:
+    """The indicator's poll: the caller's unfinished tasks and those finished lately."""
+    viewer = Viewer(request.user)
+    recent = get_settings().INDICATOR_RECENT_SECONDS
+    # The cutoff comes from the database's clock, as every time batchtasks writes; one
+    # query on batchtask_owner_active_idx (owner_id, finished_at).
+    cutoff = Now() - timedelta(seconds=recent)
+    rows = (
+        viewer.own_tasks()
+        .filter(Q(finished_at__isnull=True) | Q(finished_at__gte=cutoff))
+        .order_by("pk")
+    )
+    body = dumps({"tasks": [task_json(t, viewer) for t in rows], "recent_seconds": recent})
+    etag = f'W/"{hashlib.sha256(body).hexdigest()[:32]}"'
+    wanted = {
+        tag.removeprefix("W/") for tag in parse_etags(request.headers.get("If-None-Match", ""))
+    }
+    if etag.removeprefix("W/") in wanted or "*" in wanted:
+        response: HttpResponse = HttpResponseNotModified()
+    else:
+        response = HttpResponse(body, content_type=JSON)
+    response["ETag"] = etag
+    return response
+
+
+@api_view("GET")
+def types(request: HttpRequest) -> HttpResponse:
+    """The task types the caller may submit: ``[{name, description}]``."""
+    specs = api_submit.submittable_types(request.user)
+    return _json(
+        [{"name": s.name, "description": s.definition_values()["description"]} for s in specs]
+    )
+
+
+@api_view("GET", public=True)
+def schema(request: HttpRequest) -> HttpResponse:
+    """The OpenAPI 3.1 document of this API; anyone may read it."""
+    return _json(openapi.document())

@@ -1,0 +1,243 @@
+"""POST api/tasks/: the JSON body checked field by field, then ``BatchTask.submit``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.db import router, transaction
+from django.http import HttpRequest
+
+from ..core.conf import get_settings
+from ..core.exceptions import (
+    InvalidParameters,
+    InvalidTaskOption,
+    TaskTypeDisabled,
+    UnknownTaskType,
+)
+from ..core.registry import TaskTypeSpec, registry
+from ..core.states import PRIORITY_MAX, PRIORITY_MIN, UNFINISHED_STATES
+from ..models import BatchTask
+from .problems import FieldError, Problem
+from .serialize import parse_timestamp
+
+FIELDS = ("type", "params", "priority", "description", "run_after", "unique_key")
+#: Room in a body for everything but the parameters (each limited on its own below).
+ENVELOPE_BYTES = 64 * 1024
+#: The longest delay ``run_after`` may give in seconds: ten years.
+RUN_AFTER_MAX_SECONDS = 10 * 366 * 86400
+TEXT_LIMITS = {"description": 500, "unique_key": 200, "type": 200}
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A checked submit request."""
+
+    type: str
+    params: dict[str, Any]
+    priority: int | None
+    description: str
+    run_after: datetime | timedelta | None
+    unique_key: str | None
+
+
+def may_submit(spec: TaskTypeSpec, user: Any) -> bool:
+    """Whether ``user`` may submit tasks of this type over HTTP."""
+    if isinstance(spec.web, str):
+        return bool(user.has_perm(spec.web))
+    return spec.web is True
+
+
+def submittable_types(user: Any) -> list[TaskTypeSpec]:
+    """The types ``user`` may submit, by name."""
+    return [spec for spec in registry if may_submit(spec, user)]
+
+
+def check_type(name: str, user: Any) -> TaskTypeSpec:
+    """The type, or unknown-type (naming only types the caller may submit) / not-submittable."""
+    try:
+        spec = registry.get(name)
+    except UnknownTaskType:
+        names = ", ".join(s.name for s in submittable_types(user)) or "none"
+        raise Problem(
+            "unknown-type", f"Unknown task type {name!r}. Types you may submit: {names}."
+        ) from None
+    if not may_submit(spec, user):
+        raise Problem("not-submittable", f"Tasks of type {name!r} cannot be submitted over HTTP.")
+    return spec
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def read_body(request: HttpRequest) -> dict[str, Any]:
+    """The request's JSON object, or bad-json / params-too-large / invalid-request."""
+    limit = get_settings().MAX_PARAMS_BYTES + ENVELOPE_BYTES
+    too_large = Problem(
+        "params-too-large",
+        f"The body is larger than {limit:,} bytes; store large data elsewhere and pass "
+        "a reference to it in params.",
+    )
+    length = request.META.get("CONTENT_LENGTH") or "0"
+    if length.isdigit() and int(length) > limit:
+        raise too_large  # before reading it
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise too_large from None
+    if len(raw) > limit:
+        raise too_large
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        # A lone surrogate ("\ud800") decodes, but no database can store it.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except (UnicodeError, ValueError, RecursionError) as exc:
+        raise Problem("bad-json", f"The body is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise Problem("invalid-request", "The body must be a JSON object.")
+    return data
+
+
+def _text(data: dict[str, Any], name: str, errors: list[FieldError]) -> str | None:
+    value = data.get(name)
+    limit = TEXT_LIMITS[name]
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        errors.append(FieldError(name, f"{name} must be a string."))
+    elif len(value) > limit:
+        errors.append(FieldError(name, f"{name} is {len(value)} characters; the limit is {limit}."))
+    elif "\x00" in value:
+        errors.append(FieldError(name, f"{name} must not contain NUL characters."))
+    else:
+        return value
+    return None
+
+
+def _priority(value: Any, errors: list[FieldError]) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        errors.append(FieldError("priority", "priority must be an integer."))
+    elif not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        errors.append(
+            FieldError("priority", f"priority must be from {PRIORITY_MIN} to {PRIORITY_MAX}.")
+        )
+    else:
+        return value
+    return None
+
+
+def _run_after(value: Any, errors: list[FieldError]) -> datetime | timedelta | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        when = parse_timestamp(value)
+        if when is not None:
+            return when
+    elif (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and 0 <= value <= RUN_AFTER_MAX_SECONDS
+    ):
+        return timedelta(seconds=value)
+    errors.append(
+        FieldError(
+            "run_after",
+            "run_after must be an ISO 8601 time with an offset (2026-11-30T14:00:00Z) or a "
+            f"delay in seconds from 0 to {RUN_AFTER_MAX_SECONDS}.",
+        )
+    )
+    return None
+
+
+def parse_submission(data: dict[str, Any]) -> Submission:
+    """The checked fields of a submit body, or invalid-request naming every bad field."""
+    errors = [
+        FieldError(key, f"Unknown field {key!r}; the fields are {', '.join(FIELDS)}.")
+        for key in data
+        if key not in FIELDS
+    ]
+    if "type" not in data:
+        errors.append(FieldError("type", "type is required."))
+    type_name = _text(data, "type", errors)
+    params = data.get("params")
+    if params is not None and not isinstance(params, dict):
+        errors.append(FieldError("params", "params must be a JSON object."))
+    submission = Submission(
+        type=type_name or "",
+        params=params or {},
+        priority=_priority(data.get("priority"), errors),
+        description=_text(data, "description", errors) or "",
+        run_after=_run_after(data.get("run_after"), errors),
+        unique_key=_text(data, "unique_key", errors),
+    )
+    if errors:
+        raise Problem("invalid-request", " ".join(e.message for e in errors), errors)
+    return submission
+
+
+def _params_problem(exc: InvalidParameters, submission: Submission) -> Problem:
+    size = len(json.dumps(submission.params, ensure_ascii=False, separators=(",", ":")).encode())
+    if size > get_settings().MAX_PARAMS_BYTES:
+        return Problem("params-too-large", str(exc))
+    return Problem("invalid-request", str(exc), [FieldError("params", str(exc))])
+
+
+def _holder(submission: Submission, db: str) -> int | None:
+    """The id of the unfinished task that holds the submission's unique key, if any."""
+    if submission.unique_key is None:
+        return None
+    return (
+        BatchTask.objects.using(db)
+        .filter(
+            definition__name=submission.type,
+            unique_key=submission.unique_key,
+            state__in=UNFINISHED_STATES,
+        )
+        .values_list("pk", flat=True)
+        .first()
+    )
+
+
+def submit(submission: Submission, user: Any) -> tuple[BatchTask, bool]:
+    """Submit for ``user``: the task and whether it is new (else the caller's own task that
+    holds the unique key). Nothing is written when a problem is raised."""
+    db = router.db_for_write(BatchTask)
+    with transaction.atomic(using=db):
+        holder = _holder(submission, db)
+        try:
+            task = BatchTask.submit(
+                submission.type,
+                submission.params,
+                owner=user,
+                priority=submission.priority,
+                description=submission.description,
+                run_after=submission.run_after,
+                unique_key=submission.unique_key,
+                on_conflict="return",
+                using=db,
+            )
+        except InvalidParameters as exc:
+            raise _params_problem(exc, submission) from None
+        except TaskTypeDisabled:
+            raise Problem(
+                "not-submittable", f"Task type {submission.type!r} is disabled for now."
+            ) from None
+        except (InvalidTaskOption, UnknownTaskType) as exc:
+            raise Problem("invalid-request", str(exc)) from None
+        if task.owner_id != user.pk:
+            # Leaving the block by an exception rolls back what submit did to that task
+            # (it raises a waiting task's priority to the newcomer's).
+            raise Problem(
+                "unique-key-conflict",
+                "Another user's unfinished task of this type holds this unique_key; "
+                "choose another key or wait until that task has finished.",
+            )
+    # A task that held the key before this submit is the caller's own: not new. (Two
+    # concurrent submits of one key by one user may both be told 201.)
+    return task, task.pk != holder

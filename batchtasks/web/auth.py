@@ -1,0 +1,146 @@
+"""Who is calling the API: a session (browsers, CSRF-checked) or HTTP Basic (scripts).
+
+``api_view`` is the gate every API view passes: the method, then the caller, then the
+CSRF check for session callers; a ``Problem`` raised anywhere becomes its response.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any
+
+from django.contrib.auth import authenticate
+from django.http import HttpRequest, HttpResponse
+from django.middleware.csrf import CsrfViewMiddleware
+from django.utils.cache import patch_cache_control, patch_vary_headers
+from django.views.decorators.csrf import csrf_exempt
+
+from .problems import Problem
+
+logger = logging.getLogger(__name__)
+
+REALM = "batchtasks"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
+
+View = Callable[..., HttpResponse]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The signed-in user of a request and how they signed in."""
+
+    user: Any
+    basic: bool
+
+
+class _CsrfCheck(CsrfViewMiddleware):
+    """Django's own CSRF check, giving back the reason instead of its HTML 403 page."""
+
+    def _reject(self, request: HttpRequest, reason: str) -> Any:
+        return reason
+
+
+def _no_response(request: HttpRequest) -> HttpResponse:  # pragma: no cover - never called
+    raise AssertionError("the CSRF check never calls the view")
+
+
+def check_csrf(request: HttpRequest) -> None:
+    """Raise the csrf-failed problem unless the request passes Django's CSRF check."""
+    check = _CsrfCheck(_no_response)
+    check.process_request(request)
+    reason = check.process_view(request, None, (), {})  # type: ignore[arg-type]
+    if reason:
+        logger.warning("api csrf_failed path=%s reason=%s", request.path, reason)
+        raise Problem("csrf-failed", f"CSRF verification failed: {reason}")
+
+
+def challenge(request: HttpRequest) -> Problem:
+    """The 401 problem; scripts of our own pages get a challenge browsers do not prompt for."""
+    scheme = "Session" if request.headers.get("X-Requested-With") == "XMLHttpRequest" else "Basic"
+    return Problem(
+        "not-authenticated",
+        "Sign in first, or send HTTP Basic credentials (Authorization: Basic …).",
+        headers={"WWW-Authenticate": f'{scheme} realm="{REALM}"'},
+    )
+
+
+def _basic_credentials(header: str) -> tuple[str, str] | None:
+    """The username and password of an ``Authorization: Basic`` header, if well formed."""
+    try:
+        raw = base64.b64decode(header.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    username, colon, password = text.partition(":")
+    # PostgreSQL text cannot hold NUL: such a name cannot be a user and must not reach SQL.
+    if not colon or "\x00" in text:
+        return None
+    return username, password
+
+
+def identify(request: HttpRequest) -> Caller:
+    """The caller, or the not-authenticated problem; Basic credentials win over a session."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        credentials = _basic_credentials(value.strip())
+        user = None
+        if credentials is not None:
+            user = authenticate(request, username=credentials[0], password=credentials[1])
+        if user is None or not user.is_active:
+            raise challenge(request)
+        return Caller(user, basic=True)
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated or not user.is_active:
+        raise challenge(request)
+    return Caller(user, basic=False)
+
+
+def needs_csrf(request: HttpRequest, caller: Caller) -> bool:
+    """Whether an unsafe request must pass the CSRF check: a session's always; Basic
+    credentials' only when a browser sent them, since a browser that once answered a
+    Basic prompt sends them again on its own, from any site's forms (scripts send
+    neither ``Sec-Fetch-Site`` nor ``Origin``)."""
+    if not caller.basic:
+        return True
+    site = request.headers.get("Sec-Fetch-Site")
+    return site not in (None, "none") or "Origin" in request.headers
+
+
+def api_view(*methods: str, public: bool = False) -> Callable[[View], View]:
+    """Wrap a view of the API: allowed methods, a signed-in caller (unless ``public``),
+    the CSRF check for session callers' unsafe methods, and problems as responses."""
+
+    def decorate(view: View) -> View:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            try:
+                if request.method not in methods:
+                    raise Problem(
+                        "method-not-allowed",
+                        f"{request.method} is not allowed here; use {' or '.join(methods)}.",
+                        headers={"Allow": ", ".join(methods)},
+                    )
+                if not public:
+                    caller = identify(request)
+                    request.user = caller.user
+                    if request.method not in SAFE_METHODS and needs_csrf(request, caller):
+                        check_csrf(request)
+                response = view(request, *args, **kwargs)
+            except Problem as problem:
+                response = problem.response()
+            if not public:
+                patch_vary_headers(response, ("Cookie", "Authorization"))
+                patch_cache_control(response, private=True, no_cache=True)
+            return response
+
+        return csrf_exempt(wrapper)
+
+    return decorate

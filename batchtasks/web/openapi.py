@@ -1,0 +1,384 @@
+"""The OpenAPI 3.1 document of the JSON API, built from the code (the URLs, the states,
+the problems, the submittable types, the limits) so that it stays true."""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from django.conf import settings
+from django.urls import reverse
+
+from ..core.registry import registry
+from ..core.states import PRIORITY_MAX, PRIORITY_MIN, STATE_CODES, TaskState
+from . import api_query, api_submit
+from .problems import PROBLEMS, TYPE_PREFIX
+from .serialize import BIGINT_MAX
+
+Schema = dict[str, Any]
+JSON = "application/json"
+PROBLEM = "application/problem+json"
+NO_NUL = "^[^\u0000]*$"  # PostgreSQL text cannot hold NUL
+
+
+def ref(kind: str, name: str) -> Schema:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def nullable(kind: str, **extra: Any) -> Schema:
+    return {"type": [kind, "null"], **extra}
+
+
+TIME = {"type": "string", "format": "date-time"}
+
+TASK: Schema = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "id": {"type": "integer", "minimum": 1},
+        "type": {"type": "string"},
+        "description": {"type": "string"},
+        "owner": nullable("string", description="The owner's username; null: a system task."),
+        "state": {"type": "string", "enum": list(TaskState.values)},
+        "state_code": {
+            "type": "integer",
+            "enum": sorted(set(STATE_CODES.values())),
+            "description": "new 1, queued 2, running 3, succeeded 4, failed/cancelled/skipped 5",
+        },
+        "state_label": {"type": "string"},
+        "priority": {"type": "integer", "minimum": PRIORITY_MIN, "maximum": PRIORITY_MAX},
+        "progress_percent": {"type": "integer", "minimum": 0, "maximum": 100},
+        "progress_message": {"type": "string"},
+        "attempt": {"type": "integer", "minimum": 1},
+        "cancel_requested": {"type": "boolean"},
+        "created_at": TIME,
+        "queued_at": nullable("string", format="date-time"),
+        "started_at": nullable("string", format="date-time"),
+        "finished_at": nullable("string", format="date-time"),
+        "updated_at": TIME,
+        "result": {"description": "What the task returned: any JSON value, or null."},
+        "error": {"oneOf": [{"type": "null"}, ref("schemas", "TaskError")]},
+        "can_cancel": {"type": "boolean"},
+        "can_retry": {"type": "boolean"},
+        "url": {"type": "string", "format": "uri-reference"},
+    },
+}
+TASK["required"] = list(TASK["properties"])
+
+TASK_ERROR: Schema = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["type", "message"],
+    "properties": {
+        "type": {"type": "string"},
+        "message": {"type": "string"},
+        "traceback": {"type": "string", "description": "For staff only."},
+    },
+}
+
+PROBLEM_SCHEMA: Schema = {
+    "type": "object",
+    "description": "RFC 9457 problem details.",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "enum": [TYPE_PREFIX + slug for slug in PROBLEMS]},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "enum": sorted({s for s, _ in PROBLEMS.values()})},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+def _submit_request() -> Schema:
+    limits = api_submit.TEXT_LIMITS
+    web_types = [spec.name for spec in registry if spec.web is not False]
+    text = {"type": "string", "pattern": NO_NUL}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["type"],
+        "properties": {
+            "type": {**text, "enum": web_types, "description": "GET api/types/ lists yours."},
+            "params": nullable("object", description="The task's parameters."),
+            "priority": nullable("integer", minimum=PRIORITY_MIN, maximum=PRIORITY_MAX),
+            "description": {**text, "type": ["string", "null"], "maxLength": limits["description"]},
+            "run_after": {
+                "anyOf": [
+                    TIME,
+                    {"type": "number", "minimum": 0, "maximum": api_submit.RUN_AFTER_MAX_SECONDS},
+                    {"type": "null"},
+                ],
+                "description": "A time with an offset, or a delay in seconds.",
+            },
+            "unique_key": {**text, "type": ["string", "null"], "maxLength": limits["unique_key"]},
+        },
+    }
+
+
+def _problem(*slugs: str, headers: tuple[str, ...] = ()) -> Schema:
+    """A response of these problems (one status), naming exactly their types."""
+    (status,) = {PROBLEMS[slug][0] for slug in slugs}
+    schema = {
+        "allOf": [ref("schemas", "Problem")],
+        "properties": {
+            "type": {"enum": [TYPE_PREFIX + slug for slug in slugs]},
+            "status": {"const": status},
+        },
+    }
+    response: Schema = {
+        "description": ", ".join(slugs) + ".",
+        "content": {PROBLEM: {"schema": schema}},
+    }
+    if headers:
+        response["headers"] = {h: ref("headers", h) for h in headers}
+    return response
+
+
+def _responses() -> Schema:
+    return {
+        "Invalid": _problem("bad-json", "invalid-request", "unknown-type"),
+        "Unauthorized": _problem("not-authenticated", headers=("WWW-Authenticate",)),
+        "Forbidden": _problem("csrf-failed", "permission-denied", "not-submittable"),
+        "NotFound": _problem("not-found"),
+        "Conflict": _problem("wrong-state", "unique-key-conflict"),
+        "TooLarge": _problem("params-too-large"),
+        "OneTask": {
+            "description": "The task.",
+            "content": {JSON: {"schema": ref("schemas", "Task")}},
+        },
+    }
+
+
+def _query(name: str, schema: Schema, description: str, **extra: Any) -> Schema:
+    return {"name": name, "in": "query", "schema": schema, "description": description, **extra}
+
+
+def _list_parameters() -> list[Schema]:
+    ids = {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX}
+    return [
+        _query(
+            "state",
+            {"type": "array", "items": {"type": "string", "enum": list(TaskState.values)}},
+            "Only tasks in these states (repeat it, or a comma list).",
+            explode=True,
+        ),
+        _query("type", {"type": "string", "pattern": NO_NUL}, "Only tasks of this type."),
+        _query("since", TIME, "Only tasks changed after this time (updated_at)."),
+        _query(
+            "id",
+            {"type": "array", "items": ids, "maxItems": api_query.IDS_MAX},
+            "Only these tasks (repeat it, or a comma list).",
+            explode=True,
+        ),
+        _query(
+            "limit",
+            {"type": "integer", "minimum": 1, "maximum": api_query.LIMIT_MAX},
+            f"Tasks per page (default {api_query.LIMIT_DEFAULT}).",
+        ),
+        _query("cursor", {"type": "string"}, "From a 'next' link."),
+        _query(
+            "owner",
+            {"type": "string", "pattern": NO_NUL},
+            "Another user's tasks (needs batchtasks.view_all_batchtasks).",
+        ),
+        _query(
+            "all",
+            {"type": "string", "enum": ["1", "0", "true", "false"]},
+            "Every user's tasks (needs batchtasks.view_all_batchtasks).",
+        ),
+    ]
+
+
+def _operation(summary: str, ok: Schema, *problems: str, **extra: Any) -> Schema:
+    responses: Schema = {"401": ref("responses", "Unauthorized"), **ok}
+    codes = {"Invalid": "400", "Forbidden": "403", "NotFound": "404", "Conflict": "409"}
+    codes["TooLarge"] = "413"
+    for name in problems:
+        responses[codes[name]] = ref("responses", name)
+    return {"summary": summary, "responses": dict(sorted(responses.items())), **extra}
+
+
+def _json_ok(status: str, description: str, schema: Schema, **headers: Schema) -> Schema:
+    response: Schema = {"description": description, "content": {JSON: {"schema": schema}}}
+    if headers:
+        response["headers"] = headers
+    return {status: response}
+
+
+def _path(name: str, root: str) -> str:
+    """The path of a URL name below the API's root, with ``{id}`` for a task id."""
+    args = [_SAMPLE_ID] if name in ("api-task", "api-cancel", "api-retry") else []
+    url = reverse(f"batchtasks:{name}", args=args).replace(f"/{_SAMPLE_ID}/", "/{id}/")
+    return url.removeprefix(root)
+
+
+_SAMPLE_ID = 987654321
+
+
+def _tasks() -> Schema:
+    submitted = _json_ok(
+        "201",
+        "Submitted.",
+        ref("schemas", "Task"),
+        Location={"schema": {"type": "string"}, "required": True},
+    )
+    held = _json_ok(
+        "200", "The caller's unfinished task with this unique_key.", ref("schemas", "Task")
+    )
+    return {
+        "get": _operation(
+            "The caller's tasks, newest first, a page at a time.",
+            _json_ok("200", "A page of tasks.", ref("schemas", "TaskList")),
+            "Invalid",
+            "Forbidden",
+            operationId="listTasks",
+            parameters=_list_parameters(),
+        ),
+        "post": _operation(
+            "Submit a task; the caller owns it.",
+            {**submitted, **held},
+            "Invalid",
+            "Forbidden",
+            "Conflict",
+            "TooLarge",
+            operationId="submitTask",
+            requestBody={
+                "required": True,
+                "content": {JSON: {"schema": ref("schemas", "SubmitRequest")}},
+            },
+        ),
+    }
+
+
+def _one_task(operation_id: str, summary: str, *problems: str) -> Schema:
+    task_id = {"name": "id", "in": "path", "required": True}
+    task_id["schema"] = {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX}
+    method = "get" if operation_id == "getTask" else "post"
+    ok = {"200": ref("responses", "OneTask")}
+    return {
+        method: _operation(
+            summary, ok, *problems, "NotFound", operationId=operation_id, parameters=[task_id]
+        )
+    }
+
+
+def _paths(root: str) -> Schema:
+    types = {"type": "array", "items": ref("schemas", "TaskType")}
+    schema = {
+        "summary": "This document.",
+        "operationId": "getSchema",
+        "security": [],
+        "responses": _json_ok("200", "OpenAPI 3.1.", {"type": "object"}),
+    }
+    return {
+        _path("api-tasks", root): _tasks(),
+        _path("api-active", root): {"get": _active()},
+        _path("api-task", root): _one_task("getTask", "One task."),
+        _path("api-cancel", root): _one_task(
+            "cancelTask",
+            "Cancel a waiting task, or ask a running one to stop.",
+            "Forbidden",
+            "Conflict",
+        ),
+        _path("api-retry", root): _one_task(
+            "retryTask", "Run a failed or cancelled task again.", "Forbidden", "Conflict"
+        ),
+        _path("api-types", root): {
+            "get": _operation(
+                "The task types the caller may submit.",
+                _json_ok("200", "Types.", types),
+                operationId="listTypes",
+            )
+        },
+        _path("api-schema", root): {"get": schema},
+    }
+
+
+def _active() -> Schema:
+    etag = {"schema": {"type": "string"}, "required": True, "description": 'Weak: W/"…".'}
+    ok = _json_ok("200", "The caller's active tasks.", ref("schemas", "Active"), ETag=etag)
+    ok["304"] = {"description": "Unchanged since If-None-Match.", "headers": {"ETag": etag}}
+    header = {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}}
+    header["description"] = "The ETag of the last answer."
+    return _operation(
+        "The caller's unfinished tasks and those finished in the last recent_seconds.",
+        ok,
+        operationId="activeTasks",
+        parameters=[header],
+    )
+
+
+def _components() -> Schema:
+    return {
+        "schemas": {
+            "Task": TASK,
+            "TaskError": TASK_ERROR,
+            "Problem": PROBLEM_SCHEMA,
+            "SubmitRequest": _submit_request(),
+            "TaskList": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["results", "next"],
+                "properties": {
+                    "results": {"type": "array", "items": ref("schemas", "Task")},
+                    "next": nullable("string", format="uri-reference"),
+                },
+            },
+            "Active": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["tasks", "recent_seconds"],
+                "properties": {
+                    "tasks": {"type": "array", "items": ref("schemas", "Task")},
+                    "recent_seconds": {"type": "integer", "minimum": 1},
+                },
+            },
+            "TaskType": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "description"],
+                "properties": {"name": {"type": "string"}, "description": {"type": "string"}},
+            },
+        },
+        "responses": _responses(),
+        "headers": {
+            "WWW-Authenticate": {
+                "schema": {"type": "string"},
+                "required": True,
+                "description": 'Basic realm="batchtasks", or Session realm="batchtasks" '
+                "for requests with X-Requested-With: XMLHttpRequest.",
+            }
+        },
+        "securitySchemes": {
+            "basic": {"type": "http", "scheme": "basic"},
+            "session": {"type": "apiKey", "in": "cookie", "name": settings.SESSION_COOKIE_NAME},
+        },
+    }
+
+
+def document() -> Schema:
+    """The whole document; its server is where the API is mounted."""
+    # The deepest folder all API URLs share, as the server: the paths stay short.
+    root = posixpath.commonpath([reverse("batchtasks:api-tasks"), reverse("batchtasks:api-schema")])
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "batchtasks",
+            "version": "1",
+            "description": "Durable background batch tasks: submit, follow, cancel, retry. "
+            "Errors are RFC 9457 problem details (application/problem+json). Session "
+            "callers send the CSRF token (X-CSRFToken) with POSTs; Basic callers need not.",
+        },
+        "servers": [{"url": root}],
+        "security": [{"basic": []}, {"session": []}],
+        "paths": _paths(root),
+        "components": _components(),
+    }

@@ -10,7 +10,7 @@ TEST_ENV := DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/bat
             REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} \
             DJANGO_SETTINGS_MODULE=tests.settings
 
-.PHONY: all run test test-django6 lint format typecheck bench services requirements clean
+.PHONY: all run test test-django6 lint format typecheck bench services browser requirements clean
 
 all: test
 
@@ -29,7 +29,7 @@ run: $(STAMP)
 
 ## test: checks, lint (with the layers contract), types and the whole test suite on
 ##       PostgreSQL and Redis, then the suite again on the newest Django.
-test: $(STAMP) services
+test: $(STAMP) services browser
 	$(TEST_ENV) $(BIN)/python manage.py check --fail-level WARNING
 	$(TEST_ENV) $(BIN)/python manage.py makemigrations --check --dry-run
 	$(MAKE) --no-print-directory lint
@@ -59,6 +59,10 @@ bench: $(STAMP) services
 
 services:
 	@.ci/services
+
+## browser: Debian's Chromium for the browser tests (tests/browser), installed if missing.
+browser:
+	@.ci/browser
 
 requirements:
 	$(BIN)/pip-compile --quiet --no-emit-index-url --no-emit-find-links --strip-extras \

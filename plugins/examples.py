@@ -95,8 +95,9 @@ class Fail(BatchTaskPlugin):
 
 @batchtask("examples.progress", web=True, description="Report progress in params['steps'] steps.")
 class Progress(BatchTaskPlugin):
-    """Walk through steps, reporting progress after each; then, with ``silent_after``,
-    work that many seconds more without a word."""
+    """Walk through steps, reporting progress after each (``message`` goes before the
+    "step n of m"); then, with ``silent_after``, work that many seconds more without a
+    word."""
 
     def run(self, params: dict[str, Any]) -> dict[str, Any]:
         steps = int(params.get("steps", 10))
@@ -109,6 +110,9 @@ class Progress(BatchTaskPlugin):
             for step in range(1, steps + 1):
                 time.sleep(delay)
                 self.check_cancelled()
-                self.progress(100 * step / steps, f"step {step} of {steps}")
+                label = f"step {step} of {steps}"
+                if params.get("message"):
+                    label = f"{params['message']} {label}"
+                self.progress(100 * step / steps, label)
         time.sleep(float(params.get("silent_after", 0)))
         return {"steps": steps}

@@ -51,9 +51,13 @@ def main() -> None:
     broker = settings.CELERY_BROKER_URL.split("://", 1)[0]
     print(
         f"\nbatchtasks (database: {database}, broker: {broker})\n"
-        f"  admin:  http://127.0.0.1:{port}/admin/  {login}\n"
-        f"  worker: one worker for {', '.join(queues)}\n"
-        '  try:    python manage.py shell -c "from batchtasks import BatchTask; '
+        f"  home:    http://127.0.0.1:{port}/  (the running-tasks indicator, an export)\n"
+        f"  admin:   http://127.0.0.1:{port}/admin/  {login}\n"
+        f"  monitor: http://127.0.0.1:{port}/batchtasks/monitor/\n"
+        f"  API:     http://127.0.0.1:{port}/batchtasks/api/tasks/ "
+        f"(OpenAPI: /batchtasks/api/schema.json)\n"
+        f"  worker:  one worker for {', '.join(queues)}\n"
+        '  try:     python manage.py shell -c "from batchtasks import BatchTask; '
         "BatchTask.submit('examples.sleep', {'seconds': 3})\"\n"
         "Ctrl-C stops everything.\n",
         flush=True,

@@ -60,12 +60,17 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "project.urls"
+# Django's own sign-in pages (django.contrib.auth.urls) with the project's template:
+# any active user may sign in, not only staff as at the admin's login.
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
 WSGI_APPLICATION = "project.wsgi.application"
 
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "project" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [

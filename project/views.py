@@ -1,0 +1,51 @@
+"""Pages of the reference project: a home page that runs an export and hands out the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.views.decorators.http import require_safe
+
+from batchtasks import BatchTask, TaskState
+
+REPORT_TYPE = "reports.users_csv"
+
+
+@require_safe
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    """The running-tasks indicator and a button that exports the users as CSV."""
+    return render(request, "home.html")
+
+
+@require_safe
+@login_required
+def report_download(request: HttpRequest, pk: int) -> FileResponse:
+    """The CSV of the signed-in user's own succeeded export (404 for anything else)."""
+    task = get_object_or_404(
+        BatchTask,
+        pk=pk,
+        owner=request.user,
+        definition__name=REPORT_TYPE,
+        state=TaskState.SUCCEEDED,
+    )
+    path = report_path(task.result)
+    if path is None:
+        raise Http404("The report file is gone.")
+    return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)
+
+
+def report_path(result: object) -> Path | None:
+    """The report file a result names under MEDIA_ROOT; None if it is missing or the
+    stored path points anywhere else (a result is data, not a trusted path)."""
+    if not isinstance(result, dict) or not isinstance(result.get("path"), str):
+        return None
+    media = Path(settings.MEDIA_ROOT).resolve()
+    path = (media / result["path"]).resolve()
+    if not path.is_relative_to(media) or not path.is_file():
+        return None
+    return path

@@ -1,32 +1,198 @@
-"""Admin: tasks read-only with a cancel action; definitions and queues editable."""
+"""Admin: tasks shown read-only and escaped, with actions to cancel, retry, reprioritise
+and run again; definitions and queues editable; workers listed."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.utils import flatten_fieldsets
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils.html import format_html
+from django.template.defaultfilters import filesizeformat
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
+from django.utils.translation import ngettext, ngettext_lazy
 
-from .core.exceptions import UniqueKeyConflict
+from .core.exceptions import BatchTasksError, UniqueKeyConflict
 from .core.registry import OPTIONS
-from .core.states import Priority, TaskState
+from .core.states import FINAL_STATES, PRIORITY_MAX, PRIORITY_MIN, Priority, TaskState
 from .models import BatchQueue, BatchTask, BatchTaskAttempt, BatchTaskDefinition, BatchWorker
 from .services.definitions import ensure_queue
 
-STATE_COLOURS: dict[str, str] = {
-    TaskState.NEW: "#6c757d",
-    TaskState.QUEUED: "#0d6efd",
-    TaskState.RUNNING: "#fd7e14",
-    TaskState.SUCCEEDED: "#198754",
-    TaskState.FAILED: "#dc3545",
-    TaskState.CANCELLED: "#6f42c1",
-    TaskState.SKIPPED: "#adb5bd",
+# What the actions say, per outcome; "%(count)d" is the number of tasks.
+CANCEL_PHRASES = {
+    "cancelled": ngettext_lazy("%(count)d task cancelled", "%(count)d tasks cancelled", "count"),
+    "asked": ngettext_lazy(
+        "%(count)d running task asked to stop", "%(count)d running tasks asked to stop", "count"
+    ),
+    "already_asked": ngettext_lazy(
+        "%(count)d was already asked to stop", "%(count)d were already asked to stop", "count"
+    ),
+    "finished": ngettext_lazy(
+        "%(count)d was already finished", "%(count)d were already finished", "count"
+    ),
 }
+RETRY_PHRASES = {
+    "again": ngettext_lazy(
+        "%(count)d task will run again", "%(count)d tasks will run again", "count"
+    ),
+    "not_ended": ngettext_lazy(
+        "%(count)d had not failed or been cancelled (only those can be retried)",
+        "%(count)d had not failed or been cancelled (only those can be retried)",
+        "count",
+    ),
+    "key_taken": ngettext_lazy(
+        "%(count)d cannot: an unfinished task of its type holds its unique key",
+        "%(count)d cannot: unfinished tasks of their types hold their unique keys",
+        "count",
+    ),
+}
+PRIORITY_PHRASES = {
+    "moved": ngettext_lazy(
+        "%(count)d task moved to priority %(priority)d",
+        "%(count)d tasks moved to priority %(priority)d",
+        "count",
+    ),
+    "not_waiting": ngettext_lazy(
+        "%(count)d was no longer waiting (only new tasks can move)",
+        "%(count)d were no longer waiting (only new tasks can move)",
+        "count",
+    ),
+}
+
+
+def report(
+    request: HttpRequest, counts: Counter[str], phrases: dict, *, applied: int = 1, **values: Any
+) -> None:
+    """One message: how many tasks the action applied to (the first ``applied`` phrases;
+    the first is said even at zero) and why it did not apply to the others."""
+    done, skipped = list(phrases)[:applied], list(phrases)[applied:]
+    shown = [k for k in done if counts[k]] or done[:1]
+    shown += [k for k in skipped if counts[k]]
+    text = "; ".join(str(phrases[k] % {"count": counts[k], **values}) for k in shown)
+    level = messages.SUCCESS if any(counts[k] for k in done) else messages.WARNING
+    messages.add_message(request, level, f"{text}.")
+
+
+def cancel_outcome(task: BatchTask) -> str:
+    """Cancel one task; which of ``CANCEL_PHRASES`` happened."""
+    applied = task.cancel()
+    if task.state == TaskState.CANCELLED and applied:
+        return "cancelled"
+    if task.state == TaskState.RUNNING:
+        return "asked" if applied else "already_asked"
+    return "finished"
+
+
+def retry_outcome(task: BatchTask) -> str:
+    """Retry one task; which of ``RETRY_PHRASES`` happened."""
+    try:
+        return "again" if task.retry() else "not_ended"
+    except UniqueKeyConflict:
+        return "key_taken"
+
+
+def run_again(task: BatchTask) -> BatchTask:
+    """A new task with the type, parameters, description, priority, owner and fairness
+    key of ``task`` (not its unique key: the old task may still hold it)."""
+    return BatchTask.submit(
+        task.definition.name,
+        task.params,
+        owner=task.owner,
+        priority=task.priority,
+        description=task.description,
+        fairness_key=task.fairness_key,
+    )
+
+
+def task_links(tasks: Iterable[BatchTask]) -> str:
+    """Links to the admin pages of ``tasks``."""
+    return format_html_join(
+        ", ",
+        '<a href="{}">#{}</a>',
+        ((reverse("admin:batchtasks_batchtask_change", args=[t.pk]), t.pk) for t in tasks),
+    )
+
+
+class PriorityForm(forms.Form):
+    """The set-priority action's own form."""
+
+    priority = forms.IntegerField(
+        label=_("New priority"),
+        min_value=PRIORITY_MIN,
+        max_value=PRIORITY_MAX,
+        initial=int(Priority.NORMAL),
+        widget=forms.NumberInput(attrs={"list": "batchtasks-priorities", "autofocus": True}),
+        help_text=_("From -100 to 100; higher runs first."),
+    )
+
+
+@admin.action(permissions=["cancel"], description=_("Cancel selected tasks"))
+def cancel_tasks(modeladmin: BatchTaskAdmin, request: HttpRequest, queryset: QuerySet) -> None:
+    tasks = queryset.select_related(None).only("id", "state", "cancel_requested")
+    report(request, Counter(map(cancel_outcome, tasks)), CANCEL_PHRASES, applied=2)
+
+
+@admin.action(permissions=["retry"], description=_("Retry selected failed or cancelled tasks"))
+def retry_tasks(modeladmin: BatchTaskAdmin, request: HttpRequest, queryset: QuerySet) -> None:
+    tasks = queryset.select_related("definition")
+    report(request, Counter(map(retry_outcome, tasks)), RETRY_PHRASES)
+
+
+@admin.action(permissions=["set_priority"], description=_("Set the priority of waiting tasks"))
+def set_priority(
+    modeladmin: BatchTaskAdmin, request: HttpRequest, queryset: QuerySet
+) -> TemplateResponse | None:
+    form = PriorityForm(request.POST if "apply" in request.POST else None)
+    if form.is_valid():
+        value = form.cleaned_data["priority"]
+        tasks = queryset.select_related(None).only("id", "state", "priority")
+        outcomes = Counter("moved" if t.set_priority(value) else "not_waiting" for t in tasks)
+        report(request, outcomes, PRIORITY_PHRASES, priority=value)
+        return None
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": _("Set the priority of batch tasks"),
+        "opts": modeladmin.model._meta,
+        "media": modeladmin.media,
+        "form": form,
+        "tasks": queryset.select_related("definition")[:100],
+        "count": queryset.count(),
+        "waiting": queryset.filter(state=TaskState.NEW).count(),
+        "priorities": [(int(p), p.name.title()) for p in Priority],
+        "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),
+        "select_across": request.POST.get("select_across", "0"),
+        "action_checkbox_name": ACTION_CHECKBOX_NAME,
+    }
+    return TemplateResponse(request, "admin/batchtasks/batchtask/set_priority.html", context)
+
+
+@admin.action(permissions=["submit"], description=_("Run selected tasks again as new tasks"))
+def run_again_tasks(modeladmin: BatchTaskAdmin, request: HttpRequest, queryset: QuerySet) -> None:
+    made, errors = [], Counter[str]()
+    for task in queryset.select_related("definition", "owner", "parameters"):
+        try:
+            made.append(run_again(task))
+        except BatchTasksError as exc:
+            errors[str(exc)] += 1
+    submitted = ngettext(
+        "%(count)d new task submitted:", "%(count)d new tasks submitted:", len(made)
+    ) % {"count": len(made)}
+    level = messages.SUCCESS if made else messages.WARNING
+    messages.add_message(request, level, format_html("{} {}", submitted, task_links(made)))
+    for error, count in errors.items():
+        could_not = ngettext(
+            "%(count)d could not be submitted:", "%(count)d could not be submitted:", count
+        ) % {"count": count}
+        messages.error(request, f"{could_not} {error}")
 
 
 class PriorityFilter(admin.SimpleListFilter):
@@ -59,14 +225,9 @@ class AttemptInline(admin.TabularInline):
     extra = 0
     can_delete = False
     fields = readonly_fields = (
-        "number",
-        "outcome",
-        "worker",
-        "started_at",
-        "finished_at",
-        "error_type",
+        "number", "outcome", "worker", "started_at", "finished_at", "error_type",
         "error_message",
-    )
+    )  # fmt: skip
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -76,21 +237,19 @@ class AttemptInline(admin.TabularInline):
 
 
 def _pre(value: str) -> str:
-    return format_html('<pre style="white-space: pre-wrap; margin: 0">{}</pre>', value)
+    return format_html('<pre class="batchtasks-pre">{}</pre>', value)
+
+
+def _json(value: Any) -> str:
+    return _pre(json.dumps(value, indent=2, ensure_ascii=False))
 
 
 @admin.register(BatchTask)
 class BatchTaskAdmin(admin.ModelAdmin):
     list_display = (
-        "id",
-        "state_badge",
-        "definition",
-        "owner",
-        "priority",
-        "progress_bar",
-        "created_at",
-        "duration_display",
-    )
+        "id", "state_badge", "definition", "description", "owner", "priority", "progress_bar",
+        "created_at", "duration_display",
+    )  # fmt: skip
     list_filter = (
         "state",
         "definition",
@@ -101,57 +260,29 @@ class BatchTaskAdmin(admin.ModelAdmin):
     list_select_related = ("definition", "owner")
     show_full_result_count = False
     date_hierarchy = "created_at"
-    actions = ("cancel_tasks", "retry_tasks")
+    actions = (cancel_tasks, retry_tasks, set_priority, run_again_tasks)
     inlines = (AttemptInline,)
     fieldsets = (
-        (None, {"fields": ("definition", "state", "owner", "description", "priority")}),
-        (_("Progress"), {"fields": ("progress_bar", "progress_message", "worker", "attempt")}),
+        (None, {"fields": ("definition", "state_badge", "owner", "description", "priority")}),
+        (_("Progress"), {"fields": ("progress_bar", "worker", "attempt")}),
         (_("Data"), {"fields": ("parameters_display", "result_display", "error_display")}),
-        (
-            _("Timing"),
-            {"fields": ("created_at", "run_after", "queued_at", "started_at", "finished_at")},
-        ),
-        (
-            _("Scheduling"),
-            {
-                "classes": ("collapse",),
-                "fields": (
-                    "queue",
-                    "fairness_key",
-                    "unique_key",
-                    "cancel_requested",
-                    "lease_expires_at",
-                ),
-            },
-        ),
-    )
-    readonly_fields = (
-        "definition",
-        "state",
-        "owner",
-        "description",
-        "priority",
-        "progress_bar",
-        "progress_message",
-        "worker",
-        "attempt",
-        "parameters_display",
-        "result_display",
-        "error_display",
-        "created_at",
-        "run_after",
-        "queued_at",
-        "started_at",
-        "finished_at",
-        "queue",
-        "fairness_key",
-        "unique_key",
-        "cancel_requested",
-        "lease_expires_at",
-    )
+        (_("Timing"), {"fields": (
+            "created_at", "run_after", "queued_at", "started_at", "finished_at",
+        )}),
+        (_("Scheduling"), {"classes": ("collapse",), "fields": (
+            "queue", "fairness_key", "unique_key", "cancel_requested", "lease_expires_at",
+        )}),
+    )  # fmt: skip
+
+    class Media:
+        js = ("batchtasks/admin.js",)
+        css = {"all": ("batchtasks/admin.css",)}
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return flatten_fieldsets(self.fieldsets)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+        return False  # tasks come from code, the API or "run again"
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -162,43 +293,53 @@ class BatchTaskAdmin(admin.ModelAdmin):
     def has_retry_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.has_perm("batchtasks.retry_batchtask"))
 
+    def has_set_priority_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("batchtasks.change_batchtask"))
+
+    def has_submit_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("batchtasks.add_batchtask"))
+
     @admin.display(description=_("state"), ordering="state")
     def state_badge(self, task: BatchTask) -> str:
+        # admin.js finds the badge by task id to update it as the task moves on.
         return format_html(
-            '<span style="color: #fff; background: {}; padding: 1px 6px; border-radius: 3px">'
-            "{}</span>",
-            STATE_COLOURS.get(task.state, "#333"),
+            '<span class="batchtasks-state batchtasks-state--{}" data-task-id="{}">{}</span>',
+            task.state,
+            task.pk,
             task.get_state_display(),
         )
 
     @admin.display(description=_("progress"), ordering="progress_percent")
     def progress_bar(self, task: BatchTask) -> str:
+        # admin.js polls the API for the unfinished ones (data-final="0") and updates them.
+        message = f" {task.progress_message}" if task.progress_message else ""
         return format_html(
-            '<progress value="{}" max="100" title="{}"></progress> {}%',
-            task.progress_percent,
+            '<span class="batchtasks-progress" data-task-id="{}" data-final="{}" title="{}">'
+            '<progress value="{}" max="100"></progress> '
+            '<span class="batchtasks-progress-text">{}%{}</span></span>',
+            task.pk,
+            int(task.state in FINAL_STATES),
             task.progress_message,
             task.progress_percent,
+            task.progress_percent,
+            message,
         )
 
     @admin.display(description=_("duration"))
     def duration_display(self, task: BatchTask) -> str:
         duration = task.duration
-        if duration is None:
-            return "-"
-        return f"{duration.total_seconds():.1f} s"
+        return "-" if duration is None else f"{duration.total_seconds():.1f} s"
 
     @admin.display(description=_("parameters"))
     def parameters_display(self, task: BatchTask) -> str:
         params = task.params
         if isinstance(params, bytes):
             return _pre(f"{len(params):,} bytes: {params[:256].hex(' ')}")
-        return _pre(json.dumps(params, indent=2, ensure_ascii=False))
+        return _json(params)
 
     @admin.display(description=_("result"))
     def result_display(self, task: BatchTask) -> str:
-        if task.result is None:
-            return "-"
-        return _pre(json.dumps(task.result, indent=2, ensure_ascii=False))
+        return "-" if task.result is None else _json(task.result)
 
     @admin.display(description=_("error"))
     def error_display(self, task: BatchTask) -> str:
@@ -207,63 +348,13 @@ class BatchTaskAdmin(admin.ModelAdmin):
             return "-"
         return _pre(f"{error.type}: {error.message}\n\n{error.traceback}".strip())
 
-    @admin.action(permissions=["cancel"], description=_("Cancel selected tasks"))
-    def cancel_tasks(self, request: HttpRequest, queryset: QuerySet[BatchTask]) -> None:
-        active = queryset.filter(state__in=(TaskState.NEW, TaskState.QUEUED, TaskState.RUNNING))
-        done = sum(1 for task in active if task.cancel())
-        skipped = queryset.count() - done
-        self.message_user(
-            request,
-            ngettext(
-                "%(count)d task cancelled or asked to stop.",
-                "%(count)d tasks cancelled or asked to stop.",
-                done,
-            )
-            % {"count": done},
-            messages.SUCCESS,
-        )
-        if skipped:
-            self.message_user(
-                request,
-                ngettext(
-                    "%(count)d task was already finished and was left alone.",
-                    "%(count)d tasks were already finished and were left alone.",
-                    skipped,
-                )
-                % {"count": skipped},
-                messages.WARNING,
-            )
-
-    @admin.action(permissions=["retry"], description=_("Retry selected failed or cancelled tasks"))
-    def retry_tasks(self, request: HttpRequest, queryset: QuerySet[BatchTask]) -> None:
-        finished = queryset.filter(state__in=(TaskState.FAILED, TaskState.CANCELLED))
-        done = 0
-        for task in finished.select_related("definition"):
-            try:
-                done += task.retry()
-            except UniqueKeyConflict as exc:
-                self.message_user(request, str(exc), messages.ERROR)
-        self.message_user(
-            request,
-            ngettext("%(count)d task will run again.", "%(count)d tasks will run again.", done)
-            % {"count": done},
-            messages.SUCCESS,
-        )
-
 
 @admin.register(BatchWorker)
 class BatchWorkerAdmin(admin.ModelAdmin):
     list_display = (
-        "name",
-        "state",
-        "queues",
-        "concurrency",
-        "tasks_in_hand",
-        "cpu_percent",
-        "memory_display",
-        "started_at",
-        "last_seen_at",
-    )
+        "name", "state", "queues", "concurrency", "tasks_in_hand", "cpu_percent",
+        "memory_display", "started_at", "last_seen_at",
+    )  # fmt: skip
     list_filter = ("state",)
     search_fields = ("name", "host")
 
@@ -275,9 +366,7 @@ class BatchWorkerAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("memory"), ordering="memory_bytes")
     def memory_display(self, worker: BatchWorker) -> str:
-        if worker.memory_bytes is None:
-            return "-"
-        return f"{worker.memory_bytes / 2**20:,.0f} MiB"
+        return "-" if worker.memory_bytes is None else filesizeformat(worker.memory_bytes)
 
 
 @admin.register(BatchTaskDefinition)

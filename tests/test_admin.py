@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
@@ -36,13 +39,14 @@ def tasks() -> list[BatchTask]:
     return made
 
 
-def test_the_list_shows_state_type_owner_progress(admin_client: Client, tasks) -> None:
+def test_the_list_shows_state_type_description_and_progress(admin_client: Client, tasks) -> None:
     page = admin_client.get(CHANGELIST)
 
     assert page.status_code == 200
     html = page.content.decode()
     assert "examples.sleep" in html and "examples.fail" in html
-    assert '<progress value="42" max="100"' in html
+    assert '<progress value="42" max="100"></progress>' in html
+    assert "42% halfway" in html and "progress &lt;b&gt;bold&lt;/b&gt;" in html
     assert ">Running</span>" in html and ">Failed</span>" in html
 
 
@@ -82,20 +86,25 @@ def test_tasks_cannot_be_added_in_the_admin(admin_client: Client) -> None:
     assert admin_client.get(reverse("admin:batchtasks_batchtask_add")).status_code == 403
 
 
-def test_the_cancel_action_cancels_waiting_and_flags_running(admin_client: Client, tasks) -> None:
-    ids = [str(t.pk) for t in tasks]
+def act(client: Client, action: str, tasks: list[BatchTask], **data: str) -> str:
+    """Run an admin action on ``tasks``; the page it ends on."""
+    form = {"action": action, "_selected_action": [str(t.pk) for t in tasks], **data}
+    return client.post(CHANGELIST, form, follow=True).content.decode()
 
-    page = admin_client.post(
-        CHANGELIST, {"action": "cancel_tasks", "_selected_action": ids}, follow=True
-    )
 
-    html = page.content.decode()
-    assert "2 tasks cancelled or asked to stop." in html
-    assert "1 task was already finished" in html
-    states = dict(BatchTask.objects.values_list("pk", "state"))
-    assert states[tasks[0].pk] == TaskState.CANCELLED
-    assert states[tasks[1].pk] == TaskState.FAILED
-    assert BatchTask.objects.get(pk=tasks[2].pk).cancel_requested
+def test_the_cancel_action_says_what_it_did_to_each_task(admin_client: Client, tasks) -> None:
+    queued, failed, running = tasks
+
+    html = act(admin_client, "cancel_tasks", tasks)
+
+    assert "1 task cancelled; 1 running task asked to stop; 1 was already finished." in html
+    assert BatchTask.objects.get(pk=queued.pk).state == TaskState.CANCELLED
+    assert BatchTask.objects.get(pk=failed.pk).state == TaskState.FAILED
+    assert BatchTask.objects.get(pk=running.pk).cancel_requested
+
+    again = act(admin_client, "cancel_tasks", tasks)
+
+    assert "0 tasks cancelled; 1 was already asked to stop; 2 were already finished." in again
 
 
 def test_cancel_needs_its_permission(client: Client, tasks) -> None:
@@ -151,13 +160,12 @@ def test_definitions_are_editable(admin_client: Client, tasks) -> None:
 
 
 def test_the_retry_action_runs_failed_tasks_again(admin_client: Client, tasks) -> None:
-    ids = [str(t.pk) for t in tasks]
+    html = act(admin_client, "retry_tasks", tasks)
 
-    page = admin_client.post(
-        CHANGELIST, {"action": "retry_tasks", "_selected_action": ids}, follow=True
+    assert (
+        "1 task will run again; 2 had not failed or been cancelled (only those can be retried)."
+        in html
     )
-
-    assert "1 task will run again." in page.content.decode()
     failed = BatchTask.objects.get(pk=tasks[1].pk)
     assert (failed.state, failed.attempt, failed.error) == (TaskState.NEW, 2, None)
 
@@ -167,14 +175,129 @@ def test_the_retry_action_says_why_a_task_cannot_run_again(admin_client: Client)
     BatchTask.objects.filter(pk=old.pk).update(state=TaskState.FAILED)
     BatchTask.submit("examples.noop", unique_key="nightly")  # holds the key now
 
-    page = admin_client.post(
-        CHANGELIST, {"action": "retry_tasks", "_selected_action": [str(old.pk)]}, follow=True
-    )
+    html = act(admin_client, "retry_tasks", [old])
 
-    assert page.status_code == 200
-    html = page.content.decode()
-    assert "holds its unique_key" in html and "0 tasks will run again." in html
+    assert (
+        "0 tasks will run again; 1 cannot: an unfinished task of its type holds its unique key."
+        in html
+    )
     assert BatchTask.objects.get(pk=old.pk).state == TaskState.FAILED
+
+
+@pytest.fixture
+def waiting() -> list[BatchTask]:
+    """Two tasks still waiting for dispatch (due in an hour) and one already running."""
+    later = timedelta(hours=1)
+    made = [
+        BatchTask.submit("examples.sleep", {"seconds": 1}, run_after=later, description="a"),
+        BatchTask.submit("examples.sleep", {"seconds": 2}, run_after=later, description="<b>"),
+        BatchTask.submit("examples.progress", description="busy"),
+    ]
+    BatchTask.objects.filter(pk=made[2].pk).update(state=TaskState.RUNNING)
+    return made
+
+
+def test_set_priority_asks_for_the_priority_first(admin_client: Client, waiting) -> None:
+    html = act(admin_client, "set_priority", waiting)
+
+    assert "Selected: 3. Still waiting for dispatch (state new), so they will move: 2." in html
+    assert 'name="priority"' in html and 'min="-100"' in html and 'max="100"' in html
+    assert 'value="set_priority"' in html and "&lt;b&gt;" in html
+    assert sorted(BatchTask.objects.values_list("priority", flat=True)) == [0, 0, 0]
+
+
+def test_set_priority_moves_only_the_waiting_tasks(admin_client: Client, waiting) -> None:
+    html = act(admin_client, "set_priority", waiting, priority="50", apply="Set priority")
+
+    assert (
+        "2 tasks moved to priority 50; 1 was no longer waiting (only new tasks can move)." in html
+    )
+    priorities = dict(BatchTask.objects.values_list("pk", "priority"))
+    assert [priorities[t.pk] for t in waiting] == [50, 50, 0]
+
+
+def test_set_priority_refuses_a_priority_out_of_range(admin_client: Client, waiting) -> None:
+    html = act(admin_client, "set_priority", waiting, priority="101", apply="Set priority")
+
+    assert "Ensure this value is less than or equal to 100." in html
+    assert sorted(BatchTask.objects.values_list("priority", flat=True)) == [0, 0, 0]
+
+
+def staff_with(*codenames: str) -> Any:
+    user = get_user_model().objects.create_user("clerk", password="pw", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    return user
+
+
+def test_set_priority_and_run_again_need_their_permissions(client: Client, waiting) -> None:
+    client.force_login(staff_with("view_batchtask", "cancel_batchtask"))
+    act(client, "set_priority", waiting, priority="50", apply="Set priority")
+    act(client, "run_again_tasks", waiting)
+
+    html = client.get(CHANGELIST).content.decode()
+
+    assert "cancel_tasks" in html
+    assert "set_priority" not in html and "run_again_tasks" not in html
+    assert BatchTask.objects.count() == 3
+    assert sorted(BatchTask.objects.values_list("priority", flat=True)) == [0, 0, 0]
+
+
+def test_run_again_submits_a_copy_of_each_task(admin_client: Client) -> None:
+    alice = get_user_model().objects.create_user("alice")
+    old = BatchTask.submit(
+        "examples.fail",
+        {"message": "again"},
+        owner=alice,
+        priority=20,
+        description="nightly import",
+        fairness_key="tenant:7",
+    )
+    BatchTask.objects.filter(pk=old.pk).update(state=TaskState.FAILED)
+
+    html = act(admin_client, "run_again_tasks", [old])
+
+    new = BatchTask.objects.exclude(pk=old.pk).get()
+    assert "1 new task submitted:" in html
+    assert f'<a href="{reverse("admin:batchtasks_batchtask_change", args=[new.pk])}">' in html
+    assert (new.type_name, new.params, new.owner, new.priority) == (
+        "examples.fail",
+        {"message": "again"},
+        alice,
+        20,
+    )
+    assert (new.description, new.fairness_key, new.attempt) == ("nightly import", "tenant:7", 1)
+    assert new.state in (TaskState.NEW, TaskState.QUEUED)
+    assert BatchTask.objects.get(pk=old.pk).state == TaskState.FAILED
+
+
+def test_run_again_says_why_a_task_could_not_be_submitted(admin_client: Client, tasks) -> None:
+    BatchTaskDefinition.objects.filter(name="examples.sleep").update(enabled=False)
+
+    html = act(admin_client, "run_again_tasks", tasks)
+
+    assert "2 new tasks submitted:" in html
+    assert "1 could not be submitted: Task type &#x27;examples.sleep&#x27; is disabled" in html
+    assert BatchTask.objects.count() == 5
+
+
+def test_unfinished_rows_are_marked_for_live_refresh(admin_client: Client, tasks) -> None:
+    queued, failed, running = tasks
+
+    html = admin_client.get(CHANGELIST).content.decode()
+
+    for task, final in ((queued, 0), (failed, 1), (running, 0)):
+        assert f'data-task-id="{task.pk}" data-final="{final}"' in html
+    assert 'data-api-url="/batchtasks/api/tasks/" data-scope="all"' in html
+    assert "batchtasks/admin.js" in html
+    assert f'href="{reverse("batchtasks:monitor")}"' in html
+
+
+def test_staff_without_view_all_poll_only_their_own_tasks(client: Client, tasks) -> None:
+    client.force_login(staff_with("view_batchtask"))
+
+    html = client.get(CHANGELIST).content.decode()
+
+    assert 'data-api-url="/batchtasks/api/tasks/" data-scope="own"' in html
 
 
 def test_a_queue_that_types_name_cannot_be_deleted(admin_client: Client) -> None:

@@ -367,6 +367,15 @@ def bench_heartbeat() -> list[tuple[str, str, str, str]]:
     ]
 
 
+def bench_poll() -> list[tuple[str, str, str, str]]:
+    """The indicator's poll endpoint under load: bench/poll.py prints its own table. It runs
+    in a process of its own because it needs a database of its own."""
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "bench.poll"], check=True)
+    return []
+
+
 def main() -> None:
     configure()
     steps = {
@@ -376,12 +385,15 @@ def main() -> None:
         "refill": bench_refill,
         "recovery": bench_recovery,
         "heartbeat": bench_heartbeat,
+        "poll": bench_poll,
     }
     chosen = sys.argv[1:] or list(steps)
     rows: list[tuple[str, str, str, str]] = []
     for name in chosen:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         rows += steps[name]()
+    if not rows:
+        return
     print("\n| measurement | batchtasks | plain Celery | ratio |")
     print("|---|---|---|---|")
     for row in rows:

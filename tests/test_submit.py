@@ -118,6 +118,16 @@ def test_nan_is_refused_as_parameter() -> None:
     assert counts() == (0, 0)
 
 
+@pytest.mark.parametrize("params", [{"x": "\ud800"}, {"\udfff": 1}], ids=["value", "key"])
+def test_parameters_with_lone_surrogates_are_refused(params: object) -> None:
+    # Not encodable as UTF-8, so not storable as JSON text.
+    with pytest.raises(InvalidParameters) as error:
+        BatchTask.submit("examples.noop", params)
+
+    assert "'examples.noop'" in str(error.value)
+    assert counts() == (0, 0)
+
+
 def test_parameters_over_the_limit_name_the_limit(settings) -> None:
     settings.BATCHTASKS = {**settings.BATCHTASKS, "MAX_PARAMS_BYTES": 100}
 
@@ -160,6 +170,10 @@ def test_disabled_type_is_refused() -> None:
         {"fairness_key": "k" * 201},
         {"unique_key": 42},
         {"owner": get_user_model()(username="unsaved")},
+        {"description": "nul \x00 inside"},
+        {"unique_key": "nul\x00"},
+        {"run_after": timedelta(days=10**8)},
+        {"run_after": timedelta(days=-(10**6))},
     ],
     ids=[
         "naive-run-after",
@@ -169,6 +183,10 @@ def test_disabled_type_is_refused() -> None:
         "long-key",
         "int-key",
         "unsaved-owner",
+        "nul-in-text",
+        "nul-in-key",
+        "delay-past-year-9999",
+        "delay-before-year-1",
     ],
 )
 def test_other_bad_options_are_refused(kwargs: dict) -> None:

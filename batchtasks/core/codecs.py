@@ -38,7 +38,13 @@ def encode(params: Any, *, type_name: str, limit: int) -> Encoded:
                 "Pass only dicts, lists, strings, numbers, booleans and None "
                 "(convert dates and decimals to strings), or pass bytes."
             ) from exc
-        encoded = Encoded(text.encode(), JSON)
+        try:
+            encoded = Encoded(text.encode(), JSON)
+        except UnicodeEncodeError as exc:
+            raise InvalidParameters(
+                f"Parameters for {type_name!r} cannot be stored as JSON: {exc.reason} at "
+                f"character {exc.start} (a lone surrogate is no text); pass valid Unicode."
+            ) from exc
     if encoded.size > limit:
         raise InvalidParameters(
             f"Parameters for {type_name!r} are {encoded.size:,} bytes; the limit is {limit:,} "

@@ -87,6 +87,16 @@ class Line:
     backlog: bool
 
 
+def _delay_from(now: datetime, delay: timedelta) -> datetime:
+    """``now + delay``, or ``InvalidTaskOption`` if that is no date a calendar holds."""
+    try:
+        return now + delay
+    except OverflowError:
+        raise InvalidTaskOption(
+            f"run_after={delay!r} from now falls outside the years 1 to 9999; pass a shorter delay."
+        ) from None
+
+
 def _prepare(
     type_name: str,
     *,
@@ -113,7 +123,7 @@ def _prepare(
         assert loaded is not None
     definition, first_round, line, db_now = loaded
     if isinstance(when, timedelta):  # from the database's clock, as every time written
-        when = db_now + when
+        when = _delay_from(db_now, when)
     if not definition.enabled:
         raise TaskTypeDisabled(
             f"Task type {type_name!r} is disabled; enable its definition in the admin "

@@ -37,6 +37,16 @@ def check_text(name: str, value: Any, limit: int, *, optional: bool) -> str | No
         raise InvalidTaskOption(f"{name}={value!r} must be a string.")
     if len(value) > limit:
         raise InvalidTaskOption(f"{name} is {len(value)} characters; the limit is {limit}.")
+    if "\x00" in value:
+        raise InvalidTaskOption(
+            f"{name}={value!r} holds a NUL character, which no text column can."
+        )
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidTaskOption(
+            f"{name}={value!r} is not valid Unicode ({exc.reason} at character {exc.start})."
+        ) from exc
     return value
 
 

@@ -14,6 +14,8 @@ from django.template import Context, Template
 from django.test import RequestFactory
 from playwright.sync_api import Page, expect
 
+from batchtasks import BatchTask
+
 INDICATOR = "#batchtasks-indicator"
 LABEL = f"{INDICATOR} .batchtasks-indicator__label"
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -139,19 +141,27 @@ def test_a_failed_task_is_announced_with_state_5_and_its_error(
 
 
 @pytest.mark.worker
-def test_markup_in_a_description_and_an_error_shows_as_text_and_runs_nothing(
+def test_markup_in_a_description_progress_and_an_error_shows_as_text_and_runs_nothing(
     home: Page, start_worker: Any
 ) -> None:
-    start_worker("w", ["batch.examples.fail"], concurrency=1)
-    waiting = submit(home, "examples.sleep", params={"seconds": 1}, description=HOSTILE)
+    start_worker("w", ["batch.examples.fail", "batch.examples.progress"], concurrency=2)
+    running = submit(
+        home,
+        "examples.progress",
+        params={"steps": 400, "delay": 0.25, "message": HOSTILE},
+        description=HOSTILE,
+    )
     expect(home.locator(LABEL)).to_have_text(HOSTILE)
     failed = submit(home, "examples.fail", params={"message": HOSTILE}, description=HOSTILE)
     wait_finished(home, failed)
 
-    expect(task_row(home, waiting).locator(".batchtasks-indicator__name")).to_have_text(HOSTILE)
+    row = task_row(home, running)
+    expect(row.locator(".batchtasks-indicator__name")).to_have_text(HOSTILE)
+    expect(row.locator(".batchtasks-indicator__message")).to_contain_text(f"{HOSTILE} step")
     expect(task_row(home, failed).locator(".batchtasks-indicator__error")).to_have_text(HOSTILE)
     expect(home.locator(f"{INDICATOR} img")).to_have_count(0)
     assert home.dialogs == []
+    BatchTask.objects.get(pk=running["id"]).cancel()  # the worker then stops at once
 
 
 def test_a_page_whose_session_ended_stops_polling_without_a_word(home: Page) -> None:

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .core.plugin import BatchTaskPlugin
+from .core.finalizers import finalizer
+from .core.plugin import BatchTaskPlugin, ExecutorPlugin
 from .core.registry import batchtask
 from .core.states import Priority, TaskState
 
 if TYPE_CHECKING:
     from .models import BatchTask
 
-__all__ = ["BatchTask", "BatchTaskPlugin", "Priority", "TaskState", "batchtask"]
+__all__ = [
+    "BatchTask",
+    "BatchTaskPlugin",
+    "ExecutorPlugin",
+    "Priority",
+    "TaskState",
+    "batchtask",
+    "finalizer",
+]
 __version__ = "0.1.0"
 
 

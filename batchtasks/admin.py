@@ -251,11 +251,9 @@ class BatchTaskAdmin(admin.ModelAdmin):
         "created_at", "duration_display",
     )  # fmt: skip
     list_filter = (
-        "state",
-        "definition",
-        PriorityFilter,
-        ("owner", admin.RelatedOnlyFieldListFilter),
-    )
+        "state", "definition", PriorityFilter, ("owner", admin.RelatedOnlyFieldListFilter),
+        "finalize_state",
+    )  # fmt: skip
     search_fields = ("=id", "description", "definition__name", "owner__username", "unique_key")
     list_select_related = ("definition", "owner")
     show_full_result_count = False
@@ -272,6 +270,8 @@ class BatchTaskAdmin(admin.ModelAdmin):
         (_("Scheduling"), {"classes": ("collapse",), "fields": (
             "queue", "fairness_key", "unique_key", "cancel_requested", "lease_expires_at",
         )}),
+        (_("Finalizers"), {"fields": (
+            "finalize_state", "finalize_attempts", "finalize_after", "finalize_error")}),
     )  # fmt: skip
 
     class Media:

@@ -36,7 +36,25 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             registry.get(name).definition_values(overrides)
         except BatchTasksError as exc:
             errors.append(checks.Error(str(exc), id="batchtasks.E002"))
-    return errors
+    return errors + _check_webhooks(conf.WEBHOOK_SECRET)
+
+
+def _check_webhooks(secret: str | None) -> list[checks.CheckMessage]:
+    """Types with a webhook need the secret that signs its requests."""
+    from .core.registry import registry
+
+    hooked = [spec.name for spec in registry if spec.webhook is not None]
+    if not hooked or secret:
+        return []
+    return [
+        checks.Error(
+            f"Task type(s) {', '.join(map(repr, hooked))} declare a webhook, but "
+            "BATCHTASKS['WEBHOOK_SECRET'] is not set: their requests could not be signed.",
+            hint="Set BATCHTASKS['WEBHOOK_SECRET'] (or the environment variable "
+            "BATCHTASKS_WEBHOOK_SECRET) to a long random string the receivers know.",
+            id="batchtasks.E005",
+        )
+    ]
 
 
 @checks.register(checks.Tags.database)

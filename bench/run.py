@@ -22,6 +22,7 @@ N_THROUGHPUT = int(os.environ.get("BENCH_TASKS", "10000"))
 N_PICKUP = int(os.environ.get("BENCH_PICKUP", "200"))
 N_REFILL = int(os.environ.get("BENCH_REFILL", "60"))
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+N_ISOLATION = int(os.environ.get("BENCH_ISOLATION", "50"))
 PLAIN_QUEUE = "bench.plain"
 
 
@@ -376,6 +377,65 @@ def bench_poll() -> list[tuple[str, str, str, str]]:
     return []
 
 
+ISOLATION_MODES = [
+    ("inline", "examples.noop", {}),
+    ("process", "examples.process_noop", {}),
+    ("executor", "examples.program", {}),
+]
+
+
+def bench_isolation() -> list[tuple[str, str, str, str]]:
+    """Per-task cost of each isolation: a no-op run inline, in a fresh Python child, and
+    as an executor program (plugins/executors/demo.py), one worker -c 2."""
+    from batchtasks import BatchTask
+
+    reset()
+    queues = [f"batch.{type_name}" for _, type_name, _ in ISOLATION_MODES]
+    per_task: dict[str, float] = {}
+    alone: dict[str, float] = {}
+    with worker(queues):
+        for mode, type_name, params in ISOLATION_MODES:
+            BatchTask.submit(type_name, params)  # create the definition, warm the worker
+            wait_until(all_done, timeout=120)
+            start = time.perf_counter()
+            BatchTask.submit_many(type_name, [params] * N_ISOLATION)
+            done = wait_until(all_done, timeout=600, interval=0.02)
+            per_task[mode] = (done - start) * 1000 / N_ISOLATION
+            alone[mode] = _one_at_a_time(type_name, params)
+            reset()
+    rows = []
+    for mode, ms in per_task.items():
+        rows.append(
+            (
+                f"{N_ISOLATION} no-op tasks, isolation={mode}, one worker -c 2: wall time per task",
+                f"{ms:,.1f} ms",
+                "—",
+                f"{ms / per_task['inline']:.1f}x inline",
+            )
+        )
+        rows.append(
+            (
+                f"one no-op task on an idle worker, isolation={mode}: submit to done (median of 5)",
+                f"{alone[mode]:,.1f} ms",
+                "—",
+                f"{alone[mode] / alone['inline']:.1f}x inline",
+            )
+        )
+    return rows
+
+
+def _one_at_a_time(type_name: str, params: dict[str, Any]) -> float:
+    from batchtasks import BatchTask
+
+    times = []
+    for _ in range(5):
+        time.sleep(1.5)  # an idle worker: a process child's spare has set up by now
+        start = time.perf_counter()
+        BatchTask.submit(type_name, params)
+        times.append((wait_until(all_done, timeout=60, interval=0.002) - start) * 1000)
+    return statistics.median(times)
+
+
 def main() -> None:
     configure()
     steps = {
@@ -386,6 +446,7 @@ def main() -> None:
         "recovery": bench_recovery,
         "heartbeat": bench_heartbeat,
         "poll": bench_poll,
+        "isolation": bench_isolation,
     }
     chosen = sys.argv[1:] or list(steps)
     rows: list[tuple[str, str, str, str]] = []

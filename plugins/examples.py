@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -16,6 +18,7 @@ from django.db import transaction
 
 from batchtasks import BatchTaskPlugin, batchtask
 from batchtasks.core.exceptions import PermanentFailure
+from batchtasks.core.plugin import ExecutorPlugin
 
 
 def _record(params: dict[str, Any], task_id: int | None, event: str, when: float) -> None:
@@ -116,3 +119,86 @@ class Progress(BatchTaskPlugin):
                 self.progress(100 * step / steps, label)
         time.sleep(float(params.get("silent_after", 0)))
         return {"steps": steps}
+
+
+def _note_pid(task_id: int | None, pid: int) -> None:
+    """Append a process id this task started to ``MEDIA_ROOT/batchtasks/pids/<task id>``
+    (tests check that no such process outlives its task)."""
+    if task_id is None:
+        return
+    folder = Path(settings.MEDIA_ROOT) / "batchtasks" / "pids"
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / str(int(task_id))).open("a") as fh:
+        fh.write(f"{pid}\n")
+
+
+@batchtask("examples.process_progress", isolation="process", description="Progress, isolated.")
+class IsolatedProgress(Progress):
+    """``examples.progress`` in a child process of its own; ``fail`` raises that message."""
+
+    def run(self, params: dict[str, Any]) -> dict[str, Any]:
+        if params.get("fail"):
+            raise ValueError(params["fail"])
+        return {**super().run(params), "pid": os.getpid()}
+
+
+@batchtask("examples.process_noop", isolation="process", description="Nothing, isolated.")
+class IsolatedNoop(BatchTaskPlugin):
+    """Do nothing in a child process (benchmarks: the cost of isolation)."""
+
+    def run(self, params: Any) -> None:
+        return None
+
+
+@batchtask(
+    "examples.process_memory_hog",
+    isolation="process",
+    memory_limit=512 * 1024 * 1024,
+    description="Allocate params['mb'] megabytes (limit 512 MB).",
+)
+class MemoryHog(BatchTaskPlugin):
+    """Allocate (and touch) ``mb`` megabytes: past the type's memory limit it fails."""
+
+    def run(self, params: dict[str, Any]) -> dict[str, Any]:
+        mb = int(params.get("mb", 1024))
+        blob = bytearray(mb * 1024 * 1024)
+        return {"allocated_mb": len(blob) // (1024 * 1024), "pid": os.getpid()}
+
+
+@batchtask(
+    "examples.process_spawner", isolation="process", description="Start `sleep 300` and wait."
+)
+class Spawner(BatchTaskPlugin):
+    """Start a grandchild (``sleep 300``), note its pid, and wait for it; ``cooperate:
+    false`` never checks for cancel."""
+
+    def run(self, params: dict[str, Any]) -> None:
+        sleeper = subprocess.Popen(["sleep", "300"])
+        _note_pid(self.task_id, sleeper.pid)
+        while sleeper.poll() is None:
+            time.sleep(0.05)
+            if params.get("cooperate", True):
+                self.check_cancelled()
+
+
+@batchtask(
+    "examples.silent",
+    inactivity_timeout=2,
+    description="Say one word, then work silently for params['seconds'] (limit 2 s).",
+)
+class Silent(BatchTaskPlugin):
+    """Report progress once, then sleep without a word (the inactivity watchdog's prey)."""
+
+    def run(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.progress(1, "starting")
+        time.sleep(float(params.get("seconds", 60)))
+        return {"slept": params.get("seconds", 60)}
+
+
+@batchtask("examples.program", isolation="executor", description="The demo executor program.")
+class DemoExecutor(ExecutorPlugin):
+    """``plugins/executors/demo.py``: progress, result, errors, grandchildren and
+    silence on demand (see that program)."""
+
+    command = [sys.executable, str(Path(__file__).parent / "executors" / "demo.py")]
+    environment = {"BATCHTASKS_DEMO_MEDIA": "MEDIA_ROOT"}

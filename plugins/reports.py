@@ -25,6 +25,11 @@ CHUNK = 500
     priority=Priority.NORMAL,
     description="Export users as CSV",
     web=True,
+    # A report's memory grows with its data: in a child process of its own, a runaway
+    # export costs its task, never the worker.
+    isolation="process",
+    memory_limit=1024**3,
+    inactivity_timeout=120,
 )
 class UsersCsv(BatchTaskPlugin):
     """Write the users (optionally only active ones) to a CSV file under MEDIA_ROOT."""

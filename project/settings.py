@@ -128,6 +128,19 @@ STATIC_ROOT = BASE_DIR / ".run" / "static"
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(os.environ.get("DJANGO_MEDIA_ROOT", BASE_DIR / "media"))
 
+# --- Mail (mail.merge) --------------------------------------------------------
+# Development prints mail on the console; production sends by SMTP (Django's EMAIL_HOST
+# and friends, localhost:25 unless set). DJANGO_EMAIL_BACKEND overrides both: the tests
+# point workers at the filebased backend and DJANGO_EMAIL_FILE_PATH to read their mail.
+EMAIL_BACKEND = os.environ.get("DJANGO_EMAIL_BACKEND") or (
+    "django.core.mail.backends.console.EmailBackend"
+    if DEBUG
+    else "django.core.mail.backends.smtp.EmailBackend"
+)
+if os.environ.get("DJANGO_EMAIL_FILE_PATH"):
+    EMAIL_FILE_PATH = os.environ["DJANGO_EMAIL_FILE_PATH"]
+DEFAULT_FROM_EMAIL = os.environ.get("DJANGO_DEFAULT_FROM_EMAIL", "webmaster@localhost")
+
 # --- Celery -------------------------------------------------------------------
 REDIS_URL = os.environ.get("REDIS_URL", "")
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or REDIS_URL or "filesystem://"
@@ -166,7 +179,13 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # --- batchtasks ---------------------------------------------------------------
 BATCHTASKS = {
-    "PLUGINS": ["plugins.examples", "plugins.reports"],
+    "PLUGINS": [
+        "plugins.examples",
+        "plugins.reports",
+        "plugins.mail",
+        "plugins.imaging",
+        "plugins.finalizers",
+    ],
 }
 
 LOGGING = {

@@ -21,6 +21,15 @@ ALL_QUEUES = [
     "batch.examples.flaky",
     "batch.examples.progress",
     "batch.reports",
+    "batch.examples.process_progress",
+    "batch.examples.process_noop",
+    "batch.examples.process_memory_hog",
+    "batch.examples.process_spawner",
+    "batch.examples.silent",
+    "batch.examples.program",
+    "batch.mail",
+    "batch.imaging",
+    "batch.finalizers",
 ]
 
 

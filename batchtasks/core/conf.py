@@ -60,6 +60,19 @@ class BatchTasksSettings:
     INDICATOR_RECENT_SECONDS: int = 300
     #: The ``-A`` argument printed in worker command lines (default: the Celery app's name).
     CELERY_APP: str | None = None
+    #: Seconds a process has to run a final task's finalizers before another may run them.
+    FINALIZE_LEASE: float = 60.0
+    #: Seconds before a failed finalizer run is tried again, doubled each time up to
+    #: ``FINALIZE_BACKOFF_MAX``.
+    FINALIZE_BACKOFF: float = 5.0
+    FINALIZE_BACKOFF_MAX: float = 600.0
+    #: Runs of a task's finalizers before they are given up (``failed``).
+    FINALIZE_MAX_ATTEMPTS: int = 10
+    #: The key of the HMAC-SHA256 signature of webhook requests; needed by types that
+    #: declare a ``webhook`` (environment: ``BATCHTASKS_WEBHOOK_SECRET``).
+    WEBHOOK_SECRET: str | None = None
+    #: Seconds a webhook request may take.
+    WEBHOOK_TIMEOUT: float = 10.0
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> BatchTasksSettings:
@@ -89,6 +102,7 @@ class BatchTasksSettings:
             "MAX_RESULT_BYTES",
             "DISPATCH_WINDOW",
             "INDICATOR_RECENT_SECONDS",
+            "FINALIZE_MAX_ATTEMPTS",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -105,12 +119,22 @@ class BatchTasksSettings:
             "REPUBLISH_AFTER",
             "CANCEL_GRACE",
             "KILL_GRACE",
+            "FINALIZE_LEASE",
+            "FINALIZE_BACKOFF",
+            "FINALIZE_BACKOFF_MAX",
+            "WEBHOOK_TIMEOUT",
         ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise ConfigurationError(
                     f"BATCHTASKS[{name!r}] must be a number of seconds >= 0, not {value!r}."
                 )
+        if self.WEBHOOK_SECRET is not None and (
+            not isinstance(self.WEBHOOK_SECRET, str) or not self.WEBHOOK_SECRET
+        ):
+            raise ConfigurationError(
+                "BATCHTASKS['WEBHOOK_SECRET'] must be a non-empty string, or None."
+            )
         for name in ("TYPES", "QUEUES"):
             value = getattr(self, name)
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
@@ -124,10 +148,13 @@ _cached: BatchTasksSettings | None = None
 
 
 def _from_environment(raw: dict[str, Any]) -> dict[str, Any]:
-    """Per-server overrides: ``BATCHTASKS_<KEY>`` for the number and flag settings."""
+    """Per-server overrides: ``BATCHTASKS_<KEY>`` for the number and flag settings, and
+    for the secret (secrets belong in the environment rather than in settings files)."""
     values = dict(raw)
     for f in fields(BatchTasksSettings):
         text = os.environ.get(ENV_PREFIX + f.name)
+        if text is not None and f.name == "WEBHOOK_SECRET":
+            values[f.name] = text
         if text is None or f.type not in ("int", "float", "bool"):
             continue
         try:

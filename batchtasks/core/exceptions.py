@@ -53,3 +53,34 @@ class TaskStopped(TaskCancelled):
 
 class UniqueKeyConflict(BatchTasksError):
     """Raised when a task cannot run again because an unfinished task holds its unique key."""
+
+
+class InactivityTimeout(BatchTasksError):
+    """Raised when a run reports no progress (an executor prints nothing) for longer than
+    its type's ``inactivity_timeout``; the attempt fails and may run again."""
+
+    #: What the attempt records as its error type.
+    error_type = "batchtasks.InactivityTimeout"
+
+
+class IsolatedRunFailed(BatchTasksError):
+    """Raised in the pool process when a run in a child process or an executor failed;
+    carries the error as the child saw it."""
+
+    def __init__(
+        self, message: str, *, error_type: str, details: str = "", retryable: bool | None = None
+    ) -> None:
+        super().__init__(message)
+        #: What the attempt records as its error type (the child's exception class).
+        self.error_type = error_type
+        #: The child's traceback or the program's output (the attempt's traceback field).
+        self.details = details
+        #: Whether the plugin's ``retry_on`` allows a retry (``None``: decide here).
+        self.retryable = retryable
+
+
+class ExecutorFailed(IsolatedRunFailed):
+    """Raised when an executor program exits with a non-zero code or prints ``ERROR:``."""
+
+    def __init__(self, message: str, *, details: str = "") -> None:
+        super().__init__(message, error_type="batchtasks.ExecutorFailed", details=details)

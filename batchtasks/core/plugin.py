@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Protocol
 
 from django.utils.functional import cached_property
 
-from .exceptions import TaskCancelled
+from .exceptions import ConfigurationError, TaskCancelled
 
 
 class TaskContext(Protocol):
@@ -94,3 +94,27 @@ class BatchTaskPlugin:
         """Raise ``TaskCancelled`` if cancel was requested; call it between units of work."""
         if self.context.cancel_requested():
             raise TaskCancelled(f"Task {self.task_id} was cancelled.")
+
+
+class ExecutorPlugin(BatchTaskPlugin):
+    """A task type that is an external program: register it with
+    ``@batchtask(name, isolation="executor")`` and set ``command``.
+
+    The program gets the parameters as JSON on stdin, its own empty working directory,
+    and reports on stdout with lines ``Progress: 65 message`` (or ``Progress: text``),
+    ``ResultData: <json>`` and ``ERROR: <message>`` (the lines after it are details);
+    exit code 0 without ``ERROR:`` is success.
+    """
+
+    #: The program and its arguments (never run through a shell; no parameters here).
+    command: ClassVar[list[str]] = []
+    #: Environment variables the program gets, each from the named Django setting
+    #: (read at run time): how secrets reach it, never through its arguments.
+    environment: ClassVar[dict[str, str]] = {}
+
+    def run(self, params: Any) -> Any:
+        """Executors run only as programs: the worker starts ``command``."""
+        raise ConfigurationError(
+            f"Task type {self.type_name!r} is an executor program; it runs only with "
+            "isolation='executor' (check the isolation of its definition)."
+        )

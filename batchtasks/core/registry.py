@@ -32,10 +32,12 @@ OPTIONS = (
     "retry_backoff_max",
     "retention",
     "isolation",
+    "memory_limit",
+    "inactivity_timeout",
     "description",
 )
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
-SUPPORTED_ISOLATION = (Isolation.INLINE,)
+SUPPORTED_ISOLATION = (Isolation.INLINE, Isolation.PROCESS, Isolation.EXECUTOR)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class TaskTypeSpec:
     #: Who may submit it over the HTTP API: nobody (False), any signed-in user (True),
     #: or users with the named permission ("app_label.codename").
     web: bool | str = False
+    #: Where its outcome is POSTed once it reaches a final state (a webhook finalizer).
+    webhook: str | None = None
 
     def definition_values(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """Field values for a new definition row: code defaults, then ``overrides``."""
@@ -66,6 +70,8 @@ class TaskTypeSpec:
             "retry_backoff_max": 600,
             "retention": None,
             "isolation": Isolation.INLINE.value,
+            "memory_limit": None,
+            "inactivity_timeout": None,
             "description": doc.splitlines()[0] if doc else "",
         }
         values.update(self.options)
@@ -166,6 +172,8 @@ _CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
     "retry_backoff_max": partial(_seconds, allow_zero=True),
     "retention": partial(_seconds, allow_zero=True),
     "isolation": _isolation,
+    "memory_limit": partial(positive_int, allow_none=True),
+    "inactivity_timeout": _seconds,
     "description": _description,
 }
 assert set(_CHECKS) == set(OPTIONS)
@@ -257,7 +265,17 @@ def _web(name: str, value: Any) -> bool | str:
     )
 
 
-def batchtask(name: str, *, web: bool | str = False, **options: Any) -> Callable[[P], P]:
+def _webhook(name: str, value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and re.match(r"https?://[^\s]+$", value)):
+        return value
+    raise InvalidTaskOption(
+        f"webhook={value!r} for task type {name!r} must be an http:// or https:// URL, or None."
+    )
+
+
+def batchtask(
+    name: str, *, web: bool | str = False, webhook: str | None = None, **options: Any
+) -> Callable[[P], P]:
     """Register a ``BatchTaskPlugin`` subclass as the task type ``name``.
 
     ``web`` says who may submit it over the HTTP API (see ``TaskTypeSpec.web``); the other
@@ -270,6 +288,7 @@ def batchtask(name: str, *, web: bool | str = False, **options: Any) -> Callable
         )
     clean = validate_options(name, options, source="@batchtask")
     web = _web(name, web)
+    webhook = _webhook(name, webhook)
 
     def decorate(cls: P) -> P:
         from .plugin import BatchTaskPlugin
@@ -281,8 +300,40 @@ def batchtask(name: str, *, web: bool | str = False, **options: Any) -> Callable
             )
         if cls.run is BatchTaskPlugin.run:
             raise InvalidTaskOption(f"{_qualname(cls)} must override run(self, params).")
+        _check_executor(name, cls, clean.get("isolation"))
         cls.type_name = name
-        registry.register(TaskTypeSpec(name=name, plugin=cls, options=clean, web=web))
+        registry.register(
+            TaskTypeSpec(name=name, plugin=cls, options=clean, web=web, webhook=webhook)
+        )
         return cls
 
     return decorate
+
+
+def _check_executor(name: str, cls: type, isolation: str | None) -> None:
+    """An executor type is an ``ExecutorPlugin`` with a command, and only it is one."""
+    from .plugin import ExecutorPlugin
+
+    is_executor = issubclass(cls, ExecutorPlugin)
+    if is_executor != (isolation == Isolation.EXECUTOR):
+        raise InvalidTaskOption(
+            f"@batchtask({name!r}) on {_qualname(cls)}: isolation='executor' needs a subclass "
+            "of batchtasks.ExecutorPlugin, and an ExecutorPlugin needs isolation='executor'."
+        )
+    if not is_executor:
+        return
+    command = getattr(cls, "command", None)
+    if not (isinstance(command, list) and command and all(isinstance(a, str) for a in command)):
+        raise InvalidTaskOption(
+            f"{_qualname(cls)}.command={command!r} must be a non-empty list of strings "
+            "(the program and its arguments; it is never run through a shell)."
+        )
+    environment = getattr(cls, "environment", None)
+    if not (
+        isinstance(environment, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in environment.items())
+    ):
+        raise InvalidTaskOption(
+            f"{_qualname(cls)}.environment={environment!r} must map environment variable "
+            "names to names of Django settings (both strings)."
+        )

@@ -106,6 +106,16 @@ def sources_of(write: str) -> tuple[str, ...]:
     return WRITES[write].sources
 
 
+class FinalizeState(models.TextChoices):
+    """Where a final task's finalizers (and its type's webhook) are."""
+
+    NONE = "", _("Nothing to run")
+    PENDING = "pending", _("Pending")
+    DONE = "done", _("Done")
+    #: Every retry failed; the last error is kept on the task.
+    FAILED = "failed", _("Failed")
+
+
 class Priority(IntEnum):
     """Named priorities; any integer from ``MIN`` to ``MAX`` is allowed, higher runs first."""
 

@@ -82,6 +82,21 @@ class BatchTaskDefinition(models.Model):
     isolation = models.CharField(
         _("isolation"), max_length=16, choices=Isolation.choices, default=Isolation.INLINE
     )
+    memory_limit = models.PositiveBigIntegerField(
+        _("memory limit (bytes)"),
+        null=True,
+        blank=True,
+        help_text=_("Most memory a process-isolated run may use; empty = no limit."),
+    )
+    inactivity_timeout = models.PositiveIntegerField(
+        _("inactivity timeout (s)"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "A run that reports no progress (an executor: prints nothing) for this long is "
+            "stopped and fails; empty = never."
+        ),
+    )
     enabled = models.BooleanField(_("enabled"), default=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)

@@ -22,6 +22,7 @@ from ..core.states import (
     PRIORITY_MIN,
     STATE_CODES,
     UNFINISHED_STATES,
+    FinalizeState,
     Priority,
     TaskState,
 )
@@ -96,6 +97,13 @@ class BatchTask(models.Model):
     queued_at = models.DateTimeField(_("queued"), null=True, blank=True)
     started_at = models.DateTimeField(_("started"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    # The finalizers of its type, run once it is final (see core.states.FinalizeState).
+    finalize_state = models.CharField(
+        _("finalizers"), max_length=16, blank=True, default="", choices=FinalizeState.choices
+    )
+    finalize_attempts = models.PositiveSmallIntegerField(_("finalizer attempts"), default=0)
+    finalize_after = models.DateTimeField(_("finalizers due"), null=True, blank=True)
+    finalize_error = models.TextField(_("finalizer error"), blank=True)
     # The last change a user could see (state, progress, priority, a cancel request);
     # lease renewals and re-publishing leave it alone. The API's ``since`` filter.
     updated_at = models.DateTimeField(_("updated"), default=timezone.now, editable=False)
@@ -159,6 +167,12 @@ class BatchTask(models.Model):
                 fields=["finished_at", "definition", "state"],
                 name="batchtask_finished_idx",
                 condition=Q(state__in=list(FINAL_STATES)),
+            ),
+            # Finalizers due (the sweeper's pick).
+            models.Index(
+                fields=["finalize_after"],
+                name="batchtask_finalize_idx",
+                condition=Q(finalize_state=FinalizeState.PENDING),
             ),
         ]
         constraints = [

@@ -20,6 +20,12 @@ class TypeFacts:
     retry_backoff: int
     retry_backoff_max: int
     retention: int | None
+    #: Where the plugin runs: inline, process or executor (``core.states.Isolation``).
+    isolation: str = "inline"
+    #: Bytes of address space a process-isolated run may use (``None``: no limit).
+    memory_limit: int | None = None
+    #: Seconds a run may go without progress (an executor: without output).
+    inactivity_timeout: int | None = None
 
 
 _facts: dict[tuple[int, str], tuple[float, TypeFacts]] = {}
@@ -32,9 +38,18 @@ def type_facts(definition_id: int, queue: str, using: str) -> TypeFacts:
     cached = _facts.get(key)
     if cached is not None and now - cached[0] < FACTS_TTL:
         return cached[1]
-    name, type_limit, backoff, backoff_max, retention = (
+    (name, type_limit, backoff, backoff_max, retention, isolation, memory, inactivity) = (
         BatchTaskDefinition.objects.using(using)
-        .values_list("name", "max_concurrency", "retry_backoff", "retry_backoff_max", "retention")
+        .values_list(
+            "name",
+            "max_concurrency",
+            "retry_backoff",
+            "retry_backoff_max",
+            "retention",
+            "isolation",
+            "memory_limit",
+            "inactivity_timeout",
+        )
         .get(pk=definition_id)
     )
     queue_limit = (
@@ -44,6 +59,6 @@ def type_facts(definition_id: int, queue: str, using: str) -> TypeFacts:
         .first()
     )
     limited = type_limit is not None or queue_limit is not None
-    facts = TypeFacts(name, limited, backoff, backoff_max, retention)
+    facts = TypeFacts(name, limited, backoff, backoff_max, retention, isolation, memory, inactivity)
     _facts[key] = (now, facts)
     return facts

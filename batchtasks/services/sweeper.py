@@ -11,7 +11,11 @@
   commit and publish) are published again once they have waited ``REPUBLISH_AFTER``
   seconds unclaimed, then after twice as long, and so on. Messages are fenced by
   attempt, so a duplicate runs nothing.
-- Finished tasks older than their type's retention are deleted.
+- Finished tasks older than their type's retention are deleted (once their finalizers
+  have run).
+- Final tasks whose finalizers are due run them (``services.finalize``): cancels and
+  skips made outside a worker, runs that crashed or failed. Each is claimed on its
+  own, so this part needs no cluster lock and runs after it is released.
 - Workers not heard from for a lease period are marked offline; rows of workers
   stopped or offline for a week are deleted.
 """
@@ -29,11 +33,11 @@ from django.db import connections
 
 from .. import transitions
 from ..core.conf import get_settings
-from ..core.states import FINAL_STATES, TaskState
+from ..core.states import FINAL_STATES, FinalizeState, TaskState
 from ..db.sql import Clock, Tables, states_sql
 from ..models import BatchTaskDefinition
 from ..transport.publish import Run
-from . import leases, workers
+from . import finalize, leases, workers
 from .dispatch import dispatch_queue, publish_or_unqueue
 
 logger = logging.getLogger(__name__)
@@ -57,13 +61,14 @@ class SweepReport:
     republished: int = 0
     purged: int = 0
     offline: int = 0
+    finalized: int = 0
     queues: set[str] = field(default_factory=set)
 
     def __str__(self) -> str:
         return (
             f"requeued={self.requeued} failed={self.failed} cancelled={self.cancelled} "
             f"reaped={self.reaped} republished={self.republished} purged={self.purged} "
-            f"offline={self.offline}"
+            f"offline={self.offline} finalized={self.finalized}"
         )
 
 
@@ -86,9 +91,11 @@ def cluster_lock(using: str) -> Iterator[bool]:
                 cursor.execute("SELECT pg_advisory_unlock(%s)", [LOCK_KEY])
 
 
-def sweep(*, using: str, instance: str = "") -> SweepReport | None:
+def sweep(*, using: str, instance: str = "", finalize_due: bool = True) -> SweepReport | None:
     """One sweep of the whole cluster; ``None`` if another process is sweeping.
-    ``instance``: the sweeping worker's own, which is alive."""
+    ``instance``: the sweeping worker's own, which is alive. ``finalize_due=False``
+    leaves the due finalizers to the caller (a worker runs them in a thread of their
+    own, so that a slow finalizer cannot hold up its heartbeat)."""
     with cluster_lock(using) as locked:
         if not locked:
             return None
@@ -103,6 +110,8 @@ def sweep(*, using: str, instance: str = "") -> SweepReport | None:
         workers.forget_workers(older_than=WORKER_ROWS_KEPT, using=using)
     for queue in sorted(report.queues):  # refill the slots freed above at once
         dispatch_queue(queue, using=using)
+    if finalize_due:  # for about one sweep interval, so as not to delay the next sweep
+        report.finalized = finalize.run_due(using=using, budget=get_settings().SWEEP_INTERVAL)
     if any((report.requeued, report.failed, report.cancelled, report.reaped)) or any(
         (report.republished, report.offline)
     ):
@@ -167,6 +176,7 @@ def purge(*, using: str) -> int:
     sql = (
         f"SELECT id FROM {t.task} WHERE definition_id = %s "
         f"AND state IN ({states_sql(*FINAL_STATES)}) "
+        f"AND finalize_state <> '{FinalizeState.PENDING}' "
         f"AND finished_at < {clock.after} LIMIT %s"
     )
     deleted = 0

@@ -20,6 +20,12 @@ from .attempts import (
     renew_leases,
 )
 from .dispatching import admit, mark_republished, still_queued, unqueue
+from .finalizing import (
+    claim_finalization,
+    due_finalizations,
+    record_finalize_error,
+    record_finalized,
+)
 from .requests import Cancelled, cancel, delete_tasks, retry, set_priority, skip_waiting
 
 __all__ = [
@@ -32,9 +38,13 @@ __all__ = [
     "admit",
     "cancel",
     "claim",
+    "claim_finalization",
     "delete_tasks",
+    "due_finalizations",
     "end_attempt",
     "mark_republished",
+    "record_finalize_error",
+    "record_finalized",
     "record_progress",
     "renew_leases",
     "retry",

@@ -15,6 +15,7 @@ from django.db import connections, transaction
 from ..core.states import WRITES, AttemptOutcome, TaskState
 from ..db.sql import Clock, Tables, attempts_in, states_sql
 from ..models import BatchTask
+from .finalizing import finalize_marks
 
 
 @dataclass(frozen=True)
@@ -187,12 +188,16 @@ def end_attempt(
     ``None`` if the attempt is not running under ``fence`` (nothing is written).
 
     ``lease_expired`` adds the guard the sweeper needs: only if the lease ran out.
+    A task that ends final is marked due for its finalizers in the same statement
+    (see ``finalize_marks``).
     """
     if outcome.kind not in AttemptOutcome.values:
         raise ValueError(f"end_attempt() got an unknown outcome {outcome.kind!r}.")
     connection = connections[using]
     t, clock = Tables(connection), Clock(connection)
     assignments, values = _end_assignments(outcome, t, clock, connection)
+    final = f"NOT ({_next_state(outcome.kind, outcome.retry, t)} = '{TaskState.NEW}')"
+    assignments += finalize_marks(final, t, clock)
     where = _fenced("end_attempt")
     if lease_expired:
         where += f" AND lease_expires_at < {clock.now}"

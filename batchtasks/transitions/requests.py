@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from django.db import IntegrityError, connections, transaction
 
 from ..core.exceptions import UniqueKeyConflict
-from ..core.states import WRITES, TaskState
+from ..core.states import WRITES, FinalizeState, TaskState
 from ..db.sql import Clock, Tables, states_sql
+from .finalizing import finalize_marks
 
 
 @dataclass(frozen=True)
@@ -27,14 +28,16 @@ class Cancelled:
 
 
 def cancel(task_id: int, *, using: str) -> Cancelled:
-    """Cancel a waiting task now, or flag a running one for its worker to stop."""
+    """Cancel a waiting task now (marking it due for its type's finalizers, see
+    ``finalize_marks``), or flag a running one for its worker to stop."""
     connection = connections[using]
     t, clock = Tables(connection), Clock(connection)
+    marks = finalize_marks("TRUE", t, clock)
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {t.task} SET state = '{TaskState.CANCELLED}', finished_at = {clock.now}, "
             f"updated_at = {clock.now}, "
-            f"lease_expires_at = NULL WHERE id = %s "
+            f"lease_expires_at = NULL{marks} WHERE id = %s "
             f"AND state IN ({states_sql(*WRITES['cancel_waiting'].sources)}) RETURNING queue",
             [task_id],
         )
@@ -62,7 +65,9 @@ def retry(task_id: int, *, using: str) -> bool:
         "run_after = NULL, queue = '', queued_at = NULL, started_at = NULL, "
         "finished_at = NULL, worker = '', worker_instance = '', worker_pid = NULL, "
         "lease_expires_at = NULL, cancel_requested = FALSE, result = NULL, error_type = '', "
-        "error_message = '', error_traceback = '', progress_percent = 0, progress_message = '' "
+        "error_message = '', error_traceback = '', progress_percent = 0, progress_message = '', "
+        # Its next final outcome is finalized afresh (a run still under way records nothing).
+        "finalize_state = '', finalize_attempts = 0, finalize_after = NULL, finalize_error = '' "
         f"WHERE id = %s AND state IN ({states_sql(*WRITES['retry'].sources)})"
     )
     try:
@@ -91,14 +96,16 @@ def set_priority(task_id: int, priority: int, *, using: str) -> bool:
 
 
 def skip_waiting(definition_id: int, unique_key: str, *, using: str) -> list[str]:
-    """Mark the waiting tasks of a type with ``unique_key`` skipped (superseded); return
-    the queues of those that held a slot."""
+    """Mark the waiting tasks of a type with ``unique_key`` skipped (superseded), and due
+    for the type's finalizers (see ``finalize_marks``); return the queues of those that
+    held a slot."""
     connection = connections[using]
     t, clock = Tables(connection), Clock(connection)
+    marks = finalize_marks("TRUE", t, clock)
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {t.task} SET state = '{TaskState.SKIPPED}', finished_at = {clock.now}, "
-            f"updated_at = {clock.now} "
+            f"updated_at = {clock.now}{marks} "
             "WHERE definition_id = %s AND unique_key = %s "
             f"AND state IN ({states_sql(*WRITES['skip'].sources)}) RETURNING queue",
             [definition_id, unique_key],
@@ -107,7 +114,8 @@ def skip_waiting(definition_id: int, unique_key: str, *, using: str) -> list[str
 
 
 def delete_tasks(ids: list[int], *, using: str) -> int:
-    """Delete finished tasks with their parameters and attempts (retention)."""
+    """Delete finished tasks with their parameters and attempts (retention); not those
+    whose finalizers are still to run."""
     if not ids:
         return 0
     connection = connections[using]
@@ -117,7 +125,9 @@ def delete_tasks(ids: list[int], *, using: str) -> int:
     lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
     with transaction.atomic(using=using), connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT id FROM {t.task} WHERE id IN ({marks}) AND state IN ({final}){lock}", ids
+            f"SELECT id FROM {t.task} WHERE id IN ({marks}) AND state IN ({final}) "
+            f"AND finalize_state <> '{FinalizeState.PENDING}'{lock}",
+            ids,
         )
         done = [row[0] for row in cursor.fetchall()]
         if not done:

@@ -6,7 +6,9 @@ own module: the heartbeat (``heartbeat``: leases, lost attempts, the worker's ro
 every ``HEARTBEAT_SECONDS``, stopping processes (``stopping``) every tenth of a second
 while any must stop, a safety-net dispatch pass for its queues every
 ``DISPATCH_INTERVAL`` and the moment a delayed task falls due, and a sweep of the
-cluster (``services.sweeper``) every ``SWEEP_INTERVAL``, one worker at a time.
+cluster (``services.sweeper``) every ``SWEEP_INTERVAL``, one worker at a time. Due
+finalizers (``services.finalize``) run in a thread of their own, woken as often: user
+code and webhooks must not delay the heartbeat.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ..core.states import TaskState
 from ..db.connections import close_state_connections, state_db
 from ..db.sql import Clock, Tables, states_sql
 from ..models import BatchQueue, BatchTask
-from ..services import sweeper, workers
+from ..services import finalize, sweeper, workers
 from ..services.definitions import sync_definitions
 from ..services.dispatch import dispatch_queue
 from ..services.workers import Identity
@@ -50,12 +52,18 @@ class WorkerAgent:
         self._thread = threading.Thread(target=self._loop, name="batchtasks-agent", daemon=True)
         self._next = {"beat": 0.0, "dispatch": 0.0, "sweep": 0.0, "stop": float("inf")}
         self._processes: dict[int, psutil.Process] = {}
+        self._finalize_due = threading.Event()
+        self._finalizer = threading.Thread(
+            target=self._finalize_loop, name="batchtasks-finalizers", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()
+        self._finalizer.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._finalize_due.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -181,8 +189,23 @@ class WorkerAgent:
         return None if value is None else max(0.0, float(value))
 
     def sweep(self) -> None:
-        """Sweep the cluster, unless another worker is at it."""
-        sweeper.sweep(using=self.db, instance=self.identity.instance)
+        """Sweep the cluster, unless another worker is at it; wake the finalizers' thread."""
+        sweeper.sweep(using=self.db, instance=self.identity.instance, finalize_due=False)
+        self._finalize_due.set()
+
+    def _finalize_loop(self) -> None:
+        """Run the due finalizers of the cluster each time the agent wakes this thread."""
+        try:
+            while self._finalize_due.wait() and not self._stop.is_set():
+                self._finalize_due.clear()
+                try:
+                    finalize.run_due(using=self.db)
+                except Exception:
+                    logger.exception("batchtasks finalizers failed worker=%s", self.identity.name)
+                    connections[self.db].close()  # a fresh connection next time
+        finally:
+            connection.close()
+            close_state_connections()
 
     def _usage(self) -> tuple[float | None, int | None]:
         """CPU % and resident memory of this worker and its pool processes."""

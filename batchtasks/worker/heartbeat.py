@@ -5,6 +5,9 @@ What the worker holds is read from Celery's own bookkeeping of the requests it h
 received and started (a read-only copy, taken again when the consumer thread changes
 it meanwhile). If it cannot be read, the beat fails closed: it renews every lease of
 this instance and ends nothing.
+
+Each beat also stops inline runs silent past their type's inactivity timeout (see
+``stopping``: the pool process keeps the life sign, the beat reads it).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from ..core.conf import get_settings
 from ..services import leases
 from ..services.workers import Identity
 from ..transport.publish import RUN_TASK_NAME, parse_message_id
-from .stopping import Stopper
+from .stopping import INACTIVE, Stopper, overdue
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +100,13 @@ class Heartbeat:
         instance = self.identity.instance
         now_ours = {(r.task_id, r.attempt): r.pid for r in renewed}
         for r in renewed:
+            fence = transitions.Fence(r.task_id, r.attempt, instance)
             if r.cancel_requested:
-                fence = transitions.Fence(r.task_id, r.attempt, instance)
                 self.stopper.stop(
                     fence, r.pid, reason="cancel ignored", grace=get_settings().CANCEL_GRACE
                 )
+            elif overdue(fence, r.pid):
+                self.stopper.stop(fence, r.pid, reason=INACTIVE, grace=0.0)
         if held is not None:
             # Ours at the last beat, still running here, but ended as a lost run since
             # (this worker was silent for a lease): it must not go on unseen.

@@ -7,7 +7,6 @@ nothing more.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -19,26 +18,26 @@ from .. import transitions
 from ..core.codecs import decode
 from ..core.conf import get_settings
 from ..core.exceptions import (
-    ResultNotSerializable,
-    ResultTooLarge,
+    ConfigurationError,
+    InactivityTimeout,
+    IsolatedRunFailed,
     TaskCancelled,
     TaskStopped,
 )
-from ..core.plugin import BatchTaskPlugin
+from ..core.plugin import BatchTaskPlugin, ExecutorPlugin
 from ..core.registry import registry
 from ..core.retries import is_retryable, retry_delay
-from ..core.states import AttemptOutcome
+from ..core.states import AttemptOutcome, Isolation
 from ..db.connections import reconnecting, state_db
 from ..models import BatchTask
-from ..services import dispatch, leases
+from ..services import dispatch, finalize, leases
 from ..services.facts import TypeFacts, type_facts
 from . import identity, stopping
+from .isolation import executor, process
+from .isolation.results import MAX_MESSAGE, MAX_TRACEBACK, check_result, error_type
 from .progress import ProgressWriter, state_lock
 
 logger = logging.getLogger(__name__)
-
-MAX_MESSAGE = 10_000
-MAX_TRACEBACK = 64_000
 
 
 class RunnerContext:
@@ -61,6 +60,7 @@ class RunnerContext:
     def report_progress(self, percent: int, message: str) -> None:
         assert self.progress is not None
         self.progress.report(percent, message)
+        stopping.touch_activity()
         self._last_check = time.monotonic()
 
     def cancel_requested(self) -> bool:
@@ -119,6 +119,7 @@ def execute(
         ended = reconnecting(
             lambda: transitions.end_attempt(fence, outcome, using=db), db, patience=lease_seconds
         )
+    finalize.run_after_end(facts.name, ended, task_id, using=db)
     if ended is None:
         logger.warning(
             "batchtasks outcome not recorded task=%s attempt=%s reason=no-longer-ours",
@@ -139,12 +140,15 @@ def run_plugin(
 ) -> transitions.Outcome:
     """Call the plugin and turn whatever happens into an ``Outcome``."""
     plugin_cls: type[BatchTaskPlugin] | None = None
+    # Only inline runs are watched by the heartbeat; isolated ones by their supervisor.
+    inline = facts.isolation == Isolation.INLINE
     try:
         plugin_cls = registry.get(facts.name).plugin
-        params = decode(claim.data, claim.codec)
-        with stopping.plugin_running(context.fence):
-            result = plugin_cls(context).run(params)
-        _check_result(facts.name, result)
+        with stopping.plugin_running(
+            context.fence, inactivity_timeout=facts.inactivity_timeout if inline else None
+        ):
+            result = _call(plugin_cls, claim, facts, context)
+        check_result(facts.name, result)
     except TaskCancelled as exc:
         return transitions.Outcome(
             AttemptOutcome.CANCELLED,
@@ -153,44 +157,55 @@ def run_plugin(
             progress=context.take_pending(),
         )
     except Exception as exc:
-        retry_on = plugin_cls.retry_on if plugin_cls is not None else ()
-        failures = claim.attempt - claim.lost_runs
-        return transitions.Outcome(
-            AttemptOutcome.FAILED,
-            error_type=error_type(exc),
-            error_message=str(exc)[:MAX_MESSAGE],
-            error_traceback="".join(traceback.format_exception(exc))[-MAX_TRACEBACK:],
-            progress=context.take_pending(),
-            retry=is_retryable(exc, retry_on),
-            retry_delay=retry_delay(failures, facts.retry_backoff, facts.retry_backoff_max),
-        )
+        return _failed(exc, claim, facts, context, plugin_cls)
     pending = context.take_pending()
     return transitions.Outcome(
         AttemptOutcome.SUCCEEDED, result=result, progress=(100, pending[1] if pending else None)
     )
 
 
-def error_type(exc: BaseException) -> str:
-    """``module.Class`` of an exception (just ``Class`` for builtins)."""
-    cls = type(exc)
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
+def _call(
+    plugin_cls: type[BatchTaskPlugin],
+    claim: transitions.Claim,
+    facts: TypeFacts,
+    context: RunnerContext,
+) -> object:
+    """Run the plugin where its type's isolation says (``worker.isolation``)."""
+    if facts.isolation == Isolation.PROCESS:
+        return process.run(claim, facts, context)
+    if facts.isolation == Isolation.EXECUTOR:
+        if not issubclass(plugin_cls, ExecutorPlugin):
+            raise ConfigurationError(
+                f"Task type {facts.name!r} has isolation='executor' in its definition, but "
+                f"{plugin_cls.__qualname__} is not an ExecutorPlugin; change its isolation."
+            )
+        return executor.run(plugin_cls, claim, facts, context)
+    return plugin_cls(context).run(decode(claim.data, claim.codec))
 
 
-def _check_result(type_name: str, result: object) -> None:
-    try:
-        text = json.dumps(result, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise ResultNotSerializable(
-            f"Task type {type_name!r} returned {type(result).__name__}, which cannot be stored "
-            f"as JSON ({exc}); return dicts, lists, strings, numbers, booleans or None."
-        ) from exc
-    limit = get_settings().MAX_RESULT_BYTES
-    size = len(text.encode())
-    if size > limit:
-        raise ResultTooLarge(
-            f"Task type {type_name!r} returned a result of {size:,} bytes as JSON; the limit "
-            f"is {limit:,} (BATCHTASKS['MAX_RESULT_BYTES']). Store large output elsewhere "
-            "(a file or a model) and return a reference to it."
-        )
+def _failed(
+    exc: Exception,
+    claim: transitions.Claim,
+    facts: TypeFacts,
+    context: RunnerContext,
+    plugin_cls: type[BatchTaskPlugin] | None,
+) -> transitions.Outcome:
+    """The outcome of a failed attempt; an isolated run's error is the child's."""
+    retry_on = plugin_cls.retry_on if plugin_cls is not None else ()
+    failures = claim.attempt - claim.lost_runs
+    kind, details = error_type(exc), "".join(traceback.format_exception(exc))
+    retry = is_retryable(exc, retry_on)
+    if isinstance(exc, InactivityTimeout):
+        kind = exc.error_type
+    elif isinstance(exc, IsolatedRunFailed):
+        kind, details = exc.error_type, exc.details
+        retry = retry if exc.retryable is None else exc.retryable
+    return transitions.Outcome(
+        AttemptOutcome.FAILED,
+        error_type=kind,
+        error_message=str(exc)[:MAX_MESSAGE],
+        error_traceback=details[-MAX_TRACEBACK:],
+        progress=context.take_pending(),
+        retry=retry,
+        retry_delay=retry_delay(failures, facts.retry_backoff, facts.retry_backoff_max),
+    )

@@ -12,6 +12,20 @@ time limits). A process still
 running the attempt ``KILL_GRACE`` seconds later is SIGKILLed with everything it
 started. The slot is only freed when the attempt's end is written: by the runner, or
 once the process is gone.
+
+The inactivity watchdog of inline runs works the same way. While a plugin of a type
+with an ``inactivity_timeout`` runs, its pool process keeps an activity file next to
+the stop requests (``<pid>.active``, naming the attempt and the limit) whose mtime it
+touches whenever the plugin reports progress (at most once a second, or a tenth of the
+limit). The heartbeat, in the main process on the same host, compares that mtime with
+the limit and stops an attempt that has been quiet too long: its stop request says
+``inactive``, so the SIGTERM raises ``InactivityTimeout`` (a failure that may run
+again) instead of ``TaskStopped``. A plugin that ignores the SIGTERM is SIGKILLed like
+any other and ends as a lost run. Runs in a child process or an executor are watched
+by their supervisor in the pool process instead (``worker.isolation.supervise``);
+while one runs, its process group is registered here, so that a SIGTERM that is not a
+stop request (Celery's hard time limit, a shutdown) kills that group before the pool
+process goes.
 """
 
 from __future__ import annotations
@@ -30,11 +44,16 @@ from typing import Any
 
 import psutil
 
-from ..core.exceptions import TaskStopped
+from ..core.exceptions import InactivityTimeout, TaskStopped
 from ..transitions import Fence
 from . import identity
 
 logger = logging.getLogger(__name__)
+
+#: The reason that makes a stop request an inactivity stop.
+INACTIVE = "inactive"
+#: Most seconds between two touches of an activity file (less for short limits).
+TOUCH_INTERVAL = 1.0
 
 
 # --- in the pool process ------------------------------------------------------------------
@@ -43,25 +62,85 @@ class _Running:
     fence: Fence | None = None
     #: The SIGTERM handler the pool had before the plugin started (billiard's own).
     previous: Any = None
+    #: The process group of the child or executor running the attempt, if any.
+    child_group: int | None = None
+    #: The activity file of an inline run with an inactivity timeout, and its last touch.
+    activity: Path | None = None
+    touched: float = 0.0
+    touch_every: float = TOUCH_INTERVAL
 
 
 _running = _Running()
 
 
 @contextlib.contextmanager
-def plugin_running(fence: Fence) -> Iterator[None]:
-    """While ``fence``'s plugin runs, SIGTERM may stop it (see the module text)."""
+def plugin_running(fence: Fence, *, inactivity_timeout: int | None = None) -> Iterator[None]:
+    """While ``fence``'s plugin runs, SIGTERM may stop it, and with ``inactivity_timeout``
+    the heartbeat stops it once it is silent for that long (see the module text)."""
     installed = threading.current_thread() is threading.main_thread()
     if installed:
         _install()
     _running.fence = fence
+    _running.activity = _start_activity(fence, inactivity_timeout)
     try:
         yield
     finally:
         _running.fence = None
+        if _running.activity is not None:
+            with contextlib.suppress(OSError):
+                _running.activity.unlink()
+            _running.activity = None
         _remove_request(os.getpid(), fence)
         if installed:
             _install()  # whatever the plugin did to it (even SIG_IGN)
+
+
+@contextlib.contextmanager
+def child_group(pgid: int) -> Iterator[None]:
+    """While a child process group runs the attempt, a SIGTERM that is not a stop request
+    kills it first (a hard time limit must not leave it behind)."""
+    _running.child_group = pgid
+    try:
+        yield
+    finally:
+        _running.child_group = None
+
+
+def touch_activity() -> None:
+    """The plugin just reported progress: the inline watchdog's life sign."""
+    path = _running.activity
+    now = time.monotonic()
+    if path is not None and now - _running.touched >= _running.touch_every:
+        _running.touched = now
+        with contextlib.suppress(OSError):
+            os.utime(path)
+
+
+def _start_activity(fence: Fence, limit: int | None) -> Path | None:
+    folder = identity.stop_dir()
+    if limit is None or not folder:
+        return None
+    path = Path(folder, f"{os.getpid()}.active")
+    path.write_text(f"{fence.task_id} {fence.attempt} {limit}")
+    # Touched often enough that a plugin reporting within its limit never looks idle.
+    _running.touch_every = min(TOUCH_INTERVAL, limit / 10)
+    _running.touched = time.monotonic()
+    return path
+
+
+def overdue(fence: Fence, pid: int | None) -> bool:
+    """Whether ``fence``, run inline by ``pid``, has been silent past its inactivity
+    limit (main process; the file's mtime and this host's clock)."""
+    folder = identity.stop_dir()
+    if pid is None or not folder:
+        return False
+    path = Path(folder, f"{pid}.active")
+    try:
+        task_id, attempt, limit = path.read_text().split()
+        quiet = time.time() - path.stat().st_mtime
+    except (OSError, ValueError):
+        return False
+    return [task_id, attempt] == [str(fence.task_id), str(fence.attempt)] and quiet > int(limit)
 
 
 def _install() -> None:
@@ -79,7 +158,7 @@ def _remove_request(pid: int, fence: Fence) -> None:
     path = _request_path(pid)
     if path is not None:
         with contextlib.suppress(OSError):
-            if path.read_text() == f"{fence.task_id} {fence.attempt}":
+            if path.read_text().split()[:2] == [str(fence.task_id), str(fence.attempt)]:
                 path.unlink()
 
 
@@ -96,13 +175,22 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         requested = None
     current = _running.fence
     if requested is not None:
-        if current is not None and requested == [str(current.task_id), str(current.attempt)]:
+        if current is not None and requested[:2] == [str(current.task_id), str(current.attempt)]:
+            if requested[2:] == [INACTIVE]:
+                raise InactivityTimeout(
+                    f"Task {current.task_id} reported no progress for longer than its "
+                    "inactivity_timeout and was stopped by its worker."
+                )
             raise TaskStopped(
                 f"Task {current.task_id} was stopped by its worker (a cancel it did not "
                 "honour, or a lost lease)."
             )
         return  # a request for an attempt this process no longer runs: ignore it
-    # Not a stop request (Celery's shutdown, a hard time limit): the pool's own handling.
+    # Not a stop request (Celery's shutdown, a hard time limit): the pool's own handling,
+    # after the child group of an isolated run (it is in a session of its own).
+    if _running.child_group is not None:
+        with contextlib.suppress(OSError):
+            os.killpg(_running.child_group, signal.SIGKILL)
     previous = _running.previous
     if callable(previous):
         previous(signum, frame)
@@ -176,7 +264,8 @@ class Stopper:
     def _terminate(self, fence: Fence, stopping: _Stopping) -> None:
         path = _request_path(stopping.pid)
         if path is not None:
-            path.write_text(f"{fence.task_id} {fence.attempt}")
+            kind = INACTIVE if stopping.reason == INACTIVE else "stop"
+            path.write_text(f"{fence.task_id} {fence.attempt} {kind}")
         stopping.terminated_at = time.monotonic()
         logger.warning(
             "batchtasks stopping task=%s attempt=%s pid=%s reason=%s signal=SIGTERM",

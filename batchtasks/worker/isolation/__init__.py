@@ -1,0 +1,30 @@
+"""Running an attempt outside the pool process: in a fresh Python child (``process``) or
+as an external program (``executor``).
+
+Both start their child from a clean interpreter (never a fork of the pool process,
+which holds database connections and broker sockets) in a session of its own, so its
+process group is the child and everything it starts. The pool process stays the one
+that writes state: it reads the child's reports (``supervise``), forwards progress
+through the runner's fenced, throttled ``RunnerContext``, and writes the outcome.
+
+- ``process``: ``python -m batchtasks.worker.isolation.child`` reads the attempt as one
+  JSON line on stdin (type, encoded parameters, memory limit), runs the plugin with the
+  same API, and answers with JSON lines on a pipe of its own (progress, then the
+  result, the error or the cancel). A ``cancel`` line on its stdin makes its
+  ``check_cancelled()`` raise; the end of its stdin (the pool process died) kills its
+  group. ``memory_limit`` is ``RLIMIT_AS`` set in the child just before the plugin
+  runs. Django's setup costs a child about half a second of CPU, so after each run the
+  pool process starts a spare child that sets up while the worker waits for its next
+  message; it has run nothing when it takes the next attempt.
+- ``executor``: the program gets the raw parameters (JSON) on stdin, its own temporary
+  working directory (removed afterwards) and only the environment it declares; its
+  stdout is read line by line (``executor``).
+
+The supervisor stops a child whose task was cancelled, or that stayed silent past the
+type's ``inactivity_timeout``: SIGTERM to its group (a ``process`` child first gets
+``CANCEL_GRACE`` to honour the cancel), SIGKILL ``KILL_GRACE`` later, and after any
+end it SIGKILLs the group, so no grandchild outlives its attempt. Celery's soft time
+limit is passed on (SIGUSR1 to a Python child, SIGTERM to a program's group); its hard
+limit kills the pool process, whose SIGTERM handler kills the group first
+(``stopping.child_group``).
+"""

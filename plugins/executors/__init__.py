@@ -1,0 +1,1 @@
+"""Executor programs: plain command-line tools that batchtasks workers start as tasks."""

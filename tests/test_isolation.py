@@ -1,0 +1,143 @@
+"""Process isolation with real workers: a fresh child per attempt, its progress and
+result, its memory limit, and cancels and time limits that take its grandchildren too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psutil
+import pytest
+
+from batchtasks import BatchTask, TaskState
+from batchtasks.models import BatchTaskDefinition
+from tests.test_recovery import FAST
+from tests.test_workers import FINAL, wait_final
+from tests.workers import wait_for
+
+pytestmark = pytest.mark.worker
+
+ISOLATED = [
+    "batch.examples.process_progress",
+    "batch.examples.process_memory_hog",
+    "batch.examples.process_spawner",
+]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def noted_pids(media_root: Path, task: BatchTask) -> list[int]:
+    """Pids the task's plugin (or program) noted for the processes it started."""
+    path = media_root / "batchtasks" / "pids" / str(task.pk)
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+def test_an_isolated_task_shows_progress_while_running_and_saves_its_result(
+    start_worker,
+) -> None:
+    start_worker("w", ISOLATED, concurrency=1)
+    task = BatchTask.submit("examples.process_progress", {"steps": 8, "delay": 0.3})
+    seen: set[tuple[str, int, str]] = set()
+
+    def finished() -> bool:
+        row = BatchTask.objects.values_list("state", "progress_percent", "progress_message")
+        seen.add(row.get(pk=task.pk))
+        return row.get(pk=task.pk)[0] in FINAL
+
+    wait_for(finished, timeout=60, interval=0.05)
+
+    task.refresh_from_db()
+    assert task.state == TaskState.SUCCEEDED, task.error
+    assert [p for s, p, _ in seen if s == TaskState.RUNNING and 0 < p < 100], sorted(seen)
+    assert task.result["steps"] == 8
+    assert task.result["pid"] != task.worker_pid, "it ran in the pool process itself"
+    assert (task.progress_percent, task.progress_message) == (100, "step 8 of 8")
+
+
+def test_an_isolated_plugin_error_is_the_attempts_error(start_worker) -> None:
+    start_worker("w", ISOLATED, concurrency=1)
+    (task,) = wait_final(BatchTask.submit("examples.process_progress", {"fail": "bad input"}))
+
+    assert task.state == TaskState.FAILED
+    assert (task.error.type, task.error.message) == ("ValueError", "bad input")
+    assert "plugins/examples.py" in task.error.traceback
+
+
+def test_going_past_the_memory_limit_fails_the_task_and_the_worker_runs_the_next(
+    start_worker,
+) -> None:
+    start_worker("w", ISOLATED, concurrency=1)
+    (hog,) = wait_final(BatchTask.submit("examples.process_memory_hog", {"mb": 2048}))
+    (fine,) = wait_final(BatchTask.submit("examples.process_progress", {"steps": 1}))
+    (small,) = wait_final(BatchTask.submit("examples.process_memory_hog", {"mb": 16}))
+
+    assert hog.state == TaskState.FAILED
+    assert hog.error.type == "MemoryError", hog.error
+    assert fine.state == TaskState.SUCCEEDED
+    assert fine.worker_pid == hog.worker_pid, "the pool process was replaced"
+    assert (small.state, small.result["allocated_mb"]) == (TaskState.SUCCEEDED, 16)
+
+
+@pytest.mark.parametrize("cooperate", [True, False], ids=["checks-cancel", "never-checks"])
+def test_cancelling_an_isolated_task_leaves_none_of_its_processes(
+    start_worker, media_root: Path, cooperate: bool
+) -> None:
+    env = {**FAST, "BATCHTASKS_CANCEL_GRACE": "1", "BATCHTASKS_KILL_GRACE": "1"}
+    start_worker("w", ISOLATED, concurrency=1, env=env)
+    task = BatchTask.submit("examples.process_spawner", {"cooperate": cooperate})
+    (grandchild,) = wait_for(lambda: noted_pids(media_root, task), timeout=30)
+    assert alive(grandchild)
+
+    assert task.cancel()
+    (task,) = wait_final(task, timeout=30)
+
+    assert task.state == TaskState.CANCELLED
+    wait_for(lambda: not alive(grandchild), timeout=5)
+
+
+def test_a_hard_time_limit_kills_the_isolated_process_group(start_worker, media_root: Path) -> None:
+    BatchTaskDefinition.objects.filter(name="examples.process_spawner").update(timeout=3)
+    start_worker("w", ISOLATED, concurrency=1, env=FAST)
+    task = BatchTask.submit("examples.process_spawner", {"cooperate": False})
+    (grandchild,) = wait_for(lambda: noted_pids(media_root, task), timeout=30)
+
+    (task,) = wait_final(task, timeout=30)
+
+    assert task.state == TaskState.FAILED
+    assert task.error.type == "billiard.exceptions.TimeLimitExceeded"
+    wait_for(lambda: not alive(grandchild), timeout=5)
+
+
+def test_an_isolated_task_silent_past_its_inactivity_timeout_fails(start_worker) -> None:
+    BatchTaskDefinition.objects.filter(name="examples.process_progress").update(
+        inactivity_timeout=2
+    )
+    start_worker("w", ISOLATED, concurrency=1)
+    task = BatchTask.submit(
+        "examples.process_progress", {"steps": 2, "delay": 0.1, "silent_after": 60}
+    )
+
+    (task,) = wait_final(task, timeout=30)
+
+    assert task.state == TaskState.FAILED
+    assert task.error.type == "batchtasks.InactivityTimeout"
+    assert "inactivity_timeout" in task.error.message
+
+
+def test_a_soft_time_limit_reaches_the_plugin_in_its_child(start_worker) -> None:
+    BatchTaskDefinition.objects.filter(name="examples.process_progress").update(
+        soft_timeout=2, timeout=20
+    )
+    start_worker("w", ISOLATED, concurrency=1)
+    task = BatchTask.submit("examples.process_progress", {"steps": 100, "delay": 0.1})
+
+    (task,) = wait_final(task, timeout=30)
+
+    assert task.state == TaskState.FAILED
+    assert task.error.type.endswith("SoftTimeLimitExceeded"), task.error
+    assert "plugins/examples.py" in task.error.traceback, "not raised inside the plugin"
+    assert (task.finished_at - task.started_at).total_seconds() < 10

@@ -131,7 +131,9 @@ def argv_of_every_process() -> list[str]:
 def test_parameters_never_appear_in_any_process_arguments(
     start_worker, type_name: str, params: dict[str, Any], program: str
 ) -> None:
-    start_worker("w", [*EXECUTOR, "batch.examples.process_progress"], concurrency=1)
+    # Short graces: the run is cancelled at the end and the worker then stops at once.
+    env = {"BATCHTASKS_CANCEL_GRACE": "1", "BATCHTASKS_KILL_GRACE": "1"}
+    start_worker("w", [*EXECUTOR, "batch.examples.process_progress"], concurrency=1, env=env)
     secret = f"s3cr3t-{uuid.uuid4().hex}"
     task = BatchTask.submit(type_name, {**params, "password": secret})
     wait_for(lambda: any(program in argv for argv in argv_of_every_process()))
@@ -142,6 +144,7 @@ def test_parameters_never_appear_in_any_process_arguments(
         assert leaks == []
     assert BatchTask.objects.get(pk=task.pk).state == TaskState.RUNNING
     assert task.cancel()
+    wait_final(task, timeout=30)
 
 
 @pytest.mark.worker

@@ -23,3 +23,7 @@ if os.environ.get("BATCHTASKS_TEST_CLOCK_SKEW"):
     _skew = timedelta(seconds=float(os.environ["BATCHTASKS_TEST_CLOCK_SKEW"]))
     _true_now = timezone.now
     timezone.now = lambda: _true_now() + _skew
+
+# django.tasks on batchtasks; the workers learn the test functions from PLUGINS.
+TASKS = {"default": {"BACKEND": "batchtasks.backends.BatchTasksBackend", "QUEUES": []}}
+BATCHTASKS = {**BATCHTASKS, "PLUGINS": [*BATCHTASKS["PLUGINS"], "tests.django_task_functions"]}  # noqa: F405

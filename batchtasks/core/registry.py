@@ -218,6 +218,8 @@ class Registry:
 
     def get(self, name: str) -> TaskTypeSpec:
         """The type called ``name``, or ``UnknownTaskType`` naming close matches."""
+        if isinstance(name, str) and name not in self._types:
+            _import_function_module(name)
         try:
             return self._types[name]
         except (KeyError, TypeError):
@@ -247,6 +249,28 @@ class Registry:
                 raise ConfigurationError(
                     f"BATCHTASKS['PLUGINS'] lists {module!r}, which cannot be imported: {exc}"
                 ) from exc
+
+
+def _import_function_module(name: str) -> None:
+    """Import the module of the ``django.tasks`` function ``name`` names (``app.tasks.f``),
+    whose ``@task`` registers it: only with batchtasks' backend in ``TASKS``, and only
+    modules of installed apps (others are listed in ``BATCHTASKS['PLUGINS']``)."""
+    from django.apps import apps
+    from django.conf import settings
+
+    backends = getattr(settings, "TASKS", None) or {}
+    if not apps.ready or not any(
+        str(backend.get("BACKEND", "")).startswith("batchtasks.backends.")
+        for backend in backends.values()
+    ):
+        return
+    module = name.rpartition(".")[0]
+    if not module or apps.get_containing_app_config(module) is None:
+        return
+    try:
+        importlib.import_module(module)
+    except ImportError:  # not a function's module: the caller reports the unknown type
+        return
 
 
 def _qualname(cls: type) -> str:

@@ -1,0 +1,7 @@
+"""Backends that let other task frameworks run on batchtasks: Django's ``django.tasks``."""
+
+from __future__ import annotations
+
+from .django_tasks import BatchTasksBackend
+
+__all__ = ["BatchTasksBackend"]

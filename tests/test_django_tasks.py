@@ -1,0 +1,250 @@
+"""``django.tasks`` functions run as batch tasks by ``batchtasks.backends.BatchTasksBackend``."""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.test import override_settings
+from django.utils import timezone
+
+from batchtasks import BatchTask, TaskState
+from batchtasks.backends.django_tasks import (
+    InvalidTask,
+    TaskResultDoesNotExist,
+    TaskResultStatus,
+    register,
+    task_enqueued,
+)
+from batchtasks.core.exceptions import UnknownTaskType
+from batchtasks.core.registry import registry
+from batchtasks.core.states import FINAL_STATES
+from tests import django_task_functions as functions
+from tests.conftest import set_limit
+from tests.workers import wait_for
+
+FUNCTIONS = ("add", "explode", "stamp", "greet", "which_attempt")
+QUEUES = [f"batch.tests.django_task_functions.{name}" for name in FUNCTIONS]
+
+
+def finished(result):
+    """Wait until the task is final, then refresh ``result`` from the database."""
+    wait_for(lambda: BatchTask.objects.get(pk=int(result.id)).state in FINAL_STATES, 60)
+    result.refresh()
+    return result
+
+
+def test_a_task_function_is_a_batch_task_type_named_by_its_module_path() -> None:
+    spec = registry.get("tests.django_task_functions.add")
+
+    assert spec.plugin.django_task.func is functions.add.func
+    assert spec.definition_values()["queue"] == "batch.tests.django_task_functions.add"
+
+
+@pytest.mark.django_db
+def test_enqueue_stores_a_waiting_task_with_the_arguments() -> None:
+    result = functions.add.enqueue(2, b=3)
+
+    row = BatchTask.objects.get(pk=int(result.id))
+    assert result.status == TaskResultStatus.READY
+    assert row.type_name == "tests.django_task_functions.add"
+    assert row.params == {"args": [2], "kwargs": {"b": 3}}
+    assert (result.args, result.kwargs) == ([2], {"b": 3})
+    assert functions.add.get_result(result.id).status == TaskResultStatus.READY
+
+
+@pytest.mark.django_db
+def test_enqueue_and_get_result_work_from_async_code() -> None:
+    async def enqueue_and_read():
+        result = await functions.add.aenqueue(1, 2)
+        return await functions.add.aget_result(result.id)
+
+    fetched = async_to_sync(enqueue_and_read)()
+
+    assert (fetched.status, fetched.args) == (TaskResultStatus.READY, [1, 2])
+
+
+@pytest.mark.django_db
+def test_enqueue_sends_djangos_task_enqueued_signal() -> None:
+    seen = []
+
+    def receive(sender, task_result, **kwargs):
+        seen.append(task_result.id)
+
+    task_enqueued.connect(receive)
+    try:
+        result = functions.add.enqueue(1, 2)
+    finally:
+        task_enqueued.disconnect(receive)
+
+    assert seen == [result.id]
+
+
+@pytest.mark.django_db
+def test_arguments_that_are_not_json_are_refused_before_anything_is_stored() -> None:
+    with pytest.raises(TypeError):
+        functions.add.enqueue(object(), 1)
+
+    assert not BatchTask.objects.exists()
+
+
+def test_a_naive_run_after_is_refused_with_djangos_error() -> None:
+    with pytest.raises(InvalidTask, match="aware"):
+        functions.add.using(run_after=timezone.now().replace(tzinfo=None))
+
+
+@pytest.mark.django_db
+def test_an_unknown_result_id_does_not_exist() -> None:
+    with pytest.raises(TaskResultDoesNotExist):
+        functions.add.get_result("123456789")
+    with pytest.raises(TaskResultDoesNotExist):
+        functions.add.get_result("not-a-number")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("state", "status"),
+    [
+        (TaskState.NEW, TaskResultStatus.READY),
+        (TaskState.QUEUED, TaskResultStatus.READY),
+        (TaskState.RUNNING, TaskResultStatus.RUNNING),
+        (TaskState.SUCCEEDED, TaskResultStatus.SUCCESSFUL),
+        (TaskState.FAILED, TaskResultStatus.FAILED),
+        (TaskState.CANCELLED, TaskResultStatus.FAILED),
+        (TaskState.SKIPPED, TaskResultStatus.FAILED),
+    ],
+)
+def test_each_batch_state_shows_as_a_django_status(state: str, status: str) -> None:
+    result = functions.add.enqueue(1, 1)
+    BatchTask.objects.filter(pk=int(result.id)).update(state=state)
+
+    result.refresh()
+
+    assert result.status == status
+
+
+@pytest.mark.worker
+def test_an_enqueued_function_runs_and_its_result_becomes_successful(start_worker) -> None:
+    start_worker(queues=QUEUES)
+    result = functions.add.enqueue(2, 3)
+    assert result.status == TaskResultStatus.READY
+
+    finished(result)
+
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.return_value == 5
+    assert result.errors == []
+    assert result.attempts == 1 and result.worker_ids[0].startswith("w1@")
+    assert result.enqueued_at <= result.started_at <= result.finished_at
+
+
+@pytest.mark.worker
+def test_the_worker_sends_djangos_started_and_finished_signals(start_worker, media_root) -> None:
+    start_worker(queues=QUEUES)
+    ok, bad = functions.add.enqueue(1, 1), functions.explode.enqueue("no")
+
+    finished(ok), finished(bad)
+
+    notes = (media_root / "django-task-signals").read_text().splitlines()
+    assert sorted(notes) == sorted(
+        [
+            f"started {ok.id} RUNNING",
+            f"finished {ok.id} SUCCESSFUL",
+            f"started {bad.id} RUNNING",
+            f"finished {bad.id} FAILED",
+        ]
+    )
+
+
+@pytest.mark.worker
+def test_a_raising_function_fails_with_its_exception_class_path(start_worker) -> None:
+    start_worker(queues=QUEUES)
+    result = functions.explode.enqueue("the printer is on fire")
+
+    finished(result)
+
+    assert result.status == TaskResultStatus.FAILED
+    (error,) = result.errors
+    assert error.exception_class is functions.PrinterOnFire
+    assert "the printer is on fire" in error.traceback
+    with pytest.raises(ValueError, match="failed"):
+        result.return_value  # noqa: B018
+
+
+@pytest.mark.worker
+def test_an_async_function_runs(start_worker) -> None:
+    start_worker(queues=QUEUES)
+    result = functions.greet.enqueue("Ada")
+
+    finished(result)
+
+    assert result.return_value == "Hello, Ada!"
+
+
+@pytest.mark.worker
+def test_a_function_taking_context_sees_its_attempt(start_worker) -> None:
+    start_worker(queues=QUEUES)
+    result = functions.which_attempt.enqueue()
+
+    finished(result)
+
+    assert result.return_value == 1
+
+
+@pytest.mark.worker
+def test_a_deferred_function_does_not_run_before_run_after(start_worker) -> None:
+    start_worker(queues=QUEUES)
+    run_after = timezone.now() + timedelta(seconds=2)
+    result = functions.stamp.using(run_after=run_after).enqueue()
+
+    finished(result)
+
+    assert result.return_value >= run_after.timestamp()
+    assert result.started_at >= run_after
+
+
+@pytest.mark.worker
+def test_a_higher_priority_function_overtakes_waiting_ones(start_worker) -> None:
+    set_limit("tests.django_task_functions.stamp", 1)  # one at a time: the rest wait in line
+    low = [functions.stamp.using(priority=-10).enqueue() for _ in range(3)]
+    high = functions.stamp.using(priority=50).enqueue()
+    start_worker(queues=QUEUES)
+
+    for result in [*low, high]:
+        finished(result)
+
+    # The first was admitted at once; the high one is next, before the other two.
+    assert low[0].return_value < high.return_value < min(r.return_value for r in low[1:])
+
+
+@pytest.fixture
+def forgotten_functions():
+    """The test functions' module as a worker that never imported it sees it."""
+    saved = sys.modules.pop("tests.django_task_functions")
+    for name in FUNCTIONS:
+        registry.unregister(f"tests.django_task_functions.{name}")
+    yield
+    sys.modules["tests.django_task_functions"] = saved
+    for name in FUNCTIONS:
+        register(getattr(functions, name))
+
+
+@override_settings(INSTALLED_APPS=[*settings.INSTALLED_APPS, "tests"])
+def test_an_unknown_function_type_of_an_installed_app_is_found_by_importing_it(
+    forgotten_functions,
+) -> None:
+    spec = registry.get("tests.django_task_functions.add")
+
+    assert spec.plugin.django_task.module_path == "tests.django_task_functions.add"
+
+
+def test_an_unknown_function_type_outside_the_installed_apps_stays_unknown(
+    forgotten_functions,
+) -> None:
+    with pytest.raises(UnknownTaskType):
+        registry.get("tests.django_task_functions.add")
+
+    assert "tests.django_task_functions" not in sys.modules

@@ -21,7 +21,7 @@ from django.template import Context, TemplateDoesNotExist, TemplateSyntaxError, 
 from django.template.loader import get_template
 
 from batchtasks import BatchTaskPlugin, Priority, batchtask
-from batchtasks.core.exceptions import PermanentFailure
+from batchtasks.core.exceptions import InvalidParameters, PermanentFailure
 
 TEMPLATE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 PARAMS = ("template", "recipients", "users", "context", "batch_size", "from_email")
@@ -62,55 +62,80 @@ class Merge:
         return [Recipient(u.email, {"user": u}) for u in users.order_by("pk")]
 
 
-def _fail(message: str) -> PermanentFailure:
-    return PermanentFailure(f"mail.merge: {message}")
+class BadParameter(PermanentFailure):
+    """A parameter of a mail merge is wrong (``field`` names it): never retried."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _fail(message: str, field: str | None = None) -> PermanentFailure:
+    """A failure never retried; with ``field``, a bad parameter (refused at submit)."""
+    text = f"mail.merge: {message}"
+    return PermanentFailure(text) if field is None else BadParameter(text, field)
 
 
 def _recipient(index: int, entry: Any) -> Recipient:
     if not isinstance(entry, dict) or not isinstance(entry.get("email"), str):
-        raise _fail(f"recipients[{index}] must be an object with an 'email' string, not {entry!r}.")
+        raise _fail(
+            f"recipients[{index}] must be an object with an 'email' string, not {entry!r}.",
+            f"recipients[{index}]",
+        )
     context = entry.get("context", {})
     if not isinstance(context, dict):
-        raise _fail(f"recipients[{index}]['context'] must be an object, not {context!r}.")
+        raise _fail(
+            f"recipients[{index}]['context'] must be an object, not {context!r}.",
+            f"recipients[{index}].context",
+        )
     return Recipient(entry["email"].strip(), context)
 
 
 def _recipients(params: dict[str, Any]) -> list[Recipient] | None:
     if ("recipients" in params) == ("users" in params):
-        raise _fail("give exactly one of 'recipients' (a list) and 'users' (a user set name).")
+        raise _fail(
+            "give exactly one of 'recipients' (a list) and 'users' (a user set name).",
+            "recipients",
+        )
     if "users" in params:
         if params["users"] not in USER_SETS:
-            raise _fail(f"users={params['users']!r} must be one of {sorted(USER_SETS)}.")
+            raise _fail(f"users={params['users']!r} must be one of {sorted(USER_SETS)}.", "users")
         return None
     entries = params["recipients"]
     if not isinstance(entries, list) or not entries:
-        raise _fail("recipients must be a non-empty list of {'email': …, 'context': {…}}.")
+        raise _fail(
+            "recipients must be a non-empty list of {'email': …, 'context': {…}}.", "recipients"
+        )
     return [_recipient(i, entry) for i, entry in enumerate(entries)]
 
 
 def _from_email(value: Any) -> str:
     address = settings.DEFAULT_FROM_EMAIL if value is None else value
     if not isinstance(address, str) or "\n" in address or "\r" in address:
-        raise _fail(f"from_email={value!r} must be one line of text.")
+        raise _fail(f"from_email={value!r} must be one line of text.", "from_email")
     try:
         validate_email(parseaddr(address)[1])
     except ValidationError:
-        raise _fail(f"from_email={address!r} is not an email address.") from None
+        raise _fail(f"from_email={address!r} is not an email address.", "from_email") from None
     return address
 
 
 def parse_params(params: Any) -> Merge:
     """Check the parameters; anything wrong raises ``PermanentFailure`` (never retried)."""
     if not isinstance(params, dict):
-        raise _fail(f"parameters must be an object, not {params!r}.")
+        raise _fail(f"parameters must be an object, not {params!r}.", "")
     unknown = sorted(set(params) - set(PARAMS))
     if unknown:
-        raise _fail(f"unknown parameter(s) {unknown}; the parameters are {', '.join(PARAMS)}.")
+        raise _fail(
+            f"unknown parameter(s) {unknown}; the parameters are {', '.join(PARAMS)}.",
+            str(unknown[0]),
+        )
     template = params.get("template")
     if not isinstance(template, str) or not TEMPLATE_NAME.match(template):
         raise _fail(
             f"template={template!r} must be the name of a mail template (lower-case letters, "
-            "digits, - and _), as 'welcome' for mail/welcome.txt."
+            "digits, - and _), as 'welcome' for mail/welcome.txt.",
+            "template",
         )
     batch_size = params.get("batch_size", 50)
     if (
@@ -118,10 +143,13 @@ def parse_params(params: Any) -> Merge:
         or isinstance(batch_size, bool)
         or not 1 <= batch_size <= MAX_BATCH_SIZE
     ):
-        raise _fail(f"batch_size={batch_size!r} must be an integer from 1 to {MAX_BATCH_SIZE}.")
+        raise _fail(
+            f"batch_size={batch_size!r} must be an integer from 1 to {MAX_BATCH_SIZE}.",
+            "batch_size",
+        )
     context = params.get("context", {})
     if not isinstance(context, dict):
-        raise _fail(f"context must be an object, not {context!r}.")
+        raise _fail(f"context must be an object, not {context!r}.", "context")
     recipients = _recipients(params)
     users = None if recipients is not None else params["users"]
     return Merge(
@@ -313,6 +341,14 @@ class MailMerge(BatchTaskPlugin):
     ``already_sent``: a recipient gets the mail twice only if the worker died between
     the mail server taking the mail and the next line of the journal being written.
     """
+
+    @classmethod
+    def validate_params(cls, params: Any) -> None:
+        """Refuse bad parameters at submit, before anything is written."""
+        try:
+            parse_params(params)
+        except BadParameter as exc:
+            raise InvalidParameters(str(exc), fields={exc.field: str(exc)}) from None
 
     def run(self, params: Any) -> dict[str, Any]:
         merge = parse_params(params)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,15 @@ CHUNK = 500
 class UsersCsv(BatchTaskPlugin):
     """Write the users (optionally only active ones) to a CSV file under MEDIA_ROOT."""
 
+    @dataclass
+    class Params:
+        #: Only active (true) or only inactive (false) users; all when absent or null.
+        active: bool | None = None
+
     def run(self, params: dict[str, Any]) -> dict[str, Any]:
         users = get_user_model().objects.order_by("pk")
         if params.get("active") is not None:
-            users = users.filter(is_active=bool(params["active"]))
+            users = users.filter(is_active=params["active"])
         total = users.count()
         folder = Path(settings.MEDIA_ROOT) / "batchtasks" / "reports"
         folder.mkdir(parents=True, exist_ok=True)

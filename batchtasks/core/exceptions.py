@@ -24,7 +24,13 @@ class InvalidTaskOption(BatchTasksError, ValueError):
 
 
 class InvalidParameters(BatchTasksError, ValueError):
-    """Raised when task parameters cannot be encoded or exceed the size limit."""
+    """Raised when task parameters cannot be encoded, exceed the size limit, or do not
+    match what their type declares (``fields`` then names each bad field)."""
+
+    def __init__(self, message: str, *, fields: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        #: What is wrong with each parameter, by name (empty when no field is to blame).
+        self.fields: dict[str, str] = dict(fields or {})
 
 
 class TaskTypeDisabled(BatchTasksError):
@@ -45,6 +51,11 @@ class ResultNotSerializable(BatchTasksError, TypeError):
 
 class ResultTooLarge(BatchTasksError, ValueError):
     """Raised when a plugin's result is larger than ``BATCHTASKS['MAX_RESULT_BYTES']``."""
+
+
+class TaskSkipped(BatchTasksError):
+    """Recorded as the error of a task that a newer one with its unique key superseded
+    (``on_conflict="supersede"``) before it ran; never raised in a plugin."""
 
 
 class TaskStopped(TaskCancelled):

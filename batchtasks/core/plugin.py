@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Protocol
 from django.utils.functional import cached_property
 
 from .exceptions import ConfigurationError, TaskCancelled
+from .params import check_declared
 
 
 class TaskContext(Protocol):
@@ -59,6 +60,20 @@ class BatchTaskPlugin:
     #: Exceptions after which a failed attempt runs again (while attempts remain);
     #: ``PermanentFailure`` never does.
     retry_on: ClassVar[tuple[type[BaseException], ...]] = (Exception,)
+    #: A dataclass declaring the parameters (``None``: any JSON is accepted). Submits
+    #: whose parameters do not fit raise ``InvalidParameters`` before anything is written.
+    Params: ClassVar[type | None] = None
+
+    @classmethod
+    def validate_params(cls, params: Any) -> None:
+        """Check parameters at submit; raise ``InvalidParameters(message, fields={...})``.
+
+        Checks them against ``Params`` when the type declares it. Override it for more
+        (call ``super().validate_params(params)`` to keep that check); it runs in the
+        submitting process, before anything is written.
+        """
+        if cls.Params is not None:
+            check_declared(cls.Params, params, type_name=cls.type_name)
 
     def __init__(self, context: TaskContext | None = None) -> None:
         self.context: TaskContext = context if context is not None else LocalContext()

@@ -12,6 +12,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .exceptions import ConfigurationError, DuplicateTaskType, InvalidTaskOption, UnknownTaskType
+from .params import check_params_class
 from .states import PRIORITY_MAX, PRIORITY_MIN, Isolation, Priority
 
 if TYPE_CHECKING:
@@ -325,6 +326,8 @@ def batchtask(
         if cls.run is BatchTaskPlugin.run:
             raise InvalidTaskOption(f"{_qualname(cls)} must override run(self, params).")
         _check_executor(name, cls, clean.get("isolation"))
+        if cls.Params is not None:
+            check_params_class(cls.Params, name)
         cls.type_name = name
         registry.register(
             TaskTypeSpec(name=name, plugin=cls, options=clean, web=web, webhook=webhook)

@@ -2,6 +2,8 @@
 and the workers that run them."""
 
 from .definitions import BatchQueue, BatchTaskDefinition
+from .groups import GroupStatus, TaskGroup
+from .queries import BatchTaskQuerySet
 from .records import BatchTaskAttempt, BatchTaskParameters
 from .tasks import BatchTask, TaskError, TaskOperations, install_operations, operations
 from .workers import BatchWorker, WorkerState
@@ -12,8 +14,11 @@ __all__ = [
     "BatchTaskAttempt",
     "BatchTaskDefinition",
     "BatchTaskParameters",
+    "BatchTaskQuerySet",
     "BatchWorker",
+    "GroupStatus",
     "TaskError",
+    "TaskGroup",
     "TaskOperations",
     "WorkerState",
     "install_operations",

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
-from django.db import models
+from django.db import models, router
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.functional import cached_property
@@ -27,6 +28,9 @@ from ..core.states import (
     TaskState,
 )
 from .definitions import PRIORITY_VALIDATORS, BatchTaskDefinition
+from .groups import TaskGroup
+from .queries import BatchTaskQuerySet
+from .waiting import await_until, refuse_in_transaction, wait_until
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,10 @@ class BatchTask(models.Model):
     # The last change a user could see (state, progress, priority, a cancel request);
     # lease renewals and re-publishing leave it alone. The API's ``since`` filter.
     updated_at = models.DateTimeField(_("updated"), default=timezone.now, editable=False)
+    # The tasks of one submit_many share it (TaskGroup); NULL for tasks submitted alone.
+    group_id = models.UUIDField(_("group"), null=True, blank=True, editable=False)
+
+    objects = BatchTaskQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("batch task")
@@ -167,6 +175,12 @@ class BatchTask(models.Model):
                 fields=["finished_at", "definition", "state"],
                 name="batchtask_finished_idx",
                 condition=Q(state__in=list(FINAL_STATES)),
+            ),
+            # The tasks of a group (TaskGroup).
+            models.Index(
+                fields=["group_id"],
+                name="batchtask_group_idx",
+                condition=Q(group_id__isnull=False),
             ),
             # Finalizers due (the sweeper's pick).
             models.Index(
@@ -269,8 +283,12 @@ class BatchTask(models.Model):
         run_after: datetime | timedelta | None = None,
         fairness_key: str | None = None,
         using: str | None = None,
-    ) -> list[BatchTask]:
-        """Save one task per parameter set in one transaction; dispatched after commit."""
+    ) -> TaskGroup:
+        """Save one task per parameter set in one transaction; dispatched after commit.
+
+        Returns them as a ``TaskGroup`` (a list with a group id, aggregate progress and
+        state counts, and ``wait()``).
+        """
         return operations().submit_many(
             type_name,
             params_list,
@@ -281,6 +299,29 @@ class BatchTask(models.Model):
             fairness_key=fairness_key,
             using=using,
         )
+
+    def wait(self, timeout: float | None = None) -> BatchTask:
+        """Block until the task is final and return it, reloaded; ``TimeoutError`` after
+        ``timeout`` seconds. Not inside the transaction that submitted it."""
+        if not self._reload_final():
+            refuse_in_transaction(self._db_for_wait(), f"Task {self.pk}")
+            wait_until(self._reload_final, timeout, f"Task {self.pk}")
+        return self
+
+    async def wait_async(self, timeout: float | None = None) -> BatchTask:
+        """``wait`` for async code: the event loop is not blocked while it waits."""
+        reload_final = sync_to_async(self._reload_final)
+        if not await reload_final():
+            await sync_to_async(refuse_in_transaction)(self._db_for_wait(), f"Task {self.pk}")
+            await await_until(reload_final, timeout, f"Task {self.pk}")
+        return self
+
+    def _db_for_wait(self) -> str:
+        return self._state.db or router.db_for_write(BatchTask, instance=self)
+
+    def _reload_final(self) -> bool:
+        self.refresh_from_db(using=self._db_for_wait())
+        return self.state in FINAL_STATES
 
     def cancel(self) -> bool:
         """Cancel a waiting task at once, or ask a running one to stop; True if it applied."""
@@ -305,7 +346,7 @@ class TaskOperations(Protocol):
 
     def submit_many(
         self, type_name: str, params_list: Iterable[Any], **options: Any
-    ) -> list[BatchTask]: ...
+    ) -> TaskGroup: ...
 
     def cancel(self, task: BatchTask) -> bool: ...
 

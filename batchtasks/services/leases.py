@@ -20,6 +20,7 @@ from .. import transitions
 from ..core.retries import retry_delay
 from ..core.states import AttemptOutcome, TaskState
 from ..db.sql import Clock, Tables
+from . import events
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class HeldAttempt:
     lost_runs: int
     retry_backoff: int
     retry_backoff_max: int
+    type_name: str = ""
 
     @property
     def fence(self) -> transitions.Fence:
@@ -59,7 +61,8 @@ def _held(where: str, params: list[Any], using: str, limit: int = 1000) -> list[
     sql = (
         "SELECT t.id, t.attempt, t.worker, t.worker_instance, t.worker_pid, t.queue, "
         f"{overran}, d.timeout, t.cancel_requested, t.lost_runs, d.retry_backoff, "
-        f"d.retry_backoff_max FROM {t.task} t JOIN {t.definition} d ON d.id = t.definition_id "
+        f"d.retry_backoff_max, d.name "
+        f"FROM {t.task} t JOIN {t.definition} d ON d.id = t.definition_id "
         f"WHERE t.state = '{TaskState.RUNNING}' AND {where} ORDER BY t.id LIMIT %s"
     )
     with connection.cursor() as cursor:
@@ -79,6 +82,7 @@ def _held(where: str, params: list[Any], using: str, limit: int = 1000) -> list[
             lost_runs=row[9],
             retry_backoff=row[10],
             retry_backoff_max=row[11],
+            type_name=row[12],
         )
         for row in rows
     ]
@@ -177,4 +181,6 @@ def lose(
             error_type,
             ended.state,
         )
+        if not ended.runs_again:
+            events.finished(held.task_id, held.type_name, using=using)
     return ended

@@ -9,7 +9,8 @@ from typing import Any
 from django.db import router
 
 from .. import transitions
-from ..models import BatchTask
+from ..models import BatchTask, TaskGroup
+from . import events
 from . import submit as submitting
 from .dispatch import dispatch_on_commit
 from .validation import check_priority
@@ -25,9 +26,7 @@ class Operations:
     def submit(self, type_name: str, params: Any = None, **options: Any) -> BatchTask:
         return submitting.submit(type_name, params, **options)
 
-    def submit_many(
-        self, type_name: str, params_list: Iterable[Any], **options: Any
-    ) -> list[BatchTask]:
+    def submit_many(self, type_name: str, params_list: Iterable[Any], **options: Any) -> TaskGroup:
         return submitting.submit_many(type_name, params_list, **options)
 
     def cancel(self, task: BatchTask) -> bool:
@@ -35,6 +34,8 @@ class Operations:
         done = transitions.cancel(task.pk, using=db)
         if done.freed_queue:
             dispatch_on_commit(done.freed_queue, using=db)
+        if done.ended:
+            events.finished(task.pk, task.definition.name, using=db)
         task.refresh_from_db(fields=["state", "cancel_requested", "finished_at"])
         return done.applied
 

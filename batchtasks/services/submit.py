@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,11 +14,12 @@ from django.db import IntegrityError, connections, router, transaction
 from .. import transitions
 from ..core.codecs import Encoded, encode
 from ..core.conf import get_settings
-from ..core.exceptions import InvalidTaskOption, TaskTypeDisabled
+from ..core.exceptions import InvalidParameters, InvalidTaskOption, TaskTypeDisabled
 from ..core.registry import registry
 from ..core.states import IN_FLIGHT_STATES, UNFINISHED_STATES, TaskState
 from ..db.sql import Clock, as_datetime, states_sql
-from ..models import BatchQueue, BatchTask, BatchTaskDefinition, BatchTaskParameters
+from ..models import BatchQueue, BatchTask, BatchTaskDefinition, BatchTaskParameters, TaskGroup
+from . import events
 from .bulk import insert_task, insert_tasks
 from .definitions import get_definition
 from .dispatch import dispatch_on_commit, publish_on_commit, run_of
@@ -221,6 +223,21 @@ def _line_sql(connection: Any) -> str:
     )
 
 
+def _checked(type_name: str, params: Any, *, index: int | None = None) -> Encoded:
+    """``params`` checked by the type's plugin, then encoded; ``InvalidParameters`` if not."""
+    params = {} if params is None else params
+    try:
+        registry.get(type_name).plugin.validate_params(params)
+    except InvalidParameters as exc:
+        if index is None:
+            raise
+        fields = {
+            f"[{index}].{name}" if name else f"[{index}]": why for name, why in exc.fields.items()
+        }
+        raise InvalidParameters(f"Parameter set {index}: {exc}", fields=fields) from None
+    return encode(params, type_name=type_name, limit=get_settings().MAX_PARAMS_BYTES)
+
+
 def _parameters(task: BatchTask, encoded: Encoded) -> BatchTaskParameters:
     return BatchTaskParameters(task=task, data=encoded.data, codec=encoded.codec, size=encoded.size)
 
@@ -245,11 +262,7 @@ def submit(
             f"on_conflict={on_conflict!r} must be one of {ON_CONFLICT}: 'return' gives back the "
             "unfinished task with the same unique_key, 'supersede' skips it if it is waiting."
         )
-    encoded = encode(
-        {} if params is None else params,
-        type_name=type_name,
-        limit=get_settings().MAX_PARAMS_BYTES,
-    )
+    encoded = _checked(type_name, params)
     request = _prepare(
         type_name,
         owner=owner,
@@ -269,6 +282,7 @@ def submit(
             if existing is not None:
                 return existing
             _parameters(task, encoded).save(using=request.db, force_insert=True)
+    events.submitted([task], type_name)
     _after_insert([task], request)
     return task
 
@@ -294,8 +308,10 @@ def _insert_unique(task: BatchTask, request: Request, *, supersede: bool) -> Bat
     assert key is not None
     for _ in range(3):
         if supersede:
-            for queue in transitions.skip_waiting(request.definition.pk, key, using=db):
+            skipped = transitions.skip_waiting(request.definition.pk, key, using=db)
+            for queue in {queue for _, queue in skipped if queue}:
                 dispatch_on_commit(queue, using=db)
+            events.finished_many([(pk, request.definition.name) for pk, _ in skipped], using=db)
         try:
             with transaction.atomic(using=db):
                 task.save(using=db, force_insert=True)
@@ -335,17 +351,15 @@ def submit_many(
     run_after: Any = None,
     fairness_key: Any = None,
     using: str | None = None,
-) -> list[BatchTask]:
-    """Insert one task per parameter set in bulk; publish after the transaction commits."""
+) -> TaskGroup:
+    """Insert one task per parameter set in bulk, as one group; publish after the
+    transaction commits."""
     if isinstance(params_list, dict | str | bytes):
         raise InvalidTaskOption(
             "submit_many takes a list of parameter sets, not a single "
             f"{type(params_list).__name__}; use submit() for one task."
         )
-    limit = get_settings().MAX_PARAMS_BYTES
-    encoded = [
-        encode({} if p is None else p, type_name=type_name, limit=limit) for p in params_list
-    ]
+    encoded = [_checked(type_name, p, index=i) for i, p in enumerate(params_list)]
     request = _prepare(
         type_name,
         owner=owner,
@@ -355,12 +369,15 @@ def submit_many(
         fairness_key=fairness_key,
         using=using,
     )
+    group_id = uuid.uuid4()
     if not encoded:
-        return []
+        return TaskGroup(group_id, using=request.db)
     with transaction.atomic(using=request.db, savepoint=False):
         first = request.first_round
         template = request.new_task(first, queued=request.admit_at_once(len(encoded)))
+        template.group_id = group_id
         tasks = [_copy_with_round(template, first + i) for i in range(len(encoded))]
         insert_tasks(tasks, encoded, using=request.db)
+    events.submitted(tasks, type_name)
     _after_insert(tasks, request)
-    return tasks
+    return TaskGroup(group_id, tasks, using=request.db)

@@ -95,10 +95,10 @@ def set_priority(task_id: int, priority: int, *, using: str) -> bool:
         return cursor.rowcount == 1
 
 
-def skip_waiting(definition_id: int, unique_key: str, *, using: str) -> list[str]:
+def skip_waiting(definition_id: int, unique_key: str, *, using: str) -> list[tuple[int, str]]:
     """Mark the waiting tasks of a type with ``unique_key`` skipped (superseded), and due
-    for the type's finalizers (see ``finalize_marks``); return the queues of those that
-    held a slot."""
+    for the type's finalizers (see ``finalize_marks``); return their ids and queues (a
+    queue is ``""`` unless the task held a slot in it)."""
     connection = connections[using]
     t, clock = Tables(connection), Clock(connection)
     marks = finalize_marks("TRUE", t, clock)
@@ -107,10 +107,10 @@ def skip_waiting(definition_id: int, unique_key: str, *, using: str) -> list[str
             f"UPDATE {t.task} SET state = '{TaskState.SKIPPED}', finished_at = {clock.now}, "
             f"updated_at = {clock.now}{marks} "
             "WHERE definition_id = %s AND unique_key = %s "
-            f"AND state IN ({states_sql(*WRITES['skip'].sources)}) RETURNING queue",
+            f"AND state IN ({states_sql(*WRITES['skip'].sources)}) RETURNING id, queue",
             [definition_id, unique_key],
         )
-        return [row[0] for row in cursor.fetchall() if row[0]]
+        return [(row[0], row[1] or "") for row in cursor.fetchall()]
 
 
 def delete_tasks(ids: list[int], *, using: str) -> int:

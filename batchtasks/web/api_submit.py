@@ -185,6 +185,9 @@ def _params_problem(exc: InvalidParameters, submission: Submission) -> Problem:
     size = len(json.dumps(submission.params, ensure_ascii=False, separators=(",", ":")).encode())
     if size > get_settings().MAX_PARAMS_BYTES:
         return Problem("params-too-large", str(exc))
+    if exc.fields:  # the type's declared parameters: one error per bad field
+        fields = [FieldError(f"params.{k}" if k else "params", v) for k, v in exc.fields.items()]
+        return Problem("invalid-request", str(exc), fields)
     return Problem("invalid-request", str(exc), [FieldError("params", str(exc))])
 
 

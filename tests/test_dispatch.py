@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,7 +10,6 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 from django.contrib.auth import get_user_model
 from django.db import OperationalError, connection, connections, transaction
 from django.utils import timezone
@@ -21,6 +19,7 @@ from batchtasks.core.states import AttemptOutcome
 from batchtasks.models import BatchQueue, BatchTaskDefinition
 from batchtasks.services.definitions import get_definition
 from batchtasks.services.dispatch import dispatch_queue
+from batchtasks.transport.depth import queue_depth
 from tests.conftest import broker_at, purge_queues, set_limit
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -46,9 +45,8 @@ def _empty_queues() -> None:
 
 
 def broker_depth(queue: str) -> int:
-    """Messages waiting in the real broker (kombu keeps a Redis list per queue)."""
-    client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    return int(client.llen(os.environ["BATCHTASKS_REDIS_PREFIX"] + queue))
+    """Messages waiting in the real broker (Redis or RabbitMQ)."""
+    return queue_depth(queue)
 
 
 def states(*tasks: BatchTask) -> list[str]:
@@ -333,3 +331,16 @@ def connections_settings(databases: dict) -> Iterator[None]:
         yield
     finally:
         connections.settings = saved
+
+
+@pytest.mark.django_db
+def test_a_limited_submit_is_dispatched_when_a_test_runs_the_commit_callbacks(
+    django_capture_on_commit_callbacks,
+) -> None:
+    set_limit("examples.noop", 2)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        task = BatchTask.submit("examples.noop")
+
+    task.refresh_from_db()
+    assert task.state == TaskState.QUEUED

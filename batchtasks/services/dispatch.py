@@ -79,13 +79,19 @@ def _after_commit(queue: str, using: str, token: int) -> None:
     # started after this one was registered has already seen its task.
     if _last_pass().get((using, queue), -1) > token:
         return
-    dispatch_queue(queue, using=using)
+    # Django runs commit callbacks outside any transaction, except when a test runs them
+    # inside its own (captureOnCommitCallbacks(execute=True)): pass there, or this
+    # callback would defer itself again for ever.
+    dispatch_queue(queue, using=using, defer_in_transaction=False)
 
 
-def dispatch_queue(queue: str, *, using: str | None = None) -> int:
-    """Run one pass for ``queue`` and publish what it admitted; return how many."""
+def dispatch_queue(
+    queue: str, *, using: str | None = None, defer_in_transaction: bool = True
+) -> int:
+    """Run one pass for ``queue`` and publish what it admitted; return how many. Inside a
+    transaction the pass waits for its commit (unless ``defer_in_transaction`` is off)."""
     caller = using or router.db_for_write(BatchTask)
-    if connections[caller].in_atomic_block:
+    if defer_in_transaction and connections[caller].in_atomic_block:
         dispatch_on_commit(queue, using=caller)
         return 0
     db = state_db(caller)
@@ -132,6 +138,7 @@ class QueueType:
     enabled: bool
     timeout: int | None
     soft_timeout: int | None
+    name: str = ""
 
 
 def _lock_queue(queue: str, db: str) -> tuple[int | None, list[QueueType]] | None:
@@ -146,7 +153,7 @@ def _lock_queue(queue: str, db: str) -> tuple[int | None, list[QueueType]] | Non
             cursor.execute(f"UPDATE {q} SET name = name WHERE name = %s", [queue])
     sql = (
         "SELECT q.max_concurrency, d.id, d.max_concurrency, d.enabled, d.timeout, "
-        f"d.soft_timeout FROM {q} q LEFT JOIN {d} d ON d.queue = q.name "
+        f"d.soft_timeout, d.name FROM {q} q LEFT JOIN {d} d ON d.queue = q.name "
         f"WHERE q.name = %s ORDER BY d.id{lock}"
     )
     with connection.cursor() as cursor:
@@ -155,7 +162,7 @@ def _lock_queue(queue: str, db: str) -> tuple[int | None, list[QueueType]] | Non
     if not rows:
         return None
     types = [
-        QueueType(row[1], row[2], bool(row[3]), row[4], row[5])
+        QueueType(row[1], row[2], bool(row[3]), row[4], row[5], row[6])
         for row in rows
         if row[1] is not None
     ]
@@ -226,8 +233,8 @@ def _admit(queue: str, db: str) -> list[Run]:
 
 
 def run_of(task_id: int, attempt: int, row: Any) -> Run:
-    """The message for an attempt, with the time limits of its type."""
-    return Run(task_id, attempt, row.timeout, row.soft_timeout)
+    """The message for an attempt, with the time limits and the name of its type."""
+    return Run(task_id, attempt, row.timeout, row.soft_timeout, row.name)
 
 
 def _merge_candidates(slots: list[TypeSlot], queue_free: int, db: str) -> list[int]:

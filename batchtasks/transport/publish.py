@@ -7,10 +7,16 @@ transport a whole batch is pushed through one pipeline: ``apply_async`` costs ~0
 message here, most of it in building a Redis client per call. The batch path is used
 only when nothing listens to Celery's publish signals (tracing tools do), and falls back
 to one ``send_task`` per message if the transport does not look as expected.
+
+Every path to the broker ends in ``publish``. While ``redirected(receiver)`` is active,
+``receiver(queue, runs)`` gets the runs instead of the broker: the test helpers
+(``batchtasks.testing``) run them in the test's process, or hold them.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from celery import current_app, signals
@@ -37,6 +43,13 @@ class Run(NamedTuple):
     attempt: int
     time_limit: int | None = None
     soft_time_limit: int | None = None
+    #: The task's type, carried for monitors only (Flower, ``celery inspect active``):
+    #: the worker reads the type from the row.
+    type_name: str = ""
+
+    def kwargs(self) -> dict[str, str]:
+        """The message's keyword arguments: the type's name, when known."""
+        return {"type_name": self.type_name} if self.type_name else {}
 
 
 def message_id(task_id: int, attempt: int) -> str:
@@ -53,9 +66,28 @@ def parse_message_id(request_id: str) -> tuple[int, int] | None:
     return int(task_id), int(attempt)
 
 
+#: Where ``publish`` sends runs instead of the broker (``redirected``); ``None``: the broker.
+_receiver: Callable[[str, list[Run]], None] | None = None
+
+
+@contextlib.contextmanager
+def redirected(receiver: Callable[[str, list[Run]], None]) -> Iterator[None]:
+    """Hand every publish to ``receiver(queue, runs)`` instead of the broker while inside
+    (the test helpers); the receiver in force before is back afterwards."""
+    global _receiver
+    previous, _receiver = _receiver, receiver
+    try:
+        yield
+    finally:
+        _receiver = previous
+
+
 def publish(queue: str, tasks: list[Run], *, app: Any = None) -> None:
     """Publish one message per run to ``queue`` (with the current Celery app by default)."""
     if not tasks:
+        return
+    if _receiver is not None:
+        _receiver(queue, list(tasks))
         return
     app = app or current_app
     with app.pool.acquire(block=True) as connection:
@@ -81,7 +113,11 @@ def _publish_pipelined(app: Any, channel: Any, queue: str, tasks: list[Run]) -> 
     first_id = message_id(tasks[0].task_id, tasks[0].attempt)
     # The outcome lives on the BatchTask row: the result backend must not store it again.
     headers, properties, body, _ = app.amqp.as_task_v2(
-        first_id, RUN_TASK_NAME, (tasks[0].task_id, tasks[0].attempt), {}, ignore_result=True
+        first_id,
+        RUN_TASK_NAME,
+        (tasks[0].task_id, tasks[0].attempt),
+        tasks[0].kwargs(),
+        ignore_result=True,
     )
     properties = dict(properties, delivery_mode=DELIVERY_PERSISTENT)
     embed = body[2]
@@ -94,10 +130,11 @@ def _publish_pipelined(app: Any, channel: Any, queue: str, tasks: list[Run]) -> 
             id=mid,
             root_id=mid,
             argsrepr=f"({run.task_id}, {run.attempt})",
+            kwargsrepr=repr(run.kwargs()),
             timelimit=[run.time_limit, run.soft_time_limit],
         )
         message = channel.prepare_message(
-            dumps([[run.task_id, run.attempt], {}, embed]),
+            dumps([[run.task_id, run.attempt], run.kwargs(), embed]),
             0,
             CONTENT_TYPE,
             "utf-8",
@@ -116,6 +153,7 @@ def _publish_each(app: Any, queue: str, tasks: list[Run]) -> None:
             app.send_task(
                 RUN_TASK_NAME,
                 (run.task_id, run.attempt),
+                run.kwargs(),
                 queue=queue,
                 routing_key=queue,
                 task_id=message_id(run.task_id, run.attempt),

@@ -53,6 +53,16 @@ def which_attempt(context: Any) -> int:
     return int(context.attempt)
 
 
+@task(takes_context=True)
+def count_to(context: Any, steps: int, pause: float = 0.0) -> int:
+    """Count with progress; stop when cancelled."""
+    for step in range(1, steps + 1):
+        context.check_cancelled()
+        time.sleep(pause)
+        context.progress(step * 100 / steps, f"{step} of {steps}")
+    return steps
+
+
 @receiver(task_started)
 @receiver(task_finished)
 def note_signal(sender: Any, task_result: Any, signal: Any, **kwargs: Any) -> None:

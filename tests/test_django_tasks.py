@@ -26,7 +26,7 @@ from tests import django_task_functions as functions
 from tests.conftest import set_limit
 from tests.workers import wait_for
 
-FUNCTIONS = ("add", "explode", "stamp", "greet", "which_attempt")
+FUNCTIONS = ("add", "explode", "stamp", "greet", "which_attempt", "count_to")
 QUEUES = [f"batch.tests.django_task_functions.{name}" for name in FUNCTIONS]
 
 
@@ -148,7 +148,9 @@ def test_the_worker_sends_djangos_started_and_finished_signals(start_worker, med
 
     finished(ok), finished(bad)
 
-    notes = (media_root / "django-task-signals").read_text().splitlines()
+    # task_finished is sent after the outcome is written: the row is final a moment before.
+    path = media_root / "django-task-signals"
+    notes = wait_for(lambda: len(lines := path.read_text().splitlines()) >= 4 and lines, 60)
     assert sorted(notes) == sorted(
         [
             f"started {ok.id} RUNNING",
@@ -218,6 +220,38 @@ def test_a_higher_priority_function_overtakes_waiting_ones(start_worker) -> None
 
     # The first was admitted at once; the high one is next, before the other two.
     assert low[0].return_value < high.return_value < min(r.return_value for r in low[1:])
+
+
+@pytest.mark.worker
+def test_a_function_reports_progress_and_stops_when_cancelled(start_worker) -> None:
+    start_worker(queues=QUEUES)
+    done = functions.count_to.enqueue(4)
+    slow = functions.count_to.enqueue(10_000, pause=0.05)
+    row = BatchTask.objects.get(pk=int(slow.id))
+    wait_for(lambda: BatchTask.objects.get(pk=row.pk).progress_percent > 0, 60)
+
+    row.cancel()
+
+    finished(done), finished(slow)
+    assert done.return_value == 4
+    assert BatchTask.objects.get(pk=int(done.id)).progress_message == "4 of 4"
+    assert slow.status == TaskResultStatus.FAILED
+    assert BatchTask.objects.get(pk=row.pk).state == TaskState.CANCELLED
+    assert [e.exception_class_path for e in slow.errors] == [
+        "batchtasks.core.exceptions.TaskCancelled"
+    ]
+
+
+@pytest.mark.django_db
+def test_a_task_cancelled_while_waiting_fails_with_an_error_saying_so() -> None:
+    cancelled = functions.add.using(run_after=timezone.now() + timedelta(hours=1)).enqueue(1, 2)
+    BatchTask.objects.get(pk=int(cancelled.id)).cancel()
+
+    cancelled.refresh()
+
+    assert cancelled.status == TaskResultStatus.FAILED
+    (error,) = cancelled.errors
+    assert error.exception_class_path == "batchtasks.core.exceptions.TaskCancelled"
 
 
 @pytest.fixture

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .django_tasks import BatchTasksBackend
+from .django_tasks import BatchTaskContext, BatchTasksBackend
 
-__all__ = ["BatchTasksBackend"]
+__all__ = ["BatchTaskContext", "BatchTasksBackend"]

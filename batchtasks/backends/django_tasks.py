@@ -4,19 +4,25 @@ Configure it with ``TASKS = {"default": {"BACKEND": "batchtasks.backends.BatchTa
 Django 6 ships ``django.tasks``; on Django 5.2 the ``django-tasks`` backport is used.
 
 * Each ``@task`` function is the task type named by its module path
-  (``myapp.tasks.send_report``), registered when the ``Task`` is created (so on import of
-  its module) and again on enqueue. Workers learn it by importing the module: list it in
-  ``BATCHTASKS["PLUGINS"]``.
+  (``myapp.tasks.send_report``), registered when the first ``Task`` of the function is
+  created (on import of its module). Workers learn it by importing the module: list it in
+  ``BATCHTASKS["PLUGINS"]`` (modules of installed apps are also found on first use).
+* Type options in code: ``OPTIONS = {"TYPES": {"myapp.tasks.send_report": {...}}}`` with
+  any ``@batchtask`` option (``max_concurrency``, ``timeout``, ``max_attempts``, ...);
+  ``BATCHTASKS["TYPES"]`` overrides them, the definition row (the admin) decides live.
 * Queues: the ``"default"`` queue name maps to the type's own queue,
   ``batch.<type name>`` (or what ``BATCHTASKS["TYPES"][name]["queue"]`` says); any other
   ``queue_name`` maps to ``batch.<queue_name>``. Both apply when the type's definition row
   is created; afterwards the row (the admin) decides.
 * Priority orders the tasks of a type that wait for the dispatcher (types or queues with
-  a concurrency limit, or a backlog); ``run_after`` holds a task back until then.
+  a concurrency limit, or a backlog); Django's default (0) leaves the type's own priority
+  in force. ``run_after`` holds a task back until then.
 * Statuses: new and queued are ``READY``, running is ``RUNNING``, succeeded is
-  ``SUCCESSFUL``; failed, cancelled and skipped are ``FAILED``.
-* Signals: ``task_enqueued`` is sent on enqueue; ``task_started`` and ``task_finished`` in
-  the worker, around the call of the function (before the outcome is written).
+  ``SUCCESSFUL``; failed, cancelled and skipped are ``FAILED`` (a cancelled or skipped task
+  without an error of its own gets one: ``TaskCancelled`` or ``TaskSkipped``).
+* Signals: ``task_enqueued`` is sent on enqueue; ``task_started`` in the worker once an
+  attempt is claimed; ``task_finished`` once the task is final and its outcome written (in
+  the worker, or where a waiting task was cancelled), not for an attempt that runs again.
 """
 
 from __future__ import annotations
@@ -24,14 +30,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import traceback
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.utils.module_loading import import_string
 
+from .. import signals
 from ..core.conf import get_settings
-from ..core.exceptions import BatchTasksError
+from ..core.exceptions import BatchTasksError, TaskCancelled, TaskSkipped
 from ..core.plugin import BatchTaskPlugin
 from ..core.registry import batchtask, registry
 from ..core.states import TaskState
@@ -44,17 +50,29 @@ FRAMEWORK = "django.tasks" if importlib.util.find_spec("django.tasks") else "dja
 
 if TYPE_CHECKING:
     from django_tasks.backends.base import BaseTaskBackend
-    from django_tasks.base import Task, TaskContext, TaskError, TaskResult, TaskResultStatus
+    from django_tasks.base import (
+        DEFAULT_TASK_PRIORITY,
+        Task,
+        TaskContext,
+        TaskError,
+        TaskResult,
+        TaskResultStatus,
+    )
     from django_tasks.exceptions import TaskResultDoesNotExist
     from django_tasks.signals import task_enqueued, task_finished, task_started
+    from django_tasks.utils import normalize_json
 else:
     _base = importlib.import_module(f"{FRAMEWORK}.base")
     Task, TaskContext, TaskError = _base.Task, _base.TaskContext, _base.TaskError
     TaskResult, TaskResultStatus = _base.TaskResult, _base.TaskResultStatus
+    DEFAULT_TASK_PRIORITY = _base.DEFAULT_TASK_PRIORITY
     BaseTaskBackend = importlib.import_module(f"{FRAMEWORK}.backends.base").BaseTaskBackend
     TaskResultDoesNotExist = importlib.import_module(
         f"{FRAMEWORK}.exceptions"
     ).TaskResultDoesNotExist
+    normalize_json = importlib.import_module(
+        "django.utils.json" if FRAMEWORK == "django.tasks" else "django_tasks.utils"
+    ).normalize_json
     _signals = importlib.import_module(f"{FRAMEWORK}.signals")
     task_enqueued, task_started = _signals.task_enqueued, _signals.task_started
     task_finished = _signals.task_finished
@@ -76,44 +94,64 @@ STATUSES: dict[str, str] = {
 }
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchTaskContext(TaskContext):
+    """Django's task context, plus what a batch task plugin can do while it runs."""
+
+    plugin: BatchTaskPlugin
+
+    def progress(self, percent: float, message: str | None = None) -> None:
+        """Report progress, 0 to 100, with an optional short message (written throttled,
+        fenced by the attempt, shown in the admin, the monitor and the API)."""
+        self.plugin.progress(percent, message)
+
+    def check_cancelled(self) -> None:
+        """Raise ``TaskCancelled`` once a cancel was asked for (the task ends cancelled)."""
+        self.plugin.check_cancelled()
+
+
 class FunctionPlugin(BatchTaskPlugin):
     """Runs a ``django.tasks`` function; one subclass per function."""
 
     django_task: ClassVar[Any]
 
     def run(self, params: Any) -> Any:
-        """Call the function with the enqueued arguments, sending Django's task signals."""
+        """Call the function with the enqueued arguments (an async one in an event loop)."""
         task, args, kwargs = self.django_task, params["args"], params["kwargs"]
-        result = _running_result(self.task_id)
         if task.takes_context:
-            args = [TaskContext(task_result=result), *args]
-        _send(task_started, result)
-        try:
-            value = task.call(*args, **kwargs)
-        except BaseException as exc:
-            _send(task_finished, _finished(result, TaskResultStatus.FAILED, errors=[_error(exc)]))
-            raise
-        _send(task_finished, _finished(result, TaskResultStatus.SUCCESSFUL, value=value))
-        return value
+            result = _result_of(_load(str(self.task_id)))
+            args = [BatchTaskContext(task_result=result, plugin=self), *args]
+        # Django's backends store what normalize_json makes of the value, and fail the task
+        # with its TypeError ("Unsupported type") when it cannot.
+        return normalize_json(task.call(*args, **kwargs))
 
 
-def _running_result(task_id: int | None) -> Any:
-    """The ``TaskResult`` of the row being run, or ``None`` outside a worker."""
-    return None if task_id is None else _result_of(_load(str(task_id)))
+def _send_started(sender: Any, task: BatchTask, **kwargs: Any) -> None:
+    """Django's ``task_started``, from batchtasks' own (sent once the attempt is claimed)."""
+    _send(task_started, _result_of(_load(str(task.pk))))
 
 
-def _finished(result: Any, status: str, *, value: Any = None, errors: Any = ()) -> Any:
-    if result is None:
-        return None
-    done = replace(result, status=status, errors=[*result.errors, *errors])
-    object.__setattr__(done, "_return_value", value)
-    return done
+def _send_finished(sender: Any, task: BatchTask, **kwargs: Any) -> None:
+    """Django's ``task_finished``, from batchtasks' own (sent once the task is final and its
+    outcome written: not for an attempt that will run again)."""
+    result = _result_of(_load(str(task.pk)))
+    if result.status != TaskResultStatus.FAILED or not result.errors:
+        _send(task_finished, result)
+        return
+    # Django's receiver logs the exception being handled (sys.exc_info()): the stored one.
+    try:
+        raise TaskFailedError(result.errors[-1].traceback or result.errors[-1].exception_class_path)
+    except TaskFailedError:
+        _send(task_finished, result)
+
+
+class TaskFailedError(Exception):
+    """Stands for a failed task's stored error while ``task_finished`` is sent (its message
+    is the task's traceback), so Django's log of the failure shows it."""
 
 
 def _send(signal: Any, result: Any) -> None:
     """Send ``signal``; a failing receiver is logged and never changes the outcome."""
-    if result is None:
-        return
     for receiver, error in signal.send_robust(BatchTasksBackend, task_result=result):
         if isinstance(error, Exception):
             logger.error(
@@ -124,25 +162,21 @@ def _send(signal: Any, result: Any) -> None:
             )
 
 
-def _error(exc: BaseException) -> Any:
-    cls = type(exc)
-    return TaskError(
-        exception_class_path=f"{cls.__module__}.{cls.__qualname__}",
-        traceback="".join(traceback.format_exception(exc)),
-    )
-
-
 def type_name(task: Task[Any, Any]) -> str:
     """The batch task type of a ``django.tasks`` function: its module path."""
     return task.module_path
 
 
 def register(task: Task[Any, Any]) -> str:
-    """Register ``task``'s function as a batch task type (again: replaces it)."""
+    """Register ``task``'s function as a batch task type, once (the first ``Task`` of a
+    function decides its type's queue and options)."""
     name = type_name(task)
-    options: dict[str, Any] = {}
+    known = _registered_function(name)
+    if known is not None and known.func is task.func:
+        return name
+    options = dict(_type_options(task, name))
     if task.queue_name != "default":
-        options["queue"] = get_settings().QUEUE_PREFIX + task.queue_name
+        options.setdefault("queue", get_settings().QUEUE_PREFIX + task.queue_name)
     plugin = type(
         "FunctionPlugin",
         (FunctionPlugin,),
@@ -157,7 +191,33 @@ def register(task: Task[Any, Any]) -> str:
         batchtask(name, **options)(plugin)
     except BatchTasksError as exc:
         raise InvalidTask(str(exc)) from exc
+    signals.task_started.connect(_send_started, sender=plugin, weak=False)
+    signals.task_finished.connect(_send_finished, sender=plugin, weak=False)
     return name
+
+
+def _registered_function(name: str) -> Any:
+    """The ``Task`` registered as type ``name``, if it is a function's type."""
+    if name not in registry:
+        return None
+    plugin = registry.get(name).plugin
+    return plugin.django_task if issubclass(plugin, FunctionPlugin) else None
+
+
+def _type_options(task: Task[Any, Any], name: str) -> dict[str, Any]:
+    """``OPTIONS["TYPES"][name]`` of the task's backend: its type's options in code."""
+    try:
+        options = task.get_backend().options
+    except Exception:  # not configured (yet): the type gets the defaults
+        return {}
+    types = options.get("TYPES", {}) if isinstance(options, dict) else {}
+    found = types.get(name, {}) if isinstance(types, dict) else None
+    if not isinstance(found, dict):
+        raise InvalidTask(
+            f"TASKS OPTIONS['TYPES'][{name!r}] must be a dict of task type options "
+            f"(max_concurrency, timeout, max_attempts, ...), not {found!r}."
+        )
+    return found
 
 
 class BatchTasksBackend(BaseTaskBackend):
@@ -194,7 +254,8 @@ class BatchTasksBackend(BaseTaskBackend):
         row = BatchTask.submit(
             type_name(task),
             {"args": pending.args, "kwargs": pending.kwargs},
-            priority=task.priority,
+            # Django's default priority leaves the type's own (the definition's) in force.
+            priority=None if task.priority == DEFAULT_TASK_PRIORITY else task.priority,
             run_after=task.run_after,
         )
         result = replace(pending, id=str(row.pk), enqueued_at=row.created_at)
@@ -257,8 +318,23 @@ def _result_of(row: BatchTask, alias: str | None = None) -> TaskResult[Any]:
     return result
 
 
+#: The error of a task that ended without one: what stopped it.
+ENDED_WITHOUT_ERROR: dict[str, str] = {
+    TaskState.CANCELLED: f"{TaskCancelled.__module__}.{TaskCancelled.__qualname__}",
+    TaskState.SKIPPED: f"{TaskSkipped.__module__}.{TaskSkipped.__qualname__}",
+}
+
+
 def _errors(row: BatchTask, attempts: list[Any]) -> list[TaskError]:
-    """One error per failed attempt; the last carries the task's traceback."""
+    """One error per failed attempt; the last carries the task's traceback. A task
+    cancelled or superseded without an error gets one naming why it stopped."""
+    errors = _attempt_errors(row, attempts)
+    if row.state in ENDED_WITHOUT_ERROR and not row.error_type:
+        errors.append(TaskError(exception_class_path=ENDED_WITHOUT_ERROR[row.state], traceback=""))
+    return errors
+
+
+def _attempt_errors(row: BatchTask, attempts: list[Any]) -> list[TaskError]:
     failed = [a for a in attempts if a.error_type]
     errors = [TaskError(exception_class_path=_path(a.error_type), traceback="") for a in failed]
     if row.error_type and errors:

@@ -11,6 +11,15 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
 os.environ.setdefault("BATCHTASKS_REDIS_PREFIX", f"batchtasks-test-{os.getpid()}:")
 os.environ.setdefault("BATCHTASKS_TEST_DB_NAME", f"test_batchtasks_{os.getpid()}")
 os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-not-a-secret")
+if os.environ.get("BATCHTASKS_TEST_BROKER"):
+    # The RabbitMQ leg (.ci/rabbitmq): the broker is that server, in a virtual host of the
+    # run's own (tests/rabbitmq.py creates it and deletes it at the end).
+    os.environ.setdefault("BATCHTASKS_TEST_VHOST", f"batchtasks-test-{os.getpid()}")
+    # BROKER_URL, not CELERY_BROKER_URL: Celery lets that one override what a test sets.
+    os.environ.setdefault(
+        "BROKER_URL",
+        f"{os.environ['BATCHTASKS_TEST_BROKER'].rstrip('/')}/{os.environ['BATCHTASKS_TEST_VHOST']}",
+    )
 
 from project.settings import *  # noqa: F403
 
@@ -25,5 +34,40 @@ if os.environ.get("BATCHTASKS_TEST_CLOCK_SKEW"):
     timezone.now = lambda: _true_now() + _skew
 
 # django.tasks on batchtasks; the workers learn the test functions from PLUGINS.
-TASKS = {"default": {"BACKEND": "batchtasks.backends.BatchTasksBackend", "QUEUES": []}}
-BATCHTASKS = {**BATCHTASKS, "PLUGINS": [*BATCHTASKS["PLUGINS"], "tests.django_task_functions"]}  # noqa: F405
+TASKS = {
+    "default": {
+        "BACKEND": "batchtasks.backends.BatchTasksBackend",
+        "QUEUES": [],
+        # Type options in code (tests/test_django_task_surfaces.py); BATCHTASKS["TYPES"] wins.
+        "OPTIONS": {
+            "TYPES": {
+                "tests.django_task_surface_functions.limited_by_options": {
+                    "max_concurrency": 2,
+                    "priority": 30,
+                },
+                "tests.django_task_surface_functions.limited_by_settings": {
+                    "max_concurrency": 3,
+                    "priority": 10,
+                },
+            }
+        },
+    }
+}
+BATCHTASKS = {
+    **BATCHTASKS,  # noqa: F405
+    "PLUGINS": [
+        *BATCHTASKS["PLUGINS"],  # noqa: F405
+        "tests.django_task_functions",
+        "tests.django_upstream.tasks",
+        # Receivers of the app signals that note them in a file (tests/test_app_api.py).
+        "tests.signal_receivers",
+        "tests.django_task_surface_functions",
+        "tests.log_plugins",  # a type that logs while it runs (tests/test_logging.py)
+    ],
+    "TYPES": {
+        "tests.django_task_surface_functions.limited_by_settings": {
+            "max_concurrency": 2,
+            "priority": -20,
+        },
+    },
+}

@@ -7,6 +7,7 @@ nothing more.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -24,13 +25,14 @@ from ..core.exceptions import (
     TaskCancelled,
     TaskStopped,
 )
+from ..core.logcontext import log_context
 from ..core.plugin import BatchTaskPlugin, ExecutorPlugin
 from ..core.registry import registry
 from ..core.retries import is_retryable, retry_delay
 from ..core.states import AttemptOutcome, Isolation
 from ..db.connections import reconnecting, state_db
 from ..models import BatchTask
-from ..services import dispatch, finalize, leases
+from ..services import dispatch, events, finalize, leases
 from ..services.facts import TypeFacts, type_facts
 from . import identity, stopping
 from .isolation import executor, process
@@ -89,49 +91,79 @@ class RunnerContext:
 
 
 def execute(
-    task_id: int, attempt: int, *, worker: str, using: str | None = None
+    task_id: int,
+    attempt: int,
+    *,
+    worker: str,
+    using: str | None = None,
+    in_process: bool = False,
+    refill: bool = True,
 ) -> transitions.Ended | None:
     """Claim attempt ``attempt`` of task ``task_id`` and run it to an outcome. A message
     for a task that is not queued as that attempt (a duplicate, a stale message of an
-    earlier attempt, a cancelled task) runs nothing."""
+    earlier attempt, a cancelled task) runs nothing.
+
+    For the test helpers (``batchtasks.testing``): ``in_process`` runs a type with
+    ``isolation="process"`` in this process (a child would not see the test's
+    transaction); ``refill=False`` leaves the freed slot to the caller's next pass."""
     db = state_db(using or router.db_for_write(BatchTask))
     fence = transitions.Fence(task_id, attempt, identity.instance())
-    lease_seconds = get_settings().LEASE_SECONDS
-    # While PostgreSQL is away, wait for it rather than drop the message or the outcome
-    # (then the task would run again): as long as a lease, which nobody can take meanwhile.
-    with state_lock:
-        claim = reconnecting(
-            lambda: transitions.claim(
-                fence, worker=worker, pid=os.getpid(), lease_seconds=lease_seconds, using=db
-            ),
-            db,
-            patience=lease_seconds,
-        )
+    claim = _claim(fence, worker, db)
     if claim is None:
         logger.info(
             "batchtasks message dropped task=%s attempt=%s reason=not-queued", task_id, attempt
         )
         return None
     facts = type_facts(claim.definition_id, claim.queue, db)
-    context = RunnerContext(claim, fence, worker).bind(db)
-    outcome = run_plugin(claim, facts, context)
+    if in_process and facts.isolation == Isolation.PROCESS:
+        facts = dataclasses.replace(facts, isolation=Isolation.INLINE)
+    with log_context(task_id, facts.name, attempt):  # every record of the run names it
+        events.started(task_id, facts.name, attempt, using=db)
+        outcome = run_plugin(claim, facts, RunnerContext(claim, fence, worker).bind(db))
+        ended = _end(fence, outcome, facts, db)
+    if refill:
+        try:
+            dispatch.refill(claim.queue, limited=facts.limited, using=db)
+        except Exception:  # the worker's periodic pass will refill instead
+            logger.exception("batchtasks refill failed queue=%s", claim.queue)
+    return ended
+
+
+def _claim(fence: transitions.Fence, worker: str, db: str) -> transitions.Claim | None:
+    # While PostgreSQL is away, wait for it rather than drop the message or the outcome
+    # (then the task would run again): as long as a lease, which nobody can take meanwhile.
+    lease_seconds = get_settings().LEASE_SECONDS
+    with state_lock:
+        return reconnecting(
+            lambda: transitions.claim(
+                fence, worker=worker, pid=os.getpid(), lease_seconds=lease_seconds, using=db
+            ),
+            db,
+            patience=lease_seconds,
+        )
+
+
+def _end(
+    fence: transitions.Fence, outcome: transitions.Outcome, facts: TypeFacts, db: str
+) -> transitions.Ended | None:
+    """Write the outcome, then tell the app and run the finalizers if the task is final."""
     with state_lock:
         ended = reconnecting(
-            lambda: transitions.end_attempt(fence, outcome, using=db), db, patience=lease_seconds
+            lambda: transitions.end_attempt(fence, outcome, using=db),
+            db,
+            patience=get_settings().LEASE_SECONDS,
         )
-    finalize.run_after_end(facts.name, ended, task_id, using=db)
+    if ended is not None and not ended.runs_again:
+        events.finished(fence.task_id, facts.name, using=db)
+    finalize.run_after_end(facts.name, ended, fence.task_id, using=db)
     if ended is None:
         logger.warning(
             "batchtasks outcome not recorded task=%s attempt=%s reason=no-longer-ours",
-            task_id,
-            attempt,
+            fence.task_id,
+            fence.attempt,
         )
     elif facts.retention == 0 and not ended.runs_again:  # delete on completion
-        transitions.delete_tasks([task_id], using=db)
-    try:
-        dispatch.refill(claim.queue, limited=facts.limited, using=db)
-    except Exception:  # the worker's periodic pass will refill instead
-        logger.exception("batchtasks refill failed queue=%s", claim.queue)
+        transitions.delete_tasks([fence.task_id], using=db)
     return ended
 
 
@@ -157,6 +189,12 @@ def run_plugin(
             progress=context.take_pending(),
         )
     except Exception as exc:
+        return _failed(exc, claim, facts, context, plugin_cls)
+    except SystemExit as exc:
+        if type(exc) is not SystemExit:  # Celery's WorkerShutdown/WorkerTerminate: let go
+            raise
+        # sys.exit() in a plugin fails its task (as Django's backends do) instead of
+        # killing the pool process (lost, run again, failed at last: WorkerLostError).
         return _failed(exc, claim, facts, context, plugin_cls)
     pending = context.take_pending()
     return transitions.Outcome(
@@ -184,7 +222,7 @@ def _call(
 
 
 def _failed(
-    exc: Exception,
+    exc: BaseException,
     claim: transitions.Claim,
     facts: TypeFacts,
     context: RunnerContext,

@@ -1,0 +1,82 @@
+"""The engine's own chores: the worker matrix, dispatch, sync, sweep, purge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import router
+
+
+def add(sub: Any) -> None:
+    sub.add_parser(
+        "workers",
+        help="Print queues, types, limits and the celery worker lines that serve them.",
+    ).set_defaults(handler=workers)
+    dispatch_parser = sub.add_parser("dispatch", help="Run one dispatch pass for queues.")
+    dispatch_parser.add_argument("queues", nargs="*", help="Queue names (default: all).")
+    dispatch_parser.set_defaults(handler=dispatch)
+    sub.add_parser(
+        "sync", help="Create missing definition and queue rows from the registry."
+    ).set_defaults(handler=sync)
+    sub.add_parser(
+        "sweep",
+        help="Once: recover attempts with expired leases, republish lost messages, "
+        "purge past retention, mark silent workers offline.",
+    ).set_defaults(handler=sweep)
+    sub.add_parser(
+        "purge", help="Delete finished tasks older than their type's retention."
+    ).set_defaults(handler=purge)
+
+
+def workers(command: BaseCommand, **options: Any) -> None:
+    from batchtasks.services.definitions import sync_definitions
+    from batchtasks.services.matrix import build_matrix, render_matrix
+
+    sync_definitions()
+    command.stdout.write(render_matrix(build_matrix()))
+
+
+def dispatch(command: BaseCommand, *, queues: list[str], **options: Any) -> None:
+    from batchtasks.models import BatchQueue
+    from batchtasks.services.dispatch import dispatch_all
+
+    if queues:
+        known = set(BatchQueue.objects.filter(name__in=queues).values_list("name", flat=True))
+        missing = sorted(set(queues) - known)
+        if missing:
+            raise CommandError(
+                f"Unknown queue(s) {', '.join(map(repr, missing))}; "
+                "`manage.py batchtasks workers` lists the queues."
+            )
+    count = dispatch_all(queues or None)
+    command.stdout.write(f"Dispatched {count} task(s).")
+
+
+def sweep(command: BaseCommand, **options: Any) -> None:
+    from batchtasks.services.sweeper import sweep as sweep_once
+
+    report = sweep_once(using=database())
+    if report is None:
+        raise CommandError("Another process is sweeping right now; try again in a moment.")
+    command.stdout.write(f"Swept: {report}.")
+
+
+def purge(command: BaseCommand, **options: Any) -> None:
+    from batchtasks.services.sweeper import purge as purge_finished
+
+    command.stdout.write(f"Purged {purge_finished(using=database())} finished task(s).")
+
+
+def sync(command: BaseCommand, **options: Any) -> None:
+    from batchtasks.services.definitions import sync_definitions
+
+    definitions = sync_definitions()
+    command.stdout.write(f"{len(definitions)} task type definition(s) in the database.")
+
+
+def database() -> str:
+    """The database batch tasks are written to."""
+    from batchtasks.models import BatchTask
+
+    return router.db_for_write(BatchTask)

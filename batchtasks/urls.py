@@ -3,7 +3,7 @@
 
 from django.urls import path
 
-from .web import api, monitor
+from .web import api, metrics, monitor
 
 app_name = "batchtasks"
 
@@ -18,4 +18,6 @@ urlpatterns = [
     path("api/schema.json", api.schema, name="api-schema"),
     # --- staff monitor (batchtasks.web.monitor) ---
     path("monitor/", monitor.page, name="monitor"),
+    # --- Prometheus endpoint (batchtasks.web.metrics) ---
+    path("metrics/", metrics.scrape, name="metrics"),
 ]

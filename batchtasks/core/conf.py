@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -73,6 +74,15 @@ class BatchTasksSettings:
     WEBHOOK_SECRET: str | None = None
     #: Seconds a webhook request may take.
     WEBHOOK_TIMEOUT: float = 10.0
+    # --- the Prometheus endpoint (batchtasks.web.metrics) ---
+    #: Who may scrape it, any of: "staff" (a staff user's session), "token" (header
+    #: ``Authorization: Bearer <METRICS_TOKEN>``), "ip" (a client address in METRICS_ALLOW).
+    METRICS_AUTH: tuple[str, ...] = ("staff",)
+    #: The bearer token for "token" (environment: ``BATCHTASKS_METRICS_TOKEN``).
+    METRICS_TOKEN: str | None = None
+    #: Networks (CIDR, e.g. "10.0.0.0/8") whose clients may scrape, for "ip"; the
+    #: address is the connection's REMOTE_ADDR, never a forwarded header.
+    METRICS_ALLOW: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> BatchTasksSettings:
@@ -135,12 +145,41 @@ class BatchTasksSettings:
             raise ConfigurationError(
                 "BATCHTASKS['WEBHOOK_SECRET'] must be a non-empty string, or None."
             )
+        self._validate_metrics()
         for name in ("TYPES", "QUEUES"):
             value = getattr(self, name)
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
                 raise ConfigurationError(
                     f"BATCHTASKS[{name!r}] must map names to dicts of options, not {value!r}."
                 )
+
+    def _validate_metrics(self) -> None:
+        methods = self.METRICS_AUTH
+        if isinstance(methods, str) or not set(methods) <= {"staff", "token", "ip"}:
+            raise ConfigurationError(
+                "BATCHTASKS['METRICS_AUTH'] must list some of 'staff', 'token', 'ip', "
+                f"not {methods!r}."
+            )
+        if "token" in methods and not (isinstance(self.METRICS_TOKEN, str) and self.METRICS_TOKEN):
+            raise ConfigurationError(
+                "BATCHTASKS['METRICS_AUTH'] has 'token' but METRICS_TOKEN is not set; set it "
+                "(or BATCHTASKS_METRICS_TOKEN in the environment) to a long random string."
+            )
+        allow = self.METRICS_ALLOW
+        bad = [allow] if isinstance(allow, str) else [n for n in allow if not _is_network(n)]
+        if bad:
+            raise ConfigurationError(
+                "BATCHTASKS['METRICS_ALLOW'] must be a list of networks like '10.0.0.0/8', "
+                f"not {bad[0]!r}."
+            )
+
+
+def _is_network(text: object) -> bool:
+    try:
+        ipaddress.ip_network(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 ENV_PREFIX = "BATCHTASKS_"
@@ -153,7 +192,7 @@ def _from_environment(raw: dict[str, Any]) -> dict[str, Any]:
     values = dict(raw)
     for f in fields(BatchTasksSettings):
         text = os.environ.get(ENV_PREFIX + f.name)
-        if text is not None and f.name == "WEBHOOK_SECRET":
+        if text is not None and f.name in ("WEBHOOK_SECRET", "METRICS_TOKEN"):
             values[f.name] = text
         if text is None or f.type not in ("int", "float", "bool"):
             continue

@@ -12,6 +12,8 @@ from django.db import connection
 from batchtasks.db.connections import close_state_connections
 from batchtasks.models import BatchTaskDefinition
 from batchtasks.services.definitions import get_definition, sync_definitions
+from batchtasks.transport.depth import queue_depth
+from tests import rabbitmq
 from tests.workers import Worker
 
 ALL_QUEUES = [
@@ -31,6 +33,16 @@ ALL_QUEUES = [
     "batch.imaging",
     "batch.finalizers",
 ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _rabbitmq_vhost() -> Iterator[None]:
+    """On the RabbitMQ leg, the run's own virtual host (tests/rabbitmq.py)."""
+    if not rabbitmq.in_use():
+        yield
+        return
+    with rabbitmq.own_vhost():
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -78,7 +90,8 @@ def purge_queues(queues: list[str]) -> None:
     with app.connection_for_write() as conn:
         channel = conn.default_channel
         for queue in queues:
-            channel.queue_purge(queue)
+            if queue_depth(queue, app=app):  # RabbitMQ refuses to purge an undeclared queue
+                channel.queue_purge(queue)
 
 
 @pytest.fixture
@@ -138,6 +151,8 @@ def start_worker(
         concurrency: int = 2,
         wait: bool = True,
         env: dict[str, str] | None = None,
+        *,
+        extra_args: list[str] | None = None,
     ) -> Worker:
         twins = sum(1 for w in started if w.name == name)
         worker = Worker(
@@ -147,6 +162,7 @@ def start_worker(
             log_dir=tmp_path,
             env={"DJANGO_MEDIA_ROOT": str(media_root), **(env or {})},
             log_name=f"{name}-{twins + 1}" if twins else name,
+            extra_args=extra_args,
         )
         started.append(worker)
         return worker.start(wait=wait)

@@ -71,6 +71,8 @@ def test_a_restarted_worker_gives_back_what_it_held_at_once(start_worker) -> Non
     a = start_worker("a", SLEEP, concurrency=1, env={**FAST, "BATCHTASKS_LEASE_SECONDS": "600"})
     task = BatchTask.submit("examples.sleep", {"seconds": 2})
     wait_for(lambda: running_on(task, "a@"))
+    # Registered: RabbitMQ delivers fast enough for the kill to come before that.
+    wait_for(lambda: BatchWorker.objects.filter(pid=a.pid, state=WorkerState.ONLINE).exists())
 
     a.kill()
     a.start()  # same node name: its first heartbeat finds the attempt nobody holds

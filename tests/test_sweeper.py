@@ -9,7 +9,6 @@ from datetime import timedelta
 from io import StringIO
 
 import pytest
-import redis
 from django.core.management import call_command
 from django.db import connection
 from django.db.models import F
@@ -24,6 +23,7 @@ from batchtasks.services import sweeper
 from batchtasks.services.definitions import get_definition
 from batchtasks.services.sweeper import cluster_lock, sweep
 from batchtasks.services.workers import Identity, register_worker
+from batchtasks.transport.depth import queue_depth
 from tests.conftest import purge_queues, set_limit
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -38,8 +38,7 @@ def _empty_queues() -> None:
 
 
 def depth(queue: str) -> int:
-    client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    return int(client.llen(os.environ["BATCHTASKS_REDIS_PREFIX"] + queue))
+    return queue_depth(queue)
 
 
 def define_sleep(**values: object) -> None:

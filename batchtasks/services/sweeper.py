@@ -149,7 +149,7 @@ def republish_lost(report: SweepReport, *, using: str) -> None:
         else f"(1 << MIN(t.republish_count, {REPUBLISH_BACKOFF_MAX.bit_length() - 1}))"
     )
     sql = (
-        f"SELECT t.queue, t.id, t.attempt, d.timeout, d.soft_timeout FROM {t.task} t "
+        f"SELECT t.queue, t.id, t.attempt, d.timeout, d.soft_timeout, d.name FROM {t.task} t "
         f"JOIN {t.definition} d ON d.id = t.definition_id "
         f"WHERE t.state IN ({states_sql(TaskState.QUEUED)}) AND {waited} > %s * {factor} "
         "ORDER BY t.queued_at LIMIT %s"
@@ -158,8 +158,8 @@ def republish_lost(report: SweepReport, *, using: str) -> None:
         cursor.execute(sql, [float(get_settings().REPUBLISH_AFTER), BATCH])
         rows = cursor.fetchall()
     stale: dict[str, list[Run]] = defaultdict(list)
-    for queue, task_id, attempt, timeout, soft in rows:
-        stale[queue].append(Run(task_id, attempt, timeout, soft))
+    for queue, task_id, attempt, timeout, soft, name in rows:
+        stale[queue].append(Run(task_id, attempt, timeout, soft, name))
     for queue, runs in stale.items():
         # Count the publish first, so that each attempt is republished once per period.
         marked = transitions.mark_republished([(r.task_id, r.attempt) for r in runs], using=using)

@@ -17,7 +17,7 @@ from ..services.dispatch import dispatch_queue
 from ..transitions import Fence
 from ..transport.publish import RUN_TASK_NAME, parse_message_id
 from . import identity
-from . import tasks as _tasks  # noqa: F401  (registers batchtasks.run with Celery)
+from . import tasks as _tasks  # registers batchtasks.run with Celery
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ def set_up_worker(sender: Any = None, **kwargs: Any) -> None:
     before and after each task, so obsolete and broken connections are replaced.
     """
     identity.boot(getattr(sender, "hostname", None) or "unknown")
+    # Forked pool processes inherit it: a cancelled run then tells monitors (`tasks`).
+    _tasks.events_enabled = bool(getattr(sender, "task_events", False))
     app = getattr(sender, "app", None)
     if app is None or not get_settings().KEEP_DB_CONNECTIONS:
         return
@@ -97,6 +99,8 @@ def end_broken_run(
     """The runner records what plugins raise itself. This ends attempts that Celery saw
     fail around it: the hard time limit, a lost pool process, or the runner's own error."""
     if getattr(sender, "name", None) != RUN_TASK_NAME or exception is None or not task_id:
+        return
+    if isinstance(exception, _tasks.AttemptFailed):  # its outcome is recorded already
         return
     from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 

@@ -1,13 +1,34 @@
-"""The one Celery task: run an attempt of a batch task, named by its id and attempt."""
+"""The one Celery task: run an attempt of a batch task, named by its id and attempt.
+
+The outcome is written to the ``BatchTask`` row first; then the task ends the way Celery
+and its monitors (Flower, with workers started with ``-E``) understand: a failed attempt
+raises ``AttemptFailed`` (FAILURE), one that runs again raises ``Retry`` (RETRY), a
+cancelled one sends ``task-revoked`` and raises ``Ignore`` (REVOKED). None of them stores
+a result (``ignore_result``), requeues or rejects the message: the message is acked.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from celery import shared_task
+from celery.exceptions import Ignore, Retry
+from django.db import router
 
+from ..core.states import TaskState
+from ..db.connections import state_db
+from ..models import BatchTask
 from ..transport.publish import RUN_TASK_NAME, parse_message_id
 from . import runner
+from .progress import state_lock
+
+#: Whether this worker sends task events (``-E``); set at its start (``signals``).
+events_enabled = False
+
+
+class AttemptFailed(Exception):
+    """Raised to Celery after a failed attempt's outcome is recorded on its row, so that
+    monitors show the failure; the worker's signal handlers leave it alone."""
 
 
 @shared_task(
@@ -17,14 +38,42 @@ from . import runner
     reject_on_worker_lost=True,
     ignore_result=True,
     typing=False,
+    throws=(AttemptFailed,),
 )
-def run_batch_task(self: Any, task_id: int, attempt: int | None = None) -> None:
+def run_batch_task(
+    self: Any, task_id: int, attempt: int | None = None, type_name: str = ""
+) -> None:
     """Claim attempt ``attempt`` of the ``BatchTask`` row ``task_id`` and run it (the
-    message is only a claim check). Messages of older releases carry only the id: their
-    attempt is read from the message id."""
+    message is only a claim check; ``type_name`` is there for monitors). Messages of older
+    releases carry only the id: their attempt is read from the message id."""
     if attempt is None:
         parsed = parse_message_id(self.request.id or "")
         if parsed is None or parsed[0] != int(task_id):
             return
         attempt = parsed[1]
-    runner.execute(int(task_id), int(attempt), worker=self.request.hostname or "unknown")
+    ended = runner.execute(int(task_id), int(attempt), worker=self.request.hostname or "unknown")
+    if ended is not None:
+        report_outcome(self, int(task_id), int(attempt), ended.state)
+
+
+def report_outcome(task: Any, task_id: int, attempt: int, state: str) -> None:
+    """End the Celery task as the recorded outcome says (see the module text)."""
+    if state == TaskState.CANCELLED:
+        if events_enabled:
+            task.send_event("task-revoked", terminated=False, signum=None, expired=False)
+        raise Ignore(f"batch task {task_id} cancelled")
+    if state not in (TaskState.FAILED, TaskState.NEW):
+        return
+    error = _recorded_error(task_id)
+    if state == TaskState.FAILED:
+        raise AttemptFailed(error)
+    raise Retry(f"attempt {attempt} failed; runs again", exc=AttemptFailed(error))
+
+
+def _recorded_error(task_id: int) -> str:
+    """``"<error type>: <message>"`` of the attempt just ended, as its row holds it."""
+    using = state_db(router.db_for_write(BatchTask))
+    with state_lock:
+        rows = BatchTask.objects.using(using).filter(pk=task_id)
+        row = rows.values_list("error_type", "error_message").first()
+    return ": ".join(part for part in row if part) if row else ""

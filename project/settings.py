@@ -3,13 +3,14 @@
 With no environment set it runs embedded: SQLite and kombu's filesystem broker
 under ``.run/``, no server needed. ``DATABASE_URL`` switches the database (for
 example ``postgres://postgres@127.0.0.1:5432/batchtasks``) and ``REDIS_URL`` (or
-``CELERY_BROKER_URL``) the broker.
+``BROKER_URL``, e.g. RabbitMQ's ``amqp://``, or ``CELERY_BROKER_URL``) the broker.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -51,6 +52,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files from STATIC_ROOT, by the web process itself (docker/: no other server).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -124,7 +127,10 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / ".run" / "static"
+# collectstatic's output, which WhiteNoise serves (the Docker image collects at build time);
+# made here when missing, so that WhiteNoise has no missing directory to warn about.
+STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", BASE_DIR / ".run" / "static"))
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(os.environ.get("DJANGO_MEDIA_ROOT", BASE_DIR / "media"))
 
@@ -143,7 +149,13 @@ DEFAULT_FROM_EMAIL = os.environ.get("DJANGO_DEFAULT_FROM_EMAIL", "webmaster@loca
 
 # --- Celery -------------------------------------------------------------------
 REDIS_URL = os.environ.get("REDIS_URL", "")
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or REDIS_URL or "filesystem://"
+# BROKER_URL names any other broker, e.g. RabbitMQ: amqp://user:password@host:5672/vhost.
+CELERY_BROKER_URL = (
+    os.environ.get("CELERY_BROKER_URL")
+    or os.environ.get("BROKER_URL")
+    or REDIS_URL
+    or "filesystem://"
+)
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = RUN_DIR / "broker"
     for _sub in ("queue", "control"):
@@ -160,11 +172,17 @@ else:
     ):
         # kombu's Redis transport without a new client object per command.
         CELERY_BROKER_TRANSPORT = "batchtasks.transport.redis:Transport"
-    if os.environ.get("BATCHTASKS_REDIS_PREFIX"):
+    if os.environ.get("BATCHTASKS_REDIS_PREFIX") and CELERY_BROKER_URL.startswith(
+        ("redis://", "rediss://")
+    ):
         # Lets several test runs share one Redis server without seeing each other.
         CELERY_BROKER_TRANSPORT_OPTIONS = {
             "global_keyprefix": os.environ["BATCHTASKS_REDIS_PREFIX"]
         }
+    if CELERY_BROKER_URL.startswith(("amqp://", "amqps://", "pyamqp://")):
+        # Publisher confirms: a publish returns once RabbitMQ holds the message, and one
+        # it refused fails, so its tasks go back to `new` instead of waiting for a sweep.
+        CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_TASK_SERIALIZER = "json"
@@ -178,7 +196,7 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # --- batchtasks ---------------------------------------------------------------
-BATCHTASKS = {
+BATCHTASKS: dict[str, Any] = {
     "PLUGINS": [
         "plugins.examples",
         "plugins.reports",
@@ -188,13 +206,32 @@ BATCHTASKS = {
     ],
 }
 
+# LOG_FORMAT=json: one JSON object a line (python-json-logger); otherwise readable text.
+# Either way a record written while a task runs carries its task_id, task_type, attempt.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "text").strip().lower()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"task": {"()": "batchtasks.core.logcontext.TaskLogFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(processName)s %(name)s %(message)s"},
+        "plain": {
+            "()": "batchtasks.core.logcontext.TaskTextFormatter",
+            "format": "%(asctime)s %(levelname)s %(processName)s %(name)s %(message)s",
+        },
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "format": "%(levelname)s %(processName)s %(name)s %(message)s",
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": "time",  # ISO 8601 in UTC
+        },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+            "filters": ["task"],
+        }
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "INFO"},

@@ -3,21 +3,24 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements/base.txt requirements/dev.txt | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat requirements/base.txt requirements/dev.txt pyproject.toml | sha1sum | cut -c1-12)
 
 # Tests and benchmarks use the real PostgreSQL and Redis of this machine.
 TEST_ENV := DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/batchtasks} \
             REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} \
             DJANGO_SETTINGS_MODULE=tests.settings
 
-.PHONY: all run test test-django6 lint format typecheck bench services browser requirements clean
+.PHONY: all run test test-django6 test-rabbitmq lint format typecheck bench services browser requirements clean docker-smoke
 
 all: test
 
-$(STAMP): requirements/base.txt requirements/dev.txt
+# The project itself is installed too (editable), so that its entry points (the pytest
+# plugin) are live; built with the pinned setuptools of dev.txt: nothing more is fetched.
+$(STAMP): requirements/base.txt requirements/dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements/base.txt -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)
@@ -28,14 +31,21 @@ run: $(STAMP)
 	$(BIN)/python -m project.dev
 
 ## test: checks, lint (with the layers contract), types and the whole test suite on
-##       PostgreSQL and Redis, then the suite again on the newest Django.
+##       PostgreSQL and Redis; then side by side the suite on the newest Django (without
+##       the worker-process tests) and the broker tests on RabbitMQ (.ci/second-legs);
+##       then the Docker smoke test.
 test: $(STAMP) services browser
 	$(TEST_ENV) $(BIN)/python manage.py check --fail-level WARNING
 	$(TEST_ENV) $(BIN)/python manage.py makemigrations --check --dry-run
 	$(MAKE) --no-print-directory lint
 	$(BIN)/mypy
 	$(TEST_ENV) $(BIN)/python -m pytest
-	$(TEST_ENV) .ci/django6 -q
+	$(TEST_ENV) .ci/second-legs
+	.ci/docker-smoke
+
+## test-rabbitmq: the broker-specific tests on RabbitMQ (skipped without it; see .ci/rabbitmq).
+test-rabbitmq: $(STAMP) services
+	$(TEST_ENV) .ci/rabbitmq
 
 ## test-django6: the suite on the newest Django only (skipped without Python >= 3.12).
 test-django6: services
@@ -56,6 +66,11 @@ typecheck: $(STAMP)
 ## bench: throughput and latency against plain Celery, on PostgreSQL and Redis.
 bench: $(STAMP) services
 	$(TEST_ENV) $(BIN)/python -m bench.run
+
+## docker-smoke: build docker/'s image, bring its compose file up, run a task through the
+##               web on a worker container, take it all down (skipped without an engine).
+docker-smoke: $(STAMP)
+	.ci/docker-smoke
 
 services:
 	@.ci/services

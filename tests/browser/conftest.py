@@ -49,9 +49,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the session (Debian's, never a downloaded one)."""
+    """One headless Chromium per test module (Debian's, never a downloaded one). Not per
+    session: Playwright's loop runs in the test thread while it is open, and the later
+    tests that call async code through ``async_to_sync`` would find it there."""
     if not Path(CHROMIUM).exists():
         reason = f"{CHROMIUM} is missing: run .ci/browser (apt-get install chromium)"
         if os.environ.get("CI", "").lower() == "true":

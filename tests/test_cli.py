@@ -60,6 +60,10 @@ class Terminal:
     """``manage.py batchtasks …`` in a real pseudo-terminal, its output read as it comes."""
 
     def __init__(self, *args: str) -> None:
+        # A shell starts background jobs with SIGINT ignored, and children inherit that:
+        # the command must get its Ctrl-C however this suite was started.
+        if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         self.master, slave = os.openpty()
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "batchtasks", *args], cwd=ROOT, env=command_env(),

@@ -22,12 +22,12 @@ import random
 import statistics
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
 from bench.poll import configure
 from bench.run import percentile
+from bench.scratch import scratch_database
 
 TASKS = int(os.environ.get("BENCH_METRICS_TASKS", "1000000"))
 HOUR = int(os.environ.get("BENCH_METRICS_HOUR", "20000"))
@@ -46,29 +46,6 @@ TASK_COLUMNS = (
 ATTEMPT_COLUMNS = (
     "task_id, number, worker, started_at, finished_at, outcome, error_type, error_message"
 )
-
-
-@contextmanager
-def scratch_database() -> Iterator[str]:
-    """A database of this run's own, dropped afterwards even when the bench fails."""
-    import psycopg
-
-    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/batchtasks")
-    base, name = url.split("?")[0].rsplit("/", 1)
-    scratch = f"{name}_metrics_{os.getpid()}"
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{scratch}"')
-    try:
-        yield f"{base}/{scratch}"
-    finally:
-        from django.db import connections
-
-        connections.close_all()
-        if KEEP:
-            print(f"kept the database {scratch!r}; drop it yourself")
-        else:
-            with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
 
 
 def make_types() -> list[Any]:
@@ -221,7 +198,7 @@ def report(walls: list[float], statements: list[list[tuple[str, Any, float]]], s
 
 
 def main() -> None:
-    with scratch_database() as url:
+    with scratch_database("metrics", keep=KEEP) as url:
         configure(url)
         start = time.perf_counter()
         fill()

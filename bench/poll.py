@@ -35,6 +35,7 @@ from typing import Any
 
 from bench.poll_sql import Plan, explain_users, time_polls
 from bench.run import percentile, wait_until
+from bench.scratch import scratch_database
 
 USERS = int(os.environ.get("BENCH_POLL_USERS", "200"))
 TASKS = int(os.environ.get("BENCH_POLL_TASKS", "100000"))
@@ -61,27 +62,6 @@ PROGRESS_SQL = (
     "UPDATE batchtasks_batchtask SET progress_percent = progress_percent %% 99 + 1, "
     "updated_at = now() WHERE state = 'running' AND id %% 5 = %s"
 )
-
-
-# --- the scratch database -------------------------------------------------------------
-@contextmanager
-def scratch_database() -> Iterator[str]:
-    """A database of this run's own, dropped afterwards even when the bench fails."""
-    import psycopg
-
-    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/batchtasks")
-    base, name = url.split("?")[0].rsplit("/", 1)
-    scratch = f"{name}_poll_{os.getpid()}"
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{scratch}"')
-    try:
-        yield f"{base}/{scratch}"
-    finally:
-        from django.db import connections
-
-        connections.close_all()
-        with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
 
 
 def configure(url: str) -> dict[str, str]:
@@ -357,7 +337,7 @@ def plan_rows(plans: list[Plan], lines: list[str]) -> list[Row]:
 def measure() -> tuple[list[Row], list[str]]:
     """Set up, load, time and tear down; the table rows and the metric lines."""
     started = time.perf_counter()
-    with scratch_database() as url:
+    with scratch_database("poll") as url:
         env = configure(url)
         ids, sessions = fill(USERS, TASKS)
         lines = [f"poll.setup_time: {time.perf_counter() - started:.1f} s"]

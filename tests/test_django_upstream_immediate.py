@@ -32,15 +32,10 @@ from tests.django_upstream.framework import (
     TaskResultDoesNotExist,
     TaskResultStatus,
     default_task_backend,
+    raises_message,
     task_backends,
 )
 from tests.workers import wait_for
-
-
-def raises_message(exception, message):
-    """``assertRaisesMessage``: ``message`` is a plain substring of the error."""
-    return pytest.raises(exception, match=re.escape(message))
-
 
 # A record in the project's log format (LOGGING) starts with the date, then the level.
 RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d ", re.MULTILINE)

@@ -12,7 +12,6 @@ other change is marked with a ``# changed:`` or ``# dropped:`` comment saying wh
 from __future__ import annotations
 
 import dataclasses
-import re
 from datetime import datetime
 
 import pytest
@@ -36,16 +35,11 @@ from tests.django_upstream.framework import (
     TaskResultMismatch,
     TaskResultStatus,
     default_task_backend,
+    raises_message,
     task,
     task_backends,
 )
 from tests.workers import wait_for
-
-
-def raises_message(exception, message):
-    """``assertRaisesMessage``: ``message`` is a plain substring of the error."""
-    return pytest.raises(exception, match=re.escape(message))
-
 
 BACKEND = "batchtasks.backends.BatchTasksBackend"
 TASKS = {

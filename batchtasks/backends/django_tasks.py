@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import logging
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -42,8 +41,7 @@ from ..core.plugin import BatchTaskPlugin
 from ..core.registry import batchtask, registry
 from ..core.states import TaskState
 from ..models import BatchTask
-
-logger = logging.getLogger(__name__)
+from ..services.events import send_robustly
 
 #: ``django.tasks`` when Django has it (6.0+), else the ``django_tasks`` backport.
 FRAMEWORK = "django.tasks" if importlib.util.find_spec("django.tasks") else "django_tasks"
@@ -127,14 +125,15 @@ class FunctionPlugin(BatchTaskPlugin):
 
 
 def _send_started(sender: Any, task: BatchTask, **kwargs: Any) -> None:
-    """Django's ``task_started``, from batchtasks' own (sent once the attempt is claimed)."""
-    _send(task_started, _result_of(_load(str(task.pk))))
+    """Django's ``task_started``, from batchtasks' own (sent once the attempt is claimed),
+    described from the row that signal carries (read once for all its receivers)."""
+    _send(task_started, _result_of(task))
 
 
 def _send_finished(sender: Any, task: BatchTask, **kwargs: Any) -> None:
     """Django's ``task_finished``, from batchtasks' own (sent once the task is final and its
     outcome written: not for an attempt that will run again)."""
-    result = _result_of(_load(str(task.pk)))
+    result = _result_of(task)
     if result.status != TaskResultStatus.FAILED or not result.errors:
         _send(task_finished, result)
         return
@@ -151,15 +150,8 @@ class TaskFailedError(Exception):
 
 
 def _send(signal: Any, result: Any) -> None:
-    """Send ``signal``; a failing receiver is logged and never changes the outcome."""
-    for receiver, error in signal.send_robust(BatchTasksBackend, task_result=result):
-        if isinstance(error, Exception):
-            logger.error(
-                "batchtasks django.tasks signal receiver failed receiver=%r task=%s",
-                receiver,
-                result.id,
-                exc_info=error,
-            )
+    """Send Django's ``signal``; a failing receiver is logged and never changes the outcome."""
+    send_robustly(signal, BatchTasksBackend, result.id, task_result=result)
 
 
 def type_name(task: Task[Any, Any]) -> str:

@@ -68,11 +68,16 @@ def _load(task_id: int, using: str) -> BatchTask | None:
 
 
 def _send(signal: Signal, sender: Any, task: BatchTask, **kwargs: Any) -> None:
-    for receiver, error in signal.send_robust(sender, task=task, **kwargs):
+    send_robustly(signal, sender, task.pk, task=task, **kwargs)
+
+
+def send_robustly(signal: Signal, sender: Any, task_id: Any, **kwargs: Any) -> None:
+    """Send ``signal``; a receiver that raises is logged and changes nothing."""
+    for receiver, error in signal.send_robust(sender, **kwargs):
         if isinstance(error, Exception):
             logger.error(
                 "batchtasks signal receiver failed receiver=%r task=%s",
                 receiver,
-                task.pk,
+                task_id,
                 exc_info=error,
             )

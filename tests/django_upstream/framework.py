@@ -4,7 +4,10 @@ backport (Django 5.2), whichever the backend uses."""
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Any
+
+import pytest
 
 from batchtasks.backends.django_tasks import FRAMEWORK
 
@@ -30,3 +33,8 @@ TaskResultDoesNotExist: Any = _exceptions.TaskResultDoesNotExist
 TaskResultMismatch: Any = _exceptions.TaskResultMismatch
 #: The logger of the framework's own task logs ("django.tasks" or "django_tasks").
 LOGGER = FRAMEWORK
+
+
+def raises_message(exception: type[BaseException], message: str) -> Any:
+    """Django's ``assertRaisesMessage``: ``message`` is a plain substring of the error."""
+    return pytest.raises(exception, match=re.escape(message))

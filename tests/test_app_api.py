@@ -3,6 +3,7 @@ the app signals and the public names of ``batchtasks``."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import batchtasks
 from batchtasks import BatchTask, BatchTaskPlugin, InvalidParameters, TaskState, batchtask
 from batchtasks.core.exceptions import BatchTasksError, InvalidTaskOption
 from batchtasks.core.registry import registry
+from batchtasks.models import BatchTaskParameters
 from tests import django_task_functions as functions
 from tests.signal_receivers import NOTES_ENV
 from tests.workers import wait_for
@@ -190,6 +192,15 @@ def test_submit_many_returns_a_group_that_can_be_found_again() -> None:
         BatchTask.objects.group("6f1d3f8e-0000-4000-8000-000000000000")
     with pytest.raises(LookupError):
         BatchTask.objects.group("not-a-uuid")
+
+
+@pytest.mark.django_db
+def test_a_group_works_as_a_list_in_a_query_and_when_copied() -> None:
+    group = BatchTask.submit_many("examples.noop", [{}, {}])
+
+    assert BatchTaskParameters.objects.filter(task__in=group).count() == 2
+    assert [t.pk for t in group[:1]] == [group[0].pk]
+    assert len(copy.copy(group)) == 2
 
 
 @pytest.mark.django_db

@@ -47,7 +47,11 @@ class TaskGroup(list[Any]):
     """The tasks of one ``submit_many`` (a list of them, in submit order) and their group
     id, stored on each task: ``BatchTask.objects.group(id)`` finds them again."""
 
-    def __init__(self, group_id: uuid.UUID, tasks: Iterable[Any] = (), *, using: str = ""):
+    def __init__(
+        self, tasks: Iterable[Any] = (), group_id: uuid.UUID | None = None, *, using: str = ""
+    ) -> None:
+        # Built from an iterable alone, as a list is: Django rebuilds ``__in`` values with
+        # ``type(value)(generator)``, and copies do too.
         super().__init__(tasks)
         self.id = group_id
         self.using = using
@@ -66,7 +70,7 @@ class TaskGroup(list[Any]):
         tasks = list(_model().objects.using(db).filter(group_id=key).order_by("pk"))
         if not tasks:
             raise LookupError(f"No tasks belong to group {key} (or they were purged).")
-        return cls(key, tasks, using=db)
+        return cls(tasks, key, using=db)
 
     def _db(self) -> str:
         return self.using or router.db_for_write(_model())

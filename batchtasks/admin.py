@@ -372,11 +372,16 @@ class BatchWorkerAdmin(admin.ModelAdmin):
 @admin.register(BatchTaskDefinition)
 class BatchTaskDefinitionAdmin(admin.ModelAdmin):
     # The options a @batchtask declares, as the database now holds them.
-    list_display = ("name", *(o for o in OPTIONS if o != "description"), "enabled")
+    list_display = (
+        "name",
+        *(o for o in OPTIONS if o != "description"),
+        "run_seconds",
+        "enabled",
+    )
     list_editable = ("max_concurrency", "enabled")
     list_filter = ("enabled", "queue", "isolation")
     search_fields = ("name", "description", "queue")
-    readonly_fields = ("name", "created_at", "updated_at")
+    readonly_fields = ("name", "run_seconds", "created_at", "updated_at")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # definitions come from code (@batchtask)

@@ -36,6 +36,17 @@ class BatchTasksSettings:
     DISPATCH_INTERVAL: float = 1.0
     #: Least seconds between two refill passes after finishes of unlimited types.
     REFILL_INTERVAL: float = 0.05
+    #: Run time a message of several small tasks of one type aims at (seconds): the
+    #: dispatcher puts about this many seconds of measured runs in one message; 0 = one
+    #: task per message everywhere.
+    MESSAGE_BATCH_SECONDS: float = 0.25
+    #: Most tasks in one message.
+    MESSAGE_BATCH_MAX: int = 50
+    #: Seconds a worker running a message of several tasks may hold their successful
+    #: finishes to write them in one statement; 0 = each finish at once.
+    COMPLETION_WINDOW: float = 0.01
+    #: Finishes held at most before they are written (the window's other bound).
+    COMPLETION_BATCH: int = 50
     #: Least seconds between two progress writes of one task (the last is always written).
     PROGRESS_INTERVAL: float = 1.0
     #: Seconds a claimed task's lease lasts; a worker not heard from for as long is offline.
@@ -111,6 +122,8 @@ class BatchTasksSettings:
             "MAX_PARAMS_BYTES",
             "MAX_RESULT_BYTES",
             "DISPATCH_WINDOW",
+            "MESSAGE_BATCH_MAX",
+            "COMPLETION_BATCH",
             "INDICATOR_RECENT_SECONDS",
             "FINALIZE_MAX_ATTEMPTS",
         ):
@@ -122,6 +135,8 @@ class BatchTasksSettings:
         for name in (
             "DISPATCH_INTERVAL",
             "REFILL_INTERVAL",
+            "MESSAGE_BATCH_SECONDS",
+            "COMPLETION_WINDOW",
             "PROGRESS_INTERVAL",
             "LEASE_SECONDS",
             "HEARTBEAT_SECONDS",

@@ -35,6 +35,7 @@ OPTIONS = (
     "isolation",
     "memory_limit",
     "inactivity_timeout",
+    "tasks_per_message",
     "description",
 )
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
@@ -73,6 +74,7 @@ class TaskTypeSpec:
             "isolation": Isolation.INLINE.value,
             "memory_limit": None,
             "inactivity_timeout": None,
+            "tasks_per_message": None,
             "description": doc.splitlines()[0] if doc else "",
         }
         values.update(self.options)
@@ -108,6 +110,17 @@ def positive_int(name: str, option: str, value: Any, *, allow_none: bool) -> int
         hint = ", or None for no limit" if allow_none else ""
         raise InvalidTaskOption(
             f"{option}={value!r} for task type {name!r} must be an integer >= 1{hint}."
+        )
+    return value
+
+
+def _per_message(name: str, option: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:
+        raise InvalidTaskOption(
+            f"tasks_per_message={value!r} for task type {name!r} must be an integer from 1 "
+            "(one task per message) to 1000, or None (sized from the measured run time)."
         )
     return value
 
@@ -175,6 +188,7 @@ _CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
     "isolation": _isolation,
     "memory_limit": partial(positive_int, allow_none=True),
     "inactivity_timeout": _seconds,
+    "tasks_per_message": _per_message,
     "description": _description,
 }
 assert set(_CHECKS) == set(OPTIONS)

@@ -97,6 +97,23 @@ class BatchTaskDefinition(models.Model):
             "stopped and fails; empty = never."
         ),
     )
+    tasks_per_message = models.PositiveSmallIntegerField(
+        _("tasks per message"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "Most tasks of a backlog sent to a worker in one message, run one after another; "
+            "empty = as many as fit in MESSAGE_BATCH_SECONDS of measured run time, for types "
+            "that run inline without time limits; 1 = one task per message."
+        ),
+    )
+    run_seconds = models.FloatField(
+        _("measured run time (s)"),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_("Moving average of the run time of this type's successful runs."),
+    )
     enabled = models.BooleanField(_("enabled"), default=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)

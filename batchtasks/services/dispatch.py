@@ -27,6 +27,7 @@ from ..db.connections import read_committed, reconnecting, state_db
 from ..db.sql import Clock, states_sql
 from ..models import BatchQueue, BatchTask, BatchTaskDefinition
 from ..transport.publish import Run, publish
+from .batching import per_message
 from .definitions import ensure_queue
 
 logger = logging.getLogger(__name__)
@@ -139,6 +140,9 @@ class QueueType:
     timeout: int | None
     soft_timeout: int | None
     name: str = ""
+    isolation: str = ""
+    tasks_per_message: int | None = None
+    run_seconds: float | None = None
 
 
 def _lock_queue(queue: str, db: str) -> tuple[int | None, list[QueueType]] | None:
@@ -153,7 +157,8 @@ def _lock_queue(queue: str, db: str) -> tuple[int | None, list[QueueType]] | Non
             cursor.execute(f"UPDATE {q} SET name = name WHERE name = %s", [queue])
     sql = (
         "SELECT q.max_concurrency, d.id, d.max_concurrency, d.enabled, d.timeout, "
-        f"d.soft_timeout, d.name FROM {q} q LEFT JOIN {d} d ON d.queue = q.name "
+        "d.soft_timeout, d.name, d.isolation, d.tasks_per_message, d.run_seconds "
+        f"FROM {q} q LEFT JOIN {d} d ON d.queue = q.name "
         f"WHERE q.name = %s ORDER BY d.id{lock}"
     )
     with connection.cursor() as cursor:
@@ -162,9 +167,7 @@ def _lock_queue(queue: str, db: str) -> tuple[int | None, list[QueueType]] | Non
     if not rows:
         return None
     types = [
-        QueueType(row[1], row[2], bool(row[3]), row[4], row[5], row[6])
-        for row in rows
-        if row[1] is not None
+        QueueType(row[1], row[2], bool(row[3]), *row[4:10]) for row in rows if row[1] is not None
     ]
     return rows[0][0], types
 
@@ -229,12 +232,26 @@ def _admit(queue: str, db: str) -> list[Run]:
         admitted = transitions.admit(chosen, queue=queue, using=db)
     else:
         return []
-    return [run_of(task_id, attempt, enabled[pk]) for task_id, attempt, pk in admitted]
+    return runs_in_order(queue, admitted, enabled, db)
 
 
-def run_of(task_id: int, attempt: int, row: Any) -> Run:
+def runs_in_order(
+    queue: str, admitted: list[tuple[int, int, int, int, int]], types: dict[int, Any], db: str
+) -> list[Run]:
+    """The runs of the admitted ``(id, attempt, definition id, priority, fair round)``
+    in the order they should run (priority, fair turn, age), each with how many of its
+    type may share its message."""
+    admitted = sorted(admitted, key=lambda row: (-row[3], row[4], row[0]))
+    counts: dict[int, int] = {}
+    for row in admitted:
+        counts[row[2]] = counts.get(row[2], 0) + 1
+    sizes = {pk: per_message(types[pk], n, queue, using=db) for pk, n in counts.items()}
+    return [run_of(row[0], row[1], types[row[2]], sizes[row[2]]) for row in admitted]
+
+
+def run_of(task_id: int, attempt: int, row: Any, per_message: int = 1) -> Run:
     """The message for an attempt, with the time limits and the name of its type."""
-    return Run(task_id, attempt, row.timeout, row.soft_timeout, row.name)
+    return Run(task_id, attempt, row.timeout, row.soft_timeout, row.name, per_message)
 
 
 def _merge_candidates(slots: list[TypeSlot], queue_free: int, db: str) -> list[int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, connections, router, transaction
+from django.db.models.base import ModelState
 
 from .. import transitions
 from ..core.codecs import Encoded, encode
@@ -20,6 +20,7 @@ from ..core.states import IN_FLIGHT_STATES, UNFINISHED_STATES, TaskState
 from ..db.sql import Clock, as_datetime, states_sql
 from ..models import BatchQueue, BatchTask, BatchTaskDefinition, BatchTaskParameters, TaskGroup
 from . import events
+from .batching import per_message
 from .bulk import insert_task, insert_tasks
 from .definitions import get_definition
 from .dispatch import dispatch_on_commit, publish_on_commit, run_of
@@ -272,16 +273,22 @@ def submit(
         fairness_key=fairness_key,
         using=using,
     )
-    # No savepoint of our own inside the caller's transaction: a failed insert fails it.
-    with transaction.atomic(using=request.db, savepoint=False):
-        task = request.new_task(request.first_round, unique, queued=request.admit_at_once(1))
-        if unique is None:
-            insert_task(task, encoded, using=request.db)
-        else:
-            existing = _insert_unique(task, request, supersede=on_conflict == "supersede")
-            if existing is not None:
-                return existing
-            _parameters(task, encoded).save(using=request.db, force_insert=True)
+    task = request.new_task(request.first_round, unique, queued=request.admit_at_once(1))
+    connection = connections[request.db]
+    if unique is None and connection.vendor == "postgresql" and connection.get_autocommit():
+        # One statement, atomic on its own: no BEGIN and COMMIT round trips of a
+        # transaction (a single submit outside one: 4 round trips became 2).
+        insert_task(task, encoded, using=request.db)
+    else:
+        # No savepoint of our own inside the caller's transaction: a failed insert fails it.
+        with transaction.atomic(using=request.db, savepoint=False):
+            if unique is None:
+                insert_task(task, encoded, using=request.db)
+            else:
+                existing = _insert_unique(task, request, supersede=on_conflict == "supersede")
+                if existing is not None:
+                    return existing
+                _parameters(task, encoded).save(using=request.db, force_insert=True)
     events.submitted([task], type_name)
     _after_insert([task], request)
     return task
@@ -291,7 +298,8 @@ def _after_insert(tasks: list[BatchTask], request: Request) -> None:
     """Publish tasks admitted at once, or let the dispatcher admit them, after commit."""
     queue = request.definition.queue
     if tasks[0].state == TaskState.QUEUED:
-        runs = [run_of(t.pk, t.attempt, request.definition) for t in tasks]
+        size = per_message(request.definition, len(tasks), queue, using=request.db)
+        runs = [run_of(t.pk, t.attempt, request.definition, size) for t in tasks]
         publish_on_commit(queue, runs, using=request.db)
     else:
         dispatch_on_commit(queue, using=request.db)
@@ -336,7 +344,13 @@ def _insert_unique(task: BatchTask, request: Request, *, supersede: bool) -> Bat
 
 
 def _copy_with_round(template: BatchTask, fair_round: int) -> BatchTask:
-    task = copy.copy(template)  # half the cost of Model.__init__, which adds up here
+    # What Model.__reduce__/__getstate__ (copy.copy) do, without their generic detours:
+    # a fifth of their cost, which was half of submit_many's own time.
+    task = BatchTask.__new__(BatchTask)
+    task.__dict__.update(template.__dict__)
+    state = task._state = ModelState()
+    state.db, state.adding = template._state.db, template._state.adding
+    state.fields_cache = dict(template._state.fields_cache)
     task.fair_round = fair_round
     return task
 
@@ -371,7 +385,7 @@ def submit_many(
     )
     group_id = uuid.uuid4()
     if not encoded:
-        return TaskGroup(group_id, using=request.db)
+        return TaskGroup((), group_id, using=request.db)
     with transaction.atomic(using=request.db, savepoint=False):
         first = request.first_round
         template = request.new_task(first, queued=request.admit_at_once(len(encoded)))
@@ -380,4 +394,4 @@ def submit_many(
         insert_tasks(tasks, encoded, using=request.db)
     events.submitted(tasks, type_name)
     _after_insert(tasks, request)
-    return TaskGroup(group_id, tasks, using=request.db)
+    return TaskGroup(tasks, group_id, using=request.db)

@@ -44,34 +44,62 @@ def claim(fence: Fence, *, worker: str, pid: int, lease_seconds: float, using: s
     """``queued → running`` for this worker instance, only for the attempt the message
     names; ``None`` if the task is not queued as that attempt (a stale or duplicate
     message, a cancelled task)."""
+    claims = claim_many([fence], worker=worker, pid=pid, lease_seconds=lease_seconds, using=using)
+    return claims[0] if claims else None
+
+
+def claim_many(
+    fences: list[Fence], *, worker: str, pid: int, lease_seconds: float, using: str
+) -> list[Claim]:
+    """``claim`` for the attempts of one message (one worker instance), in one statement
+    that also returns their parameters; in the order given, leaving out those not queued
+    as their attempt."""
+    if not fences:
+        return []
     connection = connections[using]
     t, clock = Tables(connection), Clock(connection)
+    values: list[Any]
+    if len(fences) == 1:
+        match, values = "id = %s AND attempt = %s", [fences[0].task_id, fences[0].attempt]
+    elif connection.vendor == "postgresql":
+        # Arrays: one statement text whatever the message's size (prepared once).
+        match = "(id, attempt) IN (SELECT * FROM UNNEST(%s::bigint[], %s::integer[]))"
+        values = [[f.task_id for f in fences], [f.attempt for f in fences]]
+    else:
+        match, values = attempts_in([(f.task_id, f.attempt) for f in fences])
     sql = (
         f"UPDATE {t.task} SET state = '{TaskState.RUNNING}', started_at = {clock.now}, "
         f"updated_at = {clock.now}, "
         f"worker = %s, worker_instance = %s, worker_pid = %s, lease_expires_at = {clock.after}, "
         "progress_percent = 0, progress_message = '' "
-        f"WHERE id = %s AND attempt = %s AND state IN ({states_sql(*WRITES['claim'].sources)}) "
-        "RETURNING definition_id, queue, lost_runs, "
+        f"WHERE {match} AND state IN ({states_sql(*WRITES['claim'].sources)}) "
+        "RETURNING id, attempt, definition_id, queue, lost_runs, "
         f"(SELECT data FROM {t.params} p WHERE p.task_id = {t.task}.id), "
         f"(SELECT codec FROM {t.params} p WHERE p.task_id = {t.task}.id)"
     )
-    params = [worker, fence.instance, pid, clock.param(lease_seconds), fence.task_id, fence.attempt]
+    instance = fences[0].instance
+    assert all(f.instance == instance for f in fences)
+    params = [worker, instance, pid, clock.param(lease_seconds), *values]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    definition_id, queue, lost_runs, data, codec = row
-    return Claim(
-        fence.task_id,
-        fence.attempt,
-        definition_id,
-        queue,
-        lost_runs,
-        bytes(data or b"{}"),
-        codec or "json",
-    )
+        rows = {(row[0], row[1]): row for row in cursor.fetchall()}
+    claims = []
+    for fence in fences:
+        row = rows.pop((fence.task_id, fence.attempt), None)
+        if row is not None:
+            _, _, definition_id, queue, lost_runs, data, codec = row
+            claims.append(
+                Claim(
+                    fence.task_id,
+                    fence.attempt,
+                    definition_id,
+                    queue,
+                    lost_runs,
+                    bytes(data or b"{}"),
+                    codec or "json",
+                )
+            )
+    return claims
 
 
 def _fenced(write: str) -> str:

@@ -18,9 +18,10 @@ def admit(
     definition_id: int | None = None,
     limit: int = 0,
     skip_locked: bool = False,
-) -> list[tuple[int, int, int]]:
+) -> list[tuple[int, int, int, int, int]]:
     """``new → queued`` into ``queue``: the given ids, or the next ``limit`` due tasks of a type
-    in (priority, fair turn, age) order. Returns ``(id, attempt, definition id)`` of each."""
+    in (priority, fair turn, age) order. Returns ``(id, attempt, definition id, priority,
+    fair round)`` of each, in no particular order."""
     connection = connections[using]
     t, clock = Tables(connection), Clock(connection)
     assignments = (
@@ -44,7 +45,7 @@ def admit(
             f"AND state IN ({new}) AND (run_after IS NULL OR run_after <= {clock.now}) "
             f"ORDER BY priority DESC, fair_round, id LIMIT %s{lock}) "
             f"UPDATE {t.task} SET {assignments} WHERE id {by_id} AND state IN ({new}) "
-            "RETURNING id, attempt, definition_id"
+            "RETURNING id, attempt, definition_id, priority, fair_round"
         )
         params: list[Any] = [definition_id, limit, queue]
     else:
@@ -53,12 +54,12 @@ def admit(
         marks = ", ".join(["%s"] * len(ids))
         sql = (
             f"UPDATE {t.task} SET {assignments} WHERE id IN ({marks}) AND state IN ({new}) "
-            "RETURNING id, attempt, definition_id"
+            "RETURNING id, attempt, definition_id, priority, fair_round"
         )
         params = [queue, *ids]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return [(row[0], row[1], row[2]) for row in cursor.fetchall()]
+        return [tuple(row) for row in cursor.fetchall()]
 
 
 def still_queued(runs: list[tuple[int, int]], *, using: str) -> set[tuple[int, int]]:

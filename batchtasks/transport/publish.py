@@ -28,6 +28,8 @@ except ImportError:  # the redis client library is not installed
     RedisChannel = None  # type: ignore[assignment, misc]
 
 RUN_TASK_NAME = "batchtasks.run"
+#: The task of a message that carries several attempts of one type, run one by one.
+RUN_MANY_TASK_NAME = "batchtasks.run_many"
 CONTENT_TYPE = "application/json"
 DELIVERY_PERSISTENT = 2
 
@@ -46,6 +48,9 @@ class Run(NamedTuple):
     #: The task's type, carried for monitors only (Flower, ``celery inspect active``):
     #: the worker reads the type from the row.
     type_name: str = ""
+    #: How many runs of its type may share its message (the dispatcher's choice: a
+    #: backlog of short tasks without time limits); consecutive runs are grouped.
+    per_message: int = 1
 
     def kwargs(self) -> dict[str, str]:
         """The message's keyword arguments: the type's name, when known."""
@@ -55,6 +60,37 @@ class Run(NamedTuple):
 def message_id(task_id: int, attempt: int) -> str:
     """The Celery task id of a batch task's message: readable in Flower and in logs."""
     return f"batchtask-{task_id}-{attempt}"
+
+
+def many_message_id(runs: list[Run]) -> str:
+    """The Celery task id of a message of several runs: its first, and how many more."""
+    return f"{message_id(runs[0].task_id, runs[0].attempt)}-and-{len(runs) - 1}-more"
+
+
+def parse_many_args(args: Any) -> list[tuple[int, int]] | None:
+    """``(task id, attempt)`` pairs of a ``run_many`` message's arguments."""
+    try:
+        return [(int(task_id), int(attempt)) for task_id, attempt in args[0]]
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def messages(tasks: list[Run]) -> list[list[Run]]:
+    """Cut runs into messages: consecutive runs of one type share one, up to their
+    ``per_message``."""
+    out: list[list[Run]] = []
+    for run in tasks:
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and run.per_message > 1
+            and last[0].type_name == run.type_name
+            and len(last) < min(run.per_message, last[0].per_message)
+        ):
+            last.append(run)
+        else:
+            out.append([run])
+    return out
 
 
 def parse_message_id(request_id: str) -> tuple[int, int] | None:
@@ -109,32 +145,42 @@ def _can_pipeline(channel: Any) -> bool:
     )
 
 
+def _content(batch: list[Run]) -> tuple[str, str, tuple[Any, ...], str]:
+    """A message's task name, id, arguments and their repr."""
+    if len(batch) == 1:
+        run = batch[0]
+        args: tuple[Any, ...] = (run.task_id, run.attempt)
+        return RUN_TASK_NAME, message_id(run.task_id, run.attempt), args, repr(args)
+    pairs = [[run.task_id, run.attempt] for run in batch]
+    return RUN_MANY_TASK_NAME, many_message_id(batch), (pairs,), repr((pairs,))
+
+
 def _publish_pipelined(app: Any, channel: Any, queue: str, tasks: list[Run]) -> None:
-    first_id = message_id(tasks[0].task_id, tasks[0].attempt)
-    # The outcome lives on the BatchTask row: the result backend must not store it again.
-    headers, properties, body, _ = app.amqp.as_task_v2(
-        first_id,
-        RUN_TASK_NAME,
-        (tasks[0].task_id, tasks[0].attempt),
-        tasks[0].kwargs(),
-        ignore_result=True,
-    )
-    properties = dict(properties, delivery_mode=DELIVERY_PERSISTENT)
-    embed = body[2]
+    templates: dict[str, tuple[dict[str, Any], dict[str, Any], Any]] = {}
     key = channel._q_for_pri(queue, 0)
     pipe = channel._create_client().pipeline(transaction=False)
-    for run in tasks:
-        mid = message_id(run.task_id, run.attempt)
+    for batch in messages(tasks):
+        name, mid, args, argsrepr = _content(batch)
+        if name not in templates:
+            # The outcome lives on the BatchTask row: the result backend must not store
+            # it again.
+            headers, properties, body, _ = app.amqp.as_task_v2(
+                mid, name, args, batch[0].kwargs(), ignore_result=True
+            )
+            properties = dict(properties, delivery_mode=DELIVERY_PERSISTENT)
+            templates[name] = (headers, properties, body[2])
+        headers, properties, embed = templates[name]
+        first = batch[0]
         message_headers = dict(
             headers,
             id=mid,
             root_id=mid,
-            argsrepr=f"({run.task_id}, {run.attempt})",
-            kwargsrepr=repr(run.kwargs()),
-            timelimit=[run.time_limit, run.soft_time_limit],
+            argsrepr=argsrepr,
+            kwargsrepr=repr(first.kwargs()),
+            timelimit=[first.time_limit, first.soft_time_limit],
         )
         message = channel.prepare_message(
-            dumps([[run.task_id, run.attempt], run.kwargs(), embed]),
+            dumps([list(args), first.kwargs(), embed]),
             0,
             CONTENT_TYPE,
             "utf-8",
@@ -149,16 +195,18 @@ def _publish_pipelined(app: Any, channel: Any, queue: str, tasks: list[Run]) -> 
 
 def _publish_each(app: Any, queue: str, tasks: list[Run]) -> None:
     with app.producer_or_acquire() as producer:
-        for run in tasks:
+        for batch in messages(tasks):
+            name, mid, args, _ = _content(batch)
+            first = batch[0]
             app.send_task(
-                RUN_TASK_NAME,
-                (run.task_id, run.attempt),
-                run.kwargs(),
+                name,
+                args,
+                first.kwargs(),
                 queue=queue,
                 routing_key=queue,
-                task_id=message_id(run.task_id, run.attempt),
-                time_limit=run.time_limit,
-                soft_time_limit=run.soft_time_limit,
+                task_id=mid,
+                time_limit=first.time_limit,
+                soft_time_limit=first.soft_time_limit,
                 ignore_result=True,
                 producer=producer,
             )

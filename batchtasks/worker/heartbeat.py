@@ -21,7 +21,12 @@ from .. import transitions
 from ..core.conf import get_settings
 from ..services import leases
 from ..services.workers import Identity
-from ..transport.publish import RUN_TASK_NAME, parse_message_id
+from ..transport.publish import (
+    RUN_MANY_TASK_NAME,
+    RUN_TASK_NAME,
+    parse_many_args,
+    parse_message_id,
+)
 from .stopping import INACTIVE, Stopper, overdue
 
 logger = logging.getLogger(__name__)
@@ -41,13 +46,21 @@ def in_flight() -> set[tuple[int, int]] | None:
             continue
     else:
         return None
-    held = set()
+    held: set[tuple[int, int]] = set()
     for request in requests:
-        if getattr(request, "name", None) == RUN_TASK_NAME:
-            key = parse_message_id(getattr(request, "id", "") or "")
-            if key is not None:
-                held.add(key)
+        held.update(attempts_of(request))
     return held
+
+
+def attempts_of(request: Any) -> list[tuple[int, int]]:
+    """``(task id, attempt)`` of each run a Celery request carries (none: not ours)."""
+    name = getattr(request, "name", None)
+    if name == RUN_TASK_NAME:
+        key = parse_message_id(getattr(request, "id", "") or "")
+        return [key] if key is not None else []
+    if name == RUN_MANY_TASK_NAME:
+        return parse_many_args(getattr(request, "args", None)) or []
+    return []
 
 
 class Heartbeat:

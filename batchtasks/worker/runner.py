@@ -32,9 +32,10 @@ from ..core.retries import is_retryable, retry_delay
 from ..core.states import AttemptOutcome, Isolation
 from ..db.connections import reconnecting, state_db
 from ..models import BatchTask
-from ..services import dispatch, events, finalize, leases
+from ..services import dispatch, events, leases
 from ..services.facts import TypeFacts, type_facts
 from . import identity, stopping
+from .completions import after_end, measured
 from .isolation import executor, process
 from .isolation.results import MAX_MESSAGE, MAX_TRACEBACK, check_result, error_type
 from .progress import ProgressWriter, state_lock
@@ -119,8 +120,10 @@ def execute(
         facts = dataclasses.replace(facts, isolation=Isolation.INLINE)
     with log_context(task_id, facts.name, attempt):  # every record of the run names it
         events.started(task_id, facts.name, attempt, using=db)
+        started = time.monotonic()
         outcome = run_plugin(claim, facts, RunnerContext(claim, fence, worker).bind(db))
-        ended = _end(fence, outcome, facts, db)
+        measured(claim.definition_id, time.monotonic() - started, db=db)
+        ended = write_outcome(fence, outcome, facts, db)
     if refill:
         try:
             dispatch.refill(claim.queue, limited=facts.limited, using=db)
@@ -143,7 +146,7 @@ def _claim(fence: transitions.Fence, worker: str, db: str) -> transitions.Claim 
         )
 
 
-def _end(
+def write_outcome(
     fence: transitions.Fence, outcome: transitions.Outcome, facts: TypeFacts, db: str
 ) -> transitions.Ended | None:
     """Write the outcome, then tell the app and run the finalizers if the task is final."""
@@ -153,16 +156,7 @@ def _end(
             db,
             patience=get_settings().LEASE_SECONDS,
         )
-    if ended is not None and not ended.runs_again:
-        events.finished(fence.task_id, facts.name, using=db)
-    finalize.run_after_end(facts.name, ended, fence.task_id, using=db)
-    if ended is None:
-        logger.warning(
-            "batchtasks outcome not recorded task=%s attempt=%s reason=no-longer-ours",
-            fence.task_id,
-            fence.attempt,
-        )
-    elif facts.retention == 0 and not ended.runs_again:  # delete on completion
+    if after_end(fence, ended, facts, db):
         transitions.delete_tasks([fence.task_id], using=db)
     return ended
 

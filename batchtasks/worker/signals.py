@@ -4,6 +4,7 @@ whose pool process Celery saw fail. Each delegates; none holds logic of its own.
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 from celery import signals
@@ -15,9 +16,9 @@ from ..models import BatchTask
 from ..services import leases
 from ..services.dispatch import dispatch_queue
 from ..transitions import Fence
-from ..transport.publish import RUN_TASK_NAME, parse_message_id
 from . import identity
 from . import tasks as _tasks  # registers batchtasks.run with Celery
+from .heartbeat import attempts_of
 
 logger = logging.getLogger(__name__)
 
@@ -94,33 +95,35 @@ def end_broken_run(
     sender: Any = None,
     task_id: str | None = None,
     exception: BaseException | None = None,
+    args: Any = None,
     **kwargs: Any,
 ) -> None:
     """The runner records what plugins raise itself. This ends attempts that Celery saw
     fail around it: the hard time limit, a lost pool process, or the runner's own error."""
-    if getattr(sender, "name", None) != RUN_TASK_NAME or exception is None or not task_id:
-        return
-    if isinstance(exception, _tasks.AttemptFailed):  # its outcome is recorded already
-        return
+    if exception is None or not task_id or isinstance(exception, _tasks.AttemptFailed):
+        return  # an AttemptFailed's outcome is recorded already
+    request = SimpleNamespace(name=getattr(sender, "name", None), id=task_id, args=args)
+    using = state_db(router.db_for_write(BatchTask))
+    for key in attempts_of(request):
+        try:
+            _end_broken(Fence(*key, identity.instance()), exception, using)
+        except Exception:
+            logger.exception("batchtasks could not record a failed run task=%s", key[0])
+
+
+def _end_broken(fence: Fence, exception: BaseException, using: str) -> None:
     from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 
     from .runner import error_type
 
-    key = parse_message_id(task_id)
-    if key is None:
+    held = leases.held_attempt(fence, using=using)
+    if held is None:
         return
-    using = state_db(router.db_for_write(BatchTask))
-    try:
-        held = leases.held_attempt(Fence(*key, identity.instance()), using=using)
-        if held is None:
-            return
-        if isinstance(exception, TimeLimitExceeded):
-            reason, message = leases.TIME_LIMIT, leases.time_limit_message(held)
-        elif isinstance(exception, WorkerLostError):
-            reason, message = leases.WORKER_LOST, leases.worker_lost_message(held)
-        else:
-            reason, message = error_type(exception), str(exception)
-        if leases.lose(held, reason, message, using=using) is not None:
-            dispatch_queue(held.queue, using=using)  # its slot is free now
-    except Exception:
-        logger.exception("batchtasks could not record a failed run task=%s", task_id)
+    if isinstance(exception, TimeLimitExceeded):
+        reason, message = leases.TIME_LIMIT, leases.time_limit_message(held)
+    elif isinstance(exception, WorkerLostError):
+        reason, message = leases.WORKER_LOST, leases.worker_lost_message(held)
+    else:
+        reason, message = error_type(exception), str(exception)
+    if leases.lose(held, reason, message, using=using) is not None:
+        dispatch_queue(held.queue, using=using)  # its slot is free now

@@ -15,11 +15,11 @@ from celery import shared_task
 from celery.exceptions import Ignore, Retry
 from django.db import router
 
-from ..core.states import TaskState
+from ..core.states import AttemptOutcome, TaskState
 from ..db.connections import state_db
 from ..models import BatchTask
-from ..transport.publish import RUN_TASK_NAME, parse_message_id
-from . import runner
+from ..transport.publish import RUN_MANY_TASK_NAME, RUN_TASK_NAME, parse_message_id
+from . import batches, runner
 from .progress import state_lock
 
 #: Whether this worker sends task events (``-E``); set at its start (``signals``).
@@ -54,6 +54,26 @@ def run_batch_task(
     ended = runner.execute(int(task_id), int(attempt), worker=self.request.hostname or "unknown")
     if ended is not None:
         report_outcome(self, int(task_id), int(attempt), ended.state)
+
+
+@shared_task(
+    name=RUN_MANY_TASK_NAME,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    typing=False,
+    throws=(AttemptFailed,),
+)
+def run_batch_tasks(self: Any, runs: list[list[int]], type_name: str = "") -> None:
+    """Claim and run several ``[task id, attempt]`` of one type, one after another (see
+    ``worker.batches``). Monitors see one task: FAILURE if any attempt failed."""
+    pairs = [(int(task_id), int(attempt)) for task_id, attempt in runs]
+    outcomes = batches.execute_many(pairs, worker=self.request.hostname or "unknown")
+    failed = [o for _, o in outcomes if o.kind == AttemptOutcome.FAILED]
+    if failed:
+        first = ": ".join(part for part in (failed[0].error_type, failed[0].error_message) if part)
+        raise AttemptFailed(f"{len(failed)} of {len(outcomes)} attempts failed; the first: {first}")
 
 
 def report_outcome(task: Any, task_id: int, attempt: int, state: str) -> None:

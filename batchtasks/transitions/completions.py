@@ -1,0 +1,107 @@
+"""Writes a worker makes for several attempts at once: successful ends in one statement,
+and the measured run time of a type.
+
+The batched end is fenced exactly as ``end_attempt``: by task, attempt and worker
+instance, and only from ``running``. It writes what ``end_attempt`` writes for a
+``succeeded`` outcome, with each attempt's row.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections, transaction
+
+from ..core.states import WRITES, AttemptOutcome
+from ..db.sql import Clock, Tables, states_sql
+from .attempts import ATTEMPT_COLUMNS, Ended, Fence, Outcome, end_attempt
+from .finalizing import finalize_marks
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    """A successful attempt waiting to be written with others."""
+
+    fence: Fence
+    result: Any
+    #: The last progress message not written yet (``None``: keep what is stored).
+    message: str | None
+    #: Seconds from the claim to the plugin's start: a task that waited in its message
+    #: behind others has its ``started_at`` moved to when it really started.
+    waited: float = 0.0
+
+
+def end_succeeded(runs: list[Succeeded], *, using: str) -> dict[int, Ended]:
+    """End these running attempts as succeeded, with their attempt rows, in one statement
+    on PostgreSQL. Returns the ended ones by task id; one that is not running under its
+    fence any more is left out (nothing is written for it)."""
+    if not runs:
+        return {}
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        with transaction.atomic(using=using):
+            return _end_each(runs, using)
+    t, clock = Tables(connection), Clock(connection)
+    columns: list[list[Any]] = [[], [], [], [], [], []]
+    for run in runs:
+        f = run.fence
+        result = None if run.result is None else json.dumps(run.result)
+        for column, value in zip(
+            columns,
+            (f.task_id, f.attempt, f.instance, result, run.message, run.waited),
+            strict=True,
+        ):
+            column.append(value)
+    succeeded = f"'{AttemptOutcome.SUCCEEDED}'"
+    # Arrays, not a VALUES list: one statement text whatever the batch's size, so that it
+    # is prepared once on the worker's state connection.
+    sql = (
+        "WITH v AS (SELECT * FROM UNNEST(%s::bigint[], %s::integer[], %s::text[], "
+        "%s::jsonb[], %s::text[], %s::float8[]) "
+        "AS v (id, attempt, instance, result, message, waited)), "
+        f"done AS (UPDATE {t.task} SET state = {succeeded}, "
+        "started_at = started_at + MAKE_INTERVAL(secs => v.waited), "
+        f"finished_at = {clock.now}, updated_at = {clock.now}, result = v.result, "
+        "error_type = '', error_message = '', error_traceback = '', "
+        "lease_expires_at = NULL, worker_pid = NULL, progress_percent = 100, "
+        f"progress_message = COALESCE(v.message, progress_message)"
+        f"{finalize_marks('TRUE', t, clock)} "
+        f"FROM v WHERE {t.task}.id = v.id AND {t.task}.attempt = v.attempt "
+        f"AND worker_instance = v.instance "
+        f"AND state IN ({states_sql(*WRITES['end_attempt'].sources)}) "
+        f"RETURNING {t.task}.id AS id, {t.task}.attempt AS number, worker, started_at, "
+        f"{clock.now} AS now, state, queue), "
+        f"recorded AS (INSERT INTO {t.attempt} ({ATTEMPT_COLUMNS}) SELECT id, number, "
+        f"worker, started_at, now, {succeeded}, '', '' FROM done) "
+        "SELECT id, state, queue FROM done"
+    )
+    values = columns
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        return {row[0]: Ended(row[1], row[2]) for row in cursor.fetchall()}
+
+
+def _end_each(runs: list[Succeeded], using: str) -> dict[int, Ended]:
+    """The same, one statement per attempt (SQLite; ``started_at`` is not moved)."""
+    ended = {}
+    for run in runs:
+        outcome = Outcome(AttemptOutcome.SUCCEEDED, result=run.result, progress=(100, run.message))
+        one = end_attempt(run.fence, outcome, using=using)
+        if one is not None:
+            ended[run.fence.task_id] = one
+    return ended
+
+
+def record_run_seconds(definition_id: int, seconds: float, *, using: str) -> None:
+    """Fold a measured mean run time into the type's moving average (``run_seconds``),
+    which sizes the messages of its backlog."""
+    connection = connections[using]
+    t = Tables(connection)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {t.definition} SET run_seconds = CASE WHEN run_seconds IS NULL "
+            "THEN %s ELSE run_seconds * 0.5 + %s * 0.5 END WHERE id = %s",
+            [seconds, seconds, definition_id],
+        )

@@ -1,0 +1,135 @@
+"""Run a message of several tasks of one type: claim them in one statement, run them one
+after another in this pool process, and write their successes in batches.
+
+Each task keeps its own fence, progress, cancel, inactivity watchdog, retries and
+lost-run rules: only the claim and the successful finishes are shared. A task whose
+cancel was asked for while it waited behind the others ends cancelled without running
+(the flags are read again before a task whenever ``PROGRESS_INTERVAL`` has passed since
+the claim or the last read). A crash loses the held finishes (``worker.completions``)
+and the tasks not run yet: all are ``running`` under the lease, and run again as lost runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from django.db import router
+
+from .. import transitions
+from ..core.conf import get_settings
+from ..core.logcontext import log_context
+from ..core.states import AttemptOutcome
+from ..db.connections import reconnecting, state_db
+from ..models import BatchTask
+from ..services import dispatch, events, leases
+from ..services.facts import type_facts
+from . import identity
+from .completions import Completions, measured
+from .progress import state_lock
+from .runner import RunnerContext, run_plugin, write_outcome
+
+logger = logging.getLogger(__name__)
+
+#: The attempt's outcome when its cancel came while it waited in its message.
+CANCELLED_WAITING = "cancelled while waiting behind other tasks of its message"
+
+
+def execute_many(
+    runs: list[tuple[int, int]], *, worker: str, using: str | None = None
+) -> list[tuple[transitions.Fence, transitions.Outcome]]:
+    """Claim and run the ``(task id, attempt)`` runs of one message, in order; returns
+    the outcome of each that ran (those not queued as their attempt run nothing)."""
+    db = state_db(using or router.db_for_write(BatchTask))
+    instance = identity.instance()
+    fences = [transitions.Fence(task_id, attempt, instance) for task_id, attempt in runs]
+    claims = _claim_many(fences, worker, db)
+    if len(claims) < len(fences):
+        logger.info(
+            "batchtasks message dropped %d of %d runs reason=not-queued",
+            len(fences) - len(claims),
+            len(fences),
+        )
+    message = MessageRun(claims, worker, instance, db)
+    try:
+        for i in range(len(claims)):
+            message.run(i)
+    finally:
+        message.completions.flush()
+    for queue, limited in message.queues.items():
+        try:
+            dispatch.refill(queue, limited=limited, using=db)
+        except Exception:  # the worker's periodic pass will refill instead
+            logger.exception("batchtasks refill failed queue=%s", queue)
+    return message.outcomes
+
+
+class MessageRun:
+    """The claimed runs of one message, run one after another."""
+
+    def __init__(self, claims: list[transitions.Claim], worker: str, instance: str, db: str):
+        self.claims, self.worker, self.instance, self.db = claims, worker, instance, db
+        self.completions = Completions(db)
+        self.outcomes: list[tuple[transitions.Fence, transitions.Outcome]] = []
+        #: The queues of the runs, and whether each is limited (refilled at once).
+        self.queues: dict[str, bool] = {}
+        self.claimed = self.checked = time.monotonic()
+        #: Cancel flags of the runs still to come, by task id, once read.
+        self.flags: dict[int, bool] | None = None
+
+    def run(self, i: int) -> None:
+        claim = self.claims[i]
+        fence = transitions.Fence(claim.task_id, claim.attempt, self.instance)
+        facts = type_facts(claim.definition_id, claim.queue, self.db)
+        self.queues[claim.queue] = self.queues.get(claim.queue, False) or facts.limited
+        if time.monotonic() - self.checked >= get_settings().PROGRESS_INTERVAL:
+            self.checked = time.monotonic()
+            rest = [transitions.Fence(c.task_id, c.attempt, self.instance) for c in self.claims[i:]]
+            self.flags = _cancel_flags(rest, self.db)
+        if self.flags is not None:
+            flag = self.flags.get(claim.task_id)
+            if flag is None:  # no longer ours (its lease went): nothing to write
+                return
+            if flag:  # cancelled while it waited
+                cancelled = transitions.Outcome(
+                    AttemptOutcome.CANCELLED, error_message=CANCELLED_WAITING
+                )
+                write_outcome(fence, cancelled, facts, self.db)
+                self.outcomes.append((fence, cancelled))
+                return
+        with log_context(claim.task_id, facts.name, claim.attempt):
+            events.started(claim.task_id, facts.name, claim.attempt, using=self.db)
+            started = time.monotonic()
+            context = RunnerContext(claim, fence, self.worker).bind(self.db)
+            outcome = run_plugin(claim, facts, context)
+            measured(claim.definition_id, time.monotonic() - started, db=self.db)
+            if outcome.kind == AttemptOutcome.SUCCEEDED and self.completions.enabled:
+                note = outcome.progress[1] if outcome.progress else None
+                waited = started - self.claimed
+                self.completions.hold(
+                    transitions.Succeeded(fence, outcome.result, note, waited), facts
+                )
+            else:
+                write_outcome(fence, outcome, facts, self.db)
+        self.outcomes.append((fence, outcome))
+
+
+def _claim_many(fences: list[transitions.Fence], worker: str, db: str) -> list[transitions.Claim]:
+    # While PostgreSQL is away, wait for it as a single claim does (``runner._claim``).
+    lease_seconds = get_settings().LEASE_SECONDS
+    with state_lock:
+        return reconnecting(
+            lambda: transitions.claim_many(
+                fences, worker=worker, pid=os.getpid(), lease_seconds=lease_seconds, using=db
+            ),
+            db,
+            patience=lease_seconds,
+        )
+
+
+def _cancel_flags(fences: list[transitions.Fence], db: str) -> dict[int, bool]:
+    """The cancel flags of the runs still to come, read once ``PROGRESS_INTERVAL`` has
+    passed since the claim or the last read; a run missing is no longer ours."""
+    with state_lock:
+        return reconnecting(lambda: leases.cancel_flags(fences, using=db), db)

@@ -1,0 +1,111 @@
+"""Successful finishes held for a moment and written together, and measured run times.
+
+A pool process running a message of several tasks holds their successful outcomes and
+writes them in one statement (``transitions.end_succeeded``) once ``COMPLETION_WINDOW``
+seconds have passed since the first was held, or ``COMPLETION_BATCH`` are held, and
+always before it takes its next message. What a crash can lose is bounded by that
+window: the held tasks are still ``running`` under their lease, so the heartbeat or the
+sweeper ends them as lost runs and they run again (at most ``COMPLETION_BATCH`` tasks
+run twice). Failures, cancels and retries are written at once, as a single run's are.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .. import transitions
+from ..core.conf import get_settings
+from ..db.connections import reconnecting
+from ..services import events, finalize
+from ..services.facts import TypeFacts
+from .progress import state_lock
+
+logger = logging.getLogger(__name__)
+
+
+class Completions:
+    """The successful finishes a pool process holds (see the module text)."""
+
+    def __init__(self, db: str) -> None:
+        conf = get_settings()
+        self.db = db
+        self.window = conf.COMPLETION_WINDOW
+        self.limit = conf.COMPLETION_BATCH
+        self._held: list[tuple[transitions.Succeeded, TypeFacts]] = []
+        self._since = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.window > 0
+
+    def hold(self, run: transitions.Succeeded, facts: TypeFacts) -> None:
+        if not self._held:
+            self._since = time.monotonic()
+        self._held.append((run, facts))
+        if len(self._held) >= self.limit or time.monotonic() - self._since >= self.window:
+            self.flush()
+
+    def flush(self) -> dict[int, transitions.Ended]:
+        """Write what is held; then the app's signals and finalizers of each."""
+        if not self._held:
+            return {}
+        held, self._held = self._held, []
+        runs = [run for run, _ in held]
+        with state_lock:
+            ended = reconnecting(
+                lambda: transitions.end_succeeded(runs, using=self.db),
+                self.db,
+                patience=get_settings().LEASE_SECONDS,
+            )
+        gone = [
+            run.fence.task_id
+            for run, facts in held
+            if after_end(run.fence, ended.get(run.fence.task_id), facts, self.db)
+        ]
+        if gone:
+            transitions.delete_tasks(gone, using=self.db)
+        return ended
+
+
+def after_end(
+    fence: transitions.Fence, ended: transitions.Ended | None, facts: TypeFacts, db: str
+) -> bool:
+    """What follows a written outcome: the app's signal and the finalizers of a final
+    task. Returns whether the task is to be deleted now (its type keeps nothing)."""
+    if ended is not None and not ended.runs_again:
+        events.finished(fence.task_id, facts.name, using=db)
+    finalize.run_after_end(facts.name, ended, fence.task_id, using=db)
+    if ended is None:
+        logger.warning(
+            "batchtasks outcome not recorded task=%s attempt=%s reason=no-longer-ours",
+            fence.task_id,
+            fence.attempt,
+        )
+        return False
+    return facts.retention == 0 and not ended.runs_again  # delete on completion
+
+
+#: Least seconds between two writes of a type's measured run time by one process.
+RUN_TIME_INTERVAL = 2.0
+_run_times: dict[int, list[float]] = {}
+_written: dict[int, float] = {}
+
+
+def measured(definition_id: int, seconds: float, *, db: str) -> None:
+    """Note one run's time; every ``RUN_TIME_INTERVAL`` (and at a type's first run in
+    this process) the mean goes into the type's moving average, which sizes its messages."""
+    total = _run_times.setdefault(definition_id, [0.0, 0])
+    total[0] += seconds
+    total[1] += 1
+    now = time.monotonic()
+    if now - _written.get(definition_id, float("-inf")) < RUN_TIME_INTERVAL:
+        return
+    mean = total[0] / total[1]
+    _run_times.pop(definition_id)
+    _written[definition_id] = now
+    try:
+        with state_lock:
+            transitions.record_run_seconds(definition_id, mean, using=db)
+    except Exception:  # only sizing depends on it: never the run's outcome
+        logger.warning("batchtasks run time not recorded definition=%s", definition_id)

@@ -1,0 +1,160 @@
+"""Many small tasks per message, and their finishes written in batches: real workers on
+the real broker. Batching is switched on for a type by giving it a measured run time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+from batchtasks import BatchTask, TaskState
+from batchtasks.models import BatchTaskAttempt
+from batchtasks.transport.depth import queue_depth
+from batchtasks.worker.batches import CANCELLED_WAITING
+from tests.conftest import runs_of, set_limit
+from tests.test_recovery import FAST, define
+from tests.test_workers import max_overlap, wait_final
+from tests.workers import wait_for
+
+pytestmark = pytest.mark.worker
+
+SLEEP = ["batch.examples.sleep"]
+QUICK = {"seconds": 0, "record": True}
+
+
+def batched(per_message: int | None = None, run_seconds: float = 0.001) -> None:
+    """Make examples.sleep look short (a measured run time) so its backlog shares messages."""
+    define("examples.sleep", run_seconds=run_seconds, tasks_per_message=per_message)
+
+
+def succeeded(ids: list[int]) -> int:
+    return BatchTask.objects.filter(pk__in=ids, state=TaskState.SUCCEEDED).count()
+
+
+def test_a_backlog_of_short_tasks_shares_messages_and_each_task_keeps_its_record(
+    start_worker, record_dir: Path
+) -> None:
+    batched(per_message=5)
+    tasks = BatchTask.submit_many("examples.sleep", [QUICK] * 20)
+    assert queue_depth(SLEEP[0]) == 4  # 20 tasks, 5 a message
+
+    start_worker("w", SLEEP, concurrency=2)
+    done = wait_final(*tasks)
+
+    assert {t.state for t in done} == {TaskState.SUCCEEDED}
+    attempts = BatchTaskAttempt.objects.filter(task__in=tasks)
+    assert sorted(attempts.values_list("task_id", "outcome")) == [
+        (t.pk, TaskState.SUCCEEDED) for t in tasks
+    ]
+    for task in done:
+        assert task.started_at <= task.finished_at and task.progress_percent == 100
+        assert len(runs_of(record_dir, task.pk)) == 1
+    # A message's tasks ran one after another in one pool process, in the order sent.
+    for first in range(0, 20, 5):
+        runs = [runs_of(record_dir, t.pk)[0] for t in tasks[first : first + 5]]
+        assert len({pid for pid, _, _ in runs}) == 1
+        assert [start for _, start, _ in runs] == sorted(start for _, start, _ in runs)
+
+
+def test_a_cancelled_id_in_a_message_is_skipped(start_worker, record_dir: Path) -> None:
+    batched(per_message=5)
+    tasks = BatchTask.submit_many("examples.sleep", [QUICK] * 5)
+    assert queue_depth(SLEEP[0]) == 1
+    tasks[2].cancel()
+
+    start_worker("w", SLEEP, concurrency=1)
+    done = wait_final(*tasks)
+
+    assert [t.state for t in done] == [TaskState.SUCCEEDED] * 2 + [TaskState.CANCELLED] + [
+        TaskState.SUCCEEDED
+    ] * 2
+    assert runs_of(record_dir, tasks[2].pk) == []
+    assert all(len(runs_of(record_dir, t.pk)) == 1 for t in tasks if t != tasks[2])
+
+
+def test_a_task_cancelled_while_it_waits_in_its_message_never_starts(
+    start_worker, record_dir: Path
+) -> None:
+    batched(per_message=3)
+    first, second, third = BatchTask.submit_many(
+        "examples.sleep", [{"seconds": 1.5, "record": True}, QUICK, QUICK]
+    )
+    start_worker("w", SLEEP, concurrency=1, env=FAST)
+    wait_for(lambda: runs_of(record_dir, first.pk), timeout=30)
+    assert BatchTask.objects.get(pk=third.pk).state == TaskState.RUNNING  # claimed, waiting
+    third.cancel()
+
+    done = wait_final(first, second, third)
+
+    assert [t.state for t in done] == [TaskState.SUCCEEDED, TaskState.SUCCEEDED, "cancelled"]
+    assert done[2].error_message == CANCELLED_WAITING
+    assert runs_of(record_dir, third.pk) == []
+
+
+def test_priority_and_fair_turns_hold_with_batching(start_worker, record_dir: Path) -> None:
+    users = get_user_model().objects
+    alice, bob, carol = (users.create_user(n) for n in ("alice", "bob", "carol"))
+    batched(per_message=4)
+    set_limit("examples.sleep", 4)
+    with transaction.atomic():  # one dispatch pass sees all of them
+        BatchTask.submit_many("examples.sleep", [QUICK] * 6, owner=alice)
+        BatchTask.submit_many("examples.sleep", [QUICK] * 3, owner=bob)
+        BatchTask.submit_many("examples.sleep", [QUICK] * 2, owner=carol, priority=50)
+    assert queue_depth(SLEEP[0]) == 1  # the best 4 of 11, in one message
+
+    start_worker("w", SLEEP, concurrency=1)
+    tasks = list(BatchTask.objects.all())
+    wait_final(*tasks)
+
+    started = sorted(tasks, key=lambda t: runs_of(record_dir, t.pk)[0][1])
+    names = {alice.pk: "a", bob.pk: "b", carol.pk: "c"}
+    assert "".join(names[t.owner_id] for t in started) == "ccabababaaa"
+
+
+def test_a_batched_type_never_runs_more_at_once_than_its_limit(
+    start_worker, record_dir: Path
+) -> None:
+    batched(per_message=10, run_seconds=0.01)
+    set_limit("examples.sleep", 3)
+    tasks = BatchTask.submit_many("examples.sleep", [{"seconds": 0.05, "record": True}] * 40)
+    assert queue_depth(SLEEP[0]) == 1  # nobody consumes yet: the 3 admitted share one
+
+    start_worker("a", SLEEP, concurrency=3)
+    start_worker("b", SLEEP, concurrency=3)
+    done = wait_final(*tasks, timeout=120)
+
+    assert {t.state for t in done} == {TaskState.SUCCEEDED}
+    runs = [run for t in tasks for run in runs_of(record_dir, t.pk)]
+    assert len(runs) == 40
+    assert max_overlap([(start, end) for _, start, end in runs if end is not None]) <= 3
+
+
+def test_a_sigkill_loses_no_batched_finish_and_repeats_at_most_what_was_in_hand(
+    start_worker, record_dir: Path
+) -> None:
+    """Tiny tasks, many a message, finishes held for a window: SIGKILL the worker while
+    it runs them. Every task ends succeeded once; a task runs again only if it was in
+    hand (claimed, running or held) at the kill, so repeats <= COMPLETION_BATCH a process."""
+    batched()
+    env = {**FAST, "BATCHTASKS_COMPLETION_WINDOW": "0.05"}
+    a = start_worker("a", SLEEP, concurrency=2, env=env)
+    tasks = BatchTask.submit_many("examples.sleep", [{"seconds": 0.002, "record": True}] * 3000)
+    ids = [t.pk for t in tasks]
+    wait_for(lambda: succeeded(ids) >= 600, timeout=120)
+    a.kill()
+    in_hand = BatchTask.objects.filter(state=TaskState.RUNNING, worker=a.hostname).count()
+    assert in_hand > 0
+    start_worker("b", SLEEP, concurrency=2, env=env)
+
+    wait_for(lambda: succeeded(ids) == len(ids), timeout=300, interval=0.5)
+
+    wins = BatchTaskAttempt.objects.filter(task_id__in=ids, outcome=TaskState.SUCCEEDED)
+    assert wins.count() == len(ids) == wins.values("task_id").distinct().count()
+    runs = {pk: len([r for r in runs_of(record_dir, pk) if r[2] is not None]) for pk in ids}
+    assert min(runs.values()) >= 1, "every task ran to its end"
+    repeated = sum(n - 1 for n in runs.values())
+    assert repeated <= in_hand, f"{repeated} repeated runs, {in_hand} in hand at the kill"
+    assert repeated <= 2 * 50, "at most one window of finishes a pool process"
+    print(f"batched sigkill: in hand={in_hand} repeated={repeated}")

@@ -10,7 +10,7 @@ TEST_ENV := DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/bat
             REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} \
             DJANGO_SETTINGS_MODULE=tests.settings
 
-.PHONY: all run test test-django6 test-rabbitmq lint format typecheck bench services browser requirements clean docker-smoke
+.PHONY: all run test test-django6 test-rabbitmq lint format typecheck bench bench-scale profile services browser requirements clean docker-smoke
 
 all: test
 
@@ -66,6 +66,16 @@ typecheck: $(STAMP)
 ## bench: throughput and latency against plain Celery, on PostgreSQL and Redis.
 bench: $(STAMP) services
 	$(TEST_ENV) $(BIN)/python -m bench.run
+
+## profile: py-spy flame graphs (SVG, .run/profile/) of a bench worker's main and pool
+##          processes while it runs 10,000 no-op batch tasks; prints the top functions.
+profile: $(STAMP) services
+	$(TEST_ENV) $(BIN)/python -m bench.profile
+
+## bench-scale: how dispatch, submit, throughput, purge and worker memory grow with the
+##              rows in the table (up to 1,000,000; SCALE_SIZES=1000,100000 for a quick run).
+bench-scale: $(STAMP) services
+	$(TEST_ENV) $(BIN)/python -m bench.scale
 
 ## docker-smoke: build docker/'s image, bring its compose file up, run a task through the
 ##               web on a worker container, take it all down (skipped without an engine).

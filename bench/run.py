@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,44 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
+DASH = "\N{EN DASH}"
+
+
+def spread(values: list[float], fmt: str, unit: str) -> str:
+    """The median and, with repeats, the range: ``626 tasks/s (598\N{EN DASH}640)``."""
+    text = f"{format(statistics.median(values), fmt)} {unit}"
+    if len(values) > 1:
+        text += f" ({format(min(values), fmt)}{DASH}{format(max(values), fmt)})"
+    return text
+
+
+#: Many small tasks per message off (the lead's MESSAGE_BATCH_SECONDS; a no-op before it).
+NO_MESSAGE_BATCH = {"BATCHTASKS_MESSAGE_BATCH_SECONDS": "0"}
+
+
+@contextmanager
+def bench_settings(env: dict[str, str]) -> Iterator[None]:
+    """``BATCHTASKS_*`` overrides in this process too (the dispatcher side of submit)."""
+    from batchtasks.core import conf
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    conf._cached = None
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        conf._cached = None
+
+
+def bench_database() -> str:
+    return os.environ["DATABASE_URL"].split("?")[0].rsplit("/", 1)[1]
+
+
 # --- the measurements --------------------------------------------------------------------
 def bench_submit() -> list[tuple[str, str, str, str]]:
     from batchtasks import BatchTask
@@ -160,31 +199,61 @@ def bench_submit() -> list[tuple[str, str, str, str]]:
 
     reset()
     BatchTask.submit("examples.noop")  # create the definition and warm the connections
-    reset()
-    start = time.perf_counter()
-    BatchTask.submit_many("examples.noop", [{"i": i} for i in range(N_SUBMIT)])
-    ours = N_SUBMIT / (time.perf_counter() - start)
     noop.apply_async(queue=PLAIN_QUEUE)
-    start = time.perf_counter()
-    for _ in range(N_SUBMIT):
-        noop.apply_async(queue=PLAIN_QUEUE)
-    plain = N_SUBMIT / (time.perf_counter() - start)
+    ours, plain = [], []
+    for _ in range(REPEAT):
+        reset()
+        start = time.perf_counter()
+        BatchTask.submit_many("examples.noop", [{"i": i} for i in range(N_SUBMIT)])
+        ours.append(N_SUBMIT / (time.perf_counter() - start))
+        reset()
+        start = time.perf_counter()
+        for _ in range(N_SUBMIT):
+            noop.apply_async(queue=PLAIN_QUEUE)
+        plain.append(N_SUBMIT / (time.perf_counter() - start))
     reset()
+    a, b = statistics.median(ours), statistics.median(plain)
     return [
         (
-            f"submit_many of {N_SUBMIT:,} tasks (rows + first dispatch window published)",
-            f"{ours:,.0f} tasks/s",
-            f"{plain:,.0f} tasks/s (apply_async loop)",
-            f"{ours / plain:.1f}x",
+            f"submit_many of {N_SUBMIT:,} tasks (rows + first dispatch window published); "
+            f"median of {REPEAT} (min{DASH}max)",
+            spread(ours, ",.0f", "tasks/s"),
+            spread(plain, ",.0f", "tasks/s") + " (apply_async loop)",
+            f"{a / b:.1f}x",
         )
     ]
 
 
-def drain_plain(client: Any, worker_env: dict[str, str]) -> float:
+@dataclass
+class Drain:
+    """One throughput run: tasks per second, and CPU seconds by group if measured."""
+
+    rate: float
+    cpu: dict[str, float] | None = None
+
+
+@contextmanager
+def cpu_meter(w: Any, measure: bool) -> Iterator[dict[str, float]]:
+    """Measure the CPU of the block's processes (bench/cpu.py) into the yielded dict."""
+    from bench.cpu import CpuMeter
+
+    result: dict[str, float] = {}
+    if not measure:
+        yield result
+        return
+    meter = CpuMeter(w.pid, database=bench_database())
+    meter.start()
+    try:
+        yield result
+    finally:
+        result.update(meter.stop())
+
+
+def drain_plain(client: Any, worker_env: dict[str, str], cpu: bool = False) -> Drain:
     from bench.tasks import key, noop
 
     reset()
-    with worker([PLAIN_QUEUE], env=worker_env):
+    with worker([PLAIN_QUEUE], env=worker_env) as w, cpu_meter(w, cpu) as used:
         start = time.perf_counter()
         for _ in range(N_THROUGHPUT):
             noop.apply_async(queue=PLAIN_QUEUE)
@@ -192,55 +261,101 @@ def drain_plain(client: Any, worker_env: dict[str, str]) -> float:
             lambda: int(client.get(key("done")) or 0) >= N_THROUGHPUT, timeout=600, interval=0.1
         )
     reset()
-    return N_THROUGHPUT / (done - start)
+    return Drain(N_THROUGHPUT / (done - start), used or None)
 
 
-def drain_ours(env: dict[str, str] | None = None) -> float:
+def drain_ours(env: dict[str, str] | None = None, cpu: bool = False) -> Drain:
     from batchtasks import BatchTask
 
     reset()
-    with worker(["batch.examples.noop"], env={**OUR_TRANSPORT, **(env or {})}):
+    with (
+        bench_settings({k: v for k, v in (env or {}).items() if k.startswith("BATCHTASKS_")}),
+        worker(["batch.examples.noop"], env={**OUR_TRANSPORT, **(env or {})}) as w,
+        cpu_meter(w, cpu) as used,
+    ):
         start = time.perf_counter()
         BatchTask.submit_many("examples.noop", [{}] * N_THROUGHPUT)
         done = wait_until(all_done, timeout=600, interval=0.1)
     reset()
-    return N_THROUGHPUT / (done - start)
+    return Drain(N_THROUGHPUT / (done - start), used or None)
+
+
+#: The CPU table of the last throughput step, printed after the main table.
+CPU_TABLES: list[list[str]] = []
 
 
 def bench_throughput() -> list[tuple[str, str, str, str]]:
     import redis
 
+    from bench import cpu
+
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    ours, plain, tuned = [], [], []
-    for _ in range(REPEAT):  # interleaved, so that drifts of the machine hit all alike
-        ours.append(drain_ours())
-        plain.append(drain_plain(client, STOCK_TRANSPORT))
+    runs: dict[str, list[Drain]] = {"ours": [], "plain": [], "tuned": [], "unbatched": []}
+    for i in range(REPEAT):  # interleaved, so that drifts of the machine hit all alike
+        print(f"  throughput round {i + 1} of {REPEAT} ...", file=sys.stderr, flush=True)
+        runs["ours"].append(drain_ours(cpu=True))
+        runs["plain"].append(drain_plain(client, STOCK_TRANSPORT, cpu=True))
         with producer_transport("batchtasks.transport.redis:Transport"):
-            tuned.append(drain_plain(client, OUR_TRANSPORT))
-    a, b, c = (statistics.median(x) for x in (ours, plain, tuned))
-    label = (
-        f"end-to-end {N_THROUGHPUT:,} no-op tasks, one worker -c 2, submit to last done "
-        f"(median of {REPEAT})"
+            runs["tuned"].append(drain_plain(client, OUR_TRANSPORT))
+        runs["unbatched"].append(drain_ours(NO_MESSAGE_BATCH, cpu=True))
+    rates = {k: [r.rate for r in v] for k, v in runs.items()}
+    ours, plain, tuned, unbatched = (
+        statistics.median(rates[k]) for k in ("ours", "plain", "tuned", "unbatched")
     )
+    label = (
+        f"end-to-end {N_THROUGHPUT:,} no-op tasks, one worker -c 2, submit to last done, "
+        f"small tasks per message on (default); median of {REPEAT} (min{DASH}max)"
+    )
+    used: dict[str, dict[str, float]] = {}
+    wall: dict[str, float] = {}  # seconds, all runs
+    sides = ("ours", "unbatched", "plain")
+    for k in sides:
+        used[k] = {}
+        for run in runs[k]:
+            used[k] = cpu.add(used[k], run.cpu or {})
+        wall[k] = sum(N_THROUGHPUT / r.rate for r in runs[k])
+    n = N_THROUGHPUT * REPEAT
+    heads = {
+        "ours": "batchtasks",
+        "unbatched": "batchtasks, small tasks per message off",
+        "plain": "plain Celery",
+    }
+    table = cpu.table(
+        [(heads[k], used[k], n) for k in sides],
+        f"CPU per task, end-to-end {N_THROUGHPUT:,} no-op tasks (all {REPEAT} runs)",
+    )
+    cells = " | ".join(f"{wall[k] * 1000 / n:.3f} ms" for k in sides)
+    table.append(
+        f"| wall time per task (for scale: 2 cores give at most 2x this of CPU) | {cells} "
+        f"| {(wall['ours'] - wall['plain']) * 1000 / n:+.3f} ms |"
+    )
+    CPU_TABLES.append(table)
     return [
-        (label, f"{a:,.0f} tasks/s", f"{b:,.0f} tasks/s", f"{a / b:.2f}x"),
         (
-            "the same, plain Celery also on the batchtasks Redis transport",
-            f"{a:,.0f} tasks/s",
-            f"{c:,.0f} tasks/s",
-            f"{a / c:.2f}x",
+            label,
+            spread(rates["ours"], ",.0f", "tasks/s"),
+            spread(rates["plain"], ",.0f", "tasks/s"),
+            f"{ours / plain:.2f}x",
+        ),
+        (
+            "the same, small tasks per message off (BATCHTASKS_MESSAGE_BATCH_SECONDS=0)",
+            spread(rates["unbatched"], ",.0f", "tasks/s"),
+            spread(rates["plain"], ",.0f", "tasks/s"),
+            f"{unbatched / plain:.2f}x",
+        ),
+        (
+            "the same (default), plain Celery also on the batchtasks Redis transport",
+            spread(rates["ours"], ",.0f", "tasks/s"),
+            spread(rates["tuned"], ",.0f", "tasks/s"),
+            f"{ours / tuned:.2f}x",
         ),
     ]
 
 
-def bench_pickup() -> list[tuple[str, str, str, str]]:
-    import redis
-
+def pickup_ours() -> list[float]:
     from batchtasks import BatchTask
-    from bench.tasks import key, stamp
 
     reset()
-    ours: list[float] = []
     with worker(["batch.examples.sleep"]):
         submitted = []
         for _ in range(N_PICKUP):
@@ -250,10 +365,17 @@ def bench_pickup() -> list[tuple[str, str, str, str]]:
             time.sleep(0.03)
         wait_until(all_done, 60)
         starts = dict(BatchTask.objects.values_list("pk", "result__start"))
-        ours = [(starts[pk] - t0) * 1000 for pk, t0 in submitted]
+    reset()
+    return [(starts[pk] - t0) * 1000 for pk, t0 in submitted]
+
+
+def pickup_plain() -> list[float]:
+    import redis
+
+    from bench.tasks import key, stamp
+
     reset()
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    plain: list[float] = []
     with worker([PLAIN_QUEUE]):
         sent = []
         for i in range(N_PICKUP):
@@ -264,20 +386,36 @@ def bench_pickup() -> list[tuple[str, str, str, str]]:
         wait_until(lambda: client.exists(key(f"stamp:{N_PICKUP - 1}")), 60)
         plain = [(float(client.get(key(f"stamp:{i}"))) - t0) * 1000 for i, t0 in enumerate(sent)]
     reset()
-    return [
+    return plain
+
+
+def bench_pickup() -> list[tuple[str, str, str, str]]:
+    p50: dict[str, list[float]] = {"ours": [], "plain": []}
+    p95: dict[str, list[float]] = {"ours": [], "plain": []}
+    for _ in range(REPEAT):  # interleaved
+        for side, run in (("ours", pickup_ours), ("plain", pickup_plain)):
+            latencies = run()
+            p50[side].append(percentile(latencies, 50))
+            p95[side].append(percentile(latencies, 95))
+    rows = []
+    for label, pcts in (
         (
-            f"pickup latency p50, submit to plugin start, idle worker ({N_PICKUP} runs)",
-            f"{percentile(ours, 50):.1f} ms",
-            f"{percentile(plain, 50):.1f} ms",
-            f"+{percentile(ours, 50) - percentile(plain, 50):.1f} ms",
+            f"pickup latency p50, submit to plugin start, idle worker ({N_PICKUP} tasks); "
+            f"median of {REPEAT} (min{DASH}max)",
+            p50,
         ),
-        (
-            "pickup latency p95",
-            f"{percentile(ours, 95):.1f} ms",
-            f"{percentile(plain, 95):.1f} ms",
-            f"+{percentile(ours, 95) - percentile(plain, 95):.1f} ms",
-        ),
-    ]
+        ("pickup latency p95", p95),
+    ):
+        a, b = statistics.median(pcts["ours"]), statistics.median(pcts["plain"])
+        rows.append(
+            (
+                label,
+                spread(pcts["ours"], ".1f", "ms"),
+                spread(pcts["plain"], ".1f", "ms"),
+                f"{a - b:+.1f} ms",
+            )
+        )
+    return rows
 
 
 def bench_refill() -> list[tuple[str, str, str, str]]:
@@ -354,8 +492,8 @@ def bench_heartbeat() -> list[tuple[str, str, str, str]]:
         "BATCHTASKS_SWEEP_INTERVAL": "3600",
     }
     for _ in range(REPEAT):
-        rates["default"].append(drain_ours())
-        rates["off"].append(drain_ours(quiet))
+        rates["default"].append(drain_ours().rate)
+        rates["off"].append(drain_ours(quiet).rate)
     on, off = (statistics.median(rates[k]) for k in ("default", "off"))
     return [
         (
@@ -459,6 +597,8 @@ def main() -> None:
     print("|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    for table in CPU_TABLES:
+        print("\n".join(table))
 
 
 if __name__ == "__main__":

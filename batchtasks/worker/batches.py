@@ -12,7 +12,6 @@ and the tasks not run yet: all are ``running`` under the lease, and run again as
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 from django.db import router
@@ -28,7 +27,7 @@ from ..services.facts import type_facts
 from . import identity
 from .completions import Completions, measured
 from .progress import state_lock
-from .runner import RunnerContext, run_plugin, write_outcome
+from .runner import RunnerContext, claim_runs, run_plugin, write_outcome
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ def execute_many(
     db = state_db(using or router.db_for_write(BatchTask))
     instance = identity.instance()
     fences = [transitions.Fence(task_id, attempt, instance) for task_id, attempt in runs]
-    claims = _claim_many(fences, worker, db)
+    claims = claim_runs(fences, worker, db)
     if len(claims) < len(fences):
         logger.info(
             "batchtasks message dropped %d of %d runs reason=not-queued",
@@ -113,19 +112,6 @@ class MessageRun:
             else:
                 write_outcome(fence, outcome, facts, self.db)
         self.outcomes.append((fence, outcome))
-
-
-def _claim_many(fences: list[transitions.Fence], worker: str, db: str) -> list[transitions.Claim]:
-    # While PostgreSQL is away, wait for it as a single claim does (``runner._claim``).
-    lease_seconds = get_settings().LEASE_SECONDS
-    with state_lock:
-        return reconnecting(
-            lambda: transitions.claim_many(
-                fences, worker=worker, pid=os.getpid(), lease_seconds=lease_seconds, using=db
-            ),
-            db,
-            patience=lease_seconds,
-        )
 
 
 def _cancel_flags(fences: list[transitions.Fence], db: str) -> dict[int, bool]:

@@ -109,7 +109,8 @@ def execute(
     transaction); ``refill=False`` leaves the freed slot to the caller's next pass."""
     db = state_db(using or router.db_for_write(BatchTask))
     fence = transitions.Fence(task_id, attempt, identity.instance())
-    claim = _claim(fence, worker, db)
+    claims = claim_runs([fence], worker, db)
+    claim = claims[0] if claims else None
     if claim is None:
         logger.info(
             "batchtasks message dropped task=%s attempt=%s reason=not-queued", task_id, attempt
@@ -132,14 +133,15 @@ def execute(
     return ended
 
 
-def _claim(fence: transitions.Fence, worker: str, db: str) -> transitions.Claim | None:
+def claim_runs(fences: list[transitions.Fence], worker: str, db: str) -> list[transitions.Claim]:
+    """Claim the attempts of one message (one statement), those still queued as theirs."""
     # While PostgreSQL is away, wait for it rather than drop the message or the outcome
     # (then the task would run again): as long as a lease, which nobody can take meanwhile.
     lease_seconds = get_settings().LEASE_SECONDS
     with state_lock:
         return reconnecting(
-            lambda: transitions.claim(
-                fence, worker=worker, pid=os.getpid(), lease_seconds=lease_seconds, using=db
+            lambda: transitions.claim_many(
+                fences, worker=worker, pid=os.getpid(), lease_seconds=lease_seconds, using=db
             ),
             db,
             patience=lease_seconds,

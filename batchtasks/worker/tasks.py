@@ -31,15 +31,18 @@ class AttemptFailed(Exception):
     monitors show the failure; the worker's signal handlers leave it alone."""
 
 
-@shared_task(
-    name=RUN_TASK_NAME,
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    ignore_result=True,
-    typing=False,
-    throws=(AttemptFailed,),
-)
+#: Both run tasks: acked after the run, requeued if the pool process dies, no result.
+RUN_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "ignore_result": True,
+    "typing": False,
+    "throws": (AttemptFailed,),
+}
+
+
+@shared_task(name=RUN_TASK_NAME, **RUN_OPTIONS)
 def run_batch_task(
     self: Any, task_id: int, attempt: int | None = None, type_name: str = ""
 ) -> None:
@@ -56,15 +59,7 @@ def run_batch_task(
         report_outcome(self, int(task_id), int(attempt), ended.state)
 
 
-@shared_task(
-    name=RUN_MANY_TASK_NAME,
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    ignore_result=True,
-    typing=False,
-    throws=(AttemptFailed,),
-)
+@shared_task(name=RUN_MANY_TASK_NAME, **RUN_OPTIONS)
 def run_batch_tasks(self: Any, runs: list[list[int]], type_name: str = "") -> None:
     """Claim and run several ``[task id, attempt]`` of one type, one after another (see
     ``worker.batches``). Monitors see one task: FAILURE if any attempt failed."""

@@ -95,6 +95,41 @@ def test_run_after_accepts_a_delay_or_an_aware_datetime() -> None:
     assert at.run_after == before + timedelta(hours=1)
 
 
+def test_the_returned_task_is_the_stored_row_with_the_databases_times() -> None:
+    BatchTask.submit("examples.noop")
+    past = BatchTask.submit("examples.noop", run_after=timezone.now() - timedelta(hours=1))
+    future = BatchTask.submit("examples.sleep", run_after=timezone.now() + timedelta(hours=1))
+
+    for task in (past, future):
+        stored = BatchTask.objects.get(pk=task.pk)
+        fields = ("state", "queue", "fair_round", "priority", "created_at", "queued_at")
+        assert [getattr(task, f) for f in fields] == [getattr(stored, f) for f in fields]
+        assert task.definition.name == stored.definition.name
+    # A task due now skips the dispatcher; one due later waits for it.
+    assert (past.state, past.queued_at) == (TaskState.QUEUED, past.created_at)
+    assert (future.state, future.queued_at, future.queue) == (TaskState.NEW, None, "")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("prepared", [True, False])
+def test_submit_works_again_after_a_reconnect_and_a_rolled_back_transaction(
+    settings, prepared: bool
+) -> None:
+    from django.db import connection
+
+    settings.BATCHTASKS = {"PREPARED_STATEMENTS": prepared}
+    BatchTask.submit("examples.noop")
+    with pytest.raises(ZeroDivisionError), transaction.atomic():
+        BatchTask.submit("examples.noop")
+        1 / 0  # noqa: B018
+    assert BatchTask.submit("examples.noop").pk
+    connection.close()  # a new connection has no prepared statements yet
+    connection.ensure_connection()
+
+    assert BatchTask.submit("examples.noop").pk
+    assert counts() == (3, 3)
+
+
 def test_unknown_type_names_close_matches_and_writes_nothing() -> None:
     with pytest.raises(UnknownTaskType) as error:
         BatchTask.submit("examples.slep", {})

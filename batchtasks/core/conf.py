@@ -66,7 +66,8 @@ class BatchTasksSettings:
     KEEP_DB_CONNECTIONS: bool = True
     #: Worker state writes wait for PostgreSQL's WAL flush (see batchtasks.db).
     SYNCHRONOUS_COMMIT: bool = False
-    #: Prepared statements on the worker's state connection (off behind old PgBouncers).
+    #: Prepared statements: on the worker's state connection and for submit on the caller's
+    #: (off behind a PgBouncer in transaction mode).
     PREPARED_STATEMENTS: bool = True
     #: How long the running-tasks indicator keeps showing a finished task (seconds).
     INDICATOR_RECENT_SECONDS: int = 300

@@ -13,6 +13,7 @@ from typing import Any
 from django.db import connections
 
 from ..core.codecs import Encoded
+from ..db import prepared
 from ..models import BatchTask, BatchTaskParameters
 
 BULK_BATCH_SIZE = 1000
@@ -54,7 +55,9 @@ def insert_task(task: BatchTask, encoded: Encoded, *, using: str) -> None:
         "SELECT id, %s, %s, %s FROM task RETURNING task_id"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*values, encoded.data, encoded.codec, encoded.size])
+        prepared.execute(
+            cursor, "insert", sql, [*values, encoded.data, encoded.codec, encoded.size]
+        )
         task.pk = cursor.fetchone()[0]
     task._state.adding = False
     task._state.db = using

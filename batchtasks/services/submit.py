@@ -16,15 +16,28 @@ from ..core.codecs import Encoded, encode
 from ..core.conf import get_settings
 from ..core.exceptions import InvalidParameters, InvalidTaskOption, TaskTypeDisabled
 from ..core.registry import registry
-from ..core.states import IN_FLIGHT_STATES, UNFINISHED_STATES, TaskState
-from ..db.sql import Clock, as_datetime, states_sql
-from ..models import BatchQueue, BatchTask, BatchTaskDefinition, BatchTaskParameters, TaskGroup
-from . import events
+from ..core.states import UNFINISHED_STATES, TaskState
+from ..models import BatchTask, BatchTaskDefinition, BatchTaskParameters, TaskGroup
+from . import events, line
 from .batching import per_message
 from .bulk import insert_task, insert_tasks
 from .definitions import get_definition
 from .dispatch import dispatch_on_commit, publish_on_commit, run_of
+from .line import Loaded
 from .validation import check_owner, check_priority, check_run_after, check_text
+
+
+@dataclass(frozen=True)
+class Options:
+    """A submit's options, checked; ``priority`` is ``None`` for the type's default."""
+
+    type_name: str
+    owner_id: int | None
+    priority: int | None
+    description: str
+    run_after: datetime | timedelta | None
+    fairness_key: str
+    db: str
 
 
 @dataclass(frozen=True)
@@ -37,15 +50,18 @@ class Request:
     description: str
     run_after: datetime | None
     fairness_key: str
-    first_round: int
-    line: Line
+    loaded: Loaded
     db: str
-    #: The database's clock when the submit read the line: every time written comes from it.
-    now: datetime
+
+    @property
+    def first_round(self) -> int:
+        return self.loaded.first_round
 
     def new_task(
         self, fair_round: int, unique_key: str | None = None, *, queued: bool = False
     ) -> BatchTask:
+        # Every time written comes from the database's clock, read with the line.
+        now = self.loaded.now
         task = BatchTask(
             definition=self.definition,
             owner_id=self.owner_id,
@@ -55,39 +71,17 @@ class Request:
             fairness_key=self.fairness_key,
             fair_round=fair_round,
             unique_key=unique_key,
-            created_at=self.now,
-            updated_at=self.now,
+            created_at=now,
+            updated_at=now,
         )
         if queued:
             task.state, task.queue = TaskState.QUEUED, self.definition.queue
-            task.queued_at = self.now
+            task.queued_at = now
         return task
 
     def admit_at_once(self, count: int) -> bool:
-        """Whether ``count`` new tasks may skip the dispatcher and be published after commit.
-
-        Only for a type and queue without limits, when nothing of the type waits (so no
-        one is overtaken) and the queue's window has room: a soft bound, which concurrent
-        submits may overshoot by a few tasks. Limited types always go through the
-        dispatcher's lock.
-        """
-        line = self.line
-        return (
-            self.definition.max_concurrency is None
-            and line.queue_limit is None
-            and not line.backlog
-            and line.in_flight + count <= get_settings().DISPATCH_WINDOW
-            and (self.run_after is None or self.run_after <= self.now)
-        )
-
-
-@dataclass(frozen=True)
-class Line:
-    """The state of a type's line when a task joins it."""
-
-    queue_limit: int | None
-    in_flight: int
-    backlog: bool
+        """Whether ``count`` new tasks may skip the dispatcher (``line``)."""
+        return self.loaded.admit_at_once(count, self.run_after)
 
 
 def _delay_from(now: datetime, delay: timedelta) -> datetime:
@@ -100,7 +94,7 @@ def _delay_from(now: datetime, delay: timedelta) -> datetime:
         ) from None
 
 
-def _prepare(
+def _check(
     type_name: str,
     *,
     owner: Any,
@@ -109,119 +103,83 @@ def _prepare(
     run_after: Any,
     fairness_key: Any,
     using: str | None,
-) -> Request:
+) -> Options:
     registry.get(type_name)
     checked_priority = None if priority is None else check_priority(priority)
     text = check_text("description", description, 500, optional=False) or ""
     key = check_text("fairness_key", fairness_key, 200, optional=True)
     owner_id = check_owner(owner)
     when = check_run_after(run_after)
-    db = using or router.db_for_write(BatchTask)
     if key is None:
         key = "" if owner_id is None else f"user:{owner_id}"
-    loaded = _load(type_name, key, db)
+    db = using or router.db_for_write(BatchTask)
+    return Options(type_name, owner_id, checked_priority, text, when, key, db)
+
+
+def _prepare(options: Options) -> Request:
+    """Read the type's line and check the type may take tasks."""
+    type_name, db = options.type_name, options.db
+    loaded = line.load(type_name, options.fairness_key, db)
     if loaded is None:  # first use of the type: create its definition from the code
         get_definition(type_name, using=db)
-        loaded = _load(type_name, key, db)
+        loaded = line.load(type_name, options.fairness_key, db)
         assert loaded is not None
-    definition, first_round, line, db_now = loaded
+    definition = loaded.definition
+    when = options.run_after
     if isinstance(when, timedelta):  # from the database's clock, as every time written
-        when = _delay_from(db_now, when)
-    if not definition.enabled:
-        raise TaskTypeDisabled(
-            f"Task type {type_name!r} is disabled; enable its definition in the admin "
-            "(Batch task definitions) before submitting."
-        )
+        when = _delay_from(loaded.now, when)
+    _check_enabled(definition)
     return Request(
         definition=definition,
-        owner_id=owner_id,
-        priority=definition.priority if checked_priority is None else checked_priority,
-        description=text,
+        owner_id=options.owner_id,
+        priority=definition.priority if options.priority is None else options.priority,
+        description=options.description,
         run_after=when,
-        fairness_key=key,
-        first_round=first_round,
-        line=line,
+        fairness_key=options.fairness_key,
+        loaded=loaded,
         db=db,
-        now=db_now,
     )
+
+
+def _check_enabled(definition: BatchTaskDefinition) -> None:
+    if not definition.enabled:
+        raise TaskTypeDisabled(
+            f"Task type {definition.name!r} is disabled; enable its definition in the admin "
+            "(Batch task definitions) before submitting."
+        )
+
+
+def _join(options: Options, encoded: Encoded) -> BatchTask:
+    """Insert one task at its place in the line in one statement (PostgreSQL)."""
+    assert not isinstance(options.run_after, timedelta)
+    task = BatchTask(
+        owner_id=options.owner_id,
+        description=options.description,
+        run_after=options.run_after,
+        fairness_key=options.fairness_key,
+    )
+
+    def join() -> line.Joined | None:
+        return line.join(
+            task,
+            encoded,
+            type_name=options.type_name,
+            key=options.fairness_key,
+            priority=options.priority,
+            db=options.db,
+        )
+
+    joined = join()
+    if joined is None:  # first use of the type: create its definition from the code
+        get_definition(options.type_name, using=options.db)
+        joined = join()
+        assert joined is not None
+    if not joined.inserted:
+        _check_enabled(joined.loaded.definition)
+    return task
 
 
 ON_CONFLICT = ("return", "supersede")
-
-# In the model's field order, as Model.from_db expects.
-DEFINITION_FIELDS = [
-    f.attname
-    for f in BatchTaskDefinition._meta.concrete_fields
-    if f.attname
-    in {"id", "name", "queue", "priority", "enabled", "max_concurrency", "timeout", "soft_timeout"}
-]
-
-
-def _load(
-    type_name: str, key: str, db: str
-) -> tuple[BatchTaskDefinition, int, Line, datetime] | None:
-    """The live definition, the fair turn of the next task of ``key``, the state of the
-    line and the database's clock, in one query.
-
-    Start-time fair queueing, one line of turns per queue (its types share it): a task's
-    turn comes after its key's own waiting tasks and never before the turn being served
-    now (the newest in flight, else the head of the line), so a newcomer waits at most
-    one round whatever the backlog of others.
-    """
-    connection = connections[db]
-    sql = _LINE_SQL.get(connection.vendor) or _LINE_SQL.setdefault(
-        connection.vendor, _line_sql(connection)
-    )
-    params: list[Any] = [key, get_settings().DISPATCH_WINDOW + 1, type_name]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    n = len(DEFINITION_FIELDS)
-    definition = BatchTaskDefinition.from_db(db, DEFINITION_FIELDS, row[:n])
-    serving, head, last, queue_limit, in_flight_count, db_now = row[n:]
-    turn = serving if serving is not None else (head or 0)
-    line = Line(queue_limit=queue_limit, in_flight=in_flight_count, backlog=head is not None)
-    first = turn if last is None else max(turn, last + 1)
-    now = as_datetime(db_now)
-    assert now is not None
-    return definition, first, line, now
-
-
-_LINE_SQL: dict[str, str] = {}
-
-
-def _line_sql(connection: Any) -> str:
-    """The query of ``_load``; its parameters: the fairness key, the window + 1, the type."""
-    t = connection.ops.quote_name(BatchTask._meta.db_table)
-    d = connection.ops.quote_name(BatchTaskDefinition._meta.db_table)
-    q = connection.ops.quote_name(BatchQueue._meta.db_table)
-    in_flight, new = states_sql(*IN_FLIGHT_STATES), states_sql(TaskState.NEW)
-
-    def over_types(pick: str) -> str:
-        # One index lookup per type of the queue (``ORDER BY … LIMIT 1`` rather than
-        # MIN/MAX over the whole backlog: the same answer from the partial indexes).
-        return f"(SELECT {pick} FROM {d} qd WHERE qd.queue = d.queue)"
-
-    return (
-        f"SELECT {', '.join('d.' + f for f in DEFINITION_FIELDS)}, "
-        f"(SELECT fair_round FROM {t} WHERE queue = d.queue AND state IN ({in_flight}) "
-        "ORDER BY fair_round DESC LIMIT 1), "
-        + over_types(
-            f"MIN((SELECT fair_round FROM {t} WHERE definition_id = qd.id AND state = {new} "
-            "ORDER BY fair_round LIMIT 1))"
-        )
-        + ", "
-        + over_types(
-            f"MAX((SELECT fair_round FROM {t} WHERE definition_id = qd.id AND state = {new} "
-            "AND fairness_key = %s ORDER BY fair_round DESC LIMIT 1))"
-        )
-        + f", (SELECT max_concurrency FROM {q} WHERE name = d.queue), "
-        f"(SELECT COUNT(*) FROM (SELECT 1 FROM {t} WHERE queue = d.queue "
-        f"AND state IN ({in_flight}) LIMIT %s) AS in_flight), {Clock(connection).now} "
-        f"FROM {d} d WHERE d.name = %s"
-    )
 
 
 def _checked(type_name: str, params: Any, *, index: int | None = None) -> Encoded:
@@ -264,7 +222,7 @@ def submit(
             "unfinished task with the same unique_key, 'supersede' skips it if it is waiting."
         )
     encoded = _checked(type_name, params)
-    request = _prepare(
+    options = _check(
         type_name,
         owner=owner,
         priority=priority,
@@ -273,36 +231,43 @@ def submit(
         fairness_key=fairness_key,
         using=using,
     )
+    connection = connections[options.db]
+    if (
+        unique is None
+        and connection.vendor == "postgresql"
+        and not isinstance(options.run_after, timedelta)
+    ):
+        # One statement reads the line and inserts, atomic on its own: outside a
+        # transaction, no BEGIN and COMMIT round trips either (4 round trips became 1).
+        task = _join(options, encoded)
+        events.submitted([task], type_name)
+        _after_insert([task], task.definition, options.db)
+        return task
+    request = _prepare(options)
     task = request.new_task(request.first_round, unique, queued=request.admit_at_once(1))
-    connection = connections[request.db]
-    if unique is None and connection.vendor == "postgresql" and connection.get_autocommit():
-        # One statement, atomic on its own: no BEGIN and COMMIT round trips of a
-        # transaction (a single submit outside one: 4 round trips became 2).
-        insert_task(task, encoded, using=request.db)
-    else:
-        # No savepoint of our own inside the caller's transaction: a failed insert fails it.
-        with transaction.atomic(using=request.db, savepoint=False):
-            if unique is None:
-                insert_task(task, encoded, using=request.db)
-            else:
-                existing = _insert_unique(task, request, supersede=on_conflict == "supersede")
-                if existing is not None:
-                    return existing
-                _parameters(task, encoded).save(using=request.db, force_insert=True)
+    # No savepoint of our own inside the caller's transaction: a failed insert fails it.
+    with transaction.atomic(using=request.db, savepoint=False):
+        if unique is None:
+            insert_task(task, encoded, using=request.db)
+        else:
+            existing = _insert_unique(task, request, supersede=on_conflict == "supersede")
+            if existing is not None:
+                return existing
+            _parameters(task, encoded).save(using=request.db, force_insert=True)
     events.submitted([task], type_name)
-    _after_insert([task], request)
+    _after_insert([task], request.definition, request.db)
     return task
 
 
-def _after_insert(tasks: list[BatchTask], request: Request) -> None:
+def _after_insert(tasks: list[BatchTask], definition: BatchTaskDefinition, db: str) -> None:
     """Publish tasks admitted at once, or let the dispatcher admit them, after commit."""
-    queue = request.definition.queue
+    queue = definition.queue
     if tasks[0].state == TaskState.QUEUED:
-        size = per_message(request.definition, len(tasks), queue, using=request.db)
-        runs = [run_of(t.pk, t.attempt, request.definition, size) for t in tasks]
-        publish_on_commit(queue, runs, using=request.db)
+        size = per_message(definition, len(tasks), queue, using=db)
+        runs = [run_of(t.pk, t.attempt, definition, size) for t in tasks]
+        publish_on_commit(queue, runs, using=db)
     else:
-        dispatch_on_commit(queue, using=request.db)
+        dispatch_on_commit(queue, using=db)
 
 
 def _insert_unique(task: BatchTask, request: Request, *, supersede: bool) -> BatchTask | None:
@@ -375,13 +340,15 @@ def submit_many(
         )
     encoded = [_checked(type_name, p, index=i) for i, p in enumerate(params_list)]
     request = _prepare(
-        type_name,
-        owner=owner,
-        priority=priority,
-        description=description,
-        run_after=run_after,
-        fairness_key=fairness_key,
-        using=using,
+        _check(
+            type_name,
+            owner=owner,
+            priority=priority,
+            description=description,
+            run_after=run_after,
+            fairness_key=fairness_key,
+            using=using,
+        )
     )
     group_id = uuid.uuid4()
     if not encoded:
@@ -393,5 +360,5 @@ def submit_many(
         tasks = [_copy_with_round(template, first + i) for i in range(len(encoded))]
         insert_tasks(tasks, encoded, using=request.db)
     events.submitted(tasks, type_name)
-    _after_insert(tasks, request)
+    _after_insert(tasks, request.definition, request.db)
     return TaskGroup(tasks, group_id, using=request.db)

@@ -7,7 +7,7 @@ Command (repository root; ``python -m bench.scale [step ...]`` runs some steps o
         REDIS_URL=redis://127.0.0.1:6379/0 .venv/bin/python -m bench.scale
 
 Runs on a database of its own, ``<DATABASE_URL name>_scale`` (created if missing and
-kept, emptied before each step), and the Redis prefix ``batchtasks-scale:``. Rows are
+kept, emptied before each step), and the Redis prefix ``batchtasks-scale:`` (``SCALE_PREFIX``). Rows are
 filled with set-based SQL (``INSERT … SELECT … generate_series``), tasks with their
 parameters (and finished ones with their attempt), then ``VACUUM ANALYZE`` (the state
 autovacuum would leave). Steps (all by default):
@@ -55,7 +55,7 @@ EXPLAIN = os.environ.get("SCALE_EXPLAIN") == "1"
 TYPES, QUEUES = 100, 10
 NOOP = "examples.noop"
 NOOP_QUEUE = "batch.examples.noop"
-PREFIX = "batchtasks-scale:"
+PREFIX = os.environ.get("SCALE_PREFIX", "batchtasks-scale:")
 Row = tuple[str, str, str]
 
 

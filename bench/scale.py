@@ -7,10 +7,10 @@ Command (repository root; ``python -m bench.scale [step ...]`` runs some steps o
         REDIS_URL=redis://127.0.0.1:6379/0 .venv/bin/python -m bench.scale
 
 Runs on a database of its own, ``<DATABASE_URL name>_scale`` (created if missing and
-kept, emptied before each step), and the Redis prefix ``batchtasks-scale:`` (``SCALE_PREFIX``). Rows are
-filled with set-based SQL (``INSERT … SELECT … generate_series``), tasks with their
-parameters (and finished ones with their attempt), then ``VACUUM ANALYZE`` (the state
-autovacuum would leave). Steps (all by default):
+kept, emptied before each step), and the Redis prefix ``batchtasks-scale:``
+(``SCALE_PREFIX``). Rows are filled with set-based SQL (``INSERT … SELECT …
+generate_series``), tasks with their parameters (and finished ones with their attempt),
+then ``VACUUM ANALYZE`` (the state autovacuum would leave). Steps (all by default):
 
 - ``backlog``: a dispatch pass (median / p95 of ``SCALE_PASSES``) and ``BatchTask.submit``
   (p50 / p99 of ``SCALE_SUBMITS``) with ``SCALE_SIZES`` waiting tasks of one type and owner.

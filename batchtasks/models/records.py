@@ -12,8 +12,14 @@ from .tasks import BatchTask
 class BatchTaskParameters(models.Model):
     """The encoded parameters of one task (SuperOffice's binaryobject)."""
 
+    # Inserted with its task in one statement or COPY, and deleted with it (Django's
+    # cascade, ``transitions.delete_tasks``): no database constraint to check per row.
     task = models.OneToOneField(
-        BatchTask, on_delete=models.CASCADE, primary_key=True, related_name="parameters"
+        BatchTask,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="parameters",
+        db_constraint=False,
     )
     data = models.BinaryField(_("data"))
     codec = models.CharField(_("codec"), max_length=16, default="json")

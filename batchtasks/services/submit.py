@@ -15,6 +15,7 @@ from .. import transitions
 from ..core.codecs import Encoded, encode
 from ..core.conf import get_settings
 from ..core.exceptions import InvalidParameters, InvalidTaskOption, TaskTypeDisabled
+from ..core.plugin import BatchTaskPlugin
 from ..core.registry import registry
 from ..core.states import UNFINISHED_STATES, TaskState
 from ..models import BatchTask, BatchTaskDefinition, BatchTaskParameters, TaskGroup
@@ -182,11 +183,20 @@ def _join(options: Options, encoded: Encoded) -> BatchTask:
 ON_CONFLICT = ("return", "supersede")
 
 
-def _checked(type_name: str, params: Any, *, index: int | None = None) -> Encoded:
-    """``params`` checked by the type's plugin, then encoded; ``InvalidParameters`` if not."""
+def _checked(
+    type_name: str,
+    params: Any,
+    *,
+    index: int | None = None,
+    plugin: type[BatchTaskPlugin] | None = None,
+    limit: int | None = None,
+) -> Encoded:
+    """``params`` checked by the type's plugin, then encoded; ``InvalidParameters`` if not.
+    ``submit_many`` passes the plugin and the size limit, looked up once for all sets."""
     params = {} if params is None else params
+    plugin = plugin or registry.get(type_name).plugin
     try:
-        registry.get(type_name).plugin.validate_params(params)
+        plugin.validate_params(params)
     except InvalidParameters as exc:
         if index is None:
             raise
@@ -194,7 +204,8 @@ def _checked(type_name: str, params: Any, *, index: int | None = None) -> Encode
             f"[{index}].{name}" if name else f"[{index}]": why for name, why in exc.fields.items()
         }
         raise InvalidParameters(f"Parameter set {index}: {exc}", fields=fields) from None
-    return encode(params, type_name=type_name, limit=get_settings().MAX_PARAMS_BYTES)
+    limit = get_settings().MAX_PARAMS_BYTES if limit is None else limit
+    return encode(params, type_name=type_name, limit=limit)
 
 
 def _parameters(task: BatchTask, encoded: Encoded) -> BatchTaskParameters:
@@ -338,7 +349,11 @@ def submit_many(
             "submit_many takes a list of parameter sets, not a single "
             f"{type(params_list).__name__}; use submit() for one task."
         )
-    encoded = [_checked(type_name, p, index=i) for i, p in enumerate(params_list)]
+    plugin, limit = registry.get(type_name).plugin, get_settings().MAX_PARAMS_BYTES
+    encoded = [
+        _checked(type_name, p, index=i, plugin=plugin, limit=limit)
+        for i, p in enumerate(params_list)
+    ]
     request = _prepare(
         _check(
             type_name,

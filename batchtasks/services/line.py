@@ -109,6 +109,25 @@ DECIDED = frozenset(
 )
 
 
+#: The columns of a task given to ``join``; the others take the model's defaults.
+GIVEN = frozenset({"owner_id", "description", "run_after", "fairness_key"})
+_DEFAULTS: dict[str, dict[str, Any]] = {}
+
+
+def _defaults(connection: Any) -> dict[str, Any]:
+    """The database values of a new task's columns (constants: the callable defaults are
+    the times ``DECIDED`` leaves to the database), prepared once per backend."""
+    defaults = _DEFAULTS.get(connection.vendor)
+    if defaults is None:
+        blank = BatchTask()
+        defaults = _DEFAULTS[connection.vendor] = {
+            f.attname: f.get_db_prep_save(getattr(blank, f.attname), connection)
+            for f in _fields()
+            if f.attname not in DECIDED | GIVEN
+        }
+    return defaults
+
+
 def _fields() -> list[Any]:
     return [f for f in BatchTask._meta.concrete_fields if not f.primary_key]
 
@@ -132,15 +151,19 @@ def join(
     db: str,
 ) -> Joined | None:
     """Insert ``task`` of ``type_name`` and its parameters at its place in the line, in
-    one statement (PostgreSQL only); the line decides the columns of ``DECIDED`` (and the
-    priority, when ``priority`` is ``None``: the type's default) and they are set on
-    ``task``. ``None`` if the type has no definition row yet."""
+    one statement (PostgreSQL only). ``task`` is new, with only the columns of ``GIVEN``
+    set; the line decides those of ``DECIDED`` (and the priority, when ``priority`` is
+    ``None``: the type's default) and they are set on ``task``. ``None`` if the type has
+    no definition row yet."""
     connection = connections[db]
+    defaults = _defaults(connection)
     # In column order, as ``_join_sql`` places them; the priority may be NULL.
     values = [
         priority
         if f.attname == "priority"
         else f.get_db_prep_save(getattr(task, f.attname), connection)
+        if f.attname in GIVEN
+        else defaults[f.attname]
         for f in _fields()
         if f.attname not in DECIDED
     ]

@@ -526,11 +526,11 @@ def step_throughput() -> list[Row]:
 
 
 def step_purge() -> list[Row]:
-    """e: the sweeper's ``purge`` (1000 rows a type a call) until ``FINISHED`` expired tasks
-    are gone, in another process, while this one keeps submitting; submit latency with and
-    without it."""
+    """e: the sweeper's ``purge`` until ``FINISHED`` expired tasks are gone, in another
+    process, while this one keeps submitting; submit latency with and without it."""
     from django.db import connection
 
+    from batchtasks.core.conf import get_settings
     from batchtasks.models import BatchTaskDefinition
 
     reset()
@@ -549,30 +549,38 @@ def step_purge() -> list[Row]:
     child = subprocess.Popen(
         [sys.executable, "-m", "bench.scale", PURGE_CHILD], stdout=subprocess.PIPE, text=True
     )
+    assert child.stdout is not None
+    child.stdout.readline()  # set up: its first call begins now
     during: list[float] = []
     while child.poll() is None:
-        during += time_submits(None, "during the purge", n=50, report=False)
+        during += time_submits(None, "during the purge", n=10, report=False)
     out, _ = child.communicate()
     if child.returncode:
         raise RuntimeError(f"the purge process failed ({child.returncode})")
-    chunks = json.loads(out.splitlines()[-1])
-    deleted = [sum(n for n, _ in chunks)]
-    chunks = [ms for _, ms in chunks]
-    duration = sum(chunks) / 1000  # the calls' time, without the process's start
+    calls = json.loads(out.splitlines()[-1])
+    deleted = sum(n for n, _ in calls)
+    duration = sum(call_ms for _, call_ms in calls) / 1000  # the calls' time only
     with connection.cursor() as cursor:
         cursor.execute("SELECT COUNT(*) FROM batchtasks_batchtask WHERE state = 'succeeded'")
         left = cursor.fetchone()[0]
     reset()
-    first, last = chunks[:10], chunks[-10:]
+    conf = get_settings()
+    most = max(n for n, _ in calls)  # a full call: what one sweep deletes at most
     work = f"{FINISHED:,} finished, expired"
     return [
         (
-            "e. purge (the sweeper's purge() called until nothing is left, 1000 rows a type "
-            "a call, in another process)",
+            f"e. purge (the sweeper's purge() called until nothing is left, in another "
+            f"process; PURGE_SECONDS {conf.PURGE_SECONDS:g})",
             work,
-            f"{duration:.1f} s, {deleted[0] / duration:,.0f} rows/s ({left:,} left); a call: "
-            f"first 10 median {statistics.median(first):.0f} ms, last 10 "
-            f"{statistics.median(last):.0f} ms",
+            f"{duration:.1f} s, {deleted / duration:,.0f} rows/s ({left:,} left); "
+            f"{len(calls)} calls of up to {most:,} rows, median "
+            f"{statistics.median(call_ms for _, call_ms in calls):.0f} ms",
+        ),
+        (
+            f"e. purge a sweep can keep up with (the most one call deleted / SWEEP_INTERVAL "
+            f"{conf.SWEEP_INTERVAL:g} s)",
+            work,
+            f"{most / conf.SWEEP_INTERVAL:,.0f} rows/s",
         ),
         (f"e. submit p50 / p99, no purge ({len(quiet)})", work, ms(quiet, 50, 99)),
         (f"e. submit p50 / p99, during the purge ({len(during)})", work, ms(during, 50, 99)),
@@ -584,23 +592,28 @@ PURGE_CHILD = "_purge"
 
 def purge_child() -> None:
     """The purge of step e, in a process of its own (no GIL shared with the submits):
-    ``purge()`` until it deletes nothing; prints ``[[rows, ms], …]`` of each call."""
+    ``purge()`` until it deletes nothing; prints a line when set up, then
+    ``[[rows, ms], …]`` of each call that deleted something."""
     import django
 
     django.setup()  # the parent's environment: the scale database and prefix
+    from django.db import connection
+
     from batchtasks.services.sweeper import purge
 
-    chunks, deleted = [], 0
+    connection.ensure_connection()
+    print("ready", flush=True)
+    calls, deleted = [], 0
     while True:
         start = time.perf_counter()
         n = purge(using="default")
         if not n:
             break
-        chunks.append((n, (time.perf_counter() - start) * 1000))
+        calls.append((n, (time.perf_counter() - start) * 1000))
+        if deleted // 100_000 < (deleted + n) // 100_000:
+            log(f"  purged {deleted + n:,} rows")
         deleted += n
-        if len(chunks) % 100 == 0:
-            log(f"  purged {deleted:,} rows")
-    print(json.dumps(chunks))
+    print(json.dumps(calls))
 
 
 def rss(pid: int) -> tuple[float, list[float]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from batchtasks import BatchTask, BatchTaskPlugin, Priority, TaskState, batchtas
 from batchtasks.core.states import AttemptOutcome
 from batchtasks.models import BatchQueue, BatchTaskDefinition
 from batchtasks.services.definitions import get_definition
-from batchtasks.services.dispatch import dispatch_queue
+from batchtasks.services.dispatch import TypeSlot, _merge_candidates, dispatch_queue
 from batchtasks.transport.depth import queue_depth
 from tests.conftest import broker_at, purge_queues, set_limit
 
@@ -35,6 +36,12 @@ class SharedA(BatchTaskPlugin):
 
 @batchtask("tests.shared_b", queue=SHARED)
 class SharedB(BatchTaskPlugin):
+    def run(self, params: Any) -> None:
+        return None
+
+
+@batchtask("tests.shared_c", queue=SHARED)
+class SharedC(BatchTaskPlugin):
     def run(self, params: Any) -> None:
         return None
 
@@ -344,3 +351,107 @@ def test_a_limited_submit_is_dispatched_when_a_test_runs_the_commit_callbacks(
 
     task.refresh_from_db()
     assert task.state == TaskState.QUEUED
+
+
+def set_queue_limit(limit: int) -> None:
+    BatchQueue.objects.filter(name=SHARED).update(max_concurrency=limit)
+
+
+def waiting(type_name: str, turns: list[int], **options: Any) -> list[BatchTask]:
+    """Tasks of a type submitted while the shared queue is shut, taking these fair turns."""
+    tasks = BatchTask.submit_many(type_name, [{}] * len(turns), **options)
+    for task, turn in zip(tasks, turns, strict=True):
+        BatchTask.objects.filter(pk=task.pk).update(fair_round=turn)
+    return tasks
+
+
+def queued(*tasks: BatchTask) -> set[int]:
+    return {t.pk for t, state in zip(tasks, states(*tasks), strict=True) if state == "queued"}
+
+
+def test_a_shared_queue_admits_the_best_tasks_each_type_has_room_for() -> None:
+    for name in ("tests.shared_a", "tests.shared_b", "tests.shared_c"):
+        get_definition(name)
+    set_limit("tests.shared_c", 3)  # shared_a: 2, shared_b: unlimited
+    set_queue_limit(0)
+    a = waiting("tests.shared_a", [0, 0, 0, 0], priority=Priority.IMMEDIATE)
+    (b_urgent,) = waiting("tests.shared_b", [0], priority=Priority.IMPORTANT)
+    (b_later,) = waiting(
+        "tests.shared_b", [0], priority=Priority.IMPORTANT, run_after=timedelta(hours=1)
+    )
+    b = waiting("tests.shared_b", [5, 6, 7])
+    c = waiting("tests.shared_c", [0, 1, 2, 3, 4])
+    set_queue_limit(2)
+    dispatch_queue(SHARED)
+    assert queued(*a) == {a[0].pk, a[1].pk}  # shared_a is now full
+
+    set_queue_limit(7)  # 5 free slots; shared_b could take 5, shared_c 3
+    dispatch_queue(SHARED)
+
+    # shared_a's urgent tasks wait for its slots, b_later for its time, and shared_c's
+    # fourth turn for a slot of its own: b's turn 5 goes first.
+    assert queued(*a, b_urgent, b_later, *b, *c) == {
+        a[0].pk,
+        a[1].pk,
+        b_urgent.pk,
+        c[0].pk,
+        c[1].pk,
+        c[2].pk,
+        b[0].pk,
+    }
+    assert broker_depth(SHARED) == 7
+
+
+def test_a_type_with_urgent_work_takes_more_than_its_share_of_a_shared_queue() -> None:
+    get_definition("tests.shared_b")
+    get_definition("tests.shared_c")
+    set_queue_limit(0)
+    urgent = waiting("tests.shared_b", [3, 4, 5, 6, 7], priority=Priority.IMPORTANT)
+    normal = waiting("tests.shared_c", [0, 1, 2, 3, 4])
+    set_queue_limit(6)
+
+    dispatch_queue(SHARED)
+
+    assert queued(*urgent, *normal) == {t.pk for t in urgent} | {normal[0].pk}
+
+
+def test_a_shared_queue_picks_what_merging_each_types_own_line_picks() -> None:
+    """Random lines of three types against a plain merge of each type's best due tasks."""
+    names = ["tests.shared_a", "tests.shared_b", "tests.shared_c"]
+    ids = [get_definition(name).pk for name in names]
+    set_queue_limit(0)
+    rng = random.Random(20240611)
+    hour = timedelta(hours=1)
+    for name in names:
+        for task in BatchTask.submit_many(name, [{}] * rng.randint(0, 14)):
+            BatchTask.objects.filter(pk=task.pk).update(
+                priority=rng.choice([-50, 0, 0, 50]),
+                fair_round=rng.randint(0, 6),
+                run_after=rng.choice([None, None, timezone.now() - hour, timezone.now() + hour]),
+            )
+    due = [
+        (t.definition_id, -t.priority, t.fair_round, t.pk)
+        for t in BatchTask.objects.filter(state=TaskState.NEW)
+        if t.run_after is None or t.run_after < timezone.now()
+    ]
+    uneven = 0
+    for _ in range(300):
+        queue_free = rng.randint(1, 16)
+        slots = []
+        for pk in ids:
+            limit = rng.choice([None, rng.randint(1, 8)])
+            slot = TypeSlot(pk, limit, rng.randint(0, limit) if limit else 0)
+            if slot.free(queue_free) > 0:
+                slots.append(slot)
+        if not slots:
+            continue
+        candidates = []
+        for slot in slots:  # each type's own line, as far as its free slots reach
+            line = sorted(row for row in due if row[0] == slot.definition_id)
+            candidates += line[: slot.free(queue_free)]
+        expected = sorted(candidates, key=lambda row: row[1:])[:queue_free]
+
+        assert _merge_candidates(slots, queue_free, "default") == [row[3] for row in expected]
+        counts = Counter(row[0] for row in expected)
+        uneven += max(counts.values(), default=0) > -(-queue_free // len(slots))
+    assert uneven >= 20  # lines where one type took more than an even share were tried

@@ -10,15 +10,21 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from batchtasks import BatchTask, TaskState, transitions
 from batchtasks.core.exceptions import InvalidTaskOption
-from batchtasks.core.states import AttemptOutcome
+from batchtasks.core.states import AttemptOutcome, FinalizeState
 from batchtasks.db.connections import close_state_connections
-from batchtasks.models import BatchTaskAttempt, BatchTaskDefinition, BatchWorker, WorkerState
+from batchtasks.models import (
+    BatchTaskAttempt,
+    BatchTaskDefinition,
+    BatchTaskParameters,
+    BatchWorker,
+    WorkerState,
+)
 from batchtasks.services import sweeper
 from batchtasks.services.definitions import get_definition
 from batchtasks.services.sweeper import cluster_lock, sweep
@@ -152,6 +158,100 @@ def test_retention_purges_old_finished_tasks_and_keeps_the_rest() -> None:
 
     assert "Purged 1 finished task(s)." in out.getvalue()
     assert set(BatchTask.objects.values_list("pk", flat=True)) == {recent.pk, waiting.pk}
+
+
+def expired_tasks(n: int, **values: object) -> list[int]:
+    """``n`` no-op tasks (retention an hour) that succeeded two hours ago, each with its
+    parameters and an attempt; their ids."""
+    BatchTaskDefinition.objects.filter(pk=get_definition("examples.noop").pk).update(retention=3600)
+    ids = [task.pk for task in BatchTask.submit_many("examples.noop", [{}] * n)]
+    finished = timezone.now() - timedelta(hours=2)
+    BatchTask.objects.filter(pk__in=ids).update(
+        state=TaskState.SUCCEEDED, finished_at=finished, **values
+    )
+    BatchTaskAttempt.objects.bulk_create(
+        BatchTaskAttempt(task_id=i, number=1, finished_at=finished, outcome="succeeded")
+        for i in ids
+    )
+    return ids
+
+
+def left_of(ids: list[int]) -> tuple[int, int, int]:
+    """How many of these tasks, and of their parameters and attempts, are still there."""
+    return (
+        BatchTask.objects.filter(pk__in=ids).count(),
+        BatchTaskParameters.objects.filter(task_id__in=ids).count(),
+        BatchTaskAttempt.objects.filter(task_id__in=ids).count(),
+    )
+
+
+def test_one_purge_deletes_more_expired_tasks_than_a_chunk_with_their_records(
+    monkeypatch,
+) -> None:
+    monkeypatch.setattr(sweeper, "PURGE_CHUNK", 2)
+    ids = expired_tasks(5)
+
+    purged = sweeper.purge(using="default")
+
+    assert purged == 5
+    assert left_of(ids) == (0, 0, 0)
+
+
+def test_a_purge_stops_when_its_time_budget_is_spent(settings, monkeypatch) -> None:
+    settings.BATCHTASKS = {**settings.BATCHTASKS, "PURGE_SECONDS": 0}
+    monkeypatch.setattr(sweeper, "PURGE_CHUNK", 2)
+    ids = expired_tasks(5)
+
+    first = sweeper.purge(using="default")
+
+    assert first == 2  # one chunk, then the budget is spent
+    assert left_of(ids) == (3, 3, 3)
+    assert sweeper.purge(using="default", budget=60) == 3  # the next sweep goes on
+
+
+def test_a_purge_keeps_recent_tasks_and_those_whose_finalizers_are_pending(
+    monkeypatch,
+) -> None:
+    monkeypatch.setattr(sweeper, "PURGE_CHUNK", 2)
+    doomed = expired_tasks(3)
+    pending = expired_tasks(2, finalize_state=FinalizeState.PENDING)
+    recent = expired_tasks(2)
+    BatchTask.objects.filter(pk__in=recent).update(finished_at=timezone.now())
+    waiting = BatchTask.submit("examples.noop", {})
+
+    purged = sweeper.purge(using="default")
+
+    assert purged == 3
+    assert left_of(doomed) == (0, 0, 0)
+    assert left_of([*pending, *recent, waiting.pk]) == (5, 5, 4)  # a waiting task: no attempt
+
+
+def test_a_purge_skips_a_task_another_transaction_holds_instead_of_waiting() -> None:
+    held, free = expired_tasks(2)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                BatchTask.objects.select_for_update().get(pk=held)
+                locked.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        purged = sweeper.purge(using="default", budget=5)
+    finally:
+        release.set()
+        holder.join()
+
+    assert purged == 1
+    assert list(BatchTask.objects.filter(pk__in=[held, free]).values_list("pk", flat=True)) == [
+        held
+    ]
 
 
 def boot(name: str, instance: str, pid: int = 1, space: str = "") -> Identity:

@@ -55,6 +55,9 @@ class BatchTasksSettings:
     HEARTBEAT_SECONDS: float = 5.0
     #: Seconds between sweeps (one worker at a time sweeps the whole cluster).
     SWEEP_INTERVAL: float = 5.0
+    #: Seconds a sweep may spend deleting finished tasks past their retention; what is
+    #: left waits for the next sweep (the sweep's refill of freed slots waits as long).
+    PURGE_SECONDS: float = 1.0
     #: Seconds a task may stay queued unclaimed before its message is published again
     #: (then after twice as long, and so on: a duplicate message runs nothing).
     REPUBLISH_AFTER: float = 30.0
@@ -142,6 +145,7 @@ class BatchTasksSettings:
             "LEASE_SECONDS",
             "HEARTBEAT_SECONDS",
             "SWEEP_INTERVAL",
+            "PURGE_SECONDS",
             "REPUBLISH_AFTER",
             "CANCEL_GRACE",
             "KILL_GRACE",

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import connections, router, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from .. import transitions
 from ..core.conf import get_settings
@@ -258,6 +259,79 @@ def _merge_candidates(slots: list[TypeSlot], queue_free: int, db: str) -> list[i
     """The best ``queue_free`` due tasks across several types, each within its own slots,
     in (priority, fair turn, age) order: the types of a queue share one line of turns."""
     connection = connections[db]
+    if connection.vendor != "postgresql":
+        return _merge_per_type(slots, queue_free, connection)
+    frees = [slot.free(queue_free) for slot in slots]
+    params = [[slot.definition_id for slot in slots], frees, _first_looks(frees, queue_free)]
+    with connection.cursor() as cursor:
+        cursor.execute(_merge_sql(connection), [*params, queue_free, queue_free])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _first_looks(frees: list[int], queue_free: int) -> list[int]:
+    """How many of its best tasks each type shows first: its fair share of the queue's
+    free slots (what a type with fewer free slots cannot use goes to the others), plus
+    one that tells whether more of the type would make the cut."""
+    looks = [0] * len(frees)
+    left = queue_free
+    by_room = sorted(range(len(frees)), key=frees.__getitem__)
+    for done, i in enumerate(by_room):
+        share = min(frees[i], -(-left // (len(frees) - done)))
+        left -= share
+        looks[i] = min(frees[i], share + 1)
+    return looks
+
+
+_MERGE_SQL: dict[str, str] = {}
+
+
+def _merge_sql(connection: BaseDatabaseWrapper) -> str:
+    """The merge as one PostgreSQL statement: a ``LATERAL`` range scan of
+    ``batchtask_dispatch_idx`` per type, with the types, their free slots and their first
+    looks as arrays, so that one text and one prepared plan serve any number of types.
+
+    Each type first shows its share of the free slots plus one (``_first_looks``). A type
+    one of whose shown tasks missed the cut is settled: its unseen tasks rank behind that
+    one. Only a type all of whose shown tasks made the cut is read again, up to its own
+    free slots. With 10 types waiting in turn this reads 510 rows to admit 500 (1.7-2.9 ms
+    in EXPLAIN ANALYZE); one query per type read 5,000 (13 ms a pass in 10 round trips),
+    and one lateral reading each type's full slots 5,000 too (6.4 ms).
+    """
+    if sql := _MERGE_SQL.get(connection.vendor):
+        return sql
+    t = connection.ops.quote_name(BatchTask._meta.db_table)
+
+    def best_of(outer: str, limit: str) -> str:
+        return (
+            f"CROSS JOIN LATERAL (SELECT priority, fair_round, id FROM {t} "
+            f"WHERE definition_id = {outer}.definition_id "
+            f"AND state = {states_sql(TaskState.NEW)} "
+            f"AND (run_after IS NULL OR run_after <= {Clock(connection).now}) "
+            f"ORDER BY priority DESC, fair_round, id LIMIT {outer}.{limit}) c"
+        )
+
+    order = "ORDER BY priority DESC, fair_round, id LIMIT %s"
+    sql = (
+        "WITH slot AS MATERIALIZED (SELECT * FROM "
+        "unnest(%s::bigint[], %s::int[], %s::int[]) AS s(definition_id, room, look)), "
+        "shown AS MATERIALIZED (SELECT slot.definition_id, c.priority, c.fair_round, c.id "
+        f"FROM slot {best_of('slot', 'look')}), "
+        f"cut AS (SELECT definition_id FROM shown {order}), "
+        "again AS (SELECT slot.definition_id, slot.room FROM slot JOIN cut USING "
+        "(definition_id) WHERE slot.look < slot.room "
+        "GROUP BY slot.definition_id, slot.room, slot.look HAVING COUNT(*) = slot.look) "
+        "SELECT id FROM (SELECT priority, fair_round, id FROM shown "
+        "WHERE definition_id NOT IN (SELECT definition_id FROM again) "
+        f"UNION ALL SELECT c.priority, c.fair_round, c.id FROM again {best_of('again', 'room')}"
+        f") AS candidate {order}"
+    )
+    return _MERGE_SQL.setdefault(connection.vendor, sql)
+
+
+def _merge_per_type(
+    slots: list[TypeSlot], queue_free: int, connection: BaseDatabaseWrapper
+) -> list[int]:
+    """The merge as one query per type, then in Python (SQLite)."""
     t = connection.ops.quote_name(BatchTask._meta.db_table)
     sql = (
         f"SELECT priority, fair_round, id FROM {t} WHERE definition_id = %s "

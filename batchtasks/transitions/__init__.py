@@ -28,7 +28,15 @@ from .finalizing import (
     record_finalize_error,
     record_finalized,
 )
-from .requests import Cancelled, cancel, delete_tasks, retry, set_priority, skip_waiting
+from .requests import (
+    Cancelled,
+    cancel,
+    delete_expired,
+    delete_tasks,
+    retry,
+    set_priority,
+    skip_waiting,
+)
 
 __all__ = [
     "Cancelled",
@@ -43,6 +51,7 @@ __all__ = [
     "claim",
     "claim_finalization",
     "claim_many",
+    "delete_expired",
     "delete_tasks",
     "due_finalizations",
     "end_attempt",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.db import IntegrityError, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ..core.exceptions import UniqueKeyConflict
 from ..core.states import WRITES, FinalizeState, TaskState
@@ -137,3 +138,50 @@ def delete_tasks(ids: list[int], *, using: str) -> int:
         cursor.execute(f"DELETE FROM {t.attempt} WHERE task_id IN ({marks})", done)
         cursor.execute(f"DELETE FROM {t.task} WHERE id IN ({marks})", done)
         return cursor.rowcount
+
+
+def delete_expired(definition_id: int, retention: float, limit: int, *, using: str) -> int:
+    """Delete at most ``limit`` tasks of a type finished more than ``retention`` seconds
+    ago, oldest first, with their parameters and attempts; not those whose finalizers are
+    still to run, nor those another transaction holds. Return how many."""
+    connection = connections[using]
+    if connection.vendor != "postgresql":  # SQLite: the ids, then their guarded delete
+        return delete_tasks(_expired_ids(definition_id, retention, limit, using), using=using)
+    t = Tables(connection)
+    # One statement, not a SELECT and then a DELETE a table by IN lists of ids: 1,000
+    # rows cost 60-100 ms that way (four 1,000-value lists to plan, five round trips) and
+    # about 30 ms this way, a third of it the deferred check of the attempts' foreign key
+    # at commit. Rows another transaction holds (a retry) are skipped, not waited for; the
+    # pick is read as an array because PostgreSQL may rescan ``IN (… LIMIT n FOR UPDATE)``.
+    doomed = "= ANY(ARRAY(SELECT id FROM doomed))"
+    sql = (
+        f"WITH doomed AS MATERIALIZED ({_expired_sql(connection)} FOR UPDATE SKIP LOCKED), "
+        f"params AS (DELETE FROM {t.params} WHERE task_id {doomed}), "
+        f"attempts AS (DELETE FROM {t.attempt} WHERE task_id {doomed}) "
+        f"DELETE FROM {t.task} WHERE id {doomed}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [definition_id, Clock(connection).param(-retention), limit])
+        return cursor.rowcount
+
+
+def _expired_sql(connection: BaseDatabaseWrapper) -> str:
+    """Ids of a type's tasks finished more than ``%s`` seconds ago (negated), at most
+    ``%s``, oldest first: a range scan of ``batchtask_finished_idx``."""
+    t, clock = Tables(connection), Clock(connection)
+    return (
+        f"SELECT id FROM {t.task} WHERE definition_id = %s "
+        f"AND state IN ({states_sql(*WRITES['delete'].sources)}) "
+        f"AND finalize_state <> '{FinalizeState.PENDING}' "
+        f"AND finished_at < {clock.after} ORDER BY finished_at LIMIT %s"
+    )
+
+
+def _expired_ids(definition_id: int, retention: float, limit: int, using: str) -> list[int]:
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _expired_sql(connection),
+            [definition_id, Clock(connection).param(-retention), limit],
+        )
+        return [row[0] for row in cursor.fetchall()]

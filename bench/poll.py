@@ -52,7 +52,8 @@ COLUMNS = (
     "owner_id, definition_id, queue, state, description, progress_percent, progress_message, "
     "result, error_type, error_message, worker, lease_expires_at, cancel_requested, "
     "created_at, queued_at, started_at, finished_at, updated_at, priority, fairness_key, "
-    "fair_round, attempt, error_traceback, worker_instance, lost_runs, republish_count"
+    "fair_round, attempt, error_traceback, worker_instance, lost_runs, republish_count, "
+    "finalize_state, finalize_attempts, finalize_error"
 )
 FINAL = ["succeeded", "failed", "cancelled", "skipped"]
 
@@ -136,7 +137,7 @@ def task_row(
         "celery@bench" if started else "",
         now + timedelta(seconds=30) if state == "running" else None,
         state == "cancelled", created, queued, started, finished,
-        finished or started or queued or created, 0, "", 0, 1, "", "", 0, 0,
+        finished or started or queued or created, 0, "", 0, 1, "", "", 0, 0, "", 0, "",
     )  # fmt: skip
 
 

@@ -590,9 +590,15 @@ def main() -> None:
     }
     chosen = sys.argv[1:] or list(steps)
     rows: list[tuple[str, str, str, str]] = []
-    for name in chosen:
-        print(f"running {name} ...", file=sys.stderr, flush=True)
-        rows += steps[name]()
+    try:
+        for name in chosen:
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            rows += steps[name]()
+    finally:  # a step that fails still leaves the figures of those before it
+        print_tables(rows)
+
+
+def print_tables(rows: list[tuple[str, str, str, str]]) -> None:
     if not rows:
         return
     print("\n| measurement | batchtasks | plain Celery | ratio |")

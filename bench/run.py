@@ -6,6 +6,7 @@ real worker processes, and prints a Markdown table for the README.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import statistics
@@ -203,11 +204,17 @@ def bench_submit() -> list[tuple[str, str, str, str]]:
     noop.apply_async(queue=PLAIN_QUEUE)
     ours, plain = [], []
     for _ in range(REPEAT):
+        # Each run starts with the collector's counts at zero (timeit goes further: it
+        # turns the collector off). Otherwise the 5,000 task objects each submit_many
+        # returns add up across runs, and a full collection (~50 ms in this process of
+        # ~100,000 objects) falls into every second or third run.
         reset()
+        gc.collect()
         start = time.perf_counter()
         BatchTask.submit_many("examples.noop", [{"i": i} for i in range(N_SUBMIT)])
         ours.append(N_SUBMIT / (time.perf_counter() - start))
         reset()
+        gc.collect()
         start = time.perf_counter()
         for _ in range(N_SUBMIT):
             noop.apply_async(queue=PLAIN_QUEUE)
@@ -391,11 +398,25 @@ def pickup_plain() -> list[float]:
     return plain
 
 
+def checkpoint() -> None:
+    """Write out what the steps before left in PostgreSQL's buffers now, so that the
+    checkpoint their writes would set off (its fsyncs slow every commit down) does not
+    fall into a latency measurement. Needs a superuser or the pg_checkpoint role."""
+    from django.db import DatabaseError, connection
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("CHECKPOINT")
+    except DatabaseError as exc:
+        print(f"  no CHECKPOINT before the measurement: {exc}", file=sys.stderr)
+
+
 def bench_pickup() -> list[tuple[str, str, str, str]]:
     p50: dict[str, list[float]] = {"ours": [], "plain": []}
     p95: dict[str, list[float]] = {"ours": [], "plain": []}
     for _ in range(REPEAT):  # interleaved
         for side, run in (("ours", pickup_ours), ("plain", pickup_plain)):
+            checkpoint()
             latencies = run()
             p50[side].append(percentile(latencies, 50))
             p95[side].append(percentile(latencies, 95))

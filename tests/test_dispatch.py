@@ -136,6 +136,25 @@ def test_unlimited_types_are_admitted_up_to_the_window(settings) -> None:
     assert broker_depth("batch.examples.noop") == 5
 
 
+def test_submit_many_queues_its_first_tasks_as_far_as_the_window_has_room(settings) -> None:
+    settings.BATCHTASKS = {**settings.BATCHTASKS, "DISPATCH_WINDOW": 5}
+    alone = BatchTask.submit("examples.noop")
+
+    tasks = BatchTask.submit_many("examples.noop", [{"n": n} for n in range(7)])
+
+    # The window had room for 4: the first 4 skip the dispatcher, the rest wait for it.
+    expected = [TaskState.QUEUED] * 4 + [TaskState.NEW] * 3
+    assert [t.state for t in tasks] == expected
+    assert states(*tasks) == expected
+    assert broker_depth("batch.examples.noop") == 5
+    stored = BatchTask.objects.get(pk=tasks[0].pk)
+    assert (stored.queue, stored.queued_at) == ("batch.examples.noop", stored.created_at)
+    assert stored.group_id == tasks.id and stored.params == {"n": 0}
+    # Each slot they free goes to the next of the line, in submit order.
+    order = [run_one_queued("batch.examples.noop").pk for _ in range(8)]
+    assert order == [alone.pk, *(t.pk for t in tasks)]
+
+
 def test_priority_then_age_decide_who_is_admitted() -> None:
     set_limit("examples.sleep", 1)
     blocker = BatchTask.submit("examples.sleep")

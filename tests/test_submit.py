@@ -250,6 +250,17 @@ def test_submit_many_inserts_every_task_in_order_with_consecutive_turns() -> Non
     assert BatchTaskParameters.objects.count() == 25
 
 
+def test_submit_many_takes_turns_past_32_bits() -> None:
+    waiting = BatchTask.submit("examples.noop", run_after=timedelta(minutes=1))
+    BatchTask.objects.filter(pk=waiting.pk).update(fair_round=2**40)
+
+    tasks = BatchTask.submit_many("examples.noop", [{"n": i} for i in range(3)])
+
+    saved = BatchTask.objects.filter(pk__in=[t.pk for t in tasks]).order_by("pk")
+    assert [t.fair_round for t in saved] == [2**40 + 1, 2**40 + 2, 2**40 + 3]
+    assert [t.fair_round for t in tasks] == [2**40 + 1, 2**40 + 2, 2**40 + 3]
+
+
 def test_submit_many_writes_nothing_if_one_parameter_set_is_bad() -> None:
     with pytest.raises(InvalidParameters):
         BatchTask.submit_many("examples.noop", [{"ok": 1}, {"bad": {1}}, {"ok": 2}])

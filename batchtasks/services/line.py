@@ -9,7 +9,8 @@ one round whatever the backlog of others.
 A task may skip the dispatcher (published after commit at once) only for a type and
 queue without limits, when nothing of the type waits (so no one is overtaken) and the
 queue's window has room: a soft bound, which concurrent submits may overshoot by a
-few tasks. Limited types always go through the dispatcher's lock.
+few tasks. Of a ``submit_many``, the first tasks skip it as far as the window has room;
+the rest wait for it. Limited types always go through the dispatcher's lock.
 
 ``join`` does all of it and the insert in one statement on PostgreSQL (a single submit's
 round trips went from 2 to 1); ``load`` reads the line for the other paths.
@@ -72,14 +73,20 @@ class Loaded:
 
     def admit_at_once(self, count: int, run_after: datetime | None) -> bool:
         """Whether ``count`` new tasks may skip the dispatcher (see the module text)."""
+        return count <= self.admissible(run_after)
+
+    def admissible(self, run_after: datetime | None) -> int:
+        """How many new tasks may skip the dispatcher: the room left in the queue's
+        window, or none (see the module text)."""
         line = self.line
-        return (
-            self.definition.max_concurrency is None
-            and line.queue_limit is None
-            and not line.backlog
-            and line.in_flight + count <= get_settings().DISPATCH_WINDOW
-            and (run_after is None or run_after <= self.now)
-        )
+        if (
+            self.definition.max_concurrency is not None
+            or line.queue_limit is not None
+            or line.backlog
+            or (run_after is not None and run_after > self.now)
+        ):
+            return 0
+        return max(0, get_settings().DISPATCH_WINDOW - line.in_flight)
 
 
 def load(type_name: str, key: str, db: str) -> Loaded | None:

@@ -84,6 +84,10 @@ class Request:
         """Whether ``count`` new tasks may skip the dispatcher (``line``)."""
         return self.loaded.admit_at_once(count, self.run_after)
 
+    def admissible(self) -> int:
+        """How many new tasks may skip the dispatcher (``line``)."""
+        return self.loaded.admissible(self.run_after)
+
 
 def _delay_from(now: datetime, delay: timedelta) -> datetime:
     """``now + delay``, or ``InvalidTaskOption`` if that is no date a calendar holds."""
@@ -271,14 +275,19 @@ def submit(
 
 
 def _after_insert(tasks: list[BatchTask], definition: BatchTaskDefinition, db: str) -> None:
-    """Publish tasks admitted at once, or let the dispatcher admit them, after commit."""
+    """After commit, publish the tasks admitted at once (the first ones, if any); if none
+    were, let the dispatcher admit them. Those left waiting behind admitted ones have a
+    full window before them: the slots the admitted ones free refill it."""
     queue = definition.queue
-    if tasks[0].state == TaskState.QUEUED:
-        size = per_message(definition, len(tasks), queue, using=db)
-        runs = [run_of(t.pk, t.attempt, definition, size) for t in tasks]
-        publish_on_commit(queue, runs, using=db)
-    else:
+    admitted = tasks
+    if tasks[-1].state != TaskState.QUEUED:
+        admitted = [t for t in tasks if t.state == TaskState.QUEUED]
+    if not admitted:
         dispatch_on_commit(queue, using=db)
+        return
+    size = per_message(definition, len(admitted), queue, using=db)
+    runs = [run_of(t.pk, t.attempt, definition, size) for t in admitted]
+    publish_on_commit(queue, runs, using=db)
 
 
 def _insert_unique(task: BatchTask, request: Request, *, supersede: bool) -> BatchTask | None:
@@ -369,10 +378,12 @@ def submit_many(
     if not encoded:
         return TaskGroup((), group_id, using=request.db)
     with transaction.atomic(using=request.db, savepoint=False):
-        first = request.first_round
-        template = request.new_task(first, queued=request.admit_at_once(len(encoded)))
-        template.group_id = group_id
-        tasks = [_copy_with_round(template, first + i) for i in range(len(encoded))]
+        first, at_once = request.first_round, min(len(encoded), request.admissible())
+        queued = request.new_task(first, queued=True)
+        waiting = request.new_task(first + at_once)
+        queued.group_id = waiting.group_id = group_id
+        tasks = [_copy_with_round(queued, first + i) for i in range(at_once)]
+        tasks += [_copy_with_round(waiting, first + i) for i in range(at_once, len(encoded))]
         insert_tasks(tasks, encoded, using=request.db)
     events.submitted(tasks, type_name)
     _after_insert(tasks, request.definition, request.db)

@@ -142,9 +142,11 @@ def test_a_sigkill_loses_no_batched_finish_and_repeats_at_most_what_was_in_hand(
     a = start_worker("a", SLEEP, concurrency=2, env=env)
     tasks = BatchTask.submit_many("examples.sleep", [{"seconds": 0.002, "record": True}] * 3000)
     ids = [t.pk for t in tasks]
-    wait_for(lambda: succeeded(ids) >= 600, timeout=120)
+    running = BatchTask.objects.filter(state=TaskState.RUNNING, worker=a.hostname)
+    # Between two windows (the first drained, the next not admitted yet) it holds none.
+    wait_for(lambda: succeeded(ids) >= 600 and running.count() >= 10, timeout=120, interval=0.01)
     a.kill()
-    in_hand = BatchTask.objects.filter(state=TaskState.RUNNING, worker=a.hostname).count()
+    in_hand = running.count()
     assert in_hand > 0
     start_worker("b", SLEEP, concurrency=2, env=env)
 
@@ -158,3 +160,22 @@ def test_a_sigkill_loses_no_batched_finish_and_repeats_at_most_what_was_in_hand(
     assert repeated <= in_hand, f"{repeated} repeated runs, {in_hand} in hand at the kill"
     assert repeated <= 2 * 50, "at most one window of finishes a pool process"
     print(f"batched sigkill: in hand={in_hand} repeated={repeated}")
+
+
+@pytest.mark.parametrize("per_message", [5, 1])
+def test_a_backlog_drains_window_after_window_without_waiting_for_the_timer(
+    start_worker, settings, per_message: int
+) -> None:
+    """Tiny tasks empty a small window within the interval between two refills of a pool
+    process: the refill it skips is made up soon after, so the backlog never waits for
+    the periodic pass (an hour here)."""
+    settings.BATCHTASKS = {**settings.BATCHTASKS, "DISPATCH_WINDOW": 10}
+    batched(per_message=per_message)
+    tasks = BatchTask.submit_many("examples.sleep", [{"seconds": 0}] * 200)
+    assert BatchTask.objects.filter(state=TaskState.QUEUED).count() == 10
+
+    env = {"BATCHTASKS_DISPATCH_WINDOW": "10", "BATCHTASKS_DISPATCH_INTERVAL": "3600"}
+    start_worker("w", SLEEP, concurrency=2, env=env)
+    done = wait_final(*tasks, timeout=60)
+
+    assert {t.state for t in done} == {TaskState.SUCCEEDED}

@@ -109,3 +109,12 @@ def as_datetime(value: Any) -> datetime | None:
 def db_datetime(connection: BaseDatabaseWrapper, value: datetime | None) -> Any:
     """A datetime as the backend stores it (SQLite keeps text)."""
     return connection.ops.adapt_datetimefield_value(value)
+
+
+def param_type(field: Any, connection: BaseDatabaseWrapper) -> str:
+    """The type a column's parameter is cast to where PostgreSQL cannot infer it from the
+    column (a prepared ``SELECT``, an ``INSERT … SELECT``), and would take text. Text for
+    text columns: assigning it checks the length (a cast to ``varchar(n)`` would cut the
+    value silently)."""
+    db_type = str(field.db_type(connection))
+    return "text" if db_type.startswith("varchar") else db_type

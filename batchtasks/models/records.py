@@ -36,9 +36,17 @@ class BatchTaskParameters(models.Model):
 class BatchTaskAttempt(models.Model):
     """One run of a task, written when the attempt ends."""
 
+    # The unique (task, number) index serves lookups by task. No database constraint:
+    # an attempt row is only ever written by the statement that ends the attempt on its
+    # task's row (which it holds locked), and tasks are deleted with their attempts
+    # (Django's cascade, ``transitions``); the check per row was a third of a purge.
     task = models.ForeignKey(
-        BatchTask, on_delete=models.CASCADE, related_name="attempts", db_index=False
-    )  # the unique (task, number) index serves lookups by task
+        BatchTask,
+        on_delete=models.CASCADE,
+        related_name="attempts",
+        db_index=False,
+        db_constraint=False,
+    )
     number = models.PositiveIntegerField(_("attempt"))
     worker = models.CharField(_("worker"), max_length=200, blank=True)
     started_at = models.DateTimeField(_("started"), null=True)

@@ -15,6 +15,7 @@ from django.db import connections
 
 from ..core.codecs import Encoded
 from ..db import prepared
+from ..db.sql import param_type
 from ..models import BatchTask, BatchTaskParameters
 
 BULK_BATCH_SIZE = 1000
@@ -98,9 +99,7 @@ def _insert_tasks_sql(tasks: list[BatchTask], connection: Any) -> tuple[str, lis
     table = meta.db_table
     fields = [f for f in meta.concrete_fields if f.attname not in ("id", "fair_round")]
     columns = ", ".join(quote(f.column) for f in (meta.pk, meta.get_field("fair_round"), *fields))
-    # Typed: a literal in a SELECT list is text, which PostgreSQL will not assign to
-    # most columns.
-    casts = ", ".join(f"%s::{f.db_type(connection)}" for f in fields)
+    casts = ", ".join(f"CAST(%s AS {param_type(f, connection)})" for f in fields)
     params: list[Any] = [table, [task.fair_round for task in tasks]]
     inserts = []
     for n, (start, end) in enumerate(_runs(tasks)):

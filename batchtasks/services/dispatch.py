@@ -361,12 +361,17 @@ def publish_or_unqueue(queue: str, admitted: list[Run], db: str) -> None:
 _refill_times: dict[tuple[str, str], float] = {}
 
 
-def refill(queue: str, *, limited: bool, using: str) -> None:
-    """Refill the slot a finished task freed: at once for limited queues and types,
-    at most every ``REFILL_INTERVAL`` for unlimited ones (their window is large)."""
+def refill(queue: str, *, limited: bool, using: str) -> bool:
+    """Refill the slots a finished task or message freed: at once for limited queues and
+    types, at most every ``REFILL_INTERVAL`` in this process for unlimited ones (a pass
+    per task would cost as much as a tiny task; the window is large, and passes further
+    apart admit more at a time, so messages stay full). Returns ``False`` if it skipped:
+    the caller must see that a pass follows (a small window of tiny tasks can empty
+    before this process's next refill is due)."""
     key = (using, queue)
     now = time.monotonic()
     if not limited and now - _refill_times.get(key, 0.0) < get_settings().REFILL_INTERVAL:
-        return
+        return False
     _refill_times[key] = now
     dispatch_queue(queue, using=using)
+    return True

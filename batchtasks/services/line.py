@@ -28,7 +28,7 @@ from ..core.codecs import Encoded
 from ..core.conf import get_settings
 from ..core.states import IN_FLIGHT_STATES, TaskState
 from ..db import prepared
-from ..db.sql import Clock, Tables, as_datetime, states_sql
+from ..db.sql import Clock, Tables, as_datetime, param_type, states_sql
 from ..models import BatchTask, BatchTaskDefinition
 
 # In the model's field order, as Model.from_db expects: what submit and publish read.
@@ -245,14 +245,6 @@ def _line_sql(connection: Any) -> str:
     return _SQL.setdefault(("line", connection.vendor), sql)
 
 
-def _param_type(field: Any, connection: Any) -> str:
-    """The type a column's parameter is cast to: a prepared ``SELECT`` cannot infer it from
-    the column, and would take text. Text for text columns: assigning it checks the length
-    (a cast to ``varchar(n)`` would cut the value silently)."""
-    db_type = field.db_type(connection)
-    return "text" if db_type.startswith("varchar") else db_type
-
-
 def _join_sql(connection: Any) -> str:
     """``join``'s statement: the line query, the admission test, both inserts.
 
@@ -279,7 +271,7 @@ def _join_sql(connection: Any) -> str:
     assert set(decided) == DECIDED | {"priority"}
     columns = ", ".join(quote(f.column) for f in _fields())
     select = ", ".join(
-        decided.get(f.attname) or f"CAST(%s AS {_param_type(f, connection)})" for f in _fields()
+        decided.get(f.attname) or f"CAST(%s AS {param_type(f, connection)})" for f in _fields()
     )
     sql = (
         f"WITH line ({', '.join(LINE_COLUMNS)}) AS ({_line_sql(connection)}), "

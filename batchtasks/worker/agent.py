@@ -5,7 +5,8 @@ cancels enforced whatever a plugin does. It only schedules; each duty lives in i
 own module: the heartbeat (``heartbeat``: leases, lost attempts, the worker's row)
 every ``HEARTBEAT_SECONDS``, stopping processes (``stopping``) every tenth of a second
 while any must stop, a safety-net dispatch pass for its queues every
-``DISPATCH_INTERVAL`` and the moment a delayed task falls due, and a sweep of the
+``DISPATCH_INTERVAL``, the moment a delayed task falls due and when a refill its pool
+processes skipped is due (``refills``), and a sweep of the
 cluster (``services.sweeper``) every ``SWEEP_INTERVAL``, one worker at a time. Due
 finalizers (``services.finalize``) run in a thread of their own, woken as often: user
 code and webhooks must not delay the heartbeat.
@@ -31,6 +32,7 @@ from ..services.definitions import sync_definitions
 from ..services.dispatch import dispatch_queue
 from ..services.workers import Identity
 from ..transitions import Fence
+from . import refills
 from .heartbeat import Heartbeat, in_flight
 from .stopping import Stopper
 
@@ -49,8 +51,21 @@ class WorkerAgent:
         self.stopper = Stopper(still_running=_holds)
         self.heart = Heartbeat(identity, self.stopper)
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="batchtasks-agent", daemon=True)
-        self._next = {"beat": 0.0, "dispatch": 0.0, "sweep": 0.0, "stop": float("inf")}
+        self._next = {
+            "beat": 0.0,
+            "dispatch": 0.0,
+            "sweep": 0.0,
+            "stop": float("inf"),
+            "refill": float("inf"),
+        }
+        #: Queues the pool processes skipped a refill of, and when to pass (``refills``).
+        self._owed: dict[str, float] = {}
+        self._owed_lock = threading.Lock()
+        self._reader = threading.Thread(
+            target=self._read_owed, name="batchtasks-refills", daemon=True
+        )
         self._processes: dict[int, psutil.Process] = {}
         self._finalize_due = threading.Event()
         self._finalizer = threading.Thread(
@@ -60,9 +75,11 @@ class WorkerAgent:
     def start(self) -> None:
         self._thread.start()
         self._finalizer.start()
+        self._reader.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._wake.set()
         self._finalize_due.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -74,8 +91,11 @@ class WorkerAgent:
     def _loop(self) -> None:
         try:
             self._startup()
-            while not self._stop.wait(self._sleep()):
-                self.tick()
+            while not self._stop.is_set():
+                self._wake.wait(self._sleep())
+                self._wake.clear()
+                if not self._stop.is_set():
+                    self.tick()
         finally:
             try:
                 workers.worker_stopped(self.identity.instance, using=self.db)
@@ -113,6 +133,11 @@ class WorkerAgent:
     def tick(self) -> None:
         """Whatever duties are due now."""
         close_old_connections()
+        try:
+            self.refill_owed()
+        except Exception:
+            logger.exception("batchtasks refill failed worker=%s", self.identity.name)
+            connections[self.db].close()
         settings = get_settings()
         duties = (
             ("beat", self.heartbeat, settings.HEARTBEAT_SECONDS),
@@ -145,6 +170,30 @@ class WorkerAgent:
         )
         for queue in freed:
             dispatch_queue(queue, using=db)
+
+    def refill_owed(self) -> None:
+        """A pass for each queue whose owed refill (``refills``) is due."""
+        now = time.monotonic()
+        with self._owed_lock:
+            due = [queue for queue, at in self._owed.items() if at <= now]
+            for queue in due:
+                del self._owed[queue]
+            self._next["refill"] = min(self._owed.values(), default=float("inf"))
+        for queue in due:
+            dispatch_queue(queue, using=self.db)
+
+    def _read_owed(self) -> None:
+        """Note each refill a pool process skipped, due ``REFILL_INTERVAL`` from now.
+
+        A pool process tells once per interval, for the slots it frees until the
+        interval is over; so a pass owed already is put off to the latest such end,
+        not brought forward (an earlier pass would miss slots freed after it)."""
+        for queue in refills.owed():
+            due = time.monotonic() + get_settings().REFILL_INTERVAL
+            with self._owed_lock:
+                self._owed[queue] = max(self._owed.get(queue, due), due)
+                self._next["refill"] = min(self._owed.values())
+            self._wake.set()
 
     def stop_processes(self) -> None:
         """Advance the stopping of processes; once one is gone, end its attempt at once."""

@@ -22,9 +22,9 @@ from ..core.logcontext import log_context
 from ..core.states import AttemptOutcome
 from ..db.connections import reconnecting, state_db
 from ..models import BatchTask
-from ..services import dispatch, events, leases
+from ..services import events, leases
 from ..services.facts import type_facts
-from . import identity
+from . import identity, refills
 from .completions import Completions, measured
 from .progress import state_lock
 from .runner import RunnerContext, claim_runs, run_plugin, write_outcome
@@ -58,7 +58,7 @@ def execute_many(
         message.completions.flush()
     for queue, limited in message.queues.items():
         try:
-            dispatch.refill(queue, limited=limited, using=db)
+            refills.refill(queue, limited=limited, using=db)
         except Exception:  # the worker's periodic pass will refill instead
             logger.exception("batchtasks refill failed queue=%s", queue)
     return message.outcomes

@@ -32,9 +32,9 @@ from ..core.retries import is_retryable, retry_delay
 from ..core.states import AttemptOutcome, Isolation
 from ..db.connections import reconnecting, state_db
 from ..models import BatchTask
-from ..services import dispatch, events, leases
+from ..services import events, leases
 from ..services.facts import TypeFacts, type_facts
-from . import identity, stopping
+from . import identity, refills, stopping
 from .completions import after_end, measured
 from .isolation import executor, process
 from .isolation.results import MAX_MESSAGE, MAX_TRACEBACK, check_result, error_type
@@ -127,7 +127,7 @@ def execute(
         ended = write_outcome(fence, outcome, facts, db)
     if refill:
         try:
-            dispatch.refill(claim.queue, limited=facts.limited, using=db)
+            refills.refill(claim.queue, limited=facts.limited, using=db)
         except Exception:  # the worker's periodic pass will refill instead
             logger.exception("batchtasks refill failed queue=%s", claim.queue)
     return ended

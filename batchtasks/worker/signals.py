@@ -16,7 +16,7 @@ from ..models import BatchTask
 from ..services import leases
 from ..services.dispatch import dispatch_queue
 from ..transitions import Fence
-from . import identity
+from . import identity, refills
 from . import tasks as _tasks  # registers batchtasks.run with Celery
 from .heartbeat import attempts_of
 
@@ -35,6 +35,7 @@ def set_up_worker(sender: Any = None, **kwargs: Any) -> None:
     before and after each task, so obsolete and broken connections are replaced.
     """
     identity.boot(getattr(sender, "hostname", None) or "unknown")
+    refills.open_channel()  # inherited by the pool processes it forks
     # Forked pool processes inherit it: a cancelled run then tells monitors (`tasks`).
     _tasks.events_enabled = bool(getattr(sender, "task_events", False))
     app = getattr(sender, "app", None)

@@ -209,6 +209,18 @@ def test_a_purge_stops_when_its_time_budget_is_spent(settings, monkeypatch) -> N
     assert sweeper.purge(using="default", budget=60) == 3  # the next sweep goes on
 
 
+def test_the_purge_command_goes_on_until_nothing_expired_is_left(settings, monkeypatch) -> None:
+    settings.BATCHTASKS = {**settings.BATCHTASKS, "PURGE_SECONDS": 0}  # a sweep's budget
+    monkeypatch.setattr(sweeper, "PURGE_CHUNK", 2)
+    ids = expired_tasks(5)
+
+    out = StringIO()
+    call_command("batchtasks", "purge", stdout=out)
+
+    assert "Purged 5 finished task(s)." in out.getvalue()
+    assert left_of(ids) == (0, 0, 0)
+
+
 def test_a_purge_keeps_recent_tasks_and_those_whose_finalizers_are_pending(
     monkeypatch,
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
@@ -25,7 +26,7 @@ def add(sub: Any) -> None:
         "purge past retention, mark silent workers offline.",
     ).set_defaults(handler=sweep)
     sub.add_parser(
-        "purge", help="Delete finished tasks older than their type's retention."
+        "purge", help="Delete all finished tasks older than their type's retention."
     ).set_defaults(handler=purge)
 
 
@@ -65,7 +66,10 @@ def sweep(command: BaseCommand, **options: Any) -> None:
 def purge(command: BaseCommand, **options: Any) -> None:
     from batchtasks.services.sweeper import purge as purge_finished
 
-    command.stdout.write(f"Purged {purge_finished(using=database())} finished task(s).")
+    # To the end, unlike a sweep's purge (``PURGE_SECONDS``); still pausing after each
+    # chunk as long as it took, so that submits meanwhile keep their pace.
+    purged = purge_finished(using=database(), budget=math.inf)
+    command.stdout.write(f"Purged {purged} finished task(s).")
 
 
 def sync(command: BaseCommand, **options: Any) -> None:

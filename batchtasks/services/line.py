@@ -71,10 +71,6 @@ class Loaded:
     line: Line
     now: datetime
 
-    def admit_at_once(self, count: int, run_after: datetime | None) -> bool:
-        """Whether ``count`` new tasks may skip the dispatcher (see the module text)."""
-        return count <= self.admissible(run_after)
-
     def admissible(self, run_after: datetime | None) -> int:
         """How many new tasks may skip the dispatcher: the room left in the queue's
         window, or none (see the module text)."""

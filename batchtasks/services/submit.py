@@ -80,10 +80,6 @@ class Request:
             task.queued_at = now
         return task
 
-    def admit_at_once(self, count: int) -> bool:
-        """Whether ``count`` new tasks may skip the dispatcher (``line``)."""
-        return self.loaded.admit_at_once(count, self.run_after)
-
     def admissible(self) -> int:
         """How many new tasks may skip the dispatcher (``line``)."""
         return self.loaded.admissible(self.run_after)
@@ -259,7 +255,7 @@ def submit(
         _after_insert([task], task.definition, options.db)
         return task
     request = _prepare(options)
-    task = request.new_task(request.first_round, unique, queued=request.admit_at_once(1))
+    task = request.new_task(request.first_round, unique, queued=request.admissible() > 0)
     # No savepoint of our own inside the caller's transaction: a failed insert fails it.
     with transaction.atomic(using=request.db, savepoint=False):
         if unique is None:

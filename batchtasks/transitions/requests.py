@@ -150,8 +150,8 @@ def delete_expired(definition_id: int, retention: float, limit: int, *, using: s
     t = Tables(connection)
     # One statement, not a SELECT and then a DELETE a table by IN lists of ids: 1,000
     # rows cost 60-100 ms that way (four 1,000-value lists to plan, five round trips) and
-    # about 30 ms this way, a third of it the deferred check of the attempts' foreign key
-    # at commit. Rows another transaction holds (a retry) are skipped, not waited for; the
+    # about 30 ms this way, a third of it the check of the attempts' foreign key at commit
+    # (since dropped). Rows another transaction holds (a retry) are skipped, not waited for; the
     # pick is read as an array because PostgreSQL may rescan ``IN (… LIMIT n FOR UPDATE)``.
     doomed = "= ANY(ARRAY(SELECT id FROM doomed))"
     sql = (

@@ -93,6 +93,84 @@ def test_a_task_cancelled_while_it_waits_in_its_message_never_starts(
     assert runs_of(record_dir, third.pk) == []
 
 
+def test_a_task_cancelled_in_its_message_never_starts_though_the_flags_were_just_read(
+    start_worker, record_dir: Path
+) -> None:
+    """The cancel comes long before the flags would be read again by time (an interval of
+    a minute): the worker learns of it and reads them before the next start."""
+    batched(per_message=3)
+    first, second, third = BatchTask.submit_many(
+        "examples.sleep", [{"seconds": 3, "record": True}, QUICK, QUICK]
+    )
+    start_worker("w", SLEEP, concurrency=1, env={**FAST, "BATCHTASKS_PROGRESS_INTERVAL": "60"})
+    wait_for(lambda: runs_of(record_dir, first.pk), timeout=30)
+    second.cancel()
+
+    done = wait_final(first, second, third)
+
+    assert [t.state for t in done] == [TaskState.SUCCEEDED, "cancelled", TaskState.SUCCEEDED]
+    assert runs_of(record_dir, second.pk) == []
+    assert done[1].error_message == CANCELLED_WAITING
+
+
+def test_a_cancel_of_a_task_waiting_in_a_message_never_touches_the_one_running_ahead(
+    start_worker, record_dir: Path
+) -> None:
+    """Messages mix owners: one user's cancel of a task that waits behind another user's
+    running task must not signal, kill or repeat that task."""
+    batched(per_message=10)
+    tasks = BatchTask.submit_many("examples.sleep", [{"seconds": 6, "record": True}] + [QUICK] * 9)
+    assert queue_depth(SLEEP[0]) == 1
+    start_worker("w", SLEEP, concurrency=1, env={**FAST, "BATCHTASKS_KILL_GRACE": "1"})
+    first, fifth = tasks[0], tasks[4]
+    wait_for(lambda: runs_of(record_dir, first.pk), timeout=30)
+    fifth.cancel()
+
+    done = wait_final(*tasks)
+
+    assert [t.state for t in done] == [TaskState.SUCCEEDED] * 4 + ["cancelled"] + [
+        TaskState.SUCCEEDED
+    ] * 5
+    assert [end is not None for _, _, end in runs_of(record_dir, first.pk)] == [True]
+    assert outcomes(first) == [TaskState.SUCCEEDED] and done[0].lost_runs == 0
+    assert runs_of(record_dir, fifth.pk) == []
+    assert done[4].error_message == CANCELLED_WAITING
+
+
+def test_a_cancelled_task_that_ignores_sigterm_is_killed_alone_and_its_neighbours_run_once(
+    start_worker, record_dir: Path
+) -> None:
+    """Only the stubborn task's process is killed; the task that finished before it keeps
+    its success, and the tasks behind it run afterwards in a fresh process, none counted
+    as a lost run."""
+    batched(per_message=5)
+    stubborn = {"seconds": 60, "record": True, "ignore_sigterm": True, "cooperate": False}
+    tasks = BatchTask.submit_many("examples.sleep", [QUICK, stubborn, QUICK, QUICK, QUICK])
+    assert queue_depth(SLEEP[0]) == 1
+    start_worker("w", SLEEP, concurrency=1, env={**FAST, "BATCHTASKS_KILL_GRACE": "1"})
+    wait_for(lambda: runs_of(record_dir, tasks[1].pk), timeout=30)
+    tasks[1].cancel()
+
+    done = wait_final(*tasks)
+
+    assert [t.state for t in done] == [TaskState.SUCCEEDED, "cancelled"] + [
+        TaskState.SUCCEEDED
+    ] * 3
+    [(killed, _, end)] = runs_of(record_dir, tasks[1].pk)
+    assert end is None  # it never finished: killed
+    for task in [done[0], *done[2:]]:
+        assert outcomes(task) == [TaskState.SUCCEEDED]
+        assert (task.attempt, task.lost_runs) == (1, 0)
+        assert len(runs_of(record_dir, task.pk)) == 1
+    assert all(runs_of(record_dir, t.pk)[0][0] != killed for t in tasks[2:])
+
+
+def outcomes(task: BatchTask) -> list[str]:
+    """The outcomes of the task's attempts, in order."""
+    rows = BatchTaskAttempt.objects.filter(task=task).order_by("number")
+    return list(rows.values_list("outcome", flat=True))
+
+
 def test_priority_and_fair_turns_hold_with_batching(start_worker, record_dir: Path) -> None:
     users = get_user_model().objects
     alice, bob, carol = (users.create_user(n) for n in ("alice", "bob", "carol"))

@@ -79,6 +79,8 @@ WRITES: dict[str, Write] = {
     "claim": Write((TaskState.QUEUED,), (TaskState.RUNNING,)),
     "progress": Write((TaskState.RUNNING,)),
     "renew_lease": Write((TaskState.RUNNING,)),
+    # claimed with others in a message whose process was killed for another: never started
+    "release": Write((TaskState.RUNNING,), (TaskState.NEW,)),
     # an attempt ends: an outcome, or back to new for the next attempt
     "end_attempt": Write(
         (TaskState.RUNNING,),

@@ -49,6 +49,17 @@ def states_sql(*states: str) -> str:
     return ", ".join(f"'{s}'" for s in states)
 
 
+def notice_channel(instance: str) -> str:
+    """The PostgreSQL channel worker instance ``instance`` listens on (``LISTEN``) for
+    news of the attempts it runs (``worker.notices``)."""
+    return f"batchtasks_{instance}"
+
+
+def notice_channel_sql(instance_column: str) -> str:
+    """``notice_channel`` of the instance in ``instance_column``, as SQL (PostgreSQL)."""
+    return f"'batchtasks_' || {instance_column}"
+
+
 def attempts_in(runs: list[tuple[int, int]]) -> tuple[str, list[int]]:
     """``(id, attempt) IN (…)`` for these ``(task id, attempt)`` pairs, and its values."""
     pairs = ", ".join(["(%s, %s)"] * len(runs))

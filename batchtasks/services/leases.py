@@ -28,6 +28,8 @@ LEASE_LOST = "batchtasks.LeaseExpired"
 WORKER_LOST = "billiard.exceptions.WorkerLostError"
 TIME_LIMIT = "billiard.exceptions.TimeLimitExceeded"
 STOPPED = "batchtasks.Stopped"
+#: The attempt's outcome when its cancel came while it waited behind other tasks.
+CANCELLED_WAITING = "cancelled while waiting behind other tasks of its message"
 
 
 @dataclass(frozen=True)
@@ -201,3 +203,29 @@ def lose(
         if not ended.runs_again:
             events.finished(held.task_id, held.type_name, using=using)
     return ended
+
+
+def give_back(fences: list[transitions.Fence], pid: int, *, using: str) -> tuple[set[str], int]:
+    """The claimed attempts of a message that never started, because its process
+    (``pid``, gone now) was killed for the attempt ahead of them: each runs again as the
+    same attempt (``transitions.release``), not as a lost run; one asked to cancel ends
+    cancelled. Returns the queues to dispatch, and how many were given back."""
+    queues: set[str] = set()
+    flags = cancel_flags(fences, using=using)
+    cancelled = [f for f in fences if flags.get(f.task_id)]
+    for fence in cancelled:
+        held = held_attempt(fence, using=using)
+        outcome = transitions.Outcome(AttemptOutcome.CANCELLED, error_message=CANCELLED_WAITING)
+        ended = transitions.end_attempt(fence, outcome, using=using)
+        if ended is not None and held is not None:
+            events.finished(fence.task_id, held.type_name, using=using)
+            queues.add(held.queue)
+    released = transitions.release([f for f in fences if f not in cancelled], pid, using=using)
+    if released:
+        logger.warning(
+            "batchtasks attempts given back pid=%s tasks=%s reason=killed-ahead-of-them",
+            pid,
+            ",".join(str(task_id) for task_id, _ in released),
+        )
+    queues.update(queue for _, queue in released)
+    return queues, len(released)

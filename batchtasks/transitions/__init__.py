@@ -18,6 +18,7 @@ from .attempts import (
     claim_many,
     end_attempt,
     record_progress,
+    release,
     renew_leases,
 )
 from .completions import Succeeded, end_succeeded, record_run_seconds
@@ -61,6 +62,7 @@ __all__ = [
     "record_finalized",
     "record_progress",
     "record_run_seconds",
+    "release",
     "renew_leases",
     "retry",
     "set_priority",

@@ -171,6 +171,30 @@ def renew_leases(
         return [Renewed(row[0], row[1], bool(row[2]), row[3]) for row in cursor.fetchall()]
 
 
+def release(fences: list[Fence], pid: int, *, using: str) -> list[tuple[int, str]]:
+    """``running → new`` for claimed attempts that never started, because the process
+    that claimed them (``pid``) was killed for another attempt of their message: the same
+    attempt again, neither a failure nor a lost run, due at once in its old turn. Only
+    those still running under their fence in that process, and not asked to cancel.
+    Returns ``(task id, queue of its type)`` of each released."""
+    if not fences:
+        return []
+    connection = connections[using]
+    t, clock = Tables(connection), Clock(connection)
+    match, values = attempts_in([(f.task_id, f.attempt) for f in fences])
+    sql = (
+        f"UPDATE {t.task} SET state = '{TaskState.NEW}', run_after = {clock.now}, "
+        f"updated_at = {clock.now}, queue = '', queued_at = NULL, started_at = NULL, "
+        "lease_expires_at = NULL, worker_pid = NULL "
+        f"WHERE {match} AND worker_instance = %s AND worker_pid = %s "
+        f"AND state IN ({states_sql(*WRITES['release'].sources)}) AND NOT cancel_requested "
+        f"RETURNING id, (SELECT d.queue FROM {t.definition} d WHERE d.id = definition_id)"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*values, fences[0].instance, pid])
+        return [(row[0], row[1]) for row in cursor.fetchall()]
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How an attempt ended.

@@ -10,7 +10,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ..core.exceptions import UniqueKeyConflict
 from ..core.states import WRITES, FinalizeState, TaskState
-from ..db.sql import Clock, Tables, states_sql
+from ..db.sql import Clock, Tables, notice_channel_sql, states_sql
 from .finalizing import finalize_marks
 
 
@@ -45,13 +45,21 @@ def cancel(task_id: int, *, using: str) -> Cancelled:
         row = cursor.fetchone()
         if row is not None:
             return Cancelled(ended=True, freed_queue=row[0] or "")
-        cursor.execute(
+        flag = (
             f"UPDATE {t.task} SET cancel_requested = TRUE, updated_at = {clock.now} WHERE id = %s "
             f"AND state IN ({states_sql(*WRITES['request_cancel'].sources)}) "
-            "AND NOT cancel_requested",
+            "AND NOT cancel_requested"
+        )
+        if connection.vendor != "postgresql":
+            cursor.execute(flag, [task_id])
+            return Cancelled(flagged=cursor.rowcount == 1)
+        # Its worker hears of it at once (``worker.notices``), at commit.
+        cursor.execute(
+            f"WITH flagged AS ({flag} RETURNING worker_instance) "
+            f"SELECT pg_notify({notice_channel_sql('worker_instance')}, 'cancel') FROM flagged",
             [task_id],
         )
-        return Cancelled(flagged=cursor.rowcount == 1)
+        return Cancelled(flagged=len(cursor.fetchall()) == 1)
 
 
 def retry(task_id: int, *, using: str) -> bool:

@@ -27,14 +27,14 @@ from ..core.states import TaskState
 from ..db.connections import close_state_connections, state_db
 from ..db.sql import Clock, Tables, states_sql
 from ..models import BatchQueue, BatchTask
-from ..services import finalize, sweeper, workers
+from ..services import finalize, leases, sweeper, workers
 from ..services.definitions import sync_definitions
 from ..services.dispatch import dispatch_queue
 from ..services.workers import Identity
 from ..transitions import Fence
-from . import refills
-from .heartbeat import Heartbeat, in_flight
-from .stopping import Stopper
+from . import notices, refills
+from .heartbeat import Heartbeat, behind
+from .stopping import Killed, Stopper
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class WorkerAgent:
         self.identity = identity
         self.queues = queues
         self.concurrency = concurrency
-        self.stopper = Stopper(still_running=_holds)
+        self.stopper = Stopper(behind=behind)
         self.heart = Heartbeat(identity, self.stopper)
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -67,6 +67,10 @@ class WorkerAgent:
             target=self._read_owed, name="batchtasks-refills", daemon=True
         )
         self._processes: dict[int, psutil.Process] = {}
+        self._probe_wanted = threading.Event()
+        self.listener = notices.Listener(
+            identity.instance, router.db_for_write(BatchTask), want_probe=self._want_probe
+        )
         self._finalize_due = threading.Event()
         self._finalizer = threading.Thread(
             target=self._finalize_loop, name="batchtasks-finalizers", daemon=True
@@ -76,11 +80,13 @@ class WorkerAgent:
         self._thread.start()
         self._finalizer.start()
         self._reader.start()
+        self.listener.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._wake.set()
         self._finalize_due.set()
+        self.listener.stop()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -133,6 +139,9 @@ class WorkerAgent:
     def tick(self) -> None:
         """Whatever duties are due now."""
         close_old_connections()
+        if self._probe_wanted.is_set():
+            self._probe_wanted.clear()
+            self._probe()
         try:
             self.refill_owed()
         except Exception:
@@ -168,8 +177,20 @@ class WorkerAgent:
         workers.worker_seen(
             self.identity.instance, in_hand=self.heart.in_hand, cpu=cpu, memory=memory, using=db
         )
+        self._probe()
         for queue in freed:
             dispatch_queue(queue, using=db)
+
+    def _want_probe(self) -> None:
+        self._probe_wanted.set()
+        self._wake.set()
+
+    def _probe(self) -> None:
+        """Show the listener that it hears (``notices``); a probe lost is only a delay."""
+        try:
+            notices.probe(self.identity.instance, using=self.db)
+        except Exception:
+            logger.warning("batchtasks notices probe failed worker=%s", self.identity.name)
 
     def refill_owed(self) -> None:
         """A pass for each queue whose owed refill (``refills``) is due."""
@@ -197,12 +218,31 @@ class WorkerAgent:
 
     def stop_processes(self) -> None:
         """Advance the stopping of processes; once one is gone, end its attempt at once."""
-        self.stopper.step(kill_grace=get_settings().KILL_GRACE)
+        for killed in self.stopper.step(kill_grace=get_settings().KILL_GRACE):
+            if killed.gone:
+                self._after_kill(killed)
         if self.stopper.signalled:
             # A signalled process's attempt is ended by its runner, by Celery's failure
             # signal or by the next beat: beat soon rather than in HEARTBEAT_SECONDS
             # (not during a cancel's grace period, when nothing is about to change).
             self._next["beat"] = min(self._next["beat"], time.monotonic() + 0.2)
+
+    def _after_kill(self, killed: Killed) -> None:
+        """End the killed attempt now (its process is gone), and give back the attempts
+        that waited behind it in its message: they never started, so they run again as
+        they were, not as lost runs."""
+        db = self.db
+        queues: set[str] = set()
+        held = leases.held_attempt(killed.fence, using=db)
+        if held is not None and held.pid == killed.pid:
+            message = leases.worker_lost_message(held)
+            if leases.lose(held, leases.WORKER_LOST, message, using=db) is not None:
+                queues.add(held.queue)
+        instance = self.identity.instance
+        fences = [Fence(task_id, attempt, instance) for task_id, attempt in killed.behind]
+        given_back, _ = leases.give_back(fences, killed.pid, using=db)
+        for queue in queues | given_back:
+            dispatch_queue(queue, using=db)
 
     def _batch_queues(self) -> list[str]:
         known = BatchQueue.objects.using(self.db).filter(name__in=self.queues)
@@ -271,9 +311,3 @@ class WorkerAgent:
             return round(cpu, 1), int(memory)
         except psutil.Error:
             return None, None
-
-
-def _holds(fence: Fence) -> bool | None:
-    """Whether this worker still runs ``fence``'s message (``None``: cannot tell now)."""
-    held = in_flight()
-    return None if held is None else (fence.task_id, fence.attempt) in held

@@ -3,10 +3,13 @@ after another in this pool process, and write their successes in batches.
 
 Each task keeps its own fence, progress, cancel, inactivity watchdog, retries and
 lost-run rules: only the claim and the successful finishes are shared. A task whose
-cancel was asked for while it waited behind the others ends cancelled without running
-(the flags are read again before a task whenever ``PROGRESS_INTERVAL`` has passed since
-the claim or the last read). A crash loses the held finishes (``worker.completions``)
-and the tasks not run yet: all are ``running`` under the lease, and run again as lost runs.
+cancel was asked for while it waited behind the others ends cancelled without ever
+starting: before each start the flags of the rest are read again whenever the worker
+heard of a cancel for it since the last read (``worker.notices``; always, where notices
+cannot be heard), and at least every ``PROGRESS_INTERVAL``. A crash loses the held
+finishes (``worker.completions``) and the tasks not run yet: all are ``running`` under
+the lease, and run again as lost runs; a process killed for one of its tasks gives the
+tasks behind it back instead (``worker.stopping``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from ..db.connections import reconnecting, state_db
 from ..models import BatchTask
 from ..services import events, leases
 from ..services.facts import type_facts
-from . import identity, refills
+from . import identity, notices, refills
 from .completions import Completions, measured
 from .progress import state_lock
 from .runner import RunnerContext, claim_runs, run_plugin, write_outcome
@@ -43,6 +46,7 @@ def execute_many(
     db = state_db(using or router.db_for_write(BatchTask))
     instance = identity.instance()
     fences = [transitions.Fence(task_id, attempt, instance) for task_id, attempt in runs]
+    heard = notices.seen()  # before the claim: a cancel after it is news
     claims = claim_runs(fences, worker, db)
     if len(claims) < len(fences):
         logger.info(
@@ -50,7 +54,7 @@ def execute_many(
             len(fences) - len(claims),
             len(fences),
         )
-    message = MessageRun(claims, worker, instance, db)
+    message = MessageRun(claims, worker, instance, db, heard)
     try:
         for i in range(len(claims)):
             message.run(i)
@@ -67,13 +71,22 @@ def execute_many(
 class MessageRun:
     """The claimed runs of one message, run one after another."""
 
-    def __init__(self, claims: list[transitions.Claim], worker: str, instance: str, db: str):
+    def __init__(
+        self,
+        claims: list[transitions.Claim],
+        worker: str,
+        instance: str,
+        db: str,
+        heard: int | None,
+    ) -> None:
         self.claims, self.worker, self.instance, self.db = claims, worker, instance, db
         self.completions = Completions(db)
         self.outcomes: list[tuple[transitions.Fence, transitions.Outcome]] = []
         #: The queues of the runs, and whether each is limited (refilled at once).
         self.queues: dict[str, bool] = {}
         self.claimed = self.checked = time.monotonic()
+        #: The notices heard at the last read of the flags (``None``: not to be trusted).
+        self.heard = heard
         #: Cancel flags of the runs still to come, by task id, once read.
         self.flags: dict[int, bool] | None = None
 
@@ -82,8 +95,8 @@ class MessageRun:
         fence = transitions.Fence(claim.task_id, claim.attempt, self.instance)
         facts = type_facts(claim.definition_id, claim.queue, self.db)
         self.queues[claim.queue] = self.queues.get(claim.queue, False) or facts.limited
-        if time.monotonic() - self.checked >= get_settings().PROGRESS_INTERVAL:
-            self.checked = time.monotonic()
+        if self._news(i):
+            self.checked, self.heard = time.monotonic(), notices.seen()
             rest = [transitions.Fence(c.task_id, c.attempt, self.instance) for c in self.claims[i:]]
             self.flags = _cancel_flags(rest, self.db)
         if self.flags is not None:
@@ -112,6 +125,14 @@ class MessageRun:
             else:
                 write_outcome(fence, outcome, facts, self.db)
         self.outcomes.append((fence, outcome))
+
+    def _news(self, i: int) -> bool:
+        """Whether the flags must be read again before run ``i`` starts."""
+        if time.monotonic() - self.checked >= get_settings().PROGRESS_INTERVAL:
+            return True
+        heard = notices.seen()
+        # Untrusted: read before each start but the first (its claim has just been made).
+        return heard != self.heard if heard is not None else i > 0
 
 
 def _cancel_flags(fences: list[transitions.Fence], db: str) -> dict[int, bool]:

@@ -3,10 +3,14 @@
 A pool process running a message of several tasks holds their successful outcomes and
 writes them in one statement (``transitions.end_succeeded``) once ``COMPLETION_WINDOW``
 seconds have passed since the first was held, or ``COMPLETION_BATCH`` are held, and
-always before it takes its next message. What a crash can lose is bounded by that
-window: the held tasks are still ``running`` under their lease, so the heartbeat or the
-sweeper ends them as lost runs and they run again (at most ``COMPLETION_BATCH`` tasks
-run twice). Failures, cancels and retries are written at once, as a single run's are.
+always before it takes its next message. The window is kept by the pool process's timer
+thread too, so finishes are written on time even while the next task of the message runs
+long (a cancel that kills that task then takes none of them along). What a crash can
+lose is bounded by that window: the held tasks are still ``running`` under their lease,
+so the heartbeat or the sweeper ends them as lost runs and they run again (at most
+``COMPLETION_BATCH`` tasks run twice). Failures, cancels and retries are written at once,
+as a single run's are. The app's signals and finalizers of a finish follow in the
+process's main thread, at the next hold or the message's end.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from ..core.conf import get_settings
 from ..db.connections import reconnecting
 from ..services import events, finalize
 from ..services.facts import TypeFacts
-from .progress import state_lock
+from .progress import COMPLETIONS, state_lock, timer_for
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +37,9 @@ class Completions:
         self.window = conf.COMPLETION_WINDOW
         self.limit = conf.COMPLETION_BATCH
         self._held: list[tuple[transitions.Succeeded, TypeFacts]] = []
+        #: Written by the timer thread; their signals and finalizers are still to come.
+        self._written: list[tuple[transitions.Succeeded, TypeFacts, transitions.Ended | None]]
+        self._written = []
         self._since = 0.0
 
     @property
@@ -40,32 +47,52 @@ class Completions:
         return self.window > 0
 
     def hold(self, run: transitions.Succeeded, facts: TypeFacts) -> None:
-        if not self._held:
-            self._since = time.monotonic()
-        self._held.append((run, facts))
-        if len(self._held) >= self.limit or time.monotonic() - self._since >= self.window:
+        with state_lock:
+            if not self._held:
+                self._since = time.monotonic()
+                timer_for(self.db).schedule(COMPLETIONS, self.window, self._write_due)
+            self._held.append((run, facts))
+            full = len(self._held) >= self.limit
+        if full or time.monotonic() - self._since >= self.window or self._written:
             self.flush()
 
-    def flush(self) -> dict[int, transitions.Ended]:
-        """Write what is held; then the app's signals and finalizers of each."""
-        if not self._held:
-            return {}
-        held, self._held = self._held, []
-        runs = [run for run, _ in held]
+    def flush(self) -> None:
+        """Write what is held; then the app's signals and finalizers of each written."""
         with state_lock:
-            ended = reconnecting(
-                lambda: transitions.end_succeeded(runs, using=self.db),
-                self.db,
-                patience=get_settings().LEASE_SECONDS,
-            )
+            if not self._held and not self._written:
+                return
+            if self._held:
+                timer_for(self.db).schedule(COMPLETIONS, None, None)
+            self._write()
+            written, self._written = self._written, []
         gone = [
             run.fence.task_id
-            for run, facts in held
-            if after_end(run.fence, ended.get(run.fence.task_id), facts, self.db)
+            for run, facts, ended in written
+            if after_end(run.fence, ended, facts, self.db)
         ]
         if gone:
             transitions.delete_tasks(gone, using=self.db)
-        return ended
+
+    def _write_due(self) -> None:
+        """The window is up (timer thread): write what is held now."""
+        try:
+            with state_lock:
+                self._write()
+        except Exception:  # the main thread's next flush tries again, and raises
+            logger.exception("batchtasks held finishes not written yet")
+
+    def _write(self) -> None:
+        """Write the held finishes (``state_lock`` held); they stay held if that fails."""
+        if not self._held:
+            return
+        runs = [run for run, _ in self._held]
+        ended = reconnecting(
+            lambda: transitions.end_succeeded(runs, using=self.db),
+            self.db,
+            patience=get_settings().LEASE_SECONDS,
+        )
+        self._written += [(r, f, ended.get(r.fence.task_id)) for r, f in self._held]
+        self._held = []
 
 
 def after_end(

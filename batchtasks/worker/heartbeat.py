@@ -35,21 +35,34 @@ logger = logging.getLogger(__name__)
 def in_flight() -> set[tuple[int, int]] | None:
     """``(task id, attempt)`` of the run messages this worker holds (received, waiting
     for or in a pool process); ``None`` if Celery's sets could not be read."""
-    for _ in range(10):
-        try:
-            requests: list[Any] = [
-                *celery_state.reserved_requests,
-                *celery_state.active_requests,
-            ]
-            break
-        except RuntimeError:  # changed size while being copied: try again
-            continue
-    else:
+    requests = _requests()
+    if requests is None:
         return None
     held: set[tuple[int, int]] = set()
     for request in requests:
         held.update(attempts_of(request))
     return held
+
+
+def behind(fence: transitions.Fence) -> list[tuple[int, int]]:
+    """The runs that follow ``fence``'s in the message this worker runs it from (they run
+    after it, in order, in the same pool process); none if that cannot be told."""
+    key = (fence.task_id, fence.attempt)
+    for request in _requests() or ():
+        runs = attempts_of(request)
+        if key in runs:
+            return runs[runs.index(key) + 1 :]
+    return []
+
+
+def _requests() -> list[Any] | None:
+    """A copy of the requests Celery holds; ``None`` if it could not be taken."""
+    for _ in range(10):
+        try:
+            return [*celery_state.reserved_requests, *celery_state.active_requests]
+        except RuntimeError:  # changed size while being copied: try again
+            continue
+    return None
 
 
 def attempts_of(request: Any) -> list[tuple[int, int]]:

@@ -3,7 +3,8 @@ report held back by that throttle is written when the interval is up, even if th
 plugin then stays silent (a timer thread in the pool process writes it).
 
 The timer thread borrows the runner's state connection rather than opening one of
-its own; a lock keeps the two threads' statements apart.
+its own; a lock keeps the two threads' statements apart. It also writes the finishes a
+message holds (``worker.completions``) when their window is up.
 """
 
 from __future__ import annotations
@@ -45,14 +46,14 @@ class ProgressWriter:
                 self._flush()
                 return
         if self._timer is None:
-            self._timer = _timer_for(self.using)
-        self._timer.schedule(wait, self._flush_locked)
+            self._timer = timer_for(self.using)
+        self._timer.schedule(PROGRESS, wait, self._flush_locked)
 
     def take_pending(self) -> tuple[int, str] | None:
         """Stop the timer; the progress not written yet (it goes out with the outcome)."""
         with state_lock:
             if self._timer is not None:
-                self._timer.schedule(None, None)
+                self._timer.schedule(PROGRESS, None, None)
             pending, self._pending = self._pending, None
             return pending
 
@@ -77,40 +78,55 @@ class ProgressWriter:
         self.cancel = self.cancel or cancel is None or cancel
 
 
+#: The timer's keys: the running attempt's held-back progress, a message's held finishes.
+PROGRESS, COMPLETIONS = "progress", "completions"
+
+
 class _Timer:
-    """One daemon thread per pool process that runs the next scheduled flush."""
+    """One daemon thread per pool process that runs each scheduled action when due (one
+    per key: scheduling a key again replaces its action)."""
 
     def __init__(self, using: str) -> None:
         self._wrapper = connections[using]
         self._wrapper.inc_thread_sharing()
         self._using = using
         self._wake = threading.Condition()
-        self._due: float | None = None
-        self._action: Callable[[], None] | None = None
+        self._due: dict[str, tuple[float, Callable[[], None]]] = {}
         threading.Thread(target=self._loop, name="batchtasks-progress", daemon=True).start()
 
-    def schedule(self, delay: float | None, action: Callable[[], None] | None) -> None:
+    def schedule(self, key: str, delay: float | None, action: Callable[[], None] | None) -> None:
+        """Run ``action`` in ``delay`` seconds (``None``: cancel what ``key`` had)."""
         with self._wake:
-            self._due = None if delay is None else time.monotonic() + delay
-            self._action = action
-            self._wake.notify()
+            if delay is None or action is None:
+                self._due.pop(key, None)  # the thread finds nothing due when it wakes
+                return
+            due = time.monotonic() + delay
+            earliest = min((at for at, _ in self._due.values()), default=float("inf"))
+            self._due[key] = (due, action)
+            if due < earliest:
+                self._wake.notify()
 
     def _loop(self) -> None:
         connections[self._using] = self._wrapper  # the runner's connection, shared
         while True:
             with self._wake:
-                while self._due is None or time.monotonic() < self._due:
-                    timeout = None if self._due is None else self._due - time.monotonic()
-                    self._wake.wait(timeout)
-                action, self._due, self._action = self._action, None, None
-            if action is not None:
+                while True:
+                    now = time.monotonic()
+                    ready = [key for key, (at, _) in self._due.items() if at <= now]
+                    if ready:
+                        break
+                    earliest = min((at for at, _ in self._due.values()), default=None)
+                    self._wake.wait(None if earliest is None else earliest - now)
+                actions = [self._due.pop(key)[1] for key in ready]
+            for action in actions:
                 action()
 
 
 _timers: dict[str, _Timer] = {}
 
 
-def _timer_for(using: str) -> _Timer:
+def timer_for(using: str) -> _Timer:
+    """This pool process's timer thread for state connection ``using``."""
     timer = _timers.get(using)
     if timer is None:
         timer = _timers[using] = _Timer(using)

@@ -8,10 +8,18 @@ plugin if the request names the attempt it is running (the plugin unwinds, its
 ``finally`` blocks run, the runner records the outcome), ignores a request for an
 attempt it no longer runs (so a late SIGTERM never hits the next task), and with no
 request hands the signal to the pool's own handler (billiard's shutdown, Celery's hard
-time limits). A process still
-running the attempt ``KILL_GRACE`` seconds later is SIGKILLed with everything it
-started. The slot is only freed when the attempt's end is written: by the runner, or
-once the process is gone.
+time limits). A process still running the attempt ``KILL_GRACE`` seconds later is
+SIGKILLed with everything it started. The slot is only freed when the attempt's end is
+written: by the runner, or once the process is gone.
+
+A process is only ever signalled for the attempt it runs at that moment (``running``:
+each pool process notes it as a plugin starts). An attempt that waits behind another in
+its message is never signalled: its grace begins when it starts, and a cancelled one is
+dropped when its turn comes (``worker.batches``). When a kill takes a process down, the
+attempts that waited behind the killed one in its message never started: the agent
+gives them back (``services.leases.give_back``) instead of counting them as lost runs.
+The one race left is a process that moves from the attempt to the next between the read
+of its note and the SIGKILL, a few microseconds.
 
 The inactivity watchdog of inline runs works the same way. While a plugin of a type
 with an ``inactivity_timeout`` runs, its pool process keeps an activity file next to
@@ -46,7 +54,7 @@ import psutil
 
 from ..core.exceptions import InactivityTimeout, TaskStopped
 from ..transitions import Fence
-from . import identity
+from . import identity, running
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +90,11 @@ def plugin_running(fence: Fence, *, inactivity_timeout: int | None = None) -> It
         _install()
     _running.fence = fence
     _running.activity = _start_activity(fence, inactivity_timeout)
+    running.set_running(fence)
     try:
         yield
     finally:
+        running.set_running(None)
         _running.fence = None
         if _running.activity is not None:
             with contextlib.suppress(OSError):
@@ -210,13 +220,25 @@ class _Stopping:
     killed_at: float | None = None
 
 
+@dataclass(frozen=True)
+class Killed:
+    """A process SIGKILLed for ``fence``, and the attempts that waited behind it in its
+    message (they never started)."""
+
+    fence: Fence
+    pid: int
+    behind: list[tuple[int, int]]
+    #: Whether the process was seen gone right after the kill.
+    gone: bool
+
+
 class Stopper:
     """Brings down the processes of attempts that must stop, step by step; the agent
     calls ``step`` often while any is pending."""
 
-    def __init__(self, still_running: Callable[[Fence], bool | None]) -> None:
-        #: Whether the attempt still runs here (``None``: cannot tell now).
-        self._still_running = still_running
+    def __init__(self, behind: Callable[[Fence], list[tuple[int, int]]]) -> None:
+        #: The attempts that wait behind an attempt in the message that carries it.
+        self._behind = behind
         self._pending: dict[Fence, _Stopping] = {}
 
     @property
@@ -229,7 +251,8 @@ class Stopper:
         return any(s.terminated_at is not None for s in self._pending.values())
 
     def stop(self, fence: Fence, pid: int | None, *, reason: str, grace: float) -> None:
-        """Stop ``fence``'s process (``pid``) unless it ends by itself within ``grace`` s."""
+        """Stop ``fence``'s process (``pid``) unless it ends by itself within ``grace`` s
+        of starting to run it."""
         if pid is None or pid == os.getpid():
             logger.warning(
                 "batchtasks cannot stop task=%s attempt=%s: it runs in the worker's own "
@@ -246,20 +269,25 @@ class Stopper:
         for fence in [f for f in self._pending if f not in keep]:
             self._clear(fence)
 
-    def step(self, *, kill_grace: float) -> None:
+    def step(self, *, kill_grace: float) -> list[Killed]:
+        """Signal what is due; returns the processes killed in this step."""
         now = time.monotonic()
+        killed = []
         for fence, stopping in list(self._pending.items()):
             if not _exists(stopping.pid):
                 continue  # gone; its end is written by whoever sees that first
+            current = running.running_now(stopping.pid) == (fence.task_id, fence.attempt)
             if stopping.terminated_at is None:
-                if now - stopping.since >= stopping.grace:
+                if not current:  # it waits in its message: its grace has not begun
+                    stopping.since = now
+                elif now - stopping.since >= stopping.grace:
                     self._terminate(fence, stopping)
             elif stopping.killed_at is None and now - stopping.terminated_at >= kill_grace:
-                running = self._still_running(fence)
-                if running:
-                    self._kill(fence, stopping)
-                elif running is not None:
+                if current:
+                    killed.append(self._kill(fence, stopping))
+                else:  # it ended after all (its end is written by its runner)
                     self._clear(fence)
+        return [k for k in killed if k is not None]
 
     def _terminate(self, fence: Fence, stopping: _Stopping) -> None:
         path = _request_path(stopping.pid)
@@ -277,12 +305,14 @@ class Stopper:
         with contextlib.suppress(ProcessLookupError):
             os.kill(stopping.pid, signal.SIGTERM)
 
-    def _kill(self, fence: Fence, stopping: _Stopping) -> None:
+    def _kill(self, fence: Fence, stopping: _Stopping) -> Killed | None:
+        # Read before the kill: Celery forgets the message once its process is gone.
+        behind = self._behind(fence)
         try:
             family = [psutil.Process(stopping.pid)]
             family += family[0].children(recursive=True)
         except psutil.Error:
-            return
+            return None
         stopping.killed_at = time.monotonic()
         logger.warning(
             "batchtasks stopping task=%s attempt=%s pid=%s reason=%s signal=SIGKILL processes=%d",
@@ -295,9 +325,28 @@ class Stopper:
         for process in family:
             with contextlib.suppress(psutil.Error):
                 process.kill()
+        gone = _wait_gone(stopping.pid, KILL_WAIT)
+        if gone:
+            running.forget(stopping.pid)
+        return Killed(fence, stopping.pid, behind, gone=gone)
 
     def _clear(self, fence: Fence) -> None:
         _remove_request(self._pending.pop(fence).pid, fence)
+
+
+#: Longest wait for a SIGKILLed process to be gone before the agent moves on.
+KILL_WAIT = 2.0
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until ``pid`` is gone or a zombie (never reap it: the pool's own parent must
+    see it die, or Celery would not learn that its message was lost)."""
+    deadline = time.monotonic() + timeout
+    while _exists(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _exists(pid: int) -> bool:

@@ -7,7 +7,8 @@ file, so that a test in another process can count the calls.
 ``params["crash_finalizer"]`` its first call SIGKILLs its whole worker instead (a
 worker lost between a task's end and its finalizers). ``finalizers.raising``'s
 finalizer always raises. ``finalizers.webhook`` posts its outcome to
-``$BATCHTASKS_DEMO_WEBHOOK`` when that is set.
+``$BATCHTASKS_DEMO_WEBHOOK`` when that is set; it fails its attempt number
+``params["fail_attempt"]`` and returns its parameters otherwise.
 """
 
 from __future__ import annotations
@@ -63,9 +64,11 @@ class Raising(BatchTaskPlugin):
     description="Succeed; its outcome is posted to a webhook.",
 )
 class Webhook(BatchTaskPlugin):
-    """Return ``params`` as the result."""
+    """Fail attempt ``fail_attempt``; return ``params`` as the result otherwise."""
 
     def run(self, params: Any) -> Any:
+        if isinstance(params, dict) and params.get("fail_attempt") == self.attempt:
+            raise ConnectionError(f"attempt {self.attempt}: the ledger was offline")
         return params
 
 

@@ -153,9 +153,7 @@ def test_a_cancelled_task_that_ignores_sigterm_is_killed_alone_and_its_neighbour
 
     done = wait_final(*tasks)
 
-    assert [t.state for t in done] == [TaskState.SUCCEEDED, "cancelled"] + [
-        TaskState.SUCCEEDED
-    ] * 3
+    assert [t.state for t in done] == [TaskState.SUCCEEDED, "cancelled"] + [TaskState.SUCCEEDED] * 3
     [(killed, _, end)] = runs_of(record_dir, tasks[1].pk)
     assert end is None  # it never finished: killed
     for task in [done[0], *done[2:]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core import checks
 from django.db import connections
 from django.test import Client
@@ -25,7 +26,7 @@ from batchtasks.core.finalizers import finalizers_of, unregister_finalizer
 from batchtasks.core.registry import registry
 from batchtasks.core.states import AttemptOutcome, FinalizeState
 from batchtasks.db.connections import state_db
-from batchtasks.models import BatchTaskDefinition
+from batchtasks.models import BatchTaskDefinition, BatchTaskOutcome
 from batchtasks.services import finalize
 from batchtasks.services.sweeper import purge
 from batchtasks.transitions import Fence, Outcome
@@ -178,6 +179,107 @@ def test_retrying_a_task_finalizes_its_next_outcome_afresh(here: Path) -> None:
     fresh.cancel()
     finalize.run_due(using="default")
     assert calls(here, task) == [TaskState.CANCELLED, TaskState.CANCELLED]
+
+
+def owned_by_a_user(client: Client) -> Any:
+    """A user logged in on ``client``: the owner of the tasks a test retries over HTTP."""
+    user = get_user_model().objects.create_user("owner")
+    client.force_login(user)
+    return user
+
+
+def retry_over_http(client: Client, task: BatchTask) -> int:
+    """Retry a task as its owner does, through the JSON API; the response's status."""
+    return client.post(reverse("batchtasks:api-retry", args=[task.pk])).status_code
+
+
+@pytest.mark.django_db
+def test_a_retry_between_a_finalizer_runs_claim_and_its_load_leaves_it_the_claimed_outcome(
+    here: Path, client: Client
+) -> None:
+    owner = owned_by_a_user(client)
+    task = BatchTask.submit("finalizers.demo", owner=owner, run_after=timedelta(hours=1))
+    task.cancel()
+    retried: list[int] = []
+
+    def retry_right_after_the_claim(execute: Any, sql: str, *args: Any) -> Any:
+        result = execute(sql, *args)
+        if "finalize_attempts + 1" in sql and not retried:
+            retried.append(retry_over_http(client, task))
+        return result
+
+    with connections["default"].execute_wrapper(retry_right_after_the_claim):
+        finalize.run_due(using="default")
+
+    assert retried == [200]
+    assert calls(here, task) == [TaskState.CANCELLED]  # not "new": the outcome it was due for
+    kept = BatchTaskOutcome.objects.get(task_id=task.pk)
+    assert (kept.attempt, kept.finalize_state) == (1, FinalizeState.DONE)
+    assert row(task).cancel()  # the retried run's own outcome, finalized in its turn
+    finalize.run_due(using="default")
+    assert calls(here, task) == [TaskState.CANCELLED, TaskState.CANCELLED]
+    assert (row(task).attempt, row(task).finalize_state) == (2, FinalizeState.DONE)
+
+
+@pytest.mark.django_db
+def test_a_finalizer_that_fails_after_a_retry_is_retried_for_its_own_outcome(
+    here: Path, client: Client
+) -> None:
+    owner = owned_by_a_user(client)
+    task = BatchTask.submit("finalizers.demo", owner=owner, run_after=timedelta(hours=1))
+    seen: list[tuple[int, str]] = []
+
+    def flaky_archive(final: BatchTask) -> None:
+        seen.append((final.attempt, final.state))
+        if len(seen) == 1:  # the user retries the task while its first outcome is archived
+            assert retry_over_http(client, task) == 200
+            raise ConnectionResetError("the archive hung up")
+
+    finalizer("finalizers.demo")(flaky_archive)
+    try:
+        task.cancel()
+        finalize.run_due(using="default")  # outcome 1 fails after the retry
+        failed = BatchTaskOutcome.objects.get(task_id=task.pk)  # its error is outcome 1's
+        assert (failed.attempt, failed.finalize_state) == (1, FinalizeState.PENDING)
+        assert "ConnectionResetError: the archive hung up" in failed.finalize_error
+        assert row(task).finalize_error == ""
+        assert row(task).cancel()  # outcome 2
+        for _ in range(3):
+            finalize.run_due(using="default")
+    finally:
+        unregister_finalizer("finalizers.demo", flaky_archive)
+
+    cancelled = TaskState.CANCELLED
+    assert sorted(seen) == [(1, cancelled), (1, cancelled), (2, cancelled)]
+    assert row(task).finalize_state == FinalizeState.DONE
+    kept = BatchTaskOutcome.objects.get(task_id=task.pk)
+    assert (kept.finalize_attempts, kept.finalize_state) == (2, FinalizeState.DONE)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("delete", ["purge", "delete_tasks"])
+def test_a_task_whose_earlier_outcome_is_still_to_be_finalized_is_kept_until_it_is(
+    here: Path, delete: str
+) -> None:
+    task = BatchTask.submit("finalizers.raising", run_after=timedelta(hours=1))
+    task.cancel()
+    assert task.retry() and row(task).cancel()  # outcome 1 kept, still to be finalized
+    long_ago = row(task).finished_at - timedelta(1)
+    BatchTask.objects.filter(pk=task.pk).update(
+        finished_at=long_ago, finalize_state=FinalizeState.FAILED
+    )
+    BatchTaskDefinition.objects.filter(pk=task.definition_id).update(retention=60)
+
+    def deleted() -> int:
+        if delete == "purge":
+            return purge(using="default")
+        return transitions.delete_tasks([task.pk], using="default")
+
+    assert deleted() == 0
+    kept = BatchTaskOutcome.objects.filter(task_id=task.pk)
+    assert kept.update(finalize_state=FinalizeState.FAILED) == 1
+    assert deleted() == 1
+    assert not kept.exists()
 
 
 @pytest.mark.django_db
@@ -369,3 +471,95 @@ def test_the_webhook_gets_the_signed_outcome_and_is_retried_after_a_500(
         "attempt": 1,
     }
     assert done.finalize_attempts == 2 and done.finalize_error == ""
+
+
+class OutcomeReceiver(BaseHTTPRequestHandler):
+    """Holds every delivery of attempt 1 until ``release`` is set, answers the first
+    delivery of attempt 2 with 500 and the others 204; logs each delivery it answered as
+    (attempt, status, payload), and each arrival's attempt."""
+
+    arrived: list[int]
+    answered: list[tuple[int, int, dict[str, Any]]]
+    release: threading.Event
+
+    def do_POST(self) -> None:
+        payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        attempt = payload["attempt"]
+        self.arrived.append(attempt)
+        if attempt == 1:
+            self.release.wait(timeout=120)
+        failed_before = any(a == attempt for a, _, _ in self.answered)
+        status = 500 if attempt == 2 and not failed_before else 204
+        self.answered.append((attempt, status, payload))
+        self.send_response(status)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def outcome_receiver() -> Iterator[tuple[str, type[OutcomeReceiver]]]:
+    handler = type(
+        "Handler",
+        (OutcomeReceiver,),
+        {"arrived": [], "answered": [], "release": threading.Event()},
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/batchtasks", handler
+    handler.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.worker
+def test_a_retried_task_delivers_each_outcome_once_though_its_first_webhook_was_slow(
+    start_worker: Any, outcome_receiver: tuple[str, type[OutcomeReceiver]], client: Client
+) -> None:
+    url, hooks = outcome_receiver
+    env = {
+        **FAST,
+        "BATCHTASKS_DEMO_WEBHOOK": url,
+        "BATCHTASKS_WEBHOOK_SECRET": SECRET,
+        # The first outcome's delivery is in flight for as long as the test holds it.
+        "BATCHTASKS_FINALIZE_LEASE": "120",
+        "BATCHTASKS_WEBHOOK_TIMEOUT": "120",
+        # The second outcome's 500 is retried once the first outcome's run has ended.
+        "BATCHTASKS_FINALIZE_BACKOFF": "3",
+    }
+    start_worker("w", QUEUES, concurrency=2, env=env)
+    owner = owned_by_a_user(client)
+    task = BatchTask.submit("finalizers.webhook", {"fail_attempt": 1}, owner=owner)
+
+    wait_for(lambda: 1 in hooks.arrived)  # attempt 1 failed; its webhook is in flight
+    assert retry_over_http(client, task) == 200
+    wait_for(lambda: [(a, s) for a, s, _ in hooks.answered] == [(2, 500)])
+    hooks.release.set()  # the first outcome's webhook answers 204 now
+
+    def delivered(attempt: int) -> list[dict[str, Any]]:
+        return [p for a, s, p in hooks.answered if a == attempt and s == 204]
+
+    def nothing_left_to_run() -> bool:
+        kept = BatchTaskOutcome.objects.filter(task_id=task.pk)
+        return finalized(task) and not kept.exclude(finalize_state=FinalizeState.DONE).exists()
+
+    try:
+        wait_for(lambda: delivered(1) and delivered(2) and nothing_left_to_run())
+    except AssertionError:
+        log = [(a, s, p["state"]) for a, s, p in hooks.answered]
+        raise AssertionError(f"receiver log {log}, task {row(task).finalize_state!r}") from None
+
+    assert sorted((a, s) for a, s, _ in hooks.answered) == [(1, 204), (2, 204), (2, 500)]
+    kept = BatchTaskOutcome.objects.get(task_id=task.pk)  # where outcome 1's run recorded
+    assert (kept.attempt, kept.state, kept.finalize_attempts) == (1, TaskState.FAILED, 1)
+    assert row(task).finalize_attempts == 2  # outcome 2's own runs: the 500, the delivery
+    first, second = delivered(1)[0], delivered(2)[0]
+    assert (first["state"], first["error_type"], first["result"]) == (
+        "failed",
+        "ConnectionError",
+        None,
+    )
+    assert (second["state"], second["result"]) == ("succeeded", {"fail_attempt": 1})
+    assert first["id"] == second["id"] == task.pk

@@ -21,6 +21,7 @@ from ..models import (
     BatchTask,
     BatchTaskAttempt,
     BatchTaskDefinition,
+    BatchTaskOutcome,
     BatchTaskParameters,
     BatchWorker,
 )
@@ -34,6 +35,7 @@ class Tables:
         self.task = quote(BatchTask._meta.db_table)
         self.params = quote(BatchTaskParameters._meta.db_table)
         self.attempt = quote(BatchTaskAttempt._meta.db_table)
+        self.outcome = quote(BatchTaskOutcome._meta.db_table)
         self.definition = quote(BatchTaskDefinition._meta.db_table)
         self.queue = quote(BatchQueue._meta.db_table)
         self.worker = quote(BatchWorker._meta.db_table)

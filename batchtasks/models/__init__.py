@@ -1,10 +1,10 @@
-"""The canonical tables: queues, task definitions, tasks, their parameters and attempts,
-and the workers that run them."""
+"""The canonical tables: queues, task definitions, tasks, their parameters, attempts and
+earlier outcomes, and the workers that run them."""
 
 from .definitions import BatchQueue, BatchTaskDefinition
 from .groups import GroupStatus, TaskGroup
 from .queries import BatchTaskQuerySet
-from .records import BatchTaskAttempt, BatchTaskParameters
+from .records import BatchTaskAttempt, BatchTaskOutcome, BatchTaskParameters
 from .tasks import BatchTask, TaskError, TaskOperations, install_operations, operations
 from .workers import BatchWorker, WorkerState
 
@@ -13,6 +13,7 @@ __all__ = [
     "BatchTask",
     "BatchTaskAttempt",
     "BatchTaskDefinition",
+    "BatchTaskOutcome",
     "BatchTaskParameters",
     "BatchTaskQuerySet",
     "BatchWorker",

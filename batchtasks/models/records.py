@@ -1,11 +1,13 @@
-"""What belongs to one task: its encoded parameters and the record of each attempt."""
+"""What belongs to one task: its encoded parameters, the record of each attempt, and
+the earlier outcomes whose finalizers a retry left to run."""
 
 from __future__ import annotations
 
 from django.db import models
+from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
-from ..core.states import AttemptOutcome
+from ..core.states import AttemptOutcome, FinalizeState, TaskState
 from .tasks import BatchTask
 
 
@@ -65,3 +67,66 @@ class BatchTaskAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"task #{self.task_id} attempt {self.number}: {self.outcome}"
+
+
+class BatchTaskOutcome(models.Model):
+    """A final outcome of a task that a retry replaced before its finalizers were
+    recorded: they run for it from this row, with its own state, result and error."""
+
+    # Written by the retry's transaction (which holds the task's row) and deleted with
+    # the task, as its attempts are: no database constraint to check.
+    task = models.ForeignKey(
+        BatchTask,
+        on_delete=models.CASCADE,
+        related_name="earlier_outcomes",
+        db_index=False,
+        db_constraint=False,
+    )
+    attempt = models.PositiveIntegerField(_("attempt"))
+    state = models.CharField(_("state"), max_length=16, choices=TaskState.choices)
+    result = models.JSONField(_("result"), null=True, blank=True)
+    error_type = models.CharField(_("error type"), max_length=200, blank=True)
+    error_message = models.TextField(_("error message"), blank=True)
+    error_traceback = models.TextField(_("traceback"), blank=True)
+    worker = models.CharField(_("worker"), max_length=200, blank=True)
+    started_at = models.DateTimeField(_("started"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    finalize_state = models.CharField(
+        _("finalizers"), max_length=16, blank=True, default="", choices=FinalizeState.choices
+    )
+    finalize_attempts = models.PositiveSmallIntegerField(_("finalizer attempts"), default=0)
+    finalize_after = models.DateTimeField(_("finalizers due"), null=True, blank=True)
+    finalize_error = models.TextField(_("finalizer error"), blank=True)
+
+    #: The task's fields this row keeps as they were at its outcome.
+    OUTCOME_FIELDS = (
+        "attempt", "state", "result", "error_type", "error_message", "error_traceback",
+        "worker", "started_at", "finished_at", "finalize_state", "finalize_attempts",
+        "finalize_after", "finalize_error",
+    )  # fmt: skip
+
+    class Meta:
+        verbose_name = _("earlier outcome")
+        verbose_name_plural = _("earlier outcomes")
+        ordering = ["task", "attempt"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "attempt"], name="batchtask_outcome_once"),
+        ]
+        indexes = [
+            # Finalizers due (the sweeper's pick, beside the tasks' own).
+            models.Index(
+                fields=["finalize_after"],
+                name="batchtask_outcome_due_idx",
+                condition=Q(finalize_state=FinalizeState.PENDING),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"task #{self.task_id} attempt {self.attempt}: {self.state}"
+
+    def as_task(self, task: BatchTask) -> BatchTask:
+        """``task`` (its row as it is now) as it was at this outcome: what its finalizers
+        are given."""
+        for name in self.OUTCOME_FIELDS:
+            setattr(task, name, getattr(self, name))
+        return task

@@ -7,6 +7,10 @@ worker runs them right after (``run_after_end``) and the sweeper runs whatever i
 again once their lease is over), and failed runs, again after an exponential backoff
 until ``FINALIZE_MAX_ATTEMPTS``. The side effects happen at least once; the outcome
 is recorded exactly once, and a finalizer never changes the task's own outcome.
+
+Each final outcome is finalized for itself: a run is fenced by the attempt that
+reached it, and an outcome a retry replaced while its finalizers were pending is run
+(and recorded) from the ``BatchTaskOutcome`` row the retry kept, with its own data.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from ..core.conf import get_settings
 from ..core.exceptions import BatchTasksError, ConfigurationError
 from ..core.finalizers import finalizers_of, has_finalizers, webhook_of
 from ..core.states import STATE_CODES, FinalizeState
-from ..models import BatchTask
+from ..models import BatchTask, BatchTaskOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -58,31 +62,45 @@ def run_due(*, using: str, limit: int = BATCH, budget: float | None = None) -> i
     seconds); return how many runs were recorded."""
     deadline = time.monotonic() + budget if budget is not None else None
     recorded = 0
-    for task_id in transitions.due_finalizations(limit=limit, using=using):
+    for task_id, attempt in transitions.due_finalizations(limit=limit, using=using):
         if deadline is not None and time.monotonic() > deadline:
             break
-        recorded += run(task_id, using=using) is not None
+        recorded += run(task_id, attempt=attempt, using=using) is not None
     return recorded
 
 
-def run(task_id: int, *, using: str) -> str | None:
-    """Claim and run the due finalizers of one task; the finalize state recorded
-    (``None``: not due, run by another process, or its run was taken over)."""
+def run(task_id: int, *, attempt: int | None = None, using: str) -> str | None:
+    """Claim and run the due finalizers of one task's outcome (its current one, or the
+    one of ``attempt`` a retry replaced); the finalize state recorded (``None``: not
+    due, run by another process, or its run was taken over)."""
     conf = get_settings()
-    number = transitions.claim_finalization(task_id, conf.FINALIZE_LEASE, using=using)
-    if number is None:
+    claimed = transitions.claim_finalization(
+        task_id, conf.FINALIZE_LEASE, attempt=attempt, using=using
+    )
+    if claimed is None:
         return None
-    tasks = BatchTask.objects.using(using).select_related("definition", "owner")
-    task = tasks.filter(pk=task_id).first()
+    task = outcome_of(claimed, using=using)
     if task is None:  # deleted meanwhile
         return None
     try:
         call_finalizers(task)
     except Exception as exc:
-        return _record_error(task, number, exc, using=using)
-    if not transitions.record_finalized(task_id, number, using=using):
+        return _record_error(claimed, exc, using=using)
+    if not transitions.record_finalized(claimed, using=using):
         return None
     return FinalizeState.DONE
+
+
+def outcome_of(claimed: transitions.FinalizeRun, *, using: str) -> BatchTask | None:
+    """The task as it was at the outcome ``claimed`` is for, even if a retry has replaced
+    that outcome since (then kept as a ``BatchTaskOutcome``)."""
+    tasks = BatchTask.objects.using(using).select_related("definition", "owner")
+    task = tasks.filter(pk=claimed.task_id).first()
+    if task is None or task.attempt == claimed.attempt:
+        return task
+    kept = BatchTaskOutcome.objects.using(using).filter(task_id=task.pk, attempt=claimed.attempt)
+    outcome = kept.first()
+    return None if outcome is None else outcome.as_task(task)
 
 
 def call_finalizers(task: BatchTask) -> None:
@@ -95,20 +113,21 @@ def call_finalizers(task: BatchTask) -> None:
         post_webhook(url, task)
 
 
-def _record_error(task: BatchTask, number: int, exc: Exception, *, using: str) -> str | None:
+def _record_error(claimed: transitions.FinalizeRun, exc: Exception, *, using: str) -> str | None:
     conf = get_settings()
     error = "".join(traceback.format_exception(exc))[-MAX_ERROR:]
-    retry_in = None
+    number, retry_in = claimed.number, None
     if number < conf.FINALIZE_MAX_ATTEMPTS:
         retry_in = min(conf.FINALIZE_BACKOFF * 2 ** (number - 1), conf.FINALIZE_BACKOFF_MAX)
     logger.warning(
-        "batchtasks finalizer failed task=%s run=%s retry_in=%s error=%s",
-        task.pk,
+        "batchtasks finalizer failed task=%s attempt=%s run=%s retry_in=%s error=%s",
+        claimed.task_id,
+        claimed.attempt,
         number,
         retry_in,
         f"{type(exc).__name__}: {exc}",
     )
-    if not transitions.record_finalize_error(task.pk, number, error, retry_in, using=using):
+    if not transitions.record_finalize_error(claimed, error, retry_in, using=using):
         return None
     return FinalizeState.PENDING if retry_in is not None else FinalizeState.FAILED
 

@@ -24,6 +24,7 @@ from .attempts import (
 from .completions import Succeeded, end_succeeded, record_run_seconds
 from .dispatching import admit, mark_republished, still_queued, unqueue
 from .finalizing import (
+    FinalizeRun,
     claim_finalization,
     due_finalizations,
     record_finalize_error,
@@ -44,6 +45,7 @@ __all__ = [
     "Claim",
     "Ended",
     "Fence",
+    "FinalizeRun",
     "Outcome",
     "Renewed",
     "Succeeded",

@@ -5,18 +5,41 @@ final, so a crash between the two cannot lose its finalizers. A run is claimed b
 moving ``finalize_after`` a lease ahead (two workers never run it at once; a crashed
 run is claimed again once the lease is over) and counted; only the claim's own count
 may then record the run, so a late run whose lease ran out records nothing.
+
+A run is for one outcome, named by the task's attempt (each final outcome has its own:
+only a retry leaves a final state, and it counts the attempt up). A retry keeps an
+outcome whose finalizers are pending as a ``BatchTaskOutcome`` row
+(``keep_pending_outcome``); every record is fenced by task, attempt and run number and
+lands on that outcome wherever it is now, never on the outcome that replaced it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ..core.finalizers import finalized_types
 from ..core.registry import NAME_RE
-from ..core.states import FINAL_STATES, FinalizeState
+from ..core.states import FINAL_STATES, WRITES, FinalizeState
 from ..db.sql import Clock, Tables, states_sql
+from ..models import BatchTaskOutcome
 
 PENDING, DONE, FAILED = FinalizeState.PENDING, FinalizeState.DONE, FinalizeState.FAILED
+#: The columns a kept outcome copies from its task (same names in both tables).
+KEPT = ", ".join(BatchTaskOutcome.OUTCOME_FIELDS)
+
+
+@dataclass(frozen=True)
+class FinalizeRun:
+    """A claimed run of the finalizers of one outcome of a task: the task, the attempt
+    that reached the outcome, and the run's number among that outcome's runs."""
+
+    task_id: int
+    attempt: int
+    number: int
 
 
 def finalize_marks(final: str, t: Tables, clock: Clock) -> str:
@@ -43,65 +66,104 @@ def finalize_marks(final: str, t: Tables, clock: Clock) -> str:
     )
 
 
-def due_finalizations(*, limit: int, using: str) -> list[int]:
-    """Ids of final tasks whose finalizers are due, the longest due first."""
+def due_finalizations(*, limit: int, using: str) -> list[tuple[int, int | None]]:
+    """The outcomes whose finalizers are due, the longest due first: (task id, ``None``)
+    for a task's current outcome, (task id, attempt) for one a retry replaced."""
     connection = connections[using]
     t, clock = Tables(connection), Clock(connection)
+    due = f"finalize_state = '{PENDING}' AND finalize_after <= {clock.now}"
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT id FROM {t.task} WHERE finalize_state = '{PENDING}' "
-            f"AND finalize_after <= {clock.now} ORDER BY finalize_after LIMIT %s",
+            f"SELECT id, NULL, finalize_after FROM {t.task} WHERE {due} UNION ALL "
+            f"SELECT task_id, attempt, finalize_after FROM {t.outcome} WHERE {due} "
+            "ORDER BY 3 LIMIT %s",
             [limit],
         )
-        return [row[0] for row in cursor.fetchall()]
+        return [(row[0], row[1]) for row in cursor.fetchall()]
 
 
-def claim_finalization(task_id: int, lease_seconds: float, *, using: str) -> int | None:
-    """Take the due finalizers of a final task for ``lease_seconds``; return this run's
-    number (``None``: not due, or another process runs them now)."""
+def claim_finalization(
+    task_id: int, lease_seconds: float, *, attempt: int | None = None, using: str
+) -> FinalizeRun | None:
+    """Take the due finalizers of a final task's outcome for ``lease_seconds``: its
+    current one, or the one of ``attempt`` a retry replaced (``None``: not due, or
+    another process runs them now)."""
     connection = connections[using]
     t, clock = Tables(connection), Clock(connection)
+    claim = f"SET finalize_after = {clock.after}, finalize_attempts = finalize_attempts + 1"
+    due = f"finalize_state = '{PENDING}' AND finalize_after <= {clock.now}"
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {t.task} SET finalize_after = {clock.after}, "
-            "finalize_attempts = finalize_attempts + 1 "
-            f"WHERE id = %s AND finalize_state = '{PENDING}' AND finalize_after <= {clock.now} "
-            f"AND state IN ({states_sql(*FINAL_STATES)}) RETURNING finalize_attempts",
-            [clock.param(lease_seconds), task_id],
-        )
+        if attempt is None:
+            cursor.execute(
+                f"UPDATE {t.task} {claim} WHERE id = %s AND {due} "
+                f"AND state IN ({states_sql(*FINAL_STATES)}) RETURNING attempt, finalize_attempts",
+                [clock.param(lease_seconds), task_id],
+            )
+        else:
+            cursor.execute(
+                f"UPDATE {t.outcome} {claim} WHERE task_id = %s AND attempt = %s AND {due} "
+                "RETURNING attempt, finalize_attempts",
+                [clock.param(lease_seconds), task_id, attempt],
+            )
         row = cursor.fetchone()
-    return None if row is None else int(row[0])
+    return None if row is None else FinalizeRun(task_id, int(row[0]), int(row[1]))
 
 
-def record_finalized(task_id: int, run: int, *, using: str) -> bool:
-    """Record run ``run`` of a task's finalizers as done; True if it was still its run."""
-    connection = connections[using]
-    t = Tables(connection)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {t.task} SET finalize_state = '{DONE}', finalize_after = NULL, "
-            "finalize_error = '' "
-            f"WHERE id = %s AND finalize_state = '{PENDING}' AND finalize_attempts = %s",
-            [task_id, run],
-        )
-        return cursor.rowcount == 1
+def record_finalized(run: FinalizeRun, *, using: str) -> bool:
+    """Record ``run`` as done; True if it was still its outcome's run."""
+    assignments = f"finalize_state = '{DONE}', finalize_after = NULL, finalize_error = ''"
+    return _record(connections[using], run, assignments, [])
 
 
 def record_finalize_error(
-    task_id: int, run: int, error: str, retry_in: float | None, *, using: str
+    run: FinalizeRun, error: str, retry_in: float | None, *, using: str
 ) -> bool:
-    """Record that run ``run`` failed with ``error``: due again in ``retry_in`` seconds,
-    or ``failed`` for good (``None``); True if it was still its run."""
+    """Record that ``run`` failed with ``error``: its outcome is due again in
+    ``retry_in`` seconds, or ``failed`` for good (``None``); True if it was still its
+    outcome's run."""
     connection = connections[using]
-    t, clock = Tables(connection), Clock(connection)
     if retry_in is None:
         assignments, values = f"finalize_state = '{FAILED}', finalize_after = NULL", []
     else:
-        assignments, values = f"finalize_after = {clock.after}", [clock.param(retry_in)]
+        assignments = f"finalize_after = {Clock(connection).after}"
+        values = [Clock(connection).param(retry_in)]
+    return _record(connection, run, f"{assignments}, finalize_error = %s", [*values, error])
+
+
+def _record(
+    connection: BaseDatabaseWrapper, run: FinalizeRun, assignments: str, values: list[Any]
+) -> bool:
+    """Apply ``assignments`` to the run's outcome: on its task while the outcome is still
+    the task's, else on the outcome a retry kept (it has moved there)."""
+    t = Tables(connection)
+    fence = f"finalize_state = '{PENDING}' AND attempt = %s AND finalize_attempts = %s"
+    fenced = [run.attempt, run.number]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {t.task} SET {assignments}, finalize_error = %s "
-            f"WHERE id = %s AND finalize_state = '{PENDING}' AND finalize_attempts = %s",
-            [*values, error, task_id, run],
+            f"UPDATE {t.task} SET {assignments} WHERE id = %s AND {fence}",
+            [*values, run.task_id, *fenced],
+        )
+        if cursor.rowcount == 1:
+            return True
+        cursor.execute(
+            f"UPDATE {t.outcome} SET {assignments} WHERE task_id = %s AND {fence}",
+            [*values, run.task_id, *fenced],
         )
         return cursor.rowcount == 1
+
+
+def keep_pending_outcome(task_id: int, *, using: str) -> None:
+    """Keep a retryable task's outcome as a ``BatchTaskOutcome`` if its finalizers are
+    pending (with their run, claimed or not), for them to run for it after the retry.
+    Call it in the retry's transaction, before the retry's write."""
+    connection = connections[using]
+    t = Tables(connection)
+    # FOR UPDATE: a run recording meanwhile waits, then finds its outcome kept here.
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {t.outcome} (task_id, {KEPT}) SELECT id, {KEPT} FROM {t.task} "
+            f"WHERE id = %s AND state IN ({states_sql(*WRITES['retry'].sources)}) "
+            f"AND finalize_state = '{PENDING}'{lock}",
+            [task_id],
+        )

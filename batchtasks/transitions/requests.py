@@ -11,7 +11,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from ..core.exceptions import UniqueKeyConflict
 from ..core.states import WRITES, FinalizeState, TaskState
 from ..db.sql import Clock, Tables, notice_channel_sql, states_sql
-from .finalizing import finalize_marks
+from .finalizing import finalize_marks, keep_pending_outcome
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,8 @@ def cancel(task_id: int, *, using: str) -> Cancelled:
 
 def retry(task_id: int, *, using: str) -> bool:
     """Run a failed or cancelled task again as its next attempt, with a fresh allowance
-    of lost runs; True if it applied. ``UniqueKeyConflict`` if an unfinished task now
+    of lost runs (its outcome's pending finalizers still run for that outcome: see
+    ``keep_pending_outcome``); True if it applied. ``UniqueKeyConflict`` if an unfinished task now
     holds its unique key."""
     connection = connections[using]
     t, clock = Tables(connection), Clock(connection)
@@ -75,13 +76,15 @@ def retry(task_id: int, *, using: str) -> bool:
         "finished_at = NULL, worker = '', worker_instance = '', worker_pid = NULL, "
         "lease_expires_at = NULL, cancel_requested = FALSE, result = NULL, error_type = '', "
         "error_message = '', error_traceback = '', progress_percent = 0, progress_message = '', "
-        # Its next final outcome is finalized afresh (a run still under way records nothing).
+        # Its next final outcome is finalized afresh; the one replaced here, if its
+        # finalizers are pending, is kept for them first (a run under way records there).
         "finalize_state = '', finalize_attempts = 0, finalize_after = NULL, finalize_error = '' "
         f"WHERE id = %s AND state IN ({states_sql(*WRITES['retry'].sources)})"
     )
     try:
         # A savepoint: a conflict must not break the caller's transaction.
         with transaction.atomic(using=using), connection.cursor() as cursor:
+            keep_pending_outcome(task_id, using=using)
             cursor.execute(sql, [task_id])
             return cursor.rowcount == 1
     except IntegrityError as exc:
@@ -123,8 +126,8 @@ def skip_waiting(definition_id: int, unique_key: str, *, using: str) -> list[tup
 
 
 def delete_tasks(ids: list[int], *, using: str) -> int:
-    """Delete finished tasks with their parameters and attempts (retention); not those
-    whose finalizers are still to run."""
+    """Delete finished tasks with their parameters, attempts and earlier outcomes
+    (retention); not those whose finalizers (of any outcome) are still to run."""
     if not ids:
         return 0
     connection = connections[using]
@@ -133,25 +136,33 @@ def delete_tasks(ids: list[int], *, using: str) -> int:
     final = states_sql(*WRITES["delete"].sources)
     lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
     with transaction.atomic(using=using), connection.cursor() as cursor:
+        # Which have earlier outcomes too, read with them: the statement that deletes
+        # those is then only sent for a task that was retried.
         cursor.execute(
-            f"SELECT id FROM {t.task} WHERE id IN ({marks}) AND state IN ({final}) "
-            f"AND finalize_state <> '{FinalizeState.PENDING}'{lock}",
+            f"SELECT id, EXISTS (SELECT 1 FROM {t.outcome} o WHERE o.task_id = {t.task}.id) "
+            f"FROM {t.task} WHERE id IN ({marks}) AND state IN ({final}) "
+            f"AND finalize_state <> '{FinalizeState.PENDING}' AND {_no_earlier_due(t)}{lock}",
             ids,
         )
-        done = [row[0] for row in cursor.fetchall()]
-        if not done:
+        rows = cursor.fetchall()
+        if not rows:
             return 0
+        done, retried = [row[0] for row in rows], [row[0] for row in rows if row[1]]
         marks = ", ".join(["%s"] * len(done))
         cursor.execute(f"DELETE FROM {t.params} WHERE task_id IN ({marks})", done)
         cursor.execute(f"DELETE FROM {t.attempt} WHERE task_id IN ({marks})", done)
+        if retried:
+            kept = ", ".join(["%s"] * len(retried))
+            cursor.execute(f"DELETE FROM {t.outcome} WHERE task_id IN ({kept})", retried)
         cursor.execute(f"DELETE FROM {t.task} WHERE id IN ({marks})", done)
         return cursor.rowcount
 
 
 def delete_expired(definition_id: int, retention: float, limit: int, *, using: str) -> int:
     """Delete at most ``limit`` tasks of a type finished more than ``retention`` seconds
-    ago, oldest first, with their parameters and attempts; not those whose finalizers are
-    still to run, nor those another transaction holds. Return how many."""
+    ago, oldest first, with their parameters, attempts and earlier outcomes; not those
+    whose finalizers (of any outcome) are still to run, nor those another transaction
+    holds. Return how many."""
     connection = connections[using]
     if connection.vendor != "postgresql":  # SQLite: the ids, then their guarded delete
         return delete_tasks(_expired_ids(definition_id, retention, limit, using), using=using)
@@ -165,7 +176,8 @@ def delete_expired(definition_id: int, retention: float, limit: int, *, using: s
     sql = (
         f"WITH doomed AS MATERIALIZED ({_expired_sql(connection)} FOR UPDATE SKIP LOCKED), "
         f"params AS (DELETE FROM {t.params} WHERE task_id {doomed}), "
-        f"attempts AS (DELETE FROM {t.attempt} WHERE task_id {doomed}) "
+        f"attempts AS (DELETE FROM {t.attempt} WHERE task_id {doomed}), "
+        f"outcomes AS (DELETE FROM {t.outcome} WHERE task_id {doomed}) "
         f"DELETE FROM {t.task} WHERE id {doomed}"
     )
     with connection.cursor() as cursor:
@@ -180,8 +192,16 @@ def _expired_sql(connection: BaseDatabaseWrapper) -> str:
     return (
         f"SELECT id FROM {t.task} WHERE definition_id = %s "
         f"AND state IN ({states_sql(*WRITES['delete'].sources)}) "
-        f"AND finalize_state <> '{FinalizeState.PENDING}' "
+        f"AND finalize_state <> '{FinalizeState.PENDING}' AND {_no_earlier_due(t)} "
         f"AND finished_at < {clock.after} ORDER BY finished_at LIMIT %s"
+    )
+
+
+def _no_earlier_due(t: Tables) -> str:
+    """True for a task none of whose earlier outcomes still has finalizers to run."""
+    return (
+        f"NOT EXISTS (SELECT 1 FROM {t.outcome} o WHERE o.task_id = {t.task}.id "
+        f"AND o.finalize_state = '{FinalizeState.PENDING}')"
     )
 
 

@@ -18,6 +18,7 @@ from ..core.exceptions import (
     TaskTypeDisabled,
     UnknownTaskType,
 )
+from ..core.params import code_only
 from ..core.registry import TaskTypeSpec, registry
 from ..core.states import PRIORITY_MAX, PRIORITY_MIN, UNFINISHED_STATES
 from ..models import BatchTask
@@ -191,6 +192,15 @@ def _params_problem(exc: InvalidParameters, submission: Submission) -> Problem:
     return Problem("invalid-request", str(exc), [FieldError("params", str(exc))])
 
 
+def _check_code_only(submission: Submission) -> None:
+    """Invalid-request naming each parameter only code may set (``param(web=False)``)."""
+    refused = code_only(registry.get(submission.type).plugin.Params, submission.params)
+    if refused:
+        errors = [FieldError(f"params.{name}", why) for name, why in refused.items()]
+        detail = " ".join(f"{e.field}: {e.message}." for e in errors)
+        raise Problem("invalid-request", detail, errors)
+
+
 def _holder(submission: Submission, db: str) -> int | None:
     """The id of the unfinished task that holds the submission's unique key, if any."""
     if submission.unique_key is None:
@@ -210,6 +220,7 @@ def _holder(submission: Submission, db: str) -> int | None:
 def submit(submission: Submission, user: Any) -> tuple[BatchTask, bool]:
     """Submit for ``user``: the task and whether it is new (else the caller's own task that
     holds the unique key). Nothing is written when a problem is raised."""
+    _check_code_only(submission)
     db = router.db_for_write(BatchTask)
     with transaction.atomic(using=db):
         holder = _holder(submission, db)

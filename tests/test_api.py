@@ -224,6 +224,46 @@ def test_a_parameter_only_code_may_set_is_refused_over_http(api: ApiClient, alic
     assert BatchTask.submit("examples.progress", {"steps": 1, "atomic": True}, owner=alice)
 
 
+# --- priority ---------------------------------------------------------------------------
+
+
+def test_raising_a_priority_above_the_types_default_needs_change_batchtask(
+    api: ApiClient, alice: Any
+) -> None:
+    allowed = [submit(api), submit(api, priority=-100), submit(api, priority=0)]
+
+    refused = problem(submit(api, priority=1), 403, "permission-denied")
+
+    assert [r.status_code for r in allowed] == [201, 201, 201]
+    assert refused["errors"][0]["field"] == "priority"
+    assert "batchtasks.change_batchtask" in refused["detail"]
+    assert "batchtasks.change_batchtask" in refused["errors"][0]["message"]
+    assert BatchTask.objects.count() == 3
+    alice.user_permissions.add(Permission.objects.get(codename="change_batchtask"))
+    api.force_login(get_user_model().objects.get(pk=alice.pk))  # no cached permissions
+    raised = submit(api, priority=100)
+    assert raised.status_code == 201
+    assert BatchTask.objects.get(pk=raised.json()["id"]).priority == 100
+
+
+def test_the_default_a_priority_is_held_to_is_the_definitions_live_one(api: ApiClient) -> None:
+    submit(api)  # creates the definition
+    BatchTaskDefinition.objects.filter(name="examples.progress").update(priority=50)
+
+    at_default = submit(api, priority=50)
+    above = submit(api, priority=51)
+
+    assert at_default.status_code == 201
+    assert "(50)" in problem(above, 403, "permission-denied")["detail"]
+
+
+def test_superusers_may_raise_priorities(client: Client, admin_user: Any) -> None:
+    api = ApiClient(client)
+    api.force_login(admin_user)
+
+    assert submit(api, priority=100).status_code == 201
+
+
 def test_user_strings_go_out_as_inert_json(api: ApiClient) -> None:
     script = "<script>alert('x')</script> & <img src=x onerror=alert(1)>"
 

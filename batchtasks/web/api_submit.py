@@ -22,10 +22,14 @@ from ..core.params import code_only
 from ..core.registry import TaskTypeSpec, registry
 from ..core.states import PRIORITY_MAX, PRIORITY_MIN, UNFINISHED_STATES
 from ..models import BatchTask
+from ..services.definitions import get_definition
 from .problems import FieldError, Problem
 from .serialize import parse_timestamp
 
 FIELDS = ("type", "params", "priority", "description", "run_after", "unique_key")
+#: What a caller needs to submit above the type's default priority: the permission the
+#: admin's set-priority action needs too.
+RAISE_PRIORITY = "batchtasks.change_batchtask"
 #: Room in a body for everything but the parameters (each limited on its own below).
 ENVELOPE_BYTES = 64 * 1024
 #: The longest delay ``run_after`` may give in seconds: ten years.
@@ -69,6 +73,22 @@ def check_type(name: str, user: Any) -> TaskTypeSpec:
     if not may_submit(spec, user):
         raise Problem("not-submittable", f"Tasks of type {name!r} cannot be submitted over HTTP.")
     return spec
+
+
+def check_priority(submission: Submission, user: Any) -> None:
+    """Permission-denied, naming the field, if the submission asks for a priority above
+    its type's default (the live one, the definition row's) and ``user`` may not raise
+    priorities: otherwise any caller could jump every other user's fair turn."""
+    if submission.priority is None:
+        return
+    default = get_definition(submission.type).priority
+    if submission.priority <= default or user.has_perm(RAISE_PRIORITY):
+        return
+    message = (
+        f"priority {submission.priority} is above the default of {submission.type!r} "
+        f"({default}); a higher one needs the permission {RAISE_PRIORITY}."
+    )
+    raise Problem("permission-denied", message, [FieldError("priority", message)])
 
 
 def _reject_constant(name: str) -> Any:

@@ -108,7 +108,13 @@ def _submit_request() -> Schema:
         "properties": {
             "type": {**text, "enum": web_types, "description": "GET api/types/ lists yours."},
             "params": nullable("object", description="The task's parameters."),
-            "priority": nullable("integer", minimum=PRIORITY_MIN, maximum=PRIORITY_MAX),
+            "priority": nullable(
+                "integer",
+                minimum=PRIORITY_MIN,
+                maximum=PRIORITY_MAX,
+                description="Null: the type's default. Above it needs the permission "
+                f"{api_submit.RAISE_PRIORITY} (403 permission-denied otherwise).",
+            ),
             "description": {**text, "type": ["string", "null"], "maxLength": limits["description"]},
             "run_after": {
                 "anyOf": [

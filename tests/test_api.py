@@ -264,6 +264,49 @@ def test_superusers_may_raise_priorities(client: Client, admin_user: Any) -> Non
     assert submit(api, priority=100).status_code == 201
 
 
+# --- content type -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "text/plain; charset=utf-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/vnd.example+json",
+    ],
+)
+def test_unsafe_requests_with_a_body_that_is_not_json_are_415(
+    alice: Any, content_type: str
+) -> None:
+    # Forms of other sites can send only text/plain, urlencoded and multipart bodies; a
+    # browser that sends neither Origin nor Sec-Fetch-Site with remembered Basic
+    # credentials passes the CSRF gate, so the body's type must keep such forms out.
+    api = ApiClient(Client(enforce_csrf_checks=True))
+    mine = BatchTask.submit("examples.progress", {"steps": 1}, owner=alice)
+    body = json.dumps({"type": "examples.progress", "params": {"steps": 1}})
+
+    submitted = api.post(TASKS, body, content_type=content_type, **basic(alice))
+    cancelled = api.post(cancel(mine.pk), "x=1", content_type=content_type, **basic(alice))
+
+    for response in (submitted, cancelled):
+        assert "application/json" in problem(response, 415, "unsupported-media-type")["detail"]
+    assert list(BatchTask.objects.values_list("pk", "state")) == [(mine.pk, mine.state)]
+
+
+def test_json_with_a_charset_and_a_post_without_a_body_are_accepted(alice: Any) -> None:
+    api = ApiClient(Client(enforce_csrf_checks=True))
+    body = json.dumps({"type": "examples.progress", "params": {"steps": 1}})
+
+    created = api.post(TASKS, body, content_type="Application/JSON; charset=utf-8", **basic(alice))
+    # What `curl -X POST -u user:pw …/cancel/` sends: no body and no Content-Type.
+    bare = checked(api.client.generic("POST", cancel(created.json()["id"]), **basic(alice)))
+
+    assert created.status_code == 201
+    assert bare.status_code == 200 and bare.json()["state"] == "cancelled"
+
+
 def test_user_strings_go_out_as_inert_json(api: ApiClient) -> None:
     script = "<script>alert('x')</script> & <img src=x onerror=alert(1)>"
 

@@ -25,6 +25,7 @@ from .core.exceptions import (
     UnknownTaskType,
 )
 from .core.finalizers import finalizer
+from .core.params import param
 from .core.plugin import BatchTaskPlugin, ExecutorPlugin, LocalContext
 from .core.registry import batchtask
 from .core.states import Priority, TaskState
@@ -60,6 +61,7 @@ __all__ = [
     "UnknownTaskType",
     "batchtask",
     "finalizer",
+    "param",
     "signals",
 ]
 __version__ = "0.1.0"

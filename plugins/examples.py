@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from batchtasks import BatchTaskPlugin, batchtask
+from batchtasks import BatchTaskPlugin, batchtask, param
 from batchtasks.core.exceptions import PermanentFailure
 from batchtasks.core.plugin import ExecutorPlugin
 
@@ -41,9 +42,11 @@ class Noop(BatchTaskPlugin):
         return None
 
 
-@batchtask(
-    "examples.sleep", web=True, description="Sleep for params['seconds'], checking for cancel."
-)
+# Not on the HTTP API: its parameters play a plugin that misbehaves, for the workers'
+# tests (any length, never checking for cancel, ignoring SIGTERM), and it has no timeout
+# so that its backlog may share messages (batching tests). examples.progress is the
+# demo that a request may start.
+@batchtask("examples.sleep", description="Sleep for params['seconds'], checking for cancel.")
 class Sleep(BatchTaskPlugin):
     """Sleep in small steps, checking for cancellation between them.
 
@@ -88,19 +91,43 @@ class Flaky(BatchTaskPlugin):
         return {"attempt": self.attempt}
 
 
-@batchtask("examples.fail", web=True, description="Raise an error with params['message'].")
+@batchtask(
+    "examples.fail",
+    web=True,
+    timeout=60,  # it fails at once; any signed-in user may start it
+    description="Raise an error with params['message'].",
+)
 class Fail(BatchTaskPlugin):
     """Fail on purpose."""
+
+    @dataclass
+    class Params:
+        message: str = param("failed on purpose", max_length=500)
 
     def run(self, params: dict[str, Any]) -> None:
         raise ValueError(params.get("message", "failed on purpose"))
 
 
-@batchtask("examples.progress", web=True, description="Report progress in params['steps'] steps.")
+@batchtask(
+    "examples.progress",
+    web=True,
+    # Any signed-in user may start it: past the longest run its bounds allow (1000 steps
+    # of 1 s, then 60 s of silence), it is stopped.
+    timeout=1200,
+    description="Report progress in params['steps'] steps.",
+)
 class Progress(BatchTaskPlugin):
     """Walk through steps, reporting progress after each (``message`` goes before the
     "step n of m"); then, with ``silent_after``, work that many seconds more without a
-    word."""
+    word. ``atomic`` (code only) holds a transaction open the whole time."""
+
+    @dataclass
+    class Params:
+        steps: int = param(10, minimum=1, maximum=1000)
+        delay: float = param(0.2, minimum=0, maximum=1)
+        message: str = param("", max_length=200)
+        silent_after: float = param(0, minimum=0, maximum=60)
+        atomic: bool = param(False, web=False)
 
     def run(self, params: dict[str, Any]) -> dict[str, Any]:
         steps = int(params.get("steps", 10))
@@ -135,6 +162,10 @@ def _note_pid(task_id: int | None, pid: int) -> None:
 @batchtask("examples.process_progress", isolation="process", description="Progress, isolated.")
 class IsolatedProgress(Progress):
     """``examples.progress`` in a child process of its own; ``fail`` raises that message."""
+
+    @dataclass
+    class Params(Progress.Params):
+        fail: str | None = None
 
     def run(self, params: dict[str, Any]) -> dict[str, Any]:
         if params.get("fail"):

@@ -16,6 +16,9 @@ from batchtasks import BatchTaskPlugin, Priority, batchtask
 
 COLUMNS = ("id", "username", "email", "first_name", "last_name", "is_active", "date_joined")
 CHUNK = 500
+#: Who may export the users (over HTTP, and download the file): the file holds every
+#: user's name and email, which the admin shows only to those with this permission too.
+EXPORT_PERMISSION = "auth.view_user"
 
 
 @batchtask(
@@ -25,7 +28,7 @@ CHUNK = 500
     timeout=600,
     priority=Priority.NORMAL,
     description="Export users as CSV",
-    web=True,
+    web=EXPORT_PERMISSION,
     # A report's memory grows with its data: in a child process of its own, a runaway
     # export costs its task, never the worker.
     isolation="process",

@@ -6,11 +6,13 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_safe
 
 from batchtasks import BatchTask, TaskState
+from plugins.reports import EXPORT_PERMISSION
 
 REPORT_TYPE = "reports.users_csv"
 
@@ -18,14 +20,22 @@ REPORT_TYPE = "reports.users_csv"
 @require_safe
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    """The running-tasks indicator and a button that exports the users as CSV."""
-    return render(request, "home.html")
+    """The running-tasks indicator and, for users who may export them, a button that
+    exports the users as CSV."""
+    context = {
+        "may_export": request.user.has_perm(EXPORT_PERMISSION),
+        "export_permission": EXPORT_PERMISSION,
+    }
+    return render(request, "home.html", context)
 
 
 @require_safe
 @login_required
 def report_download(request: HttpRequest, pk: int) -> FileResponse:
-    """The CSV of the signed-in user's own succeeded export (404 for anything else)."""
+    """The CSV of the signed-in user's own succeeded export (404 for anything else), while
+    they still may export users (403 otherwise: it holds every user's name and email)."""
+    if not request.user.has_perm(EXPORT_PERMISSION):
+        raise PermissionDenied
     task = get_object_or_404(
         BatchTask,
         pk=pk,

@@ -33,6 +33,9 @@ class ReportParams:
     format: Literal["csv", "xlsx"] = "csv"
     ratio: float | None = None
     tags: list[str] | None = None
+    pages: int = batchtasks.param(1, minimum=1, maximum=500)
+    note: str = batchtasks.param("", max_length=5)
+    copies: int = batchtasks.param(1, maximum=3)
 
 
 class DeclaredReport(BatchTaskPlugin):
@@ -81,6 +84,12 @@ def test_public_names_are_importable_from_batchtasks() -> None:
         ({"year": 2024, "ratio": "x"}, {"ratio": "expected a number or null, got 'x'"}),
         ({"year": 2024, "tags": {}}, {"tags": "expected a list or null, got {}"}),
         ({"year": 1999}, {"year": "before 2000"}),
+        ({"year": 2024, "ratio": float("nan")}, {"ratio": "expected a number or null, got nan"}),
+        ({"year": 2024, "ratio": -float("inf")}, {"ratio": "expected a number or null, got -inf"}),
+        ({"year": 2024, "pages": 0}, {"pages": "must be from 1 to 500, got 0"}),
+        ({"year": 2024, "pages": 501}, {"pages": "must be from 1 to 500, got 501"}),
+        ({"year": 2024, "copies": 4}, {"copies": "must be at most 3, got 4"}),
+        ({"year": 2024, "note": "sixsix"}, {"note": "must be at most 5 characters long, got 6"}),
     ],
 )
 def test_parameters_that_do_not_fit_the_declaration_are_refused_naming_the_fields(
@@ -110,6 +119,13 @@ def test_submit_many_names_the_parameter_set_that_does_not_fit() -> None:
 
     assert refused.value.fields == {"[1].year": "expected an integer, got 'x'"}
     assert not BatchTask.objects.exists()
+
+
+def test_a_bound_that_is_no_finite_number_is_a_configuration_error() -> None:
+    with pytest.raises(batchtasks.ConfigurationError, match=r"param\(maximum=inf\)"):
+        batchtasks.param(1, maximum=float("inf"))
+    with pytest.raises(batchtasks.ConfigurationError, match=r"param\(max_length='5'\)"):
+        batchtasks.param("", max_length="5")
 
 
 def test_params_that_are_not_a_dataclass_are_refused_at_registration() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.db import connection
 from django.db.models.functions import Now
 from django.test import Client, override_settings
@@ -147,6 +148,19 @@ def test_anonymous_and_non_staff_users_get_no_figures(client: Client) -> None:
 @pytest.mark.django_db
 def test_a_staff_session_may_scrape_by_default(admin_client: Client) -> None:
     assert "batchtasks_workers_online" in {name for name, _ in scrape(admin_client)}
+
+
+@pytest.mark.django_db
+def test_staff_need_view_batchtask_to_scrape_as_the_monitor_does(client: Client) -> None:
+    staff = get_user_model().objects.create_user("clerk", password="pw", is_staff=True)
+    client.force_login(staff)
+
+    refused = client.get(METRICS)
+    staff.user_permissions.add(Permission.objects.get(codename="view_batchtask"))
+    client.force_login(get_user_model().objects.get(pk=staff.pk))  # no cached permissions
+
+    assert refused.status_code == 403 and b"batchtasks_" not in refused.content
+    assert "batchtasks_workers_online" in {name for name, _ in scrape(client)}
 
 
 @pytest.mark.django_db

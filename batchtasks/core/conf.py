@@ -90,7 +90,8 @@ class BatchTasksSettings:
     #: Seconds a webhook request may take.
     WEBHOOK_TIMEOUT: float = 10.0
     # --- the Prometheus endpoint (batchtasks.web.metrics) ---
-    #: Who may scrape it, any of: "staff" (a staff user's session), "token" (header
+    #: Who may scrape it, any of: "staff" (the session of a staff user with
+    #: ``batchtasks.view_batchtask``, as for the monitor page), "token" (header
     #: ``Authorization: Bearer <METRICS_TOKEN>``), "ip" (a client address in METRICS_ALLOW).
     METRICS_AUTH: tuple[str, ...] = ("staff",)
     #: The bearer token for "token" (environment: ``BATCHTASKS_METRICS_TOKEN``).

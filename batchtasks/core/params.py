@@ -4,17 +4,74 @@ A plugin declares its parameters with a dataclass as ``Params``: unknown names, 
 required ones and values of the wrong JSON type are refused, naming each field. The
 check covers what JSON can carry (``str``, ``int``, ``float``, ``bool``, ``None``,
 ``list``, ``dict``, their unions and ``Literal``); other annotations are not checked.
-A plugin may also override ``validate_params`` for anything more.
+A number is never infinite or NaN. A field made with ``param()`` may also have bounds,
+and may be one that only code sets (the HTTP API refuses it). A plugin may also
+override ``validate_params`` for anything more.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any
 
 from .exceptions import ConfigurationError, InvalidParameters
+
+#: The key of ``param()``'s rule in a dataclass field's metadata.
+METADATA_KEY = "batchtasks"
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamRule:
+    """What ``param()`` adds to a field: bounds, and whether the HTTP API may set it."""
+
+    minimum: int | float | None = None
+    maximum: int | float | None = None
+    max_length: int | None = None
+    web: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("minimum", "maximum"):
+            value = getattr(self, name)
+            if value is not None and not _finite_number(value):
+                raise ConfigurationError(f"param({name}={value!r}) must be a finite number.")
+        if self.max_length is not None and (
+            not isinstance(self.max_length, int) or isinstance(self.max_length, bool)
+        ):
+            raise ConfigurationError(f"param(max_length={self.max_length!r}) must be an int.")
+
+
+def param(
+    default: Any = dataclasses.MISSING,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    max_length: int | None = None,
+    web: bool = True,
+) -> Any:
+    """A field of ``Params`` with bounds: a number from ``minimum`` to ``maximum``, a
+    string, list or object of at most ``max_length`` items; ``web=False``: only code may
+    set it (``BatchTask.submit``, the command line), never the HTTP API."""
+    rule = ParamRule(minimum, maximum, max_length, web)
+    return dataclasses.field(default=default, metadata={METADATA_KEY: rule})
+
+
+def code_only(params_class: type | None, params: Any) -> dict[str, str]:
+    """The fields of ``params`` that only code may set (``param(web=False)``), with why."""
+    if params_class is None or not isinstance(params, dict):
+        return {}
+    return {
+        field.name: "only code may set this parameter, not a request over HTTP"
+        for field in dataclasses.fields(params_class)
+        if field.name in params and not _rule(field).web
+    }
+
+
+def _rule(field: dataclasses.Field[Any]) -> ParamRule:
+    rule = field.metadata.get(METADATA_KEY)
+    return rule if isinstance(rule, ParamRule) else ParamRule()
 
 
 def check_declared(params_class: type, params: Any, *, type_name: str) -> None:
@@ -39,7 +96,7 @@ def check_declared(params_class: type, params: Any, *, type_name: str) -> None:
             )
             if required:
                 errors[name] = "required"
-        elif (problem := _mismatch(params[name], hints.get(name, Any))) is not None:
+        elif (problem := _problem(params[name], hints.get(name, Any), field)) is not None:
             errors[name] = problem
     if errors:
         listed = "; ".join(f"{name}: {why}" for name, why in sorted(errors.items()))
@@ -80,6 +137,32 @@ def _mismatch(value: Any, annotation: Any) -> str | None:
     return f"expected {wanted}, got {value!r:.60}"
 
 
+def _problem(value: Any, annotation: Any, field: dataclasses.Field[Any]) -> str | None:
+    """Why ``value`` does not fit the field: its type first, then its bounds."""
+    return _mismatch(value, annotation) or _out_of_bounds(value, _rule(field))
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _out_of_bounds(value: Any, rule: ParamRule) -> str | None:
+    """Why ``value`` (of the declared type) is outside ``rule``'s bounds, if it is."""
+    low, high = rule.minimum, rule.maximum
+    if _finite_number(value):
+        if low is not None and high is not None and not low <= value <= high:
+            return f"must be from {low} to {high}, got {value!r}"
+        if low is not None and value < low:
+            return f"must be at least {low}, got {value!r}"
+        if high is not None and value > high:
+            return f"must be at most {high}, got {value!r}"
+    limit = rule.max_length
+    if limit is not None and isinstance(value, str | list | dict) and len(value) > limit:
+        unit = "characters" if isinstance(value, str) else "items"
+        return f"must be at most {limit} {unit} long, got {len(value)}"
+    return None
+
+
 def _options(annotation: Any) -> list[Any] | None:
     """The alternatives ``annotation`` allows; ``None`` if it is not checked."""
     origin = typing.get_origin(annotation)
@@ -102,8 +185,8 @@ def _options(annotation: Any) -> list[Any] | None:
 def _fits(value: Any, option: Any) -> bool:
     if isinstance(option, tuple):  # a Literal value
         return type(value) is type(option[1]) and value == option[1]
-    if option is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+    if option is float:  # JSON has no infinity or NaN (Python reads 1e999 as inf)
+        return _finite_number(value)
     if option is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, option)

@@ -18,13 +18,18 @@ from ..core.exceptions import (
     TaskTypeDisabled,
     UnknownTaskType,
 )
+from ..core.params import code_only
 from ..core.registry import TaskTypeSpec, registry
 from ..core.states import PRIORITY_MAX, PRIORITY_MIN, UNFINISHED_STATES
 from ..models import BatchTask
+from ..services.definitions import get_definition
 from .problems import FieldError, Problem
 from .serialize import parse_timestamp
 
 FIELDS = ("type", "params", "priority", "description", "run_after", "unique_key")
+#: What a caller needs to submit above the type's default priority: the permission the
+#: admin's set-priority action needs too.
+RAISE_PRIORITY = "batchtasks.change_batchtask"
 #: Room in a body for everything but the parameters (each limited on its own below).
 ENVELOPE_BYTES = 64 * 1024
 #: The longest delay ``run_after`` may give in seconds: ten years.
@@ -68,6 +73,22 @@ def check_type(name: str, user: Any) -> TaskTypeSpec:
     if not may_submit(spec, user):
         raise Problem("not-submittable", f"Tasks of type {name!r} cannot be submitted over HTTP.")
     return spec
+
+
+def check_priority(submission: Submission, user: Any) -> None:
+    """Permission-denied, naming the field, if the submission asks for a priority above
+    its type's default (the live one, the definition row's) and ``user`` may not raise
+    priorities: otherwise any caller could jump every other user's fair turn."""
+    if submission.priority is None:
+        return
+    default = get_definition(submission.type).priority
+    if submission.priority <= default or user.has_perm(RAISE_PRIORITY):
+        return
+    message = (
+        f"priority {submission.priority} is above the default of {submission.type!r} "
+        f"({default}); a higher one needs the permission {RAISE_PRIORITY}."
+    )
+    raise Problem("permission-denied", message, [FieldError("priority", message)])
 
 
 def _reject_constant(name: str) -> Any:
@@ -191,6 +212,15 @@ def _params_problem(exc: InvalidParameters, submission: Submission) -> Problem:
     return Problem("invalid-request", str(exc), [FieldError("params", str(exc))])
 
 
+def _check_code_only(submission: Submission) -> None:
+    """Invalid-request naming each parameter only code may set (``param(web=False)``)."""
+    refused = code_only(registry.get(submission.type).plugin.Params, submission.params)
+    if refused:
+        errors = [FieldError(f"params.{name}", why) for name, why in refused.items()]
+        detail = " ".join(f"{e.field}: {e.message}." for e in errors)
+        raise Problem("invalid-request", detail, errors)
+
+
 def _holder(submission: Submission, db: str) -> int | None:
     """The id of the unfinished task that holds the submission's unique key, if any."""
     if submission.unique_key is None:
@@ -210,6 +240,7 @@ def _holder(submission: Submission, db: str) -> int | None:
 def submit(submission: Submission, user: Any) -> tuple[BatchTask, bool]:
     """Submit for ``user``: the task and whether it is new (else the caller's own task that
     holds the unique key). Nothing is written when a problem is raised."""
+    _check_code_only(submission)
     db = router.db_for_write(BatchTask)
     with transaction.atomic(using=db):
         holder = _holder(submission, db)

@@ -1,7 +1,8 @@
 """Who is calling the API: a session (browsers, CSRF-checked) or HTTP Basic (scripts).
 
-``api_view`` is the gate every API view passes: the method, then the caller, then the
-CSRF check for session callers; a ``Problem`` raised anywhere becomes its response.
+``api_view`` is the gate every API view passes: the method, then the caller, then for
+unsafe methods the CSRF check (session callers, and Basic ones a browser sent) and a
+JSON body; a ``Problem`` raised anywhere becomes its response.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .problems import Problem
 logger = logging.getLogger(__name__)
 
 REALM = "batchtasks"
+JSON = "application/json"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
 
 View = Callable[..., HttpResponse]
@@ -114,9 +116,28 @@ def needs_csrf(request: HttpRequest, caller: Caller) -> bool:
     return site not in (None, "none") or "Origin" in request.headers
 
 
+def check_json_body(request: HttpRequest) -> None:
+    """Raise the unsupported-media-type problem unless an unsafe request's body is declared
+    ``application/json`` (parameters such as a charset allowed) or there is none at all.
+
+    A form of another site can send only ``text/plain``, urlencoded or multipart bodies,
+    and always says so; where the CSRF check does not apply (Basic credentials from a
+    browser that sends neither ``Origin`` nor ``Sec-Fetch-Site``), this keeps it out.
+    """
+    declared = request.META.get("CONTENT_TYPE")
+    if not declared and request.META.get("CONTENT_LENGTH") in (None, "", "0"):
+        return  # a POST without a body: `curl -X POST …/cancel/`
+    if request.content_type == JSON:
+        return
+    raise Problem(
+        "unsupported-media-type",
+        f"The body must be JSON sent as Content-Type: {JSON}, not {declared or 'none'!r}.",
+    )
+
+
 def api_view(*methods: str, public: bool = False) -> Callable[[View], View]:
     """Wrap a view of the API: allowed methods, a signed-in caller (unless ``public``),
-    the CSRF check for session callers' unsafe methods, and problems as responses."""
+    the CSRF check and a JSON body for unsafe methods, and problems as responses."""
 
     def decorate(view: View) -> View:
         @wraps(view)
@@ -131,8 +152,10 @@ def api_view(*methods: str, public: bool = False) -> Callable[[View], View]:
                 if not public:
                     caller = identify(request)
                     request.user = caller.user
-                    if request.method not in SAFE_METHODS and needs_csrf(request, caller):
-                        check_csrf(request)
+                    if request.method not in SAFE_METHODS:
+                        if needs_csrf(request, caller):
+                            check_csrf(request)
+                        check_json_body(request)
                 response = view(request, *args, **kwargs)
             except Problem as problem:
                 response = problem.response()

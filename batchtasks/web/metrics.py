@@ -4,7 +4,8 @@ attempts and run times, and the workers online, read from the database at each s
 A custom collector on a private registry turns ``services.metrics.read()`` into metric
 families; nothing is kept between scrapes, so any web process answers alike (why the
 figures come from the database and the windowed ones are gauges: that module's
-docstring). Who may scrape: ``BATCHTASKS["METRICS_AUTH"]`` (staff sessions by default).
+docstring). Who may scrape: ``BATCHTASKS["METRICS_AUTH"]`` (by default sessions of staff
+with ``batchtasks.view_batchtask``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from collections.abc import Iterator
+from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.cache import never_cache
@@ -24,6 +26,9 @@ from ..core.conf import get_settings
 from ..core.states import UNFINISHED_STATES
 from ..services import metrics
 from ..services.monitor import QueueLoad, TypeLoad
+
+#: What staff need to scrape, as for the monitor page.
+VIEW = "batchtasks.view_batchtask"
 
 
 def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
@@ -172,7 +177,7 @@ def may_scrape(request: HttpRequest) -> bool:
     conf = get_settings()
     methods = conf.METRICS_AUTH
     user = getattr(request, "user", None)
-    if "staff" in methods and user is not None and user.is_active and user.is_staff:
+    if "staff" in methods and _staff_who_may_view(user):
         return True
     if "token" in methods and conf.METRICS_TOKEN:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -184,6 +189,12 @@ def may_scrape(request: HttpRequest) -> bool:
     if "ip" in methods and conf.METRICS_ALLOW:
         return _address_allowed(request.META.get("REMOTE_ADDR", ""), conf.METRICS_ALLOW)
     return False
+
+
+def _staff_who_may_view(user: Any) -> bool:
+    """An active staff user with ``batchtasks.view_batchtask``: the figures name every
+    type and queue, as the monitor page shows them, so the same permission."""
+    return bool(user is not None and user.is_active and user.is_staff and user.has_perm(VIEW))
 
 
 def _address_allowed(address: str, networks: tuple[str, ...]) -> bool:

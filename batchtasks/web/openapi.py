@@ -108,7 +108,13 @@ def _submit_request() -> Schema:
         "properties": {
             "type": {**text, "enum": web_types, "description": "GET api/types/ lists yours."},
             "params": nullable("object", description="The task's parameters."),
-            "priority": nullable("integer", minimum=PRIORITY_MIN, maximum=PRIORITY_MAX),
+            "priority": nullable(
+                "integer",
+                minimum=PRIORITY_MIN,
+                maximum=PRIORITY_MAX,
+                description="Null: the type's default. Above it needs the permission "
+                f"{api_submit.RAISE_PRIORITY} (403 permission-denied otherwise).",
+            ),
             "description": {**text, "type": ["string", "null"], "maxLength": limits["description"]},
             "run_after": {
                 "anyOf": [
@@ -150,6 +156,7 @@ def _responses() -> Schema:
         "NotFound": _problem("not-found"),
         "Conflict": _problem("wrong-state", "unique-key-conflict"),
         "TooLarge": _problem("params-too-large"),
+        "UnsupportedMediaType": _problem("unsupported-media-type"),
         "OneTask": {
             "description": "The task.",
             "content": {JSON: {"schema": ref("schemas", "Task")}},
@@ -200,7 +207,7 @@ def _list_parameters() -> list[Schema]:
 def _operation(summary: str, ok: Schema, *problems: str, **extra: Any) -> Schema:
     responses: Schema = {"401": ref("responses", "Unauthorized"), **ok}
     codes = {"Invalid": "400", "Forbidden": "403", "NotFound": "404", "Conflict": "409"}
-    codes["TooLarge"] = "413"
+    codes.update(TooLarge="413", UnsupportedMediaType="415")
     for name in problems:
         responses[codes[name]] = ref("responses", name)
     return {"summary": summary, "responses": dict(sorted(responses.items())), **extra}
@@ -249,6 +256,7 @@ def _tasks() -> Schema:
             "Forbidden",
             "Conflict",
             "TooLarge",
+            "UnsupportedMediaType",
             operationId="submitTask",
             requestBody={
                 "required": True,
@@ -287,9 +295,14 @@ def _paths(root: str) -> Schema:
             "Cancel a waiting task, or ask a running one to stop.",
             "Forbidden",
             "Conflict",
+            "UnsupportedMediaType",
         ),
         _path("api-retry", root): _one_task(
-            "retryTask", "Run a failed or cancelled task again.", "Forbidden", "Conflict"
+            "retryTask",
+            "Run a failed or cancelled task again.",
+            "Forbidden",
+            "Conflict",
+            "UnsupportedMediaType",
         ),
         _path("api-types", root): {
             "get": _operation(
@@ -375,7 +388,9 @@ def document() -> Schema:
             "version": "1",
             "description": "Durable background batch tasks: submit, follow, cancel, retry. "
             "Errors are RFC 9457 problem details (application/problem+json). Session "
-            "callers send the CSRF token (X-CSRFToken) with POSTs; Basic callers need not.",
+            "callers send the CSRF token (X-CSRFToken) with POSTs; Basic callers need not. "
+            "A POST's body is JSON sent as Content-Type: application/json, or there is "
+            "none (cancel, retry); any other Content-Type is 415.",
         },
         "servers": [{"url": root}],
         "security": [{"basic": []}, {"session": []}],

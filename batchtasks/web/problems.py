@@ -24,6 +24,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "unknown-type": (400, "Unknown task type"),
     "not-submittable": (403, "Task type not submittable"),
     "params-too-large": (413, "Parameters too large"),
+    "unsupported-media-type": (415, "Unsupported media type"),
     "unique-key-conflict": (409, "Unique key held by another task"),
     "wrong-state": (409, "Task is in the wrong state"),
 }

@@ -104,7 +104,7 @@ def test_a_submitted_task_shows_within_two_seconds_advances_and_finishes_once(
     expect(home.locator(INDICATOR)).to_be_hidden(timeout=20_000)
 
     # A later change re-sends the finished task: it is not announced again.
-    submit(home, "examples.sleep", params={"seconds": 1}, description="Next")
+    submit(home, "examples.progress", params={"steps": 1}, description="Next", run_after=3600)
     expect(home.locator(LABEL)).to_have_text("Next")
     assert len(finished_events(home, task)) == 1
     # Nor after a reload, when it was already final in the first poll.
@@ -114,9 +114,9 @@ def test_a_submitted_task_shows_within_two_seconds_advances_and_finishes_once(
 
 
 def test_two_unfinished_tasks_show_their_count_and_both_names(home: Page) -> None:
-    first = submit(home, "examples.sleep", params={"seconds": 1}, description="First nap")
+    first = submit(home, "examples.progress", params={"steps": 1}, description="First nap")
     expect(home.locator(LABEL)).to_have_text("First nap")
-    second = submit(home, "examples.sleep", params={"seconds": 1}, description="Second nap")
+    second = submit(home, "examples.progress", params={"steps": 1}, description="Second nap")
 
     expect(home.locator(LABEL)).to_have_text("2 tasks")
     expect(task_row(home, first)).to_contain_text("First nap")

@@ -32,7 +32,7 @@ from ..services.definitions import sync_definitions
 from ..services.dispatch import dispatch_queue
 from ..services.workers import Identity
 from ..transitions import Fence
-from . import notices, refills
+from . import notices, refills, running
 from .heartbeat import Heartbeat, behind
 from .stopping import Killed, Stopper
 
@@ -178,6 +178,7 @@ class WorkerAgent:
             self.identity.instance, in_hand=self.heart.in_hand, cpu=cpu, memory=memory, using=db
         )
         self._probe()
+        running.prune(alive=psutil.pid_exists)
         for queue in freed:
             dispatch_queue(queue, using=db)
 

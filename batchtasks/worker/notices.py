@@ -74,8 +74,10 @@ def _open(*, write: bool) -> mmap.mmap | None:
         return _board[1]
     path = Path(folder, "notices")
     try:
-        if write:
-            path.write_bytes(bytes(_WORD.size))
+        if write:  # whole from the start: a map beyond a file's end faults
+            fresh = path.with_suffix(".new")
+            fresh.write_bytes(bytes(_WORD.size))
+            fresh.replace(path)
         with path.open("r+b" if write else "rb") as fh:
             access = mmap.ACCESS_WRITE if write else mmap.ACCESS_READ
             _board = (folder, mmap.mmap(fh.fileno(), _WORD.size, access=access))
@@ -125,6 +127,7 @@ class Listener:
             pause = min(pause * 2, 5.0)
 
     def _listen(self, connection: Any) -> None:
+        began, told = time.monotonic(), False
         while not self._stop.is_set():
             for note in connection.notifies(timeout=0.5):
                 if note.payload == PROBE:
@@ -133,9 +136,21 @@ class Listener:
                     self._count += 1
                 self._publish()
             self._publish()
+            if not self._trusted and not told and time.monotonic() - began > self._patience():
+                told = True
+                logger.warning(
+                    "batchtasks hears no probe on channel=%s (a pooler in transaction mode?); "
+                    "pool processes read cancel flags before every start instead",
+                    self.channel,
+                )
+
+    @staticmethod
+    def _patience() -> float:
+        """How long a probe may go unheard before the board is no longer trusted."""
+        return 2 * get_settings().HEARTBEAT_SECONDS + 1
 
     def _publish(self) -> None:
-        trust = time.monotonic() - self._heard <= 2 * get_settings().HEARTBEAT_SECONDS + 1
+        trust = time.monotonic() - self._heard <= self._patience()
         if trust and not self._trusted:
             # Whatever was said while it was not heard: every pool process reads again.
             self._count += 1

@@ -15,6 +15,7 @@ import contextlib
 import mmap
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 from ..transitions import Fence
@@ -59,6 +60,17 @@ def forget(pid: int) -> None:
     if path is not None:
         with contextlib.suppress(OSError):
             path.unlink()
+
+
+def prune(alive: Callable[[int], bool]) -> None:
+    """Remove the files of pool processes that are gone (main process, now and then)."""
+    folder = identity.stop_dir()
+    if not folder:
+        return
+    for path in Path(folder).glob("*.run"):
+        if path.stem.isdigit() and not alive(int(path.stem)):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def _path(pid: int) -> Path | None:

@@ -9,12 +9,15 @@ import shutil
 import subprocess
 import sys
 from datetime import timedelta
+from io import StringIO
 from pathlib import Path
 
 import pytest
+import yaml
+from django.core.management import call_command
 from django.utils import timezone
 
-from batchtasks.models import BatchWorker, WorkerState
+from batchtasks.models import BatchQueue, BatchTaskDefinition, BatchWorker, WorkerState
 from tests.workers import database_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +60,8 @@ def test_compose_file_worker_services_are_what_the_generator_prints(tmp_path: Pa
         "docker/compose.yaml is out of date: "
         "`python manage.py batchtasks compose --write docker/compose.yaml`"
     )
-    assert "  worker-reports:\n" in committed and "-Q batch.reports -c 2 " in committed
+    assert "  worker-reports:\n" in committed
+    assert '"-Q", "batch.reports", "-c", "2",' in committed
 
 
 def test_compose_write_replaces_only_the_generated_block(tmp_path: Path) -> None:
@@ -70,6 +74,47 @@ def test_compose_write_replaces_only_the_generated_block(tmp_path: Path) -> None
     text = target.read_text()
     assert text.startswith("services:\n  web: {}\n") and text.endswith(f"{END}\nvolumes: {{}}\n")
     assert "stale" not in text and "  worker-mail:\n" in text
+
+
+@pytest.mark.django_db
+def test_compose_write_quotes_a_hostile_queue_name_that_bypassed_validation(
+    tmp_path: Path,
+) -> None:
+    call_command("batchtasks", "sync", stdout=StringIO())
+    # As raw SQL or an older version could write them: one names a group, one breaks its name.
+    hostile = (
+        "batch.mail.x\n  evil:\n    image: x # $(id) ${HOME} 'q\" `id`; \u00e9\u2028\U0001f600"
+    )
+    BatchTaskDefinition.objects.filter(name="mail.merge").update(queue=hostile)
+    BatchQueue.objects.create(name=hostile)
+    BatchTaskDefinition.objects.filter(name="imaging.thumbnail").update(queue="batch.i\n x: {}")
+    target = tmp_path / "compose.yaml"
+    target.write_text(
+        "x-worker: &worker\n  image: batchtasks\n"
+        "x-worker-healthcheck: &worker-healthcheck\n  interval: 30s\n"
+        f"services:\n  web: {{}}\n{BEGIN}\n{END}\n"
+    )
+
+    call_command("batchtasks", "compose", "--write", str(target), stdout=StringIO())
+
+    services = yaml.safe_load(target.read_text())["services"]
+    assert set(services) == {"web", "worker-i-x-", *(f"worker-{name}" for name in GROUPS)}
+    command = [compose_value(arg) for arg in services["worker-mail"]["command"]]
+    assert command == [
+        "celery", "-A", "project", "worker", "-Q", hostile, "-c", "1",
+        "--prefetch-multiplier", "1", "-n", "mail@%h",
+    ]  # fmt: skip
+    assert services["worker-mail"]["image"] == "batchtasks"
+    assert services["worker-i-x-"]["command"][5] == "batch.i\n x: {}"
+
+
+#: The worker services of the test project's queue groups.
+GROUPS = {"examples", "finalizers", "mail", "reports", "tests"}
+
+
+def compose_value(text: str) -> str:
+    """A string of a compose file as a container gets it: ``$$`` is a ``$``."""
+    return text.replace("$$", "$")
 
 
 def test_env_example_lists_every_environment_variable_the_project_reads() -> None:

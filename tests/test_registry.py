@@ -68,6 +68,8 @@ def test_unknown_options_are_named() -> None:
         {"memory_limit": 0},
         {"inactivity_timeout": 0},
         {"queue": "has space"},
+        {"queue": "batch.x\n"},
+        {"queue": "batch.x\n  evil: {}"},
         {"description": 3},
     ],
 )
@@ -79,6 +81,8 @@ def test_bad_option_values_are_refused(options: dict[str, Any]) -> None:
 def test_bad_names_and_targets_are_refused() -> None:
     with pytest.raises(InvalidTaskOption):
         batchtask("has space")
+    with pytest.raises(InvalidTaskOption, match=r"'tests\.x\\n'"):
+        batchtask("tests.x\n")
 
     with pytest.raises(InvalidTaskOption, match=r"subclass of batchtasks\.BatchTaskPlugin"):
         batchtask("tests.fn")(lambda params: None)  # type: ignore[arg-type, type-var]
@@ -119,6 +123,22 @@ def test_unknown_settings_keys_are_refused() -> None:
         BatchTasksSettings.from_dict({"DISPATCH_WINDOW": 0})
     with pytest.raises(ConfigurationError, match="PLUGINS"):
         BatchTasksSettings.from_dict({"PLUGINS": "plugins.examples"})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"QUEUES": {"batch.x\nevil": {"max_concurrency": 1}}},
+        {"QUEUES": {"batch x": {}}},
+        {"QUEUE_PREFIX": "batch $("},
+        {"QUEUE_PREFIX": "batch.\n"},
+    ],
+)
+def test_queue_names_in_settings_follow_the_rule_of_queue_names_in_code(
+    bad: dict[str, Any],
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"letters, digits and \. _ : -"):
+        BatchTasksSettings.from_dict(bad)
 
 
 def test_environment_overrides_settings(monkeypatch: pytest.MonkeyPatch, settings: Any) -> None:

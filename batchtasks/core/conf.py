@@ -12,6 +12,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from .exceptions import ConfigurationError
+from .names import NAME_RULE, is_name
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,21 @@ class BatchTasksSettings:
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
                 raise ConfigurationError(
                     f"BATCHTASKS[{name!r}] must map names to dicts of options, not {value!r}."
+                )
+        self._validate_queue_names()
+
+    def _validate_queue_names(self) -> None:
+        """Queue names from the settings follow the rule of the ones in code."""
+        prefix = self.QUEUE_PREFIX
+        if not isinstance(prefix, str) or not (prefix == "" or is_name(prefix + "x")):
+            raise ConfigurationError(
+                f"BATCHTASKS['QUEUE_PREFIX']={prefix!r} must make queue names of {NAME_RULE}."
+            )
+        for queue in self.QUEUES:
+            if not is_name(queue):
+                raise ConfigurationError(
+                    f"BATCHTASKS['QUEUES'] names the queue {queue!r}; a queue name must be "
+                    f"{NAME_RULE}."
                 )
 
     def _validate_metrics(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from django.db import connections
 
 from ..core.finalizers import finalized_types
-from ..core.registry import NAME_RE
+from ..core.names import is_name
 from ..core.states import FINAL_STATES, FinalizeState
 from ..db.sql import Clock, Tables, states_sql
 
@@ -31,7 +31,7 @@ def finalize_marks(final: str, t: Tables, clock: Clock) -> str:
     names = finalized_types()
     if not names:
         return ""
-    assert all(NAME_RE.match(name) for name in names)  # no quote can hide in them
+    assert all(is_name(name) for name in names)  # no quote can hide in them
     literals = ", ".join(f"'{name}'" for name in names)
     due = (
         f"({final}) AND definition_id IN "

@@ -155,6 +155,35 @@ def test_environment_overrides_settings(monkeypatch: pytest.MonkeyPatch, setting
         get_settings()
 
 
+def test_the_environment_sets_who_may_scrape_the_metrics(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    monkeypatch.setenv("BATCHTASKS_METRICS_AUTH", "token, ip")
+    monkeypatch.setenv("BATCHTASKS_METRICS_TOKEN", "a-long-random-token")
+    monkeypatch.setenv("BATCHTASKS_METRICS_ALLOW", "10.0.0.0/8,2001:db8::/32")
+    settings.BATCHTASKS = {**settings.BATCHTASKS, "METRICS_AUTH": ["staff"]}
+
+    conf = get_settings()
+
+    assert conf.METRICS_AUTH == ("token", "ip")
+    assert conf.METRICS_ALLOW == ("10.0.0.0/8", "2001:db8::/32")
+    assert conf.METRICS_TOKEN == "a-long-random-token"
+    monkeypatch.setenv("BATCHTASKS_METRICS_ALLOW", "10.0.0.0/8,the office")
+    settings.BATCHTASKS = {**settings.BATCHTASKS}
+    with pytest.raises(ConfigurationError, match="'the office'"):
+        get_settings()
+
+
+def test_a_flag_in_the_environment_that_is_neither_true_nor_false_is_refused(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    monkeypatch.setenv("BATCHTASKS_SYNCHRONOUS_COMMIT", "ture")
+    settings.BATCHTASKS = {**settings.BATCHTASKS}
+
+    with pytest.raises(ConfigurationError, match=r"BATCHTASKS_SYNCHRONOUS_COMMIT='ture'"):
+        get_settings()
+
+
 def test_state_codes_follow_superoffice() -> None:
     assert [STATE_CODES[s] for s in ("new", "queued", "running", "succeeded", "failed")] == [
         1,

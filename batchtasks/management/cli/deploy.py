@@ -186,9 +186,18 @@ def _check_worker(name: str, alias: str) -> str:
     return f"worker {name!r} heard from {silent:.0f}s ago"
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer: behind a TLS proxy the web redirects plain HTTP to https://,
+    which the health check inside its container cannot follow."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def _check_url(url: str) -> str:
+    opener = urllib.request.build_opener(_NoRedirects)
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with opener.open(url, timeout=10) as response:
             status = response.status
     except urllib.error.HTTPError as exc:
         status = exc.code

@@ -1,5 +1,6 @@
-"""docker/: the compose file's worker services, `batchtasks health`, and the linters of
-the Dockerfile and the compose file (the full smoke test is `make docker-smoke`)."""
+"""docker/: the compose file's worker services, `batchtasks health`, the environment
+(.env.example, the HTTPS settings, `check --deploy`), and the linters of the Dockerfile
+and the compose file (the full smoke test is `make docker-smoke`)."""
 
 from __future__ import annotations
 

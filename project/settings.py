@@ -15,17 +15,10 @@ from typing import Any
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from .env import env_flag, env_list, env_origins, env_proxy_header, env_seconds
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 RUN_DIR = Path(os.environ.get("BATCHTASKS_RUN_DIR", BASE_DIR / ".run"))
-
-
-def env_flag(name: str, default: bool = False) -> bool:
-    """Read a boolean from the environment ("1", "true", "yes", "on" are true)."""
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
-
 
 DEBUG = env_flag("DJANGO_DEBUG")
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
@@ -37,7 +30,23 @@ if not SECRET_KEY:
             "DJANGO_DEBUG=1 for development (make run does)."
         )
     SECRET_KEY = "insecure-development-key-only-used-with-DJANGO_DEBUG"
-ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+
+# --- HTTPS behind a TLS-terminating proxy --------------------------------------
+# Off unless set: development and the tests speak plain HTTP. The Docker image turns
+# them on (docker/Dockerfile), so `manage.py check --deploy` passes there with no warning.
+# The header the proxy sets (and overwrites when a client sends it), e.g.
+# "X-Forwarded-Proto: https": with it, request.is_secure() believes the proxy.
+SECURE_PROXY_SSL_HEADER = env_proxy_header("DJANGO_SECURE_PROXY_SSL_HEADER")
+SECURE_SSL_REDIRECT = env_flag("DJANGO_SECURE_SSL_REDIRECT")
+SESSION_COOKIE_SECURE = env_flag("DJANGO_SESSION_COOKIE_SECURE")
+CSRF_COOKIE_SECURE = env_flag("DJANGO_CSRF_COOKIE_SECURE")
+SECURE_HSTS_SECONDS = env_seconds("DJANGO_SECURE_HSTS_SECONDS")
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_flag("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS")
+SECURE_HSTS_PRELOAD = env_flag("DJANGO_SECURE_HSTS_PRELOAD")
+# Origins whose unsafe requests (POST...) CSRF accepts when they differ from the Host the
+# web sees, e.g. "https://batch.example.com" when the proxy rewrites Host.
+CSRF_TRUSTED_ORIGINS = env_origins("DJANGO_CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
     "django.contrib.admin",

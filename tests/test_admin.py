@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from html import unescape
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from django.core.exceptions import ValidationError
 from django.test import Client
 from django.urls import reverse
 
 from batchtasks import BatchTask, TaskState
-from batchtasks.models import BatchTaskDefinition
+from batchtasks.models import BatchQueue, BatchTaskDefinition
 
 pytestmark = pytest.mark.django_db
 
@@ -124,28 +126,31 @@ def test_cancel_needs_its_permission(client: Client, tasks) -> None:
     assert "cancel_tasks" in client.get(CHANGELIST).content.decode()
 
 
+def definition_form(**changes: str) -> dict[str, str]:
+    """What the change form of a definition POSTs, with ``changes``."""
+    return {
+        "description": "naps",
+        "queue": "batch.naps",
+        "max_concurrency": "3",
+        "priority": "10",
+        "timeout": "60",
+        "soft_timeout": "",
+        "max_attempts": "2",
+        "max_lost_runs": "3",
+        "retry_backoff": "2",
+        "retry_backoff_max": "600",
+        "retention": "",
+        "isolation": "inline",
+        "enabled": "on",
+        **changes,
+    }
+
+
 def test_definitions_are_editable(admin_client: Client, tasks) -> None:
     definition = BatchTaskDefinition.objects.get(name="examples.sleep")
     url = reverse("admin:batchtasks_batchtaskdefinition_change", args=[definition.pk])
 
-    response = admin_client.post(
-        url,
-        {
-            "description": "naps",
-            "queue": "batch.naps",
-            "max_concurrency": "3",
-            "priority": "10",
-            "timeout": "60",
-            "soft_timeout": "",
-            "max_attempts": "2",
-            "max_lost_runs": "3",
-            "retry_backoff": "2",
-            "retry_backoff_max": "600",
-            "retention": "",
-            "isolation": "inline",
-            "enabled": "on",
-        },
-    )
+    response = admin_client.post(url, definition_form())
 
     assert response.status_code == 302
     definition.refresh_from_db()
@@ -154,9 +159,65 @@ def test_definitions_are_editable(admin_client: Client, tasks) -> None:
         10,
         "batch.naps",
     )
-    from batchtasks.models import BatchQueue
-
     assert BatchQueue.objects.filter(name="batch.naps").exists()
+
+
+#: Queue names a crafted POST might carry into compose files and shell lines.
+HOSTILE_QUEUES = [
+    "batch.naps\n  evil:\n    image: x",
+    "batch naps",
+    "batch.'naps'",
+    'batch."naps"',
+    "batch.$(touch /tmp/pwned)",
+    "batch.`id`;rm",
+]
+QUEUE_RULE = "letters, digits and . _ : -"
+
+
+@pytest.mark.parametrize("queue", HOSTILE_QUEUES)
+def test_a_crafted_queue_name_is_refused_by_the_definition_form_and_nothing_is_saved(
+    admin_client: Client, tasks, queue: str
+) -> None:
+    definition = BatchTaskDefinition.objects.get(name="examples.sleep")
+    before = (definition.queue, definition.max_concurrency, definition.description)
+    url = reverse("admin:batchtasks_batchtaskdefinition_change", args=[definition.pk])
+
+    response = admin_client.post(url, definition_form(queue=queue))
+
+    assert response.status_code == 200
+    assert QUEUE_RULE in unescape(response.content.decode())
+    definition.refresh_from_db()
+    assert (definition.queue, definition.max_concurrency, definition.description) == before
+    assert not BatchQueue.objects.filter(name=queue).exists()
+
+
+@pytest.mark.parametrize("queue", HOSTILE_QUEUES)
+def test_a_crafted_queue_name_is_refused_by_the_queue_form(
+    admin_client: Client, queue: str
+) -> None:
+    count = BatchQueue.objects.count()
+
+    response = admin_client.post(
+        reverse("admin:batchtasks_batchqueue_add"), {"name": queue, "max_concurrency": "2"}
+    )
+
+    assert response.status_code == 200
+    assert QUEUE_RULE in unescape(response.content.decode())
+    assert BatchQueue.objects.count() == count
+
+
+def test_full_clean_refuses_a_bad_queue_name_with_the_rule() -> None:
+    definition = BatchTaskDefinition(name="tests.x", queue="batch.x\n")
+    queue = BatchQueue(name="batch x")
+
+    with pytest.raises(ValidationError) as on_definition:
+        definition.full_clean()
+    with pytest.raises(ValidationError) as on_queue:
+        queue.full_clean()
+
+    assert QUEUE_RULE in on_definition.value.message_dict["queue"][0]
+    assert "'batch.x\\n'" in on_definition.value.message_dict["queue"][0]
+    assert QUEUE_RULE in on_queue.value.message_dict["name"][0]
 
 
 def test_the_retry_action_runs_failed_tasks_again(admin_client: Client, tasks) -> None:
@@ -301,7 +362,6 @@ def test_staff_without_view_all_poll_only_their_own_tasks(client: Client, tasks)
 
 
 def test_a_queue_that_types_name_cannot_be_deleted(admin_client: Client) -> None:
-    from batchtasks.models import BatchQueue
     from batchtasks.services.definitions import get_definition
 
     queue = BatchQueue.objects.get(name=get_definition("examples.noop").queue)

@@ -1,20 +1,29 @@
-"""docker/: the compose file's worker services, `batchtasks health`, and the linters of
-the Dockerfile and the compose file (the full smoke test is `make docker-smoke`)."""
+"""docker/: the compose file's worker services, `batchtasks health`, the environment
+(.env.example, the HTTPS settings, `check --deploy`), and the linters of the Dockerfile
+and the compose file (the full smoke test is `make docker-smoke`)."""
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
+import shlex
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from io import StringIO
 from pathlib import Path
 
 import pytest
+import yaml
+from django.core.management import call_command
 from django.utils import timezone
 
-from batchtasks.models import BatchWorker, WorkerState
+from batchtasks.models import BatchQueue, BatchTaskDefinition, BatchWorker, WorkerState
 from tests.workers import database_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +66,8 @@ def test_compose_file_worker_services_are_what_the_generator_prints(tmp_path: Pa
         "docker/compose.yaml is out of date: "
         "`python manage.py batchtasks compose --write docker/compose.yaml`"
     )
-    assert "  worker-reports:\n" in committed and "-Q batch.reports -c 2 " in committed
+    assert "  worker-reports:\n" in committed
+    assert '"-Q", "batch.reports", "-c", "2",' in committed
 
 
 def test_compose_write_replaces_only_the_generated_block(tmp_path: Path) -> None:
@@ -72,20 +82,201 @@ def test_compose_write_replaces_only_the_generated_block(tmp_path: Path) -> None
     assert "stale" not in text and "  worker-mail:\n" in text
 
 
-def test_env_example_lists_every_environment_variable_the_project_reads() -> None:
-    sources = (ROOT / "project" / "settings.py").read_text()
-    read = set(
-        re.findall(r"""(?:environ(?:\.get)?[\[(]|env_flag\()\s*["']([A-Z_]+)["']""", sources)
+@pytest.mark.django_db
+def test_compose_write_quotes_a_hostile_queue_name_that_bypassed_validation(
+    tmp_path: Path,
+) -> None:
+    call_command("batchtasks", "sync", stdout=StringIO())
+    # As raw SQL or an older version could write them: one names a group, one breaks its name.
+    hostile = (
+        "batch.mail.x\n  evil:\n    image: x # $(id) ${HOME} 'q\" `id`; \u00e9\u2028\U0001f600"
     )
+    BatchTaskDefinition.objects.filter(name="mail.merge").update(queue=hostile)
+    BatchQueue.objects.create(name=hostile)
+    BatchTaskDefinition.objects.filter(name="imaging.thumbnail").update(queue="batch.i\n x: {}")
+    target = tmp_path / "compose.yaml"
+    target.write_text(
+        "x-worker: &worker\n  image: batchtasks\n"
+        "x-worker-healthcheck: &worker-healthcheck\n  interval: 30s\n"
+        f"services:\n  web: {{}}\n{BEGIN}\n{END}\n"
+    )
+
+    call_command("batchtasks", "compose", "--write", str(target), stdout=StringIO())
+
+    services = yaml.safe_load(target.read_text())["services"]
+    assert set(services) == {"web", "worker-i-x-", *(f"worker-{name}" for name in GROUPS)}
+    command = [compose_value(arg) for arg in services["worker-mail"]["command"]]
+    assert command == [
+        "celery", "-A", "project", "worker", "-Q", hostile, "-c", "1",
+        "--prefetch-multiplier", "1", "-n", "mail@%h",
+    ]  # fmt: skip
+    assert services["worker-mail"]["image"] == "batchtasks"
+    assert services["worker-i-x-"]["command"][5] == "batch.i\n x: {}"
+
+
+#: The worker services of the test project's queue groups.
+GROUPS = {"examples", "finalizers", "mail", "reports", "tests"}
+
+
+def compose_value(text: str) -> str:
+    """A string of a compose file as a container gets it: ``$$`` is a ``$``."""
+    return text.replace("$$", "$")
+
+
+def settings_read_from_the_environment() -> set[str]:
+    """The environment variables project/settings.py reads."""
+    sources = (ROOT / "project" / "settings.py").read_text()
+    return set(re.findall(r"""(?:environ(?:\.get)?[\[(]|env_\w+\()\s*["']([A-Z_]+)["']""", sources))
+
+
+#: A variable line of .env.example, set or commented out: ``NAME=value`` or ``# NAME=value``.
+EXAMPLE_VARIABLE = re.compile(r"^#? ?([A-Z][A-Z0-9_]*)=", re.M)
+
+
+def test_env_example_lists_every_environment_variable_the_project_reads() -> None:
+    read = settings_read_from_the_environment()
     conf = (ROOT / "batchtasks" / "core" / "conf.py").read_text()
     read |= {
         f"BATCHTASKS_{name}"
         for name in re.findall(r"^    ([A-Z_]+): (?:int|float|bool)", conf, re.M)
     }
-    read.add("BATCHTASKS_WEBHOOK_SECRET")
+    read |= {f"BATCHTASKS_{name}" for name in ENVIRONMENT_LISTS_AND_SECRETS}
     example = (DOCKER / ".env.example").read_text()
-    listed = set(re.findall(r"^#? ?([A-Z_]+)[=:]", example, re.M))
-    assert read - listed == set()
+    assert read - set(EXAMPLE_VARIABLE.findall(example)) == set()
+
+
+#: The settings of BATCHTASKS that the environment sets beside numbers and flags.
+ENVIRONMENT_LISTS_AND_SECRETS = ("WEBHOOK_SECRET", "METRICS_TOKEN", "METRICS_AUTH", "METRICS_ALLOW")
+#: How the README names environment variables (and Django settings that look alike).
+README_NAME = re.compile(
+    r"\b(?:(?:DJANGO|BATCHTASKS|CELERY|LOG|WEB|DB|BASE|POSTGRES)_[A-Z0-9_]*[A-Z0-9]|[A-Z]+_URL)\b"
+)
+
+
+def test_env_example_lists_every_environment_variable_the_readme_names() -> None:
+    named = set(README_NAME.findall((ROOT / "README.md").read_text()))
+    # Names the README gives that are settings, not environment variables...
+    settings_py = (ROOT / "project" / "settings.py").read_text()
+    conf = (ROOT / "batchtasks" / "core" / "conf.py").read_text()
+    assigned = set(re.findall(r"^\s*([A-Z_]+) = ", settings_py, re.M))
+    assigned |= set(re.findall(r"^    ([A-Z_]+): ", conf, re.M))
+    settings_only = assigned - settings_read_from_the_environment()
+    # ...and what a worker gives an executor's program, which nothing reads.
+    for_programs = {"BATCHTASKS_TASK_ID", "BATCHTASKS_ATTEMPT"}
+    example = (DOCKER / ".env.example").read_text()
+
+    missing = named - settings_only - for_programs - set(EXAMPLE_VARIABLE.findall(example))
+
+    assert missing == set(), f"README.md names these; docker/.env.example lacks them: {missing}"
+
+
+def test_every_variable_of_env_example_has_a_comment_line_above_it() -> None:
+    lines = (DOCKER / ".env.example").read_text().splitlines()
+
+    bare = [
+        line
+        for above, line in zip(["", *lines], lines, strict=False)
+        if EXAMPLE_VARIABLE.match(line)
+        and not (above.startswith("# ") and not EXAMPLE_VARIABLE.match(above))
+    ]
+
+    assert bare == []
+
+
+def image_https_environment() -> dict[str, str]:
+    """The HTTPS settings docker/Dockerfile's ENV gives the containers."""
+    text = (DOCKER / "Dockerfile").read_text().replace("\\\n", " ")
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            values.update(word.split("=", 1) for word in shlex.split(line[4:]))
+    prefixes = ("DJANGO_SECURE_", "DJANGO_SESSION_", "DJANGO_CSRF_")
+    return {name: value for name, value in values.items() if name.startswith(prefixes)}
+
+
+def production_env(tmp_path: Path, **more: str) -> dict[str, str]:
+    """The reference project with a real key and host, and no DJANGO_* of this shell."""
+    env = {k: v for k, v in reference_env(tmp_path).items() if not k.startswith("DJANGO_")}
+    return {
+        **env,
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_ALLOWED_HOSTS": "batch.example.com",
+        **more,
+    }
+
+
+def deploy_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return manage("check", "--deploy", "--fail-level", "WARNING", env=env)
+
+
+def test_check_deploy_passes_with_no_warning_with_the_image_environment(tmp_path: Path) -> None:
+    result = deploy_check(production_env(tmp_path, **image_https_environment()))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARNINGS" not in result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_check_deploy_names_the_https_settings_left_unset(tmp_path: Path) -> None:
+    result = deploy_check(production_env(tmp_path))
+
+    assert result.returncode != 0
+    for check in ("W004", "W008", "W012", "W016"):
+        assert f"security.{check}" in result.stderr
+
+
+def test_behind_the_proxy_plain_http_is_redirected_and_forwarded_https_is_secure(
+    tmp_path: Path,
+) -> None:
+    code = (
+        "from django.conf import settings; from django.test import Client; c = Client(); "
+        "plain = c.get('/accounts/login/'); "
+        "proxied = c.get('/accounts/login/', headers={'X-Forwarded-Proto': 'https'}); "
+        "print(plain.status_code, plain.headers['Location']); "
+        "print(proxied.status_code, proxied.headers['Strict-Transport-Security']); "
+        "print(bool(proxied.cookies['csrftoken']['secure'])); "
+        "print(settings.CSRF_TRUSTED_ORIGINS)"
+    )
+    env = production_env(
+        tmp_path,
+        **image_https_environment(),
+        DJANGO_ALLOWED_HOSTS="testserver",
+        DJANGO_CSRF_TRUSTED_ORIGINS="https://batch.example.com, https://*.example.org",
+    )
+
+    result = manage("shell", "-v", "0", "-c", code, env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "301 https://testserver/accounts/login/",
+        "200 max-age=31536000; includeSubDomains; preload",
+        "True",
+        "['https://batch.example.com', 'https://*.example.org']",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("DJANGO_SECURE_SSL_REDIRECT", "maybe", "1, true, yes, on or 0, false, no, off"),
+        ("DJANGO_SESSION_COOKIE_SECURE", "2", "1, true, yes, on or 0, false, no, off"),
+        ("DJANGO_SECURE_HSTS_SECONDS", "a year", "a whole number of seconds"),
+        ("DJANGO_SECURE_HSTS_SECONDS", "-1", "a whole number of seconds"),
+        ("DJANGO_CSRF_TRUSTED_ORIGINS", "batch.example.com", "https://batch.example.com"),
+        ("DJANGO_SECURE_PROXY_SSL_HEADER", "https", "X-Forwarded-Proto: https"),
+        ("DJANGO_SECURE_PROXY_SSL_HEADER", "X Forwarded: https", "X-Forwarded-Proto: https"),
+    ],
+)
+def test_a_bad_https_setting_stops_the_start_naming_it(
+    tmp_path: Path, name: str, value: str, says: str
+) -> None:
+    result = manage("check", env=production_env(tmp_path, **{name: value}))
+
+    assert result.returncode != 0
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"django.core.exceptions.ImproperlyConfigured: {name}={value!r}")
+    assert says in error
 
 
 def health(*args: str) -> subprocess.CompletedProcess[str]:
@@ -161,6 +352,36 @@ def test_health_of_a_stopped_worker_fails() -> None:
     add_worker("gone@host", silent_for=0, state=WorkerState.STOPPED)
     result = health("--worker", "gone@host")
     assert result.returncode != 0 and "worker 'gone@host' is stopped" in result.stderr
+
+
+@pytest.fixture
+def redirecting_server() -> Iterator[str]:
+    """A URL that answers as a web behind a TLS proxy does to plain HTTP: a redirect to
+    https:// (where nothing answers here)."""
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(301)
+            self.send_header("Location", "https://127.0.0.1:1/accounts/login/")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/accounts/login/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_health_of_a_url_that_redirects_to_https_passes(redirecting_server: str) -> None:
+    result = health("--url", redirecting_server)
+
+    assert result.returncode == 0, result.stderr
+    assert f"{redirecting_server} (301)" in result.stdout
 
 
 def test_dockerfiles_pass_hadolint() -> None:

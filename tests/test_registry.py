@@ -68,6 +68,8 @@ def test_unknown_options_are_named() -> None:
         {"memory_limit": 0},
         {"inactivity_timeout": 0},
         {"queue": "has space"},
+        {"queue": "batch.x\n"},
+        {"queue": "batch.x\n  evil: {}"},
         {"description": 3},
     ],
 )
@@ -79,6 +81,8 @@ def test_bad_option_values_are_refused(options: dict[str, Any]) -> None:
 def test_bad_names_and_targets_are_refused() -> None:
     with pytest.raises(InvalidTaskOption):
         batchtask("has space")
+    with pytest.raises(InvalidTaskOption, match=r"'tests\.x\\n'"):
+        batchtask("tests.x\n")
 
     with pytest.raises(InvalidTaskOption, match=r"subclass of batchtasks\.BatchTaskPlugin"):
         batchtask("tests.fn")(lambda params: None)  # type: ignore[arg-type, type-var]
@@ -121,6 +125,22 @@ def test_unknown_settings_keys_are_refused() -> None:
         BatchTasksSettings.from_dict({"PLUGINS": "plugins.examples"})
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"QUEUES": {"batch.x\nevil": {"max_concurrency": 1}}},
+        {"QUEUES": {"batch x": {}}},
+        {"QUEUE_PREFIX": "batch $("},
+        {"QUEUE_PREFIX": "batch.\n"},
+    ],
+)
+def test_queue_names_in_settings_follow_the_rule_of_queue_names_in_code(
+    bad: dict[str, Any],
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"letters, digits and \. _ : -"):
+        BatchTasksSettings.from_dict(bad)
+
+
 def test_environment_overrides_settings(monkeypatch: pytest.MonkeyPatch, settings: Any) -> None:
     monkeypatch.setenv("BATCHTASKS_DISPATCH_WINDOW", "7")
     monkeypatch.setenv("BATCHTASKS_KEEP_DB_CONNECTIONS", "false")
@@ -132,6 +152,35 @@ def test_environment_overrides_settings(monkeypatch: pytest.MonkeyPatch, setting
     monkeypatch.setenv("BATCHTASKS_DISPATCH_WINDOW", "many")
     settings.BATCHTASKS = {**settings.BATCHTASKS}
     with pytest.raises(ConfigurationError, match="BATCHTASKS_DISPATCH_WINDOW"):
+        get_settings()
+
+
+def test_the_environment_sets_who_may_scrape_the_metrics(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    monkeypatch.setenv("BATCHTASKS_METRICS_AUTH", "token, ip")
+    monkeypatch.setenv("BATCHTASKS_METRICS_TOKEN", "a-long-random-token")
+    monkeypatch.setenv("BATCHTASKS_METRICS_ALLOW", "10.0.0.0/8,2001:db8::/32")
+    settings.BATCHTASKS = {**settings.BATCHTASKS, "METRICS_AUTH": ["staff"]}
+
+    conf = get_settings()
+
+    assert conf.METRICS_AUTH == ("token", "ip")
+    assert conf.METRICS_ALLOW == ("10.0.0.0/8", "2001:db8::/32")
+    assert conf.METRICS_TOKEN == "a-long-random-token"
+    monkeypatch.setenv("BATCHTASKS_METRICS_ALLOW", "10.0.0.0/8,the office")
+    settings.BATCHTASKS = {**settings.BATCHTASKS}
+    with pytest.raises(ConfigurationError, match="'the office'"):
+        get_settings()
+
+
+def test_a_flag_in_the_environment_that_is_neither_true_nor_false_is_refused(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    monkeypatch.setenv("BATCHTASKS_SYNCHRONOUS_COMMIT", "ture")
+    settings.BATCHTASKS = {**settings.BATCHTASKS}
+
+    with pytest.raises(ConfigurationError, match=r"BATCHTASKS_SYNCHRONOUS_COMMIT='ture'"):
         get_settings()
 
 

@@ -12,6 +12,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from .exceptions import ConfigurationError
+from .names import NAME_RULE, is_name
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,21 @@ class BatchTasksSettings:
                 raise ConfigurationError(
                     f"BATCHTASKS[{name!r}] must map names to dicts of options, not {value!r}."
                 )
+        self._validate_queue_names()
+
+    def _validate_queue_names(self) -> None:
+        """Queue names from the settings follow the rule of the ones in code."""
+        prefix = self.QUEUE_PREFIX
+        if not isinstance(prefix, str) or not (prefix == "" or is_name(prefix + "x")):
+            raise ConfigurationError(
+                f"BATCHTASKS['QUEUE_PREFIX']={prefix!r} must make queue names of {NAME_RULE}."
+            )
+        for queue in self.QUEUES:
+            if not is_name(queue):
+                raise ConfigurationError(
+                    f"BATCHTASKS['QUEUES'] names the queue {queue!r}; a queue name must be "
+                    f"{NAME_RULE}."
+                )
 
     def _validate_metrics(self) -> None:
         methods = self.METRICS_AUTH
@@ -207,26 +223,43 @@ ENV_PREFIX = "BATCHTASKS_"
 _cached: BatchTasksSettings | None = None
 
 
+#: Settings the environment sets as they are: secrets belong there, not in settings files.
+ENV_STRINGS = ("WEBHOOK_SECRET", "METRICS_TOKEN")
+#: Settings the environment sets as comma-separated lists (a deployment's .env).
+ENV_LISTS = ("METRICS_AUTH", "METRICS_ALLOW")
+
+
 def _from_environment(raw: dict[str, Any]) -> dict[str, Any]:
-    """Per-server overrides: ``BATCHTASKS_<KEY>`` for the number and flag settings, and
-    for the secret (secrets belong in the environment rather than in settings files)."""
+    """Per-server overrides: ``BATCHTASKS_<KEY>`` for the number and flag settings, the
+    secrets, and who may scrape the metrics."""
     values = dict(raw)
     for f in fields(BatchTasksSettings):
         text = os.environ.get(ENV_PREFIX + f.name)
-        if text is not None and f.name in ("WEBHOOK_SECRET", "METRICS_TOKEN"):
-            values[f.name] = text
-        if text is None or f.type not in ("int", "float", "bool"):
+        if text is None:
             continue
-        try:
-            if f.type == "bool":
-                values[f.name] = text.strip().lower() in {"1", "true", "yes", "on"}
-            else:
-                values[f.name] = int(text) if f.type == "int" else float(text)
-        except ValueError:
-            raise ConfigurationError(
-                f"Environment variable {ENV_PREFIX + f.name}={text!r} must be a {f.type}."
-            ) from None
+        if f.name in ENV_STRINGS:
+            values[f.name] = text
+        elif f.name in ENV_LISTS:
+            values[f.name] = tuple(item.strip() for item in text.split(",") if item.strip())
+        elif f.type in ("int", "float", "bool"):
+            values[f.name] = _parse(ENV_PREFIX + f.name, text, str(f.type))
     return values
+
+
+#: The words a flag in the environment may be (any case).
+FLAGS = {"1": True, "true": True, "yes": True, "on": True} | {
+    "0": False, "false": False, "no": False, "off": False
+}  # fmt: skip
+
+
+def _parse(name: str, text: str, kind: str) -> int | float | bool:
+    try:
+        if kind == "bool":
+            return FLAGS[text.strip().lower()]
+        return int(text) if kind == "int" else float(text)
+    except (KeyError, ValueError):
+        hint = "1, true, yes, on or 0, false, no, off" if kind == "bool" else f"a {kind}"
+        raise ConfigurationError(f"Environment variable {name}={text!r} must be {hint}.") from None
 
 
 def get_settings() -> BatchTasksSettings:

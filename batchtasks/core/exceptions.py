@@ -11,6 +11,11 @@ class ConfigurationError(BatchTasksError):
     """Raised when settings or a task type declaration cannot be used."""
 
 
+class UnsafeStopFolder(ConfigurationError):
+    """Raised when a worker's folder for stop requests exists but is not a folder that only
+    the worker's own user may use (another owner, a group or other permission, a link)."""
+
+
 class UnknownTaskType(BatchTasksError, LookupError):
     """Raised when a task type name is not registered."""
 

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .exceptions import InvalidTaskOption
-from .registry import NAME_RE, registry
+from .names import is_name
+from .registry import registry
 
 #: A finalizer takes the final ``BatchTask``; what it returns is ignored.
 Finalizer = Callable[[Any], object]
@@ -26,7 +27,7 @@ def finalizer(*type_names: str) -> Callable[[F], F]:
     if not type_names:
         raise InvalidTaskOption("@finalizer needs at least one task type name.")
     for name in type_names:
-        if not isinstance(name, str) or not NAME_RE.match(name):
+        if not is_name(name):
             raise InvalidTaskOption(f"@finalizer got {name!r}, which is not a task type name.")
 
     def decorate(function: F) -> F:

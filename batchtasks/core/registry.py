@@ -12,6 +12,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .exceptions import ConfigurationError, DuplicateTaskType, InvalidTaskOption, UnknownTaskType
+from .names import NAME_RULE, is_name
 from .params import check_params_class
 from .states import PRIORITY_MAX, PRIORITY_MIN, Isolation, Priority
 
@@ -38,7 +39,6 @@ OPTIONS = (
     "tasks_per_message",
     "description",
 )
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
 SUPPORTED_ISOLATION = (Isolation.INLINE, Isolation.PROCESS, Isolation.EXECUTOR)
 
 
@@ -134,12 +134,9 @@ def _count(name: str, option: str, value: Any) -> int:
 
 
 def _queue(name: str, option: str, value: Any) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        raise InvalidTaskOption(
-            f"queue={value!r} for task type {name!r} must be a name of letters, digits "
-            "and . _ : - (at most 200 characters)."
-        )
-    return value
+    if not is_name(value):
+        raise InvalidTaskOption(f"queue={value!r} for task type {name!r} must be {NAME_RULE}.")
+    return str(value)
 
 
 def _priority(name: str, option: str, value: Any) -> int:
@@ -320,10 +317,9 @@ def batchtask(
     ``web`` says who may submit it over the HTTP API (see ``TaskTypeSpec.web``); the other
     options are the fields of its definition (``OPTIONS``).
     """
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not is_name(name):
         raise InvalidTaskOption(
-            f"Task type name {name!r} must be letters, digits and . _ : - "
-            "(at most 200 characters), for example 'reports.users_csv'."
+            f"Task type name {name!r} must be {NAME_RULE}, for example 'reports.users_csv'."
         )
     clean = validate_options(name, options, source="@batchtask")
     web = _web(name, web)

@@ -6,6 +6,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from ..core.names import validate_queue_name
 from ..core.states import PRIORITY_MAX, PRIORITY_MIN, Isolation, Priority
 
 PRIORITY_VALIDATORS = [MinValueValidator(PRIORITY_MIN), MaxValueValidator(PRIORITY_MAX)]
@@ -14,7 +15,10 @@ PRIORITY_VALIDATORS = [MinValueValidator(PRIORITY_MIN), MaxValueValidator(PRIORI
 class BatchQueue(models.Model):
     """A Celery routing queue; its limit caps the tasks in flight of all its types together."""
 
-    name = models.CharField(_("name"), max_length=200, unique=True)
+    # Queue names reach compose files and worker command lines: the rule of code's names.
+    name = models.CharField(
+        _("name"), max_length=200, unique=True, validators=[validate_queue_name]
+    )
     max_concurrency = models.PositiveIntegerField(
         _("max concurrency"),
         null=True,
@@ -37,7 +41,7 @@ class BatchTaskDefinition(models.Model):
 
     name = models.CharField(_("name"), max_length=200, unique=True)
     description = models.TextField(_("description"), blank=True)
-    queue = models.CharField(_("queue"), max_length=200)
+    queue = models.CharField(_("queue"), max_length=200, validators=[validate_queue_name])
     max_concurrency = models.PositiveIntegerField(
         _("max concurrency"),
         null=True,

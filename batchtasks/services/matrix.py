@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 
 from ..core.conf import get_settings
+from ..core.names import is_name
 from ..models import BatchQueue, BatchTaskDefinition
 
 
@@ -57,15 +59,28 @@ def build_matrix() -> list[MatrixQueue]:
     ]
 
 
+def worker_argv(queues: list[str] | tuple[str, ...], concurrency: int, node: str) -> list[str]:
+    """The arguments of a ``celery worker`` that serves ``queues``."""
+    return [
+        "celery", "-A", celery_app_name(), "worker", "-Q", ",".join(queues),
+        "-c", str(concurrency), "--prefetch-multiplier", "1", "-n", f"{node}@%h",
+    ]  # fmt: skip
+
+
 def worker_command(queues: list[str], concurrency: int, node: str) -> str:
-    return (
-        f"celery -A {celery_app_name()} worker -Q {','.join(queues)} -c {concurrency} "
-        f"--prefetch-multiplier 1 -n {node}@%h"
-    )
+    """``worker_argv`` as a shell line: every value quoted where a shell would read it
+    otherwise (a queue row written past the admin's validation may hold anything)."""
+    return shlex.join(worker_argv(queues, concurrency, node))
 
 
 def _limit(value: int | None) -> str:
     return "unlimited" if value is None else str(value)
+
+
+def _shown(name: str) -> str:
+    """A name as the matrix lists it: one that breaks the naming rule in quotes, escaped,
+    so that it shows as odd and cannot start a line of its own."""
+    return name if is_name(name) else repr(name)
 
 
 def render_matrix(rows: list[MatrixQueue]) -> str:
@@ -75,10 +90,11 @@ def render_matrix(rows: list[MatrixQueue]) -> str:
     cpus = os.cpu_count() or 2
     lines = ["Queues and task types (limits are cluster-wide, queued + running):", ""]
     for row in rows:
-        lines.append(f"{row.name}  (queue limit: {_limit(row.max_concurrency)})")
+        lines.append(f"{_shown(row.name)}  (queue limit: {_limit(row.max_concurrency)})")
         for t in row.types:
             state = "" if t.enabled else "  [disabled]"
-            lines.append(f"    {t.name:<40} max_concurrency={_limit(t.max_concurrency)}{state}")
+            limit = _limit(t.max_concurrency)
+            lines.append(f"    {_shown(t.name):<40} max_concurrency={limit}{state}")
     lines += ["", "Worker command lines (one per queue; run as many hosts as you like):", ""]
     for row in rows:
         useful = row.useful_concurrency

@@ -22,7 +22,7 @@ from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ..core.finalizers import finalized_types
-from ..core.registry import NAME_RE
+from ..core.names import is_name
 from ..core.states import FINAL_STATES, WRITES, FinalizeState
 from ..db.sql import Clock, Tables, states_sql
 from ..models import BatchTaskOutcome
@@ -54,7 +54,7 @@ def finalize_marks(final: str, t: Tables, clock: Clock) -> str:
     names = finalized_types()
     if not names:
         return ""
-    assert all(NAME_RE.match(name) for name in names)  # no quote can hide in them
+    assert all(is_name(name) for name in names)  # no quote can hide in them
     literals = ", ".join(f"'{name}'" for name in names)
     due = (
         f"({final}) AND definition_id IN "

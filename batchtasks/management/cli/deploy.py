@@ -78,17 +78,39 @@ def worker_groups(default_concurrency: int) -> list[WorkerGroup]:
     return groups
 
 
+def compose_string(text: str) -> str:
+    """``text`` as a double-quoted YAML scalar that compose hands over unchanged: every
+    character outside printable ASCII escaped, ``$`` doubled (compose's interpolation)."""
+    out = []
+    for char in text.replace("$", "$$"):
+        code = ord(char)
+        if char in '"\\':
+            out.append("\\" + char)
+        elif 0x20 <= code < 0x7F:
+            out.append(char)
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return '"' + "".join(out) + '"'
+
+
 def render_services(groups: list[WorkerGroup]) -> str:
-    """The compose services of ``groups``, between the ``BEGIN`` and ``END`` lines."""
-    from batchtasks.services.matrix import celery_app_name
+    """The compose services of ``groups``, between the ``BEGIN`` and ``END`` lines.
+
+    A command is a list (no shell splits it) of quoted strings: a queue row written past
+    the admin's validation cannot add YAML keys or arguments. Group names are already
+    reduced to ``[a-z0-9-]`` (``worker_groups``).
+    """
+    from batchtasks.services.matrix import worker_argv
 
     lines = [BEGIN]
     for group in groups:
+        argv = worker_argv(group.queues, group.concurrency, group.name)
         lines += [
             f"  worker-{group.name}:",
             "    <<: *worker",
-            f"    command: celery -A {celery_app_name()} worker -Q {','.join(group.queues)}"
-            f" -c {group.concurrency} --prefetch-multiplier 1 -n {group.name}@%h",
+            f"    command: [{', '.join(map(compose_string, argv))}]",
             "    healthcheck:",
             "      <<: *worker-healthcheck",
             '      test: ["CMD-SHELL", "python manage.py batchtasks health'
@@ -164,9 +186,18 @@ def _check_worker(name: str, alias: str) -> str:
     return f"worker {name!r} heard from {silent:.0f}s ago"
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer: behind a TLS proxy the web redirects plain HTTP to https://,
+    which the health check inside its container cannot follow."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def _check_url(url: str) -> str:
+    opener = urllib.request.build_opener(_NoRedirects)
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with opener.open(url, timeout=10) as response:
             status = response.status
     except urllib.error.HTTPError as exc:
         status = exc.code

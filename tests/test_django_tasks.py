@@ -97,6 +97,22 @@ def test_a_naive_run_after_is_refused_with_djangos_error() -> None:
 
 
 @pytest.mark.django_db
+def test_a_timedelta_run_after_holds_the_task_back_that_long_from_the_databases_clock() -> None:
+    assert settings.USE_TZ
+    delayed = functions.add.using(run_after=timedelta(minutes=5))
+
+    result = delayed.enqueue(1, 2)
+    later = delayed.enqueue(3, 4)
+
+    first, second = (BatchTask.objects.get(pk=int(r.id)) for r in (result, later))
+    assert result.status == TaskResultStatus.READY
+    # Counted from each enqueue (its row's insert), not from the .using() call.
+    assert first.run_after - first.created_at == timedelta(minutes=5)
+    assert second.run_after - second.created_at == timedelta(minutes=5)
+    assert first.state == second.state == TaskState.NEW
+
+
+@pytest.mark.django_db
 def test_an_unknown_result_id_does_not_exist() -> None:
     with pytest.raises(TaskResultDoesNotExist):
         functions.add.get_result("123456789")

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from .. import signals
@@ -222,7 +224,7 @@ class BatchTasksBackend(BaseTaskBackend):
 
     def validate_task(self, task: Task[Any, Any]) -> None:
         """Django's checks, then register the function as a batch task type."""
-        super().validate_task(task)
+        super().validate_task(_with_aware_run_after(task))
         register(task)
 
     def enqueue(self, task: Task[Any, Any], args: Any, kwargs: Any) -> TaskResult[Any]:
@@ -257,6 +259,21 @@ class BatchTasksBackend(BaseTaskBackend):
     def get_result(self, result_id: str) -> TaskResult[Any]:
         """The task's result as stored now, or ``TaskResultDoesNotExist``."""
         return _result_of(_load(result_id), self.alias)
+
+
+def _with_aware_run_after(task: Task[Any, Any]) -> Task[Any, Any]:
+    """``task`` as Django's checks take it: a ``timedelta`` ``run_after`` (which Django's
+    docs allow, but whose ``USE_TZ`` check fails with ``AttributeError``) as an aware
+    datetime. The task keeps its ``timedelta``: each enqueue counts it from the database's
+    clock, as ``BatchTask.submit`` does."""
+    if not isinstance(task.run_after, timedelta):
+        return task
+    # A copy made without the dataclass's __init__, whose __post_init__ validates again.
+    view = object.__new__(type(task))
+    for item in fields(task):
+        object.__setattr__(view, item.name, getattr(task, item.name))
+    object.__setattr__(view, "run_after", timezone.now() + task.run_after)
+    return view
 
 
 def _load(result_id: str) -> BatchTask:

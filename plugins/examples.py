@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -157,12 +158,23 @@ class IsolatedNoop(BatchTaskPlugin):
     description="Allocate params['mb'] megabytes (limit 512 MB).",
 )
 class MemoryHog(BatchTaskPlugin):
-    """Allocate (and touch) ``mb`` megabytes: past the type's memory limit it fails."""
+    """Allocate (and touch) ``mb`` megabytes: past the type's memory limit it fails.
+    ``lift_limit: true`` first tries to lift the limit, as a plugin might, and reports
+    whether it could (``lifted``) with the limits it saw (soft and hard ``RLIMIT_AS``)."""
 
     def run(self, params: dict[str, Any]) -> dict[str, Any]:
+        outcome: dict[str, Any] = {}
+        if params.get("lift_limit"):
+            outcome["limits"] = resource.getrlimit(resource.RLIMIT_AS)
+            try:
+                infinity = resource.RLIM_INFINITY
+                resource.setrlimit(resource.RLIMIT_AS, (infinity, infinity))
+                outcome["lifted"] = True
+            except (ValueError, OSError) as exc:
+                outcome.update(lifted=False, error=str(exc))
         mb = int(params.get("mb", 1024))
         blob = bytearray(mb * 1024 * 1024)
-        return {"allocated_mb": len(blob) // (1024 * 1024), "pid": os.getpid()}
+        return {**outcome, "allocated_mb": len(blob) // (1024 * 1024), "pid": os.getpid()}
 
 
 @batchtask(

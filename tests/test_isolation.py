@@ -82,6 +82,20 @@ def test_going_past_the_memory_limit_fails_the_task_and_the_worker_runs_the_next
     assert (small.state, small.result["allocated_mb"]) == (TaskState.SUCCEEDED, 16)
 
 
+def test_a_plugin_cannot_lift_its_memory_limit(start_worker) -> None:
+    limit = BatchTaskDefinition.objects.get(name="examples.process_memory_hog").memory_limit
+    start_worker("w", ISOLATED, concurrency=1)
+    small, big = wait_final(
+        BatchTask.submit("examples.process_memory_hog", {"mb": 16, "lift_limit": True}),
+        BatchTask.submit("examples.process_memory_hog", {"mb": 2048, "lift_limit": True}),
+    )
+
+    assert small.state == TaskState.SUCCEEDED, small.error
+    assert small.result["limits"] == [limit, limit]
+    assert small.result["lifted"] is False, small.result
+    assert (big.state, big.error.type) == (TaskState.FAILED, "MemoryError"), big.result
+
+
 @pytest.mark.parametrize("cooperate", [True, False], ids=["checks-cancel", "never-checks"])
 def test_cancelling_an_isolated_task_leaves_none_of_its_processes(
     start_worker, media_root: Path, cooperate: bool

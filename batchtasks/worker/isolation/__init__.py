@@ -12,8 +12,8 @@ through the runner's fenced, throttled ``RunnerContext``, and writes the outcome
   same API, and answers with JSON lines on a pipe of its own (progress, then the
   result, the error or the cancel). A ``cancel`` line on its stdin makes its
   ``check_cancelled()`` raise; the end of its stdin (the pool process died) kills its
-  group. ``memory_limit`` is ``RLIMIT_AS`` set in the child just before the plugin
-  runs. Django's setup costs a child about half a second of CPU, so after each run the
+  group. ``memory_limit`` is ``RLIMIT_AS``, soft and hard (the plugin cannot lift it),
+  set in the child just before the plugin runs. Django's setup costs a child about half a second of CPU, so after each run the
   pool process starts a spare child that sets up while the worker waits for its next
   message; it has run nothing when it takes the next attempt.
 - ``executor``: the program gets the raw parameters (JSON) on stdin, its own temporary

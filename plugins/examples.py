@@ -20,6 +20,7 @@ from django.db import transaction
 from batchtasks import BatchTaskPlugin, batchtask
 from batchtasks.core.exceptions import PermanentFailure
 from batchtasks.core.plugin import ExecutorPlugin
+from plugins.executors.demo import escape
 
 
 def _record(params: dict[str, Any], task_id: int | None, event: str, when: float) -> None:
@@ -182,9 +183,13 @@ class MemoryHog(BatchTaskPlugin):
 )
 class Spawner(BatchTaskPlugin):
     """Start a grandchild (``sleep 300``), note its pid, and wait for it; ``cooperate:
-    false`` never checks for cancel."""
+    false`` never checks for cancel. ``escape: true`` starts it as a daemon (out of the
+    process group, its parent gone) and returns at once."""
 
     def run(self, params: dict[str, Any]) -> None:
+        if params.get("escape"):
+            _note_pid(self.task_id, escape(300))
+            return
         sleeper = subprocess.Popen(["sleep", "300"])
         _note_pid(self.task_id, sleeper.pid)
         while sleeper.poll() is None:

@@ -108,6 +108,8 @@ def run(start: dict[str, Any], events: Events) -> dict[str, Any]:
     context = ChildContext(start, events)
     threading.Thread(target=context.listen, name="batchtasks-parent", daemon=True).start()
     retry_on: tuple[type[BaseException], ...] = (Exception,)
+    if start.get("function_module"):
+        registry.learn_function(start["type"], start["function_module"])
     try:
         plugin_cls = registry.get(start["type"]).plugin
         retry_on = plugin_cls.retry_on

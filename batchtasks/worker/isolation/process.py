@@ -138,6 +138,7 @@ def _start(claim: Claim, facts: TypeFacts, context: TaskContext) -> dict[str, An
         "attempt": claim.attempt,
         "worker": getattr(context, "worker", ""),
         "memory_limit": facts.memory_limit,
+        "function_module": facts.function_module,
     }
 
 

@@ -381,7 +381,7 @@ class BatchTaskDefinitionAdmin(admin.ModelAdmin):
     list_editable = ("max_concurrency", "enabled")
     list_filter = ("enabled", "queue", "isolation")
     search_fields = ("name", "description", "queue")
-    readonly_fields = ("name", "run_seconds", "created_at", "updated_at")
+    readonly_fields = ("name", "function_module", "run_seconds", "created_at", "updated_at")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # definitions come from code (@batchtask)

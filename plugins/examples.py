@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from django.db import transaction
 from batchtasks import BatchTaskPlugin, batchtask, param
 from batchtasks.core.exceptions import PermanentFailure
 from batchtasks.core.plugin import ExecutorPlugin
+from plugins.executors.demo import escape
 
 
 def _record(params: dict[str, Any], task_id: int | None, event: str, when: float) -> None:
@@ -188,12 +190,23 @@ class IsolatedNoop(BatchTaskPlugin):
     description="Allocate params['mb'] megabytes (limit 512 MB).",
 )
 class MemoryHog(BatchTaskPlugin):
-    """Allocate (and touch) ``mb`` megabytes: past the type's memory limit it fails."""
+    """Allocate (and touch) ``mb`` megabytes: past the type's memory limit it fails.
+    ``lift_limit: true`` first tries to lift the limit, as a plugin might, and reports
+    whether it could (``lifted``) with the limits it saw (soft and hard ``RLIMIT_AS``)."""
 
     def run(self, params: dict[str, Any]) -> dict[str, Any]:
+        outcome: dict[str, Any] = {}
+        if params.get("lift_limit"):
+            outcome["limits"] = resource.getrlimit(resource.RLIMIT_AS)
+            try:
+                infinity = resource.RLIM_INFINITY
+                resource.setrlimit(resource.RLIMIT_AS, (infinity, infinity))
+                outcome["lifted"] = True
+            except (ValueError, OSError) as exc:
+                outcome.update(lifted=False, error=str(exc))
         mb = int(params.get("mb", 1024))
         blob = bytearray(mb * 1024 * 1024)
-        return {"allocated_mb": len(blob) // (1024 * 1024), "pid": os.getpid()}
+        return {**outcome, "allocated_mb": len(blob) // (1024 * 1024), "pid": os.getpid()}
 
 
 @batchtask(
@@ -201,9 +214,13 @@ class MemoryHog(BatchTaskPlugin):
 )
 class Spawner(BatchTaskPlugin):
     """Start a grandchild (``sleep 300``), note its pid, and wait for it; ``cooperate:
-    false`` never checks for cancel."""
+    false`` never checks for cancel. ``escape: true`` starts it as a daemon (out of the
+    process group, its parent gone) and returns at once."""
 
     def run(self, params: dict[str, Any]) -> None:
+        if params.get("escape"):
+            _note_pid(self.task_id, escape(300))
+            return
         sleeper = subprocess.Popen(["sleep", "300"])
         _note_pid(self.task_id, sleeper.pid)
         while sleeper.poll() is None:

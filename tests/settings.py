@@ -49,6 +49,7 @@ TASKS = {
                     "max_concurrency": 3,
                     "priority": 10,
                 },
+                "tests.django_task_unlisted.double_apart": {"isolation": "process"},
             }
         },
     }

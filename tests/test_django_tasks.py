@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
+import uuid
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 from asgiref.sync import async_to_sync
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.test import override_settings
+from django.urls import reverse
 from django.utils import timezone
 
 from batchtasks import BatchTask, TaskState
@@ -22,7 +29,10 @@ from batchtasks.backends.django_tasks import (
 from batchtasks.core.exceptions import UnknownTaskType
 from batchtasks.core.registry import registry
 from batchtasks.core.states import FINAL_STATES
+from batchtasks.models import BatchTaskDefinition
+from batchtasks.services.definitions import get_definition, sync_definitions
 from tests import django_task_functions as functions
+from tests import django_task_unlisted as unlisted
 from tests.conftest import set_limit
 from tests.workers import wait_for
 
@@ -94,6 +104,22 @@ def test_arguments_that_are_not_json_are_refused_before_anything_is_stored() -> 
 def test_a_naive_run_after_is_refused_with_djangos_error() -> None:
     with pytest.raises(InvalidTask, match="aware"):
         functions.add.using(run_after=timezone.now().replace(tzinfo=None))
+
+
+@pytest.mark.django_db
+def test_a_timedelta_run_after_holds_the_task_back_that_long_from_the_databases_clock() -> None:
+    assert settings.USE_TZ
+    delayed = functions.add.using(run_after=timedelta(minutes=5))
+
+    result = delayed.enqueue(1, 2)
+    later = delayed.enqueue(3, 4)
+
+    first, second = (BatchTask.objects.get(pk=int(r.id)) for r in (result, later))
+    assert result.status == TaskResultStatus.READY
+    # Counted from each enqueue (its row's insert), not from the .using() call.
+    assert first.run_after - first.created_at == timedelta(minutes=5)
+    assert second.run_after - second.created_at == timedelta(minutes=5)
+    assert first.state == second.state == TaskState.NEW
 
 
 @pytest.mark.django_db
@@ -266,19 +292,125 @@ def forgotten_functions():
         register(getattr(functions, name))
 
 
-@override_settings(INSTALLED_APPS=[*settings.INSTALLED_APPS, "tests"])
-def test_an_unknown_function_type_of_an_installed_app_is_found_by_importing_it(
+def test_an_unknown_function_type_is_found_by_importing_the_module_its_row_recorded(
     forgotten_functions,
 ) -> None:
+    registry.learn_function("tests.django_task_functions.add", "tests.django_task_functions")
+
     spec = registry.get("tests.django_task_functions.add")
 
     assert spec.plugin.django_task.module_path == "tests.django_task_functions.add"
 
 
-def test_an_unknown_function_type_outside_the_installed_apps_stays_unknown(
-    forgotten_functions,
+@pytest.fixture
+def forgotten_unlisted():
+    """The module of functions no setting names, as a process that never imported it."""
+    saved = sys.modules.pop(unlisted.__name__)
+    for name in ("double", "double_apart"):
+        registry.unregister(f"{unlisted.__name__}.{name}")
+    yield
+    sys.modules[unlisted.__name__] = saved
+    register(unlisted.double), register(unlisted.double_apart)
+
+
+@override_settings(INSTALLED_APPS=[*settings.INSTALLED_APPS, "tests"])
+def test_a_type_name_alone_imports_no_module_even_of_an_installed_app(
+    forgotten_unlisted,
 ) -> None:
     with pytest.raises(UnknownTaskType):
-        registry.get("tests.django_task_functions.add")
+        registry.get(f"{unlisted.__name__}.double")
 
-    assert "tests.django_task_functions" not in sys.modules
+    assert unlisted.__name__ not in sys.modules
+
+
+# --- functions a worker was not told of -------------------------------------------------
+
+ELSEWHERE = """
+from batchtasks.backends.django_tasks import FRAMEWORK
+
+if FRAMEWORK == "django.tasks":
+    from django.tasks import task
+else:
+    from django_tasks import task
+
+
+@task
+def far_away() -> int:
+    return 1
+"""
+
+
+@pytest.fixture
+def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """A module of a function that this process can import and its workers cannot."""
+    name = f"elsewhere_{uuid.uuid4().hex[:12]}"
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    (folder / f"{name}.py").write_text(ELSEWHERE)
+    monkeypatch.syspath_prepend(str(folder))
+    yield importlib.import_module(name)
+    registry.unregister(f"{name}.far_away")
+    sys.modules.pop(name, None)
+
+
+@pytest.mark.worker
+@pytest.mark.parametrize("function", ["double", "double_apart"], ids=["inline", "process"])
+def test_a_worker_imports_the_module_of_a_function_no_setting_names(
+    start_worker, function: str
+) -> None:
+    assert unlisted.__name__ not in settings.BATCHTASKS["PLUGINS"]
+    start_worker(queues=[f"batch.{unlisted.__name__}.{function}"])
+    result = getattr(unlisted, function).enqueue(21)
+
+    finished(result)
+
+    assert result.status == TaskResultStatus.SUCCESSFUL, result.errors
+    value = result.return_value
+    assert (value if function == "double" else value["double"]) == 42
+
+
+@pytest.mark.worker
+def test_a_function_whose_module_a_worker_cannot_import_fails_naming_module_and_setting(
+    start_worker, elsewhere: ModuleType
+) -> None:
+    start_worker(queues=[f"batch.{elsewhere.__name__}.far_away"])
+    result = elsewhere.far_away.enqueue()
+
+    finished(result)
+
+    row = BatchTask.objects.get(pk=int(result.id))
+    assert (row.state, row.attempt) == (TaskState.FAILED, 1)
+    assert row.error_type == "batchtasks.core.exceptions.FunctionModuleNotImported"
+    assert repr(elsewhere.__name__) in row.error_message
+    assert "BATCHTASKS['PLUGINS']" in row.error_message
+
+
+@pytest.mark.django_db
+def test_a_functions_definition_row_records_its_module_and_a_sync_fills_older_rows() -> None:
+    functions.add.enqueue(1, 2)
+    row = BatchTaskDefinition.objects.get(name="tests.django_task_functions.add")
+    assert row.function_module == "tests.django_task_functions"
+    assert get_definition("examples.noop").function_module == ""
+    # As a row written before rows recorded the module.
+    BatchTaskDefinition.objects.filter(pk=row.pk).update(function_module="")
+
+    sync_definitions()
+
+    row.refresh_from_db()
+    assert row.function_module == "tests.django_task_functions"
+
+
+@pytest.mark.django_db
+def test_naming_a_type_over_http_imports_no_module(client, monkeypatch) -> None:
+    module = "django.contrib.auth.management.commands.changepassword"
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    client.force_login(get_user_model().objects.create_user("ada", password="-"))
+
+    response = client.post(
+        reverse("batchtasks:api-tasks"),
+        {"type": f"{module}.Command", "params": {}},
+        content_type="application/json",
+    )
+
+    assert response.status_code == 400, response.content
+    assert module not in sys.modules

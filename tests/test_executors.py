@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from batchtasks import BatchTask, TaskState, batchtask
@@ -107,6 +108,45 @@ def test_cancelling_an_executor_leaves_none_of_its_processes(
 
     assert task.state == TaskState.CANCELLED
     wait_for(lambda: not alive(grandchild), timeout=5)
+
+
+def gone(pid: int) -> bool:
+    """No such process, not even a zombie waiting for its parent to collect it."""
+    return not psutil.pid_exists(pid)
+
+
+def zombie_children(pid: int) -> list[int]:
+    return [c.pid for c in psutil.Process(pid).children() if c.status() == psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.worker
+def test_daemons_an_executor_started_end_with_its_run(start_worker, media_root: Path) -> None:
+    start_worker("w", EXECUTOR, concurrency=1)
+    # One daemon outlives the program, one exits while the program still runs.
+    task = BatchTask.submit("examples.program", {"escape": [300, 0.1], "silent": 1})
+
+    (task,) = wait_final(task)
+
+    assert task.state == TaskState.SUCCEEDED, task.error
+    daemons = noted_pids(media_root, task)
+    assert len(daemons) == 2
+    wait_for(lambda: all(gone(pid) for pid in daemons), timeout=5)
+    assert zombie_children(task.worker_pid) == []
+
+
+@pytest.mark.worker
+def test_a_daemon_of_a_cancelled_executor_ends_with_it(start_worker, media_root: Path) -> None:
+    start_worker("w", EXECUTOR, concurrency=1, env={**FAST, "BATCHTASKS_KILL_GRACE": "1"})
+    task = BatchTask.submit("examples.program", {"escape": [300], "silent": 300})
+    (daemon,) = wait_for(lambda: noted_pids(media_root, task), timeout=30)
+    assert alive(daemon)
+
+    assert task.cancel()
+    (task,) = wait_final(task, timeout=30)
+
+    assert task.state == TaskState.CANCELLED
+    wait_for(lambda: gone(daemon), timeout=5)
+    assert zombie_children(task.worker_pid) == []
 
 
 def argv_of_every_process() -> list[str]:

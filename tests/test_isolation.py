@@ -3,6 +3,8 @@ result, its memory limit, and cancels and time limits that take its grandchildre
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import psutil
@@ -10,6 +12,8 @@ import pytest
 
 from batchtasks import BatchTask, TaskState
 from batchtasks.models import BatchTaskDefinition
+from batchtasks.worker.isolation import reaper
+from plugins.executors.demo import escape
 from tests.test_recovery import FAST
 from tests.test_workers import FINAL, wait_final
 from tests.workers import wait_for
@@ -82,6 +86,20 @@ def test_going_past_the_memory_limit_fails_the_task_and_the_worker_runs_the_next
     assert (small.state, small.result["allocated_mb"]) == (TaskState.SUCCEEDED, 16)
 
 
+def test_a_plugin_cannot_lift_its_memory_limit(start_worker) -> None:
+    limit = BatchTaskDefinition.objects.get(name="examples.process_memory_hog").memory_limit
+    start_worker("w", ISOLATED, concurrency=1)
+    small, big = wait_final(
+        BatchTask.submit("examples.process_memory_hog", {"mb": 16, "lift_limit": True}),
+        BatchTask.submit("examples.process_memory_hog", {"mb": 2048, "lift_limit": True}),
+    )
+
+    assert small.state == TaskState.SUCCEEDED, small.error
+    assert small.result["limits"] == [limit, limit]
+    assert small.result["lifted"] is False, small.result
+    assert (big.state, big.error.type) == (TaskState.FAILED, "MemoryError"), big.result
+
+
 @pytest.mark.parametrize("cooperate", [True, False], ids=["checks-cancel", "never-checks"])
 def test_cancelling_an_isolated_task_leaves_none_of_its_processes(
     start_worker, media_root: Path, cooperate: bool
@@ -97,6 +115,43 @@ def test_cancelling_an_isolated_task_leaves_none_of_its_processes(
 
     assert task.state == TaskState.CANCELLED
     wait_for(lambda: not alive(grandchild), timeout=5)
+
+
+def test_a_daemon_an_isolated_plugin_started_ends_with_its_run(
+    start_worker, media_root: Path
+) -> None:
+    start_worker("w", ISOLATED, concurrency=1)
+    task = BatchTask.submit("examples.process_spawner", {"escape": True})
+
+    (task,) = wait_final(task)
+
+    assert task.state == TaskState.SUCCEEDED, task.error
+    (daemon,) = noted_pids(media_root, task)
+    wait_for(lambda: not psutil.pid_exists(daemon), timeout=5)
+    # The pool process (a subreaper while the run lasted) collected it and goes on.
+    (nxt,) = wait_final(BatchTask.submit("examples.process_progress", {"steps": 1}))
+    assert (nxt.state, nxt.worker_pid) == (TaskState.SUCCEEDED, task.worker_pid)
+    pool = psutil.Process(task.worker_pid)
+    assert [c.pid for c in pool.children() if c.status() == psutil.STATUS_ZOMBIE] == []
+
+
+@pytest.mark.skipif(not reaper.SUPPORTED, reason="no child subreapers here (Linux only)")
+def test_the_end_of_an_attempt_kills_its_orphans_and_spares_older_children() -> None:
+    older = subprocess.Popen(["sleep", "300"])
+    try:
+        with reaper.adopting() as orphans:
+            daemon, brief = escape(300), escape(0)
+            wait_for(lambda: psutil.Process(brief).status() == psutil.STATUS_ZOMBIE)
+            orphans.reap_exited(attempt_pid=older.pid)
+            assert not psutil.pid_exists(brief), "an orphan that exited stays a zombie"
+            assert psutil.Process(daemon).ppid() == os.getpid()
+
+        assert not psutil.pid_exists(daemon)
+        assert older.poll() is None, "a child from before the attempt was killed"
+        assert not reaper.is_subreaper()
+    finally:
+        older.kill()
+        older.wait()
 
 
 def test_a_hard_time_limit_kills_the_isolated_process_group(start_worker, media_root: Path) -> None:

@@ -5,8 +5,10 @@ Django 6 ships ``django.tasks``; on Django 5.2 the ``django-tasks`` backport is 
 
 * Each ``@task`` function is the task type named by its module path
   (``myapp.tasks.send_report``), registered when the first ``Task`` of the function is
-  created (on import of its module). Workers learn it by importing the module: list it in
-  ``BATCHTASKS["PLUGINS"]`` (modules of installed apps are also found on first use).
+  created (on import of its module). Its definition row records the module, and a worker
+  that meets a task of the type without knowing it imports that module (listing it in
+  ``BATCHTASKS["PLUGINS"]`` imports it at start instead). Only rows this backend wrote
+  name a module: a type name alone (from a request) never makes a process import one.
 * Type options in code: ``OPTIONS = {"TYPES": {"myapp.tasks.send_report": {...}}}`` with
   any ``@batchtask`` option (``max_concurrency``, ``timeout``, ``max_attempts``, ...);
   ``BATCHTASKS["TYPES"]`` overrides them, the definition row (the admin) decides live.
@@ -29,14 +31,15 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from django.utils.module_loading import import_string
+from django.utils import timezone
 
 from .. import signals
 from ..core.conf import get_settings
-from ..core.exceptions import BatchTasksError, TaskCancelled, TaskSkipped
+from ..core.exceptions import BatchTasksError, TaskCancelled, TaskSkipped, UnknownTaskType
 from ..core.plugin import BatchTaskPlugin
 from ..core.registry import batchtask, registry
 from ..core.states import TaskState
@@ -183,6 +186,8 @@ def register(task: Task[Any, Any]) -> str:
         batchtask(name, **options)(plugin)
     except BatchTasksError as exc:
         raise InvalidTask(str(exc)) from exc
+    # Recorded on the definition row: a worker that meets the type imports this module.
+    registry.register(replace(registry.get(name), function_module=task.func.__module__))
     signals.task_started.connect(_send_started, sender=plugin, weak=False)
     signals.task_finished.connect(_send_finished, sender=plugin, weak=False)
     return name
@@ -222,7 +227,7 @@ class BatchTasksBackend(BaseTaskBackend):
 
     def validate_task(self, task: Task[Any, Any]) -> None:
         """Django's checks, then register the function as a batch task type."""
-        super().validate_task(task)
+        super().validate_task(_with_aware_run_after(task))
         register(task)
 
     def enqueue(self, task: Task[Any, Any], args: Any, kwargs: Any) -> TaskResult[Any]:
@@ -259,6 +264,21 @@ class BatchTasksBackend(BaseTaskBackend):
         return _result_of(_load(result_id), self.alias)
 
 
+def _with_aware_run_after(task: Task[Any, Any]) -> Task[Any, Any]:
+    """``task`` as Django's checks take it: a ``timedelta`` ``run_after`` (which Django's
+    docs allow, but whose ``USE_TZ`` check fails with ``AttributeError``) as an aware
+    datetime. The task keeps its ``timedelta``: each enqueue counts it from the database's
+    clock, as ``BatchTask.submit`` does."""
+    if not isinstance(task.run_after, timedelta):
+        return task
+    # A copy made without the dataclass's __init__, whose __post_init__ validates again.
+    view = object.__new__(type(task))
+    for item in fields(task):
+        object.__setattr__(view, item.name, getattr(task, item.name))
+    object.__setattr__(view, "run_after", timezone.now() + task.run_after)
+    return view
+
+
 def _load(result_id: str) -> BatchTask:
     try:
         return (
@@ -271,17 +291,18 @@ def _load(result_id: str) -> BatchTask:
 
 
 def _task_of(row: BatchTask) -> Task[Any, Any]:
-    spec = registry.get(row.definition.name) if row.definition.name in registry else None
-    plugin = spec.plugin if spec is not None else None
-    if plugin is not None and issubclass(plugin, FunctionPlugin):
-        return plugin.django_task
+    """The ``Task`` of a row's function, its module imported if need be (the module its
+    definition row recorded; a row without one is not a function's)."""
+    name, module = row.definition.name, row.definition.function_module
+    if module:
+        registry.learn_function(name, module)
     try:
-        found = import_string(row.definition.name)
-    except ImportError:
-        found = None
-    if not isinstance(found, Task):
+        plugin = registry.get(name).plugin
+    except UnknownTaskType:
+        plugin = None
+    if plugin is None or not issubclass(plugin, FunctionPlugin):
         raise TaskResultDoesNotExist(f"{row.pk} is not a task of a django.tasks function.")
-    return found
+    return plugin.django_task
 
 
 def _result_of(row: BatchTask, alias: str | None = None) -> TaskResult[Any]:

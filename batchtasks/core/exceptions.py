@@ -20,6 +20,11 @@ class UnknownTaskType(BatchTasksError, LookupError):
     """Raised when a task type name is not registered."""
 
 
+class FunctionModuleNotImported(UnknownTaskType):
+    """Raised when a worker cannot import the module of a ``django.tasks`` function type
+    (the one its definition row records), or the module does not register the type."""
+
+
 class DuplicateTaskType(ConfigurationError):
     """Raised when two different classes register the same task type name."""
 

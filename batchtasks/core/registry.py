@@ -11,7 +11,13 @@ from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .exceptions import ConfigurationError, DuplicateTaskType, InvalidTaskOption, UnknownTaskType
+from .exceptions import (
+    ConfigurationError,
+    DuplicateTaskType,
+    FunctionModuleNotImported,
+    InvalidTaskOption,
+    UnknownTaskType,
+)
 from .names import NAME_RULE, is_name
 from .params import check_params_class
 from .states import PRIORITY_MAX, PRIORITY_MIN, Isolation, Priority
@@ -54,6 +60,9 @@ class TaskTypeSpec:
     web: bool | str = False
     #: Where its outcome is POSTed once it reaches a final state (a webhook finalizer).
     webhook: str | None = None
+    #: The module of the ``django.tasks`` function it runs ("" for a plugin class): its
+    #: definition row records it, so that a worker that does not know the type imports it.
+    function_module: str = ""
 
     def definition_values(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """Field values for a new definition row: code defaults, then ``overrides``."""
@@ -76,6 +85,7 @@ class TaskTypeSpec:
             "inactivity_timeout": None,
             "tasks_per_message": None,
             "description": doc.splitlines()[0] if doc else "",
+            "function_module": self.function_module,
         }
         values.update(self.options)
         if overrides:
@@ -213,6 +223,8 @@ class Registry:
 
     def __init__(self) -> None:
         self._types: dict[str, TaskTypeSpec] = {}
+        #: Function types met in definition rows (name to module), not imported yet.
+        self._function_modules: dict[str, str] = {}
 
     def register(self, spec: TaskTypeSpec) -> None:
         """Add a type; re-registering the same class (a module reload) replaces it."""
@@ -228,10 +240,17 @@ class Registry:
         """Remove a type (tests use this)."""
         self._types.pop(name, None)
 
+    def learn_function(self, name: str, module: str) -> None:
+        """Note that type ``name`` is a ``django.tasks`` function of ``module``, as its
+        definition row records: ``get`` imports that module if the type is not known yet.
+        Only definition rows written by the backend say so (never a name from a request)."""
+        if name not in self._types:
+            self._function_modules[name] = module
+
     def get(self, name: str) -> TaskTypeSpec:
         """The type called ``name``, or ``UnknownTaskType`` naming close matches."""
-        if isinstance(name, str) and name not in self._types:
-            _import_function_module(name)
+        if isinstance(name, str) and name not in self._types and name in self._function_modules:
+            self._import_function(name, self._function_modules[name])
         try:
             return self._types[name]
         except (KeyError, TypeError):
@@ -245,6 +264,26 @@ class Registry:
             f"{', '.join(sorted(self._types)) or 'none'}. A type is registered by a "
             "@batchtask class in a module listed in BATCHTASKS['PLUGINS']."
         )
+
+    def _import_function(self, name: str, module: str) -> None:
+        """Import the module of the function type ``name``, whose ``@task`` registers it."""
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            raise FunctionModuleNotImported(
+                f"Task type {name!r} is a django.tasks function of the module {module!r}, which "
+                f"this worker cannot import ({type(exc).__name__}: {exc}). Add {module!r} to "
+                "BATCHTASKS['PLUGINS'] in the worker's settings and make it importable there "
+                "(install its package, or put its folder on the worker's PYTHONPATH)."
+            ) from exc
+        if name not in self._types:
+            raise FunctionModuleNotImported(
+                f"Task type {name!r} is a django.tasks function of the module {module!r}, but "
+                "importing it registered no such function. Check that the function still "
+                "exists there and that TASKS names batchtasks.backends.BatchTasksBackend in "
+                "the worker's settings."
+            )
+        self._function_modules.pop(name, None)
 
     def __iter__(self) -> Iterator[TaskTypeSpec]:
         return iter(sorted(self._types.values(), key=lambda spec: spec.name))
@@ -261,28 +300,6 @@ class Registry:
                 raise ConfigurationError(
                     f"BATCHTASKS['PLUGINS'] lists {module!r}, which cannot be imported: {exc}"
                 ) from exc
-
-
-def _import_function_module(name: str) -> None:
-    """Import the module of the ``django.tasks`` function ``name`` names (``app.tasks.f``),
-    whose ``@task`` registers it: only with batchtasks' backend in ``TASKS``, and only
-    modules of installed apps (others are listed in ``BATCHTASKS['PLUGINS']``)."""
-    from django.apps import apps
-    from django.conf import settings
-
-    backends = getattr(settings, "TASKS", None) or {}
-    if not apps.ready or not any(
-        str(backend.get("BACKEND", "")).startswith("batchtasks.backends.")
-        for backend in backends.values()
-    ):
-        return
-    module = name.rpartition(".")[0]
-    if not module or apps.get_containing_app_config(module) is None:
-        return
-    try:
-        importlib.import_module(module)
-    except ImportError:  # not a function's module: the caller reports the unknown type
-        return
 
 
 def _qualname(cls: type) -> str:

@@ -118,6 +118,17 @@ class BatchTaskDefinition(models.Model):
         editable=False,
         help_text=_("Moving average of the run time of this type's successful runs."),
     )
+    function_module = models.CharField(
+        _("function module"),
+        max_length=200,
+        blank=True,
+        default="",
+        editable=False,
+        help_text=_(
+            "The module of the django.tasks function this type runs, as its backend recorded "
+            "it; a worker that does not know the type imports it. Empty for plugin classes."
+        ),
+    )
     enabled = models.BooleanField(_("enabled"), default=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)

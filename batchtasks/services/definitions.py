@@ -7,7 +7,7 @@ import logging
 from django.db import router
 
 from ..core.conf import get_settings
-from ..core.registry import positive_int, registry
+from ..core.registry import TaskTypeSpec, positive_int, registry
 from ..models import BatchQueue, BatchTaskDefinition
 
 logger = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ def get_definition(name: str, *, using: str | None = None) -> BatchTaskDefinitio
     spec = registry.get(name)
     db = _db(using)
     try:
-        return BatchTaskDefinition.objects.using(db).get(name=name)
+        return _record_function(BatchTaskDefinition.objects.using(db).get(name=name), spec, db)
     except BatchTaskDefinition.DoesNotExist:
         pass
     overrides = get_settings().TYPES.get(name)
@@ -32,6 +32,19 @@ def get_definition(name: str, *, using: str | None = None) -> BatchTaskDefinitio
     if created:
         logger.info("batchtasks definition created type=%s queue=%s", name, definition.queue)
     ensure_queue(definition.queue, using=db)
+    return definition
+
+
+def _record_function(
+    definition: BatchTaskDefinition, spec: TaskTypeSpec, db: str
+) -> BatchTaskDefinition:
+    """Record a function type's module on a row written before rows recorded it (their
+    sync on migrate or a worker's start does), so that workers can import it."""
+    if spec.function_module and not definition.function_module:
+        BatchTaskDefinition.objects.using(db).filter(pk=definition.pk, function_module="").update(
+            function_module=spec.function_module
+        )
+        definition.function_module = spec.function_module
     return definition
 
 

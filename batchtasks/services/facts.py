@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from ..core.registry import registry
 from ..models import BatchQueue, BatchTaskDefinition
 
 FACTS_TTL = 5.0
@@ -26,6 +27,8 @@ class TypeFacts:
     memory_limit: int | None = None
     #: Seconds a run may go without progress (an executor: without output).
     inactivity_timeout: int | None = None
+    #: The module of the ``django.tasks`` function the type runs ("" for a plugin class).
+    function_module: str = ""
 
 
 _facts: dict[tuple[int, str], tuple[float, TypeFacts]] = {}
@@ -38,7 +41,7 @@ def type_facts(definition_id: int, queue: str, using: str) -> TypeFacts:
     cached = _facts.get(key)
     if cached is not None and now - cached[0] < FACTS_TTL:
         return cached[1]
-    (name, type_limit, backoff, backoff_max, retention, isolation, memory, inactivity) = (
+    (name, type_limit, backoff, backoff_max, retention, isolation, memory, inactivity, module) = (
         BatchTaskDefinition.objects.using(using)
         .values_list(
             "name",
@@ -49,9 +52,12 @@ def type_facts(definition_id: int, queue: str, using: str) -> TypeFacts:
             "isolation",
             "memory_limit",
             "inactivity_timeout",
+            "function_module",
         )
         .get(pk=definition_id)
     )
+    if module:  # a function type: this process imports its module when it first runs one
+        registry.learn_function(name, module)
     queue_limit = (
         BatchQueue.objects.using(using)
         .filter(name=queue)
@@ -59,6 +65,8 @@ def type_facts(definition_id: int, queue: str, using: str) -> TypeFacts:
         .first()
     )
     limited = type_limit is not None or queue_limit is not None
-    facts = TypeFacts(name, limited, backoff, backoff_max, retention, isolation, memory, inactivity)
+    facts = TypeFacts(
+        name, limited, backoff, backoff_max, retention, isolation, memory, inactivity, module
+    )
     _facts[key] = (now, facts)
     return facts

@@ -3,7 +3,9 @@
 Parameters (all optional): ``steps`` and ``delay`` (progress lines ``Progress: <n> step
 i of n``), ``note`` (a text-only progress line), ``log`` and ``stderr`` (other output),
 ``spawn`` (start ``sleep 300`` and note its pid under
-``$BATCHTASKS_DEMO_MEDIA/batchtasks/pids/<task id>``), ``silent`` (seconds without a
+``$BATCHTASKS_DEMO_MEDIA/batchtasks/pids/<task id>``), ``escape`` (a list of seconds:
+for each, a ``sleep`` started as a daemon is, out of the program's process group, its pid
+noted the same way), ``silent`` (seconds without a
 word), ``result`` (printed as ``ResultData:``; by default the working directory and
 the parameter names), ``error`` and ``details`` (``ERROR:`` and the lines after it),
 ``exit`` (the exit code).
@@ -29,6 +31,28 @@ def note_pid(pid: int) -> None:
             fh.write(f"{pid}\n")
 
 
+def escape(seconds: float) -> int:
+    """Start ``sleep seconds`` the way a daemon starts: fork, ``setsid()`` (leaving the
+    process group), fork again and let the middle process exit (leaving its parent).
+    Returns the pid of the ``sleep``."""
+    read_end, write_end = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.setsid()
+            sleeper = os.fork()
+            if sleeper == 0:
+                os.execvp("sleep", ["sleep", str(seconds)])
+            os.write(write_end, str(sleeper).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        pid = int(pipe.read())
+    os.waitpid(middle, 0)
+    return pid
+
+
 def main() -> int:
     text = sys.stdin.read()
     params: dict[str, Any] = json.loads(text) if text.strip() else {}
@@ -38,6 +62,8 @@ def main() -> int:
         print(params["stderr"], file=sys.stderr, flush=True)
     if params.get("spawn"):
         note_pid(subprocess.Popen(["sleep", "300"]).pid)
+    for seconds in params.get("escape", []):
+        note_pid(escape(float(seconds)))
     steps = int(params.get("steps", 0))
     for step in range(1, steps + 1):
         time.sleep(float(params.get("delay", 0.1)))

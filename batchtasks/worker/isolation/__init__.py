@@ -12,10 +12,11 @@ through the runner's fenced, throttled ``RunnerContext``, and writes the outcome
   same API, and answers with JSON lines on a pipe of its own (progress, then the
   result, the error or the cancel). A ``cancel`` line on its stdin makes its
   ``check_cancelled()`` raise; the end of its stdin (the pool process died) kills its
-  group. ``memory_limit`` is ``RLIMIT_AS`` set in the child just before the plugin
-  runs. Django's setup costs a child about half a second of CPU, so after each run the
-  pool process starts a spare child that sets up while the worker waits for its next
-  message; it has run nothing when it takes the next attempt.
+  group. ``memory_limit`` is ``RLIMIT_AS``, soft and hard (the plugin cannot lift it),
+  set in the child just before the plugin runs. Django's setup costs a child about half
+  a second of CPU, so after each run the pool process starts a spare child that sets up
+  while the worker waits for its next message; it has run nothing when it takes the
+  next attempt.
 - ``executor``: the program gets the raw parameters (JSON) on stdin, its own temporary
   working directory (removed afterwards) and only the environment it declares; its
   stdout is read line by line (``executor``).
@@ -23,7 +24,9 @@ through the runner's fenced, throttled ``RunnerContext``, and writes the outcome
 The supervisor stops a child whose task was cancelled, or that stayed silent past the
 type's ``inactivity_timeout``: SIGTERM to its group (a ``process`` child first gets
 ``CANCEL_GRACE`` to honour the cancel), SIGKILL ``KILL_GRACE`` later, and after any
-end it SIGKILLs the group, so no grandchild outlives its attempt. Celery's soft time
+end it SIGKILLs the group, so no grandchild outlives its attempt; descendants that left
+the group (``setsid()``) are re-parented to the pool process, a subreaper while the
+attempt runs, and killed at its end (``reaper``). Celery's soft time
 limit is passed on (SIGUSR1 to a Python child, SIGTERM to a program's group); its hard
 limit kills the pool process, whose SIGTERM handler kills the group first
 (``stopping.child_group``).

@@ -81,6 +81,17 @@ def _on_soft_limit(signum: int, frame: FrameType | None) -> None:
     raise SoftTimeLimitExceeded()
 
 
+def limit_memory(limit: int | None) -> None:
+    """Cap this process's address space (and its descendants') at ``limit`` bytes, soft and
+    hard: an unprivileged plugin cannot lift a hard limit. The child runs one attempt and
+    only sends its outcome down a pipe afterwards, so it never needs the limit back."""
+    if not limit:
+        return
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    cap = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
 def run(start: dict[str, Any], events: Events) -> dict[str, Any]:
     """Run the plugin the way the runner would, and say how it ended."""
     from batchtasks.core.codecs import decode
@@ -97,20 +108,14 @@ def run(start: dict[str, Any], events: Events) -> dict[str, Any]:
     context = ChildContext(start, events)
     threading.Thread(target=context.listen, name="batchtasks-parent", daemon=True).start()
     retry_on: tuple[type[BaseException], ...] = (Exception,)
-    limit = start.get("memory_limit")
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if start.get("function_module"):
+        registry.learn_function(start["type"], start["function_module"])
     try:
         plugin_cls = registry.get(start["type"]).plugin
         retry_on = plugin_cls.retry_on
         params = decode(base64.b64decode(start["data"]), start["codec"])
-        if limit:
-            # Only the soft limit, so that the outcome can still be written afterwards.
-            cap = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
-            resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-        try:
-            result = plugin_cls(context).run(params)
-        finally:
-            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        limit_memory(start.get("memory_limit"))
+        result = plugin_cls(context).run(params)
         check_result(start["type"], result)
     except TaskCancelled as exc:
         return {"cancelled": str(exc), "stopped": isinstance(exc, TaskStopped)}

@@ -31,6 +31,7 @@ from ...core.plugin import ExecutorPlugin, TaskContext
 from ...services.facts import TypeFacts
 from ...transitions import Claim
 from .. import stopping
+from . import reaper
 from .supervise import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -128,25 +129,30 @@ def run(
     own (removed afterwards) and return its result, or raise what its end means."""
     workdir = Path(tempfile.mkdtemp(prefix=f"batchtasks-{claim.task_id}-{claim.attempt}-"))
     try:
-        program = subprocess.Popen(
-            list(plugin_cls.command),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=workdir,
-            env=environment(plugin_cls, claim, workdir),
-            start_new_session=True,
-        )
-        return _supervise(program, claim, facts, context)
+        with reaper.adopting() as orphans:
+            program = subprocess.Popen(
+                list(plugin_cls.command),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=workdir,
+                env=environment(plugin_cls, claim, workdir),
+                start_new_session=True,
+            )
+            return _supervise(program, claim, facts, context, orphans)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _supervise(
-    program: subprocess.Popen[bytes], claim: Claim, facts: TypeFacts, context: TaskContext
+    program: subprocess.Popen[bytes],
+    claim: Claim,
+    facts: TypeFacts,
+    context: TaskContext,
+    orphans: reaper.Orphans,
 ) -> Any:
     assert program.stdin and program.stdout and program.stderr
-    supervisor = Supervisor(program, context, inactivity=facts.inactivity_timeout)
+    supervisor = Supervisor(program, context, inactivity=facts.inactivity_timeout, orphans=orphans)
     output = Output(context, supervisor.active)
     feeder = threading.Thread(
         target=_feed, args=(program.stdin, claim.data), name="batchtasks-stdin", daemon=True

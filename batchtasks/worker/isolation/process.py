@@ -19,6 +19,7 @@ from ...core.plugin import TaskContext
 from ...services.facts import TypeFacts
 from ...transitions import Claim
 from .. import stopping
+from . import reaper
 from .child import EVENT_FD_ENV
 from .supervise import CANCEL, Supervisor
 
@@ -104,15 +105,32 @@ def run(claim: Claim, facts: TypeFacts, context: TaskContext) -> Any:
     its end means (its error, a cancel, an inactivity timeout, its death)."""
     child, read_fd = _take()
     assert child.stdin is not None
-    supervisor = Supervisor(
-        child,
-        context,
-        inactivity=facts.inactivity_timeout,
-        on_cancel=lambda: _send(child, {"cancel": True}),
-        on_soft_limit=lambda: _signal(child, signal.SIGUSR1),
-    )
-    events = _Events(context, supervisor)
-    start = {
+    with reaper.adopting() as orphans:
+        supervisor = Supervisor(
+            child,
+            context,
+            inactivity=facts.inactivity_timeout,
+            on_cancel=lambda: _send(child, {"cancel": True}),
+            on_soft_limit=lambda: _signal(child, signal.SIGUSR1),
+            orphans=orphans,
+        )
+        events = _Events(context, supervisor)
+        with stopping.child_group(child.pid):
+            try:
+                _send(child, _start(claim, facts, context))
+                supervisor.watch({read_fd: events.line})
+            finally:
+                supervisor.finish()
+                with contextlib.suppress(OSError):
+                    child.stdin.close()
+                os.close(read_fd)
+    _start_spare()
+    return _outcome(events.last, supervisor, child.returncode, facts)
+
+
+def _start(claim: Claim, facts: TypeFacts, context: TaskContext) -> dict[str, Any]:
+    """The attempt as the child reads it."""
+    return {
         "type": facts.name,
         "data": base64.b64encode(claim.data).decode(),
         "codec": claim.codec,
@@ -120,18 +138,8 @@ def run(claim: Claim, facts: TypeFacts, context: TaskContext) -> Any:
         "attempt": claim.attempt,
         "worker": getattr(context, "worker", ""),
         "memory_limit": facts.memory_limit,
+        "function_module": facts.function_module,
     }
-    with stopping.child_group(child.pid):
-        try:
-            _send(child, start)
-            supervisor.watch({read_fd: events.line})
-        finally:
-            supervisor.finish()
-            with contextlib.suppress(OSError):
-                child.stdin.close()
-            os.close(read_fd)
-    _start_spare()
-    return _outcome(events.last, supervisor, child.returncode, facts)
 
 
 def _send(child: subprocess.Popen[bytes], message: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from ...core.conf import get_settings
 from ...core.exceptions import InactivityTimeout, TaskCancelled
 from ...core.plugin import TaskContext
+from .reaper import Orphans
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +71,11 @@ class Supervisor:
         inactivity: int | None,
         on_cancel: Callable[[], None] | None = None,
         on_soft_limit: Callable[[], None] | None = None,
+        orphans: Orphans | None = None,
     ) -> None:
         self.process = process
+        #: The attempt's processes that left its group, to reap and, at its end, to kill.
+        self.orphans = orphans
         self.context = context
         self.inactivity = inactivity
         #: Asks the child to stop by itself (``None``: it cannot, terminate it at once).
@@ -99,13 +103,24 @@ class Supervisor:
             try:
                 self._read(TICK)
                 self._check()
+                if self.orphans is not None:
+                    self.orphans.reap_exited(self.process.pid)
             except SoftTimeLimitExceeded:
                 self._soft_limit()
 
     def finish(self) -> None:
-        """Kill what is left of the group, reap the child, read the rest of its output."""
+        """Kill what is left of the group and the processes that left it, reap the child,
+        read the rest of its output."""
         self.signal_group(signal.SIGKILL)
         self.process.wait()
+        # Before the drain: an orphan may hold the child's output open.
+        killed = self.orphans.kill() if self.orphans is not None else 0
+        if killed:
+            logger.warning(
+                "batchtasks killed processes that left the child's group pid=%s processes=%d",
+                self.process.pid,
+                killed,
+            )
         deadline = time.monotonic() + DRAIN_SECONDS
         while self._selector.get_map() and time.monotonic() < deadline:
             self._read(TICK)

@@ -149,6 +149,26 @@ def test_a_daemon_of_a_cancelled_executor_ends_with_it(start_worker, media_root:
     assert zombie_children(task.worker_pid) == []
 
 
+@pytest.mark.worker
+def test_a_daemon_of_an_executor_past_its_hard_time_limit_ends_with_it(
+    start_worker, media_root: Path
+) -> None:
+    """Celery's hard time limit SIGTERMs the pool process, not a stop request: the
+    processes that left the program's group go down with it too."""
+    BatchTaskDefinition.objects.filter(name="examples.program").update(timeout=2)
+    start_worker("w", EXECUTOR, concurrency=1)
+    task = BatchTask.submit("examples.program", {"escape": [300], "silent": 300})
+    (daemon,) = wait_for(lambda: noted_pids(media_root, task), timeout=30)
+
+    (task,) = wait_final(task, timeout=60)
+
+    assert (task.state, task.error_type) == (
+        TaskState.FAILED,
+        "billiard.exceptions.TimeLimitExceeded",
+    )
+    wait_for(lambda: gone(daemon), timeout=5)
+
+
 def argv_of_every_process() -> list[str]:
     texts = []
     for path in Path("/proc").glob("[0-9]*/cmdline"):
@@ -163,8 +183,13 @@ def argv_of_every_process() -> list[str]:
 @pytest.mark.parametrize(
     ("type_name", "params", "program"),
     [
-        ("examples.program", {"silent": 30}, "executors/demo.py"),
-        ("examples.process_progress", {"steps": 1, "silent_after": 30}, "isolation.child"),
+        ("examples.program", {"silent": 30, "password": ""}, "executors/demo.py"),
+        # Declared parameters: the secret rides in a field the type has.
+        (
+            "examples.process_progress",
+            {"steps": 1, "silent_after": 30, "message": ""},
+            "isolation.child",
+        ),
     ],
     ids=["executor", "process"],
 )
@@ -175,7 +200,8 @@ def test_parameters_never_appear_in_any_process_arguments(
     env = {"BATCHTASKS_CANCEL_GRACE": "1", "BATCHTASKS_KILL_GRACE": "1"}
     start_worker("w", [*EXECUTOR, "batch.examples.process_progress"], concurrency=1, env=env)
     secret = f"s3cr3t-{uuid.uuid4().hex}"
-    task = BatchTask.submit(type_name, {**params, "password": secret})
+    field = "password" if "password" in params else "message"
+    task = BatchTask.submit(type_name, {**params, field: secret})
     wait_for(lambda: any(program in argv for argv in argv_of_every_process()))
 
     # Look a few times while it runs: the program or child is up by then.

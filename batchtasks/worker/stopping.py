@@ -201,6 +201,12 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     if _running.child_group is not None:
         with contextlib.suppress(OSError):
             os.killpg(_running.child_group, signal.SIGKILL)
+        # And what left the group (its orphans are ours: ``isolation.reaper``), now: the
+        # pool may SIGKILL this process a tenth of a second from now.
+        with contextlib.suppress(psutil.Error):
+            for process in psutil.Process().children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
     previous = _running.previous
     if callable(previous):
         previous(signum, frame)

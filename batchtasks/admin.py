@@ -24,7 +24,14 @@ from django.utils.translation import ngettext, ngettext_lazy
 from .core.exceptions import BatchTasksError, UniqueKeyConflict
 from .core.registry import OPTIONS
 from .core.states import FINAL_STATES, PRIORITY_MAX, PRIORITY_MIN, Priority, TaskState
-from .models import BatchQueue, BatchTask, BatchTaskAttempt, BatchTaskDefinition, BatchWorker
+from .models import (
+    BatchQueue,
+    BatchTask,
+    BatchTaskAttempt,
+    BatchTaskDefinition,
+    BatchTaskOutcome,
+    BatchWorker,
+)
 from .services.definitions import ensure_queue
 
 # What the actions say, per outcome; "%(count)d" is the number of tasks.
@@ -236,6 +243,25 @@ class AttemptInline(admin.TabularInline):
         return False
 
 
+class EarlierOutcomeInline(admin.TabularInline):
+    """Outcomes a retry replaced while their finalizers were still to run."""
+
+    model = BatchTaskOutcome
+    extra = 0
+    can_delete = False
+    verbose_name_plural = _("Earlier outcomes still finalized")
+    fields = readonly_fields = (
+        "attempt", "state", "finished_at", "finalize_state", "finalize_attempts",
+        "finalize_after", "finalize_error",
+    )  # fmt: skip
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 def _pre(value: str) -> str:
     return format_html('<pre class="batchtasks-pre">{}</pre>', value)
 
@@ -259,7 +285,7 @@ class BatchTaskAdmin(admin.ModelAdmin):
     show_full_result_count = False
     date_hierarchy = "created_at"
     actions = (cancel_tasks, retry_tasks, set_priority, run_again_tasks)
-    inlines = (AttemptInline,)
+    inlines = (AttemptInline, EarlierOutcomeInline)
     fieldsets = (
         (None, {"fields": ("definition", "state_badge", "owner", "description", "priority")}),
         (_("Progress"), {"fields": ("progress_bar", "worker", "attempt")}),

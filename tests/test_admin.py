@@ -14,7 +14,7 @@ from django.test import Client
 from django.urls import reverse
 
 from batchtasks import BatchTask, TaskState
-from batchtasks.models import BatchQueue, BatchTaskDefinition
+from batchtasks.models import BatchQueue, BatchTaskDefinition, BatchTaskOutcome
 
 pytestmark = pytest.mark.django_db
 
@@ -82,6 +82,25 @@ def test_the_detail_shows_parameters_result_and_error_escaped(admin_client: Clie
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
     assert "&lt;i&gt;x&lt;/i&gt;" in html
     assert 'name="_save"' not in html  # read-only
+
+
+def test_the_detail_shows_an_earlier_outcome_whose_finalizers_still_run(
+    admin_client: Client, tasks
+) -> None:
+    BatchTaskOutcome.objects.create(
+        task=tasks[1],
+        attempt=1,
+        state=TaskState.FAILED,
+        finalize_state="pending",
+        finalize_attempts=2,
+        finalize_error="<b>webhook</b> answered 500",
+    )
+    url = reverse("admin:batchtasks_batchtask_change", args=[tasks[1].pk])
+
+    html = admin_client.get(url).content.decode()
+
+    assert "Earlier outcomes still finalized" in html
+    assert "&lt;b&gt;webhook&lt;/b&gt; answered 500" in html
 
 
 def test_tasks_cannot_be_added_in_the_admin(admin_client: Client) -> None:

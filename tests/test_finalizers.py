@@ -190,7 +190,8 @@ def owned_by_a_user(client: Client) -> Any:
 
 def retry_over_http(client: Client, task: BatchTask) -> int:
     """Retry a task as its owner does, through the JSON API; the response's status."""
-    return client.post(reverse("batchtasks:api-retry", args=[task.pk])).status_code
+    url = reverse("batchtasks:api-retry", args=[task.pk])
+    return client.post(url, content_type="application/json").status_code
 
 
 @pytest.mark.django_db

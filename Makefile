@@ -10,7 +10,7 @@ TEST_ENV := DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/bat
             REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} \
             DJANGO_SETTINGS_MODULE=tests.settings
 
-.PHONY: all run test test-django6 test-rabbitmq lint format typecheck bench bench-scale profile services browser requirements clean docker-smoke
+.PHONY: all run test test-django6 test-rabbitmq test-pgbouncer lint format typecheck bench bench-scale profile services browser requirements clean docker-smoke
 
 all: test
 
@@ -33,6 +33,7 @@ run: $(STAMP)
 ## test: checks, lint (with the layers contract), types and the whole test suite on
 ##       PostgreSQL and Redis; then side by side the suite on the newest Django (without
 ##       the worker-process tests) and the broker tests on RabbitMQ (.ci/second-legs);
+##       then the worker, sweeper and chaos tests through PgBouncer (.ci/pgbouncer);
 ##       then the Docker smoke test.
 test: $(STAMP) services browser
 	$(TEST_ENV) $(BIN)/python manage.py check --fail-level WARNING
@@ -41,11 +42,17 @@ test: $(STAMP) services browser
 	$(BIN)/mypy
 	$(TEST_ENV) $(BIN)/python -m pytest
 	$(TEST_ENV) .ci/second-legs
+	$(TEST_ENV) .ci/pgbouncer -q
 	.ci/docker-smoke
 
 ## test-rabbitmq: the broker-specific tests on RabbitMQ (skipped without it; see .ci/rabbitmq).
 test-rabbitmq: $(STAMP) services
 	$(TEST_ENV) .ci/rabbitmq
+
+## test-pgbouncer: the worker, sweeper and chaos tests through a PgBouncer in transaction
+##                 pooling mode (installed and started if missing; see .ci/pgbouncer).
+test-pgbouncer: $(STAMP) services
+	$(TEST_ENV) .ci/pgbouncer
 
 ## test-django6: the suite on the newest Django only (skipped without Python >= 3.12).
 test-django6: services

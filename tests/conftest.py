@@ -13,7 +13,7 @@ from batchtasks.db.connections import close_state_connections
 from batchtasks.models import BatchTaskDefinition
 from batchtasks.services.definitions import get_definition, sync_definitions
 from batchtasks.transport.depth import queue_depth
-from tests import rabbitmq
+from tests import pgbouncer, rabbitmq
 from tests.workers import Worker
 
 ALL_QUEUES = [
@@ -51,6 +51,8 @@ def _require_postgres(django_db_setup: None) -> Iterator[None]:
         pytest.exit("The tests need PostgreSQL: set DATABASE_URL (see README).", returncode=2)
     yield
     close_state_connections()  # before the test database is dropped
+    if pgbouncer.in_use():
+        pgbouncer.close_server_connections(connection.settings_dict)
 
 
 @pytest.fixture(scope="session", autouse=True)

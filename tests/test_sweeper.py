@@ -4,13 +4,18 @@ and broker (no worker process)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from io import StringIO
 
+import psycopg
 import pytest
 from django.core.management import call_command
 from django.db import connection, transaction
+from django.db import connections as db_connections
 from django.db.models import F
 from django.utils import timezone
 
@@ -27,10 +32,11 @@ from batchtasks.models import (
 )
 from batchtasks.services import sweeper
 from batchtasks.services.definitions import get_definition
-from batchtasks.services.sweeper import cluster_lock, sweep
+from batchtasks.services.sweeper import sweep
 from batchtasks.services.workers import Identity, register_worker
 from batchtasks.transport.depth import queue_depth
 from tests.conftest import purge_queues, set_limit
+from tests.workers import ROOT, database_url, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -317,16 +323,99 @@ def test_a_live_worker_boot_keeps_its_attempts() -> None:
     assert task.state == TaskState.RUNNING
 
 
-def test_one_sweeper_at_a_time() -> None:
-    with cluster_lock("default") as mine:
-        assert mine
-        other = connection.copy("other")
+def sweep_meanwhile(monkeypatch, during: Callable[[], object]) -> list[object]:
+    """Run ``during`` while a sweep of this thread holds the cluster lock (in the place of
+    its purge); return what it returned."""
+    seen: list[object] = []
+    calls = iter([during])  # the first sweep's purge only (if a second got the lock too)
+
+    def purge(*, using: str, budget: float | None = None) -> int:
+        for action in calls:
+            seen.append(action())
+        return 0
+
+    monkeypatch.setattr(sweeper, "purge", purge)
+    return seen
+
+
+def in_a_thread(action: Callable[[], object]) -> object:
+    """``action`` in a thread of its own: another client of the database (through a
+    pooler, another client connection), with connections of its own."""
+    result: list[object] = []
+
+    def run() -> None:
         try:
-            with other.cursor() as cursor:
-                cursor.execute("SELECT pg_try_advisory_lock(%s)", [sweeper.LOCK_KEY])
-                assert cursor.fetchone()[0] is False
+            result.append(action())
         finally:
-            other.close()
+            close_state_connections()
+            db_connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    assert result, "the thread failed (see its traceback above)"
+    return result[0]
+
+
+def sweep_lock_holders() -> int:
+    """Sessions of this database that hold the sweep's advisory lock now."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND (classid::bigint << 32) + objid::bigint = %s "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            [sweeper.LOCK_KEY],
+        )
+        return int(cursor.fetchone()[0])
+
+
+def test_a_sweep_begun_while_another_sweeps_sweeps_nothing(monkeypatch) -> None:
+    # Behind a PgBouncer in transaction mode a session lock went to whichever server
+    # connection ran its statement, and the second sweeper, handed the same one, got it too.
+    seen = sweep_meanwhile(monkeypatch, lambda: in_a_thread(lambda: sweep(using="default")))
+
+    assert sweep(using="default") is not None
+    assert seen == [None], "a second sweeper swept"
+    assert in_a_thread(lambda: sweep(using="default")) is not None  # free again after it
+
+
+def test_a_finished_sweep_leaves_no_lock_behind(monkeypatch) -> None:
+    # Another client's transaction, begun during the sweep, takes the server connection
+    # that the sweep's statements just gave back (a pooler reuses the last one first); a
+    # session lock taken there was then never released: its unlock ran on another one.
+    other = psycopg.connect(database_url())
+    try:
+        seen = sweep_meanwhile(monkeypatch, lambda: other.execute("SELECT 1").fetchone())
+
+        assert sweep(using="default") is not None
+        other.commit()
+
+        assert seen == [(1,)]
+        assert sweep_lock_holders() == 0
+    finally:
+        other.close()
+
+
+def test_a_sweeper_killed_while_sweeping_leaves_the_lock_at_once(tmp_path) -> None:
+    script = (
+        "import django, sys, time; django.setup()\n"
+        "from batchtasks.services.sweeper import cluster_lock\n"
+        "with cluster_lock('default') as locked:\n"
+        "    print('locked' if locked else 'busy', flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    env = {**os.environ, "DATABASE_URL": database_url(), "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, cwd=ROOT
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        assert sweep(using="default") is None
+    finally:
+        holder.kill()
+        holder.wait()
+
+    assert wait_for(lambda: sweep(using="default"), timeout=30) is not None
 
 
 def test_retry_runs_a_failed_task_again_as_its_next_attempt() -> None:

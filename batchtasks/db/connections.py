@@ -9,6 +9,12 @@ for the WAL flush. A PostgreSQL crash can then lose the last fraction of a secon
 worker state changes: the tasks concerned run again (at least once), and submits, which
 use the caller's connection, are never affected.
 
+Nothing of this is session state but the prepared statements (``PREPARED_STATEMENTS``):
+the isolation level is part of each ``BEGIN`` and the commit setting is made for each
+transaction alone (``asynchronous_commit``), so that a pooler in transaction mode
+(PgBouncer), which hands each transaction whichever server connection is free, loses
+none of it and passes none of it on to another client.
+
 Elsewhere (web requests, shells, commands) nothing opens a second connection: the
 caller's own is used, so a web process holds no extra connection per thread.
 """
@@ -22,6 +28,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django.db import InterfaceError, OperationalError, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.connection import ConnectionDoesNotExist
 
 from ..core.conf import get_settings
@@ -29,6 +36,7 @@ from ..core.conf import get_settings
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 SUFFIX = ":batchtasks"
+LOCK_SUFFIX = ":batchtasks-lock"
 _registered: set[str] = set()
 _dedicated = False
 
@@ -52,20 +60,42 @@ def state_db(using: str) -> str:
         base = connections[using]
         if base.vendor == "sqlite" and getattr(base, "is_in_memory_db", bool)():
             return using  # a second connection would see another, empty database
-        wrapper = base.copy(alias)
-        # Persistent whatever CONN_MAX_AGE says (Django's default of 0 would mean a new
-        # connection per task); a failed connection is still replaced, below.
-        wrapper.settings_dict["CONN_MAX_AGE"] = None
-        if wrapper.vendor == "postgresql":
-            _tune_postgresql(wrapper.settings_dict)
-        connections[alias] = wrapper
-        _registered.add(alias)
+        _add(base, alias, tune=True)
     else:
-        # Nothing closes this connection at the end of a request or task: drop it here
-        # once it has failed (a restarted server) or outlived CONN_MAX_AGE.
-        if not wrapper.in_atomic_block:
-            wrapper.close_if_unusable_or_obsolete()
+        _replace_if_unusable(wrapper)
     return alias
+
+
+def lock_db(using: str) -> str:
+    """The alias of this thread's connection to ``using``'s database for a lock held while
+    other connections work and commit (the sweeper's), in any process."""
+    base = using.removesuffix(SUFFIX)
+    alias = base + LOCK_SUFFIX
+    try:
+        wrapper = connections[alias]
+    except ConnectionDoesNotExist:
+        _add(connections[base], alias, tune=False)
+    else:
+        _replace_if_unusable(wrapper)
+    return alias
+
+
+def _add(base: BaseDatabaseWrapper, alias: str, *, tune: bool) -> None:
+    wrapper = base.copy(alias)
+    # Persistent whatever CONN_MAX_AGE says (Django's default of 0 would mean a new
+    # connection per task); a failed connection is still replaced, below.
+    wrapper.settings_dict["CONN_MAX_AGE"] = None
+    if tune and wrapper.vendor == "postgresql":
+        _tune_postgresql(wrapper)
+    connections[alias] = wrapper
+    _registered.add(alias)
+
+
+def _replace_if_unusable(wrapper: BaseDatabaseWrapper) -> None:
+    # Nothing closes these connections at the end of a request or task: drop one here
+    # once it has failed (a restarted server) or outlived CONN_MAX_AGE.
+    if not wrapper.in_atomic_block:
+        wrapper.close_if_unusable_or_obsolete()
 
 
 def reconnecting(action: Callable[[], T], using: str, *, patience: float = 0.0) -> T:
@@ -90,17 +120,65 @@ def reconnecting(action: Callable[[], T], using: str, *, patience: float = 0.0) 
             pause = min(pause * 2, 2.0)
 
 
-def _tune_postgresql(settings_dict: dict[str, Any]) -> None:
+def _tune_postgresql(wrapper: BaseDatabaseWrapper) -> None:
     from psycopg import IsolationLevel
 
+    settings_dict = wrapper.settings_dict
     options = settings_dict["OPTIONS"] = dict(settings_dict.get("OPTIONS") or {})
-    options["isolation_level"] = IsolationLevel.READ_COMMITTED
+    options["isolation_level"] = IsolationLevel.READ_COMMITTED  # sent with each BEGIN
     if get_settings().PREPARED_STATEMENTS:
         options.setdefault("server_side_binding", True)
         options.setdefault("prepare_threshold", 2)
-    if not get_settings().SYNCHRONOUS_COMMIT:
-        flags = options.get("options", "")
-        options["options"] = f"{flags} -c synchronous_commit=off".strip()
+    wrapper.execute_wrappers.append(AsynchronousCommit())
+
+
+class AsynchronousCommit:
+    """The state connection's execute wrapper: unless ``SYNCHRONOUS_COMMIT``, the statement
+    that begins a transaction (each one outside ``atomic``) first makes that transaction
+    commit without waiting for the WAL flush, in the same round trip. Per transaction, not
+    per session (a startup option or a plain ``SET``): a pooler in transaction mode
+    refuses or drops the one and hands the other to whichever client comes next."""
+
+    #: For one transaction: as a statement of it, and as a call, which in a pipeline's
+    #: implicit transaction does what ``SET LOCAL`` does without the warning that
+    #: ``SET LOCAL`` outside ``BEGIN`` gives there.
+    SET_LOCAL = "SET LOCAL synchronous_commit = off"
+    SET_LOCAL_CALL = "SELECT set_config('synchronous_commit', 'off', true)"
+
+    def __init__(self) -> None:
+        from psycopg import ClientCursor
+        from psycopg.pq import TransactionStatus
+
+        self.client_cursor = ClientCursor
+        self.idle = TransactionStatus.IDLE
+        self._setter: Any = None  # a cursor of the driver connection for SET_LOCAL_CALL
+
+    def __call__(
+        self,
+        execute: Callable[..., Any],
+        sql: str,
+        params: Any,
+        many: bool,
+        context: dict[str, Any],
+    ) -> Any:
+        wrapper = context["connection"]
+        driver = wrapper.connection
+        if get_settings().SYNCHRONOUS_COMMIT or driver.info.transaction_status != self.idle:
+            return execute(sql, params, many, context)  # in a transaction that has it
+        cursor = context["cursor"].cursor
+        if isinstance(cursor, self.client_cursor) and not many:
+            # Client-side binding (no prepared statements): one simple-query message, whose
+            # statements run as one transaction; the caller reads the second one's result.
+            result = execute(f"{self.SET_LOCAL}; {sql}", params, many, context)
+            cursor.nextset()
+            return result
+        # Server-side binding takes one statement per message: both in one pipeline, sent
+        # with a single Sync (one transaction, one round trip).
+        if self._setter is None or self._setter.connection is not driver:
+            self._setter = driver.cursor()  # kept: a new cursor per statement cost 10 us
+        with wrapper.wrap_database_errors, driver.pipeline():
+            self._setter.execute(self.SET_LOCAL_CALL)
+            return execute(sql, params, many, context)
 
 
 def read_committed(using: str) -> None:

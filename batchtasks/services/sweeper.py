@@ -30,11 +30,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from django.db import connections
+from django.db import connections, transaction
 
 from .. import transitions
 from ..core.conf import get_settings
 from ..core.states import TaskState
+from ..db.connections import lock_db
 from ..db.sql import Clock, Tables, states_sql
 from ..models import BatchTaskDefinition
 from ..transport.publish import Run
@@ -83,21 +84,33 @@ class SweepReport:
 
 @contextmanager
 def cluster_lock(using: str) -> Iterator[bool]:
-    """Whether this process may sweep now: a PostgreSQL advisory lock, held by its session,
-    so a sweeper that dies releases it with its connection. Other databases: always."""
-    connection = connections[using]
-    if connection.vendor != "postgresql":
+    """Whether this process may sweep now, for as long as the block runs. PostgreSQL: a
+    transaction-scoped advisory lock, taken in a transaction of a connection of its own
+    that stays open while the sweep works and commits on its others; other databases:
+    always.
+
+    A sweep is many transactions (each lost lease, each purge chunk, publishes between),
+    so no one of them can hold the lock. A session lock would outlive the transaction
+    that took it, but behind a pooler in transaction mode (PgBouncer) that session
+    serves other clients next: a second sweeper was handed the lock too, and the unlock,
+    sent on another server connection, left it held. An open transaction keeps its
+    server connection, so its lock stays this sweeper's, and ends with the sweeper: a
+    sweeper that dies (its connection closes) or fails (the transaction rolls back)
+    releases it at once. If the holding connection itself is lost, the lock goes with
+    it; then another sweeper may start before this sweep ends, which its guarded writes
+    make harmless."""
+    if connections[using].vendor != "postgresql":
         yield True
         return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [LOCK_KEY])
-        locked = bool(cursor.fetchone()[0])
-    try:
-        yield locked
-    finally:
-        if locked:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [LOCK_KEY])
+    holder = lock_db(using)
+    with transaction.atomic(using=holder), connections[holder].cursor() as cursor:
+        # A server's idle_in_transaction_session_timeout must not end it mid-sweep.
+        cursor.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', '0', true), "
+            "pg_try_advisory_xact_lock(%s)",
+            [LOCK_KEY],
+        )
+        yield bool(cursor.fetchone()[1])
 
 
 def sweep(*, using: str, instance: str = "", finalize_due: bool = True) -> SweepReport | None:

@@ -12,12 +12,16 @@ import pytest
 from django.db import connection
 
 from batchtasks import BatchTask, TaskState
+from tests import pgbouncer
 from tests.test_recovery import FAST, state_of
 from tests.workers import Worker, wait_for
 
 pytestmark = pytest.mark.worker
 
 SLEEP = ["batch.examples.sleep"]
+direct = pytest.mark.skipif(
+    pgbouncer.in_use(), reason="notifications do not pass a pooler in transaction mode"
+)
 
 
 def board(worker: Worker) -> Path:
@@ -33,6 +37,7 @@ def heard(path: Path) -> int | None:
     return word >> 1 if word & 1 else None
 
 
+@direct
 def test_a_worker_hears_a_cancel_of_a_task_it_runs_at_once(start_worker) -> None:
     worker = start_worker("w", SLEEP, concurrency=1, env=FAST)
     path = board(worker)
@@ -46,6 +51,7 @@ def test_a_worker_hears_a_cancel_of_a_task_it_runs_at_once(start_worker) -> None
     wait_for(lambda: state_of(task) == TaskState.CANCELLED, timeout=30)
 
 
+@direct
 def test_a_listener_whose_connection_is_cut_listens_again_and_still_hears(
     start_worker,
 ) -> None:
@@ -66,3 +72,14 @@ def test_a_listener_whose_connection_is_cut_listens_again_and_still_hears(
     task.cancel()
 
     wait_for(lambda: (heard(path) or 0) > again, timeout=10)
+
+
+@pytest.mark.skipif(not pgbouncer.in_use(), reason="needs a pooler in transaction mode")
+def test_behind_a_transaction_pooler_the_worker_knows_it_cannot_hear(start_worker) -> None:
+    """Its probes never come back: it says so, and its board stays untrusted, so its pool
+    processes read the cancel flags before every start (tests/test_batching.py)."""
+    worker = start_worker("w", SLEEP, concurrency=1, env=FAST)
+    path = board(worker)
+
+    wait_for(lambda: worker.log_count("hears no probe") == 1, timeout=30)
+    assert heard(path) is None

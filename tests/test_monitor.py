@@ -35,7 +35,7 @@ def ago(**delta: float) -> Any:
 
 def submit(type_name: str, state: str = TaskState.NEW, **fields: Any) -> BatchTask:
     """A task submitted for real, then placed where the test needs it."""
-    task = BatchTask.submit(type_name, {"seconds": 1}, run_after=timedelta(hours=1))
+    task = BatchTask.submit(type_name, {}, run_after=timedelta(hours=1))
     if state != TaskState.NEW or fields:
         BatchTask.objects.filter(pk=task.pk).update(state=state, run_after=None, **fields)
     return task

@@ -68,6 +68,8 @@ TOUCH_INTERVAL = 1.0
 @dataclass
 class _Running:
     fence: Fence | None = None
+    #: Whether a stop request for ``fence`` came (its file is removed when the run ends).
+    requested: bool = False
     #: The SIGTERM handler the pool had before the plugin started (billiard's own).
     previous: Any = None
     #: The process group of the child or executor running the attempt, if any.
@@ -100,7 +102,9 @@ def plugin_running(fence: Fence, *, inactivity_timeout: int | None = None) -> It
             with contextlib.suppress(OSError):
                 _running.activity.unlink()
             _running.activity = None
-        _remove_request(os.getpid(), fence)
+        if _running.requested:  # else there is none (a look cost 7 us a run)
+            _running.requested = False
+            _remove_request(os.getpid(), fence)
         if installed:
             _install()  # whatever the plugin did to it (even SIG_IGN)
 
@@ -186,6 +190,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     current = _running.fence
     if requested is not None:
         if current is not None and requested[:2] == [str(current.task_id), str(current.attempt)]:
+            _running.requested = True
             if requested[2:] == [INACTIVE]:
                 raise InactivityTimeout(
                     f"Task {current.task_id} reported no progress for longer than its "

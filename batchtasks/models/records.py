@@ -8,7 +8,7 @@ from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
 from ..core.states import AttemptOutcome, FinalizeState, TaskState
-from .tasks import BatchTask
+from .tasks import BatchTask, finalize_fields
 
 
 class BatchTaskParameters(models.Model):
@@ -91,12 +91,7 @@ class BatchTaskOutcome(models.Model):
     worker = models.CharField(_("worker"), max_length=200, blank=True)
     started_at = models.DateTimeField(_("started"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
-    finalize_state = models.CharField(
-        _("finalizers"), max_length=16, blank=True, default="", choices=FinalizeState.choices
-    )
-    finalize_attempts = models.PositiveSmallIntegerField(_("finalizer attempts"), default=0)
-    finalize_after = models.DateTimeField(_("finalizers due"), null=True, blank=True)
-    finalize_error = models.TextField(_("finalizer error"), blank=True)
+    finalize_state, finalize_attempts, finalize_after, finalize_error = finalize_fields()
 
     #: The task's fields this row keeps as they were at its outcome.
     OUTCOME_FIELDS = (

@@ -42,6 +42,19 @@ class TaskError:
     traceback: str
 
 
+def finalize_fields() -> tuple[models.Field[Any, Any], ...]:
+    """Where a final outcome's finalizers are: state, runs, when due, last error (a task's
+    own outcome, and one a retry kept, ``BatchTaskOutcome``)."""
+    return (
+        models.CharField(
+            _("finalizers"), max_length=16, blank=True, default="", choices=FinalizeState.choices
+        ),
+        models.PositiveSmallIntegerField(_("finalizer attempts"), default=0),
+        models.DateTimeField(_("finalizers due"), null=True, blank=True),
+        models.TextField(_("finalizer error"), blank=True),
+    )
+
+
 class BatchTask(models.Model):
     """One piece of background work and everything known about it; the row is the truth."""
 
@@ -106,12 +119,7 @@ class BatchTask(models.Model):
     started_at = models.DateTimeField(_("started"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
     # The finalizers of its type, run once it is final (see core.states.FinalizeState).
-    finalize_state = models.CharField(
-        _("finalizers"), max_length=16, blank=True, default="", choices=FinalizeState.choices
-    )
-    finalize_attempts = models.PositiveSmallIntegerField(_("finalizer attempts"), default=0)
-    finalize_after = models.DateTimeField(_("finalizers due"), null=True, blank=True)
-    finalize_error = models.TextField(_("finalizer error"), blank=True)
+    finalize_state, finalize_attempts, finalize_after, finalize_error = finalize_fields()
     # The last change a user could see (state, progress, priority, a cancel request);
     # lease renewals and re-publishing leave it alone. The API's ``since`` filter.
     updated_at = models.DateTimeField(_("updated"), default=timezone.now, editable=False)

@@ -61,7 +61,7 @@ def tasks(request: HttpRequest) -> HttpResponse:
 def _submit(request: HttpRequest, viewer: Viewer) -> HttpResponse:
     submission = api_submit.parse_submission(api_submit.read_body(request))
     api_submit.check_type(submission.type, request.user)
-    api_submit.check_priority(submission, request.user)
+    api_submit.check_raised_priority(submission, request.user)
     submitted, created = api_submit.submit(submission, request.user)
     body = task_json(_visible(viewer, submitted.pk), viewer)
     response = _json(body, status=201 if created else 200)

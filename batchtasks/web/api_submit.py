@@ -75,7 +75,7 @@ def check_type(name: str, user: Any) -> TaskTypeSpec:
     return spec
 
 
-def check_priority(submission: Submission, user: Any) -> None:
+def check_raised_priority(submission: Submission, user: Any) -> None:
     """Permission-denied, naming the field, if the submission asks for a priority above
     its type's default (the live one, the definition row's) and ``user`` may not raise
     priorities: otherwise any caller could jump every other user's fair turn."""

@@ -154,6 +154,7 @@ def bridge_claim(
 ) -> BatchTask | None:
     """Submit ``type_name`` for the tick of the beat schedule ``name`` that the database's
     now rounds to (nearest multiple of ``tick_seconds``), unless that tick ran already."""
+    registry.get(type_name)  # an unknown type fails the Celery task, visibly
     db = _db(using)
     with transaction.atomic(using=db):
         row, _ = BatchTaskSchedule.objects.using(db).get_or_create(

@@ -9,14 +9,14 @@ import pytest
 
 pytest.importorskip("django_celery_beat")
 
-from celery.beat import Scheduler  # noqa: E402
-from django_celery_beat.models import IntervalSchedule, PeriodicTask  # noqa: E402
-from django_celery_beat.schedulers import ModelEntry  # noqa: E402
+from celery.beat import Scheduler
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+from django_celery_beat.schedulers import ModelEntry
 
-from batchtasks.core.states import TaskState  # noqa: E402
-from batchtasks.models import BatchTask, BatchTaskSchedule, BatchTaskScheduleTick  # noqa: E402
-from project.celery import app  # noqa: E402
-from tests.workers import wait_for  # noqa: E402
+from batchtasks.core.states import TaskState
+from batchtasks.models import BatchTask, BatchTaskSchedule, BatchTaskScheduleTick
+from project.celery import app
+from tests.workers import wait_for
 
 
 def periodic_task(name: str) -> PeriodicTask:

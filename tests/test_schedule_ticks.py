@@ -3,6 +3,7 @@ the ticks an outage missed. The times are given; nothing waits for the clock."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -57,7 +58,7 @@ def test_half_hourly_schedule_neither_doubles_nor_loses_ticks_across_a_change(
 ) -> None:
     found = ticks(OSLO_HALF_HOURS, start, start + timedelta(hours=12))
     assert len(found) == 24
-    assert {b - a for a, b in zip(found, found[1:], strict=False)} == {timedelta(minutes=30)}
+    assert {b - a for a, b in itertools.pairwise(found)} == {timedelta(minutes=30)}
 
 
 def test_fixed_interval_ticks_on_multiples_of_its_seconds_in_any_zone() -> None:

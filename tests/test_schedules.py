@@ -4,9 +4,11 @@ the settings' rows, and a schedule whose type is gone. Times are injected (``now
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from io import StringIO
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 
 from batchtasks.core.states import TaskState
 from batchtasks.models import BatchTask, BatchTaskSchedule, BatchTaskScheduleTick, TickOutcome
@@ -137,11 +139,18 @@ NIGHTLY = {
 def test_settings_schedules_are_synced_into_rows(settings: Any) -> None:
     settings.BATCHTASKS = {
         **settings.BATCHTASKS,
-        "SCHEDULES": {"nightly-report": NIGHTLY, "heartbeat": {"type": "examples.noop", "every": 2}},
+        "SCHEDULES": {
+            "nightly-report": NIGHTLY,
+            "heartbeat": {"type": "examples.noop", "every": 2},
+        },
     }
     sync_schedules()
     nightly = BatchTaskSchedule.objects.get(name="nightly-report")
-    assert (nightly.source, nightly.cron, nightly.timezone) == ("settings", "30 2 * * *", "Europe/Oslo")
+    assert (nightly.source, nightly.cron, nightly.timezone) == (
+        "settings",
+        "30 2 * * *",
+        "Europe/Oslo",
+    )
     assert nightly.next_run_at is not None
     assert nightly.next_run_at.astimezone(nightly.timing.zone).strftime("%H:%M") == "02:30"
     assert BatchTaskSchedule.objects.get(name="heartbeat").every == 2
@@ -175,3 +184,17 @@ def test_a_settings_schedule_of_an_unknown_type_is_left_out(settings: Any) -> No
     synced = sync_schedules()
     assert [row.name for row in synced] == ["good"]
     assert not BatchTaskSchedule.objects.filter(name="bad").exists()
+
+
+def test_the_cli_runs_due_ticks_and_lists_next_and_last_run_with_the_task() -> None:
+    out = StringIO()
+    schedule("hourly-noop", every=3600)  # due since T0, long ago: the latest tick runs
+    call_command("batchtasks", "schedules", "--run-due", stdout=out)
+    [task] = BatchTask.objects.all()
+    text = out.getvalue()
+    assert "Submitted 1 task(s)" in text
+    assert "hourly-noop" in text and "every 3600 s" in text
+    assert f"{task.pk} {task.state}" in text
+    listed = StringIO()
+    call_command("batchtasks", "schedules", stdout=listed)
+    assert "hourly-noop" in listed.getvalue() and "Submitted" not in listed.getvalue()

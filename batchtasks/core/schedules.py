@@ -157,9 +157,9 @@ def _steady(timing: Timing, instant: datetime) -> bool:
     """Whether the zone's offset is the same ``SHIFT`` either side of ``instant``: there,
     wall-time order is instant order, and no margin is needed."""
     zone = timing.zone
-    return (instant - SHIFT).astimezone(zone).utcoffset() == (
-        instant + SHIFT
-    ).astimezone(zone).utcoffset()
+    return (instant - SHIFT).astimezone(zone).utcoffset() == (instant + SHIFT).astimezone(
+        zone
+    ).utcoffset()
 
 
 def next_tick(timing: Timing, after: datetime) -> datetime:

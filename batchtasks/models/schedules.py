@@ -152,7 +152,10 @@ class BatchTaskScheduleTick(models.Model):
     the unique constraint), with the task it submitted or why it submitted none."""
 
     schedule = models.ForeignKey(
-        BatchTaskSchedule, on_delete=models.CASCADE, related_name="ticks", verbose_name=_("schedule")
+        BatchTaskSchedule,
+        on_delete=models.CASCADE,
+        related_name="ticks",
+        verbose_name=_("schedule"),
     )
     tick = models.DateTimeField(_("tick"))
     task = models.ForeignKey(

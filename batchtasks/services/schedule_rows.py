@@ -17,6 +17,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import router, transaction
+from django.db.models import F
 
 from ..core.conf import get_settings
 from ..core.exceptions import BatchTasksError, InvalidParameters, InvalidTaskOption
@@ -204,23 +205,26 @@ class ScheduleLine:
     last_task_state: str | None
 
 
-def schedule_lines(*, using: str | None = None) -> list[ScheduleLine]:
-    """Every schedule with its next and last run and the task its last run made."""
+def schedule_lines(*, using: str | None = None, limit: int | None = None) -> list[ScheduleLine]:
+    """Schedules with their next and last run and the task their last run made (one
+    query), enabled ones first by next run; at most ``limit``."""
     db = router.db_for_read(BatchTaskSchedule) if using is None else using
-    rows = list(BatchTaskSchedule.objects.using(db).order_by("name"))
-    ids = [r.last_task_id for r in rows if r.last_task_id is not None]
-    states = dict(BatchTask.objects.using(db).filter(pk__in=ids).values_list("pk", "state"))
+    rows = BatchTaskSchedule.objects.using(db).order_by(
+        "-enabled", F("next_run_at").asc(nulls_last=True), "name"
+    )
+    fields = ("name", "type_name", "cron", "every", "timezone", "enabled", "source")
+    values = rows.values(*fields, "next_run_at", "last_run_at", "last_task_id", "last_task__state")
     return [
         ScheduleLine(
-            name=r.name,
-            type_name=r.type_name,
-            timing=r.timing_text(),
-            enabled=r.enabled,
-            source=r.source,
-            next_run_at=r.next_run_at,
-            last_run_at=r.last_run_at,
-            last_task_id=r.last_task_id,
-            last_task_state=states.get(r.last_task_id),
+            name=v["name"],
+            type_name=v["type_name"],
+            timing=BatchTaskSchedule(**{f: v[f] for f in fields}).timing_text(),
+            enabled=v["enabled"],
+            source=v["source"],
+            next_run_at=v["next_run_at"],
+            last_run_at=v["last_run_at"],
+            last_task_id=v["last_task_id"],
+            last_task_state=v["last_task__state"],
         )
-        for r in rows
+        for v in (values if limit is None else values[:limit])
     ]

@@ -121,7 +121,7 @@ def ticks_to_run(
     if edge <= after:
         return on_time, 0
     wanted = {CatchUp.ALL: row.catch_up_limit, CatchUp.LATEST: 0 if on_time else 1}
-    limit = wanted.get(row.catch_up, 0)  # type: ignore[call-overload]
+    limit = wanted.get(CatchUp(row.catch_up), 0)
     missed = last_ticks(timing, after, edge, max(limit, 1)) if limit else []
     counted = _count_missed(timing, after, edge, len(missed))
     return missed + on_time, counted - len(missed)

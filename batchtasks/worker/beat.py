@@ -36,7 +36,7 @@ def _periodic_name(request: Any) -> str | None:
 @shared_task(name=SUBMIT_SCHEDULED_TASK_NAME, bind=True, ignore_result=True, typing=False)
 def submit_scheduled(
     self: Any,
-    type: str,  # noqa: A002  (the issue's public argument name)
+    type: str,
     params: Any = None,
     *,
     schedule: str | None = None,

@@ -17,7 +17,6 @@ from ..services import leases
 from ..services.dispatch import dispatch_queue
 from ..transitions import Fence
 from . import identity, refills
-from . import beat as _beat  # registers batchtasks.submit_scheduled with Celery
 from . import tasks as _tasks  # registers batchtasks.run with Celery
 from .heartbeat import attempts_of
 

@@ -188,8 +188,9 @@ def last_ticks(timing: Timing, after: datetime, until: datetime, limit: int) -> 
         return []
     if timing.every is not None:
         last = int((until - EPOCH).total_seconds() // timing.every)
-        ticks = [EPOCH + timedelta(seconds=(last - i) * timing.every) for i in range(limit)]
-        return sorted(t for t in ticks if t > after)
+        first = int((after - EPOCH).total_seconds() // timing.every) + 1
+        first = max(first, last - limit + 1)
+        return [EPOCH + timedelta(seconds=n * timing.every) for n in range(first, last + 1)]
     found: set[datetime] = set()
     floor = _local(timing, after) - SHIFT
     for wall in _walls(timing, _local(timing, until) + SHIFT, forward=False):

@@ -18,7 +18,7 @@ from django.db import connections, router, transaction
 
 from ..core.conf import get_settings
 from ..core.exceptions import BatchTasksError
-from ..core.schedules import Timing, last_ticks, next_tick
+from ..core.schedules import EPOCH, Timing, last_ticks, next_tick
 from ..core.states import UNFINISHED_STATES
 from ..db.sql import Clock, as_datetime, db_datetime
 from ..models import BatchTask, BatchTaskSchedule, BatchTaskScheduleTick, CatchUp, TickOutcome
@@ -128,8 +128,11 @@ def ticks_to_run(
 
 
 def _count_missed(timing: Timing, after: datetime, edge: datetime, at_least: int) -> int:
-    """How many ticks fall in ``(after, edge]`` (for the log; counted up to 10,000)."""
-    return max(at_least, len(last_ticks(timing, after, edge, 10_000)))
+    """How many ticks fall in ``(after, edge]`` (for the log; cron ticks up to 1,000)."""
+    if timing.every is not None:
+        seconds = (edge - EPOCH).total_seconds(), (after - EPOCH).total_seconds()
+        return int(seconds[0] // timing.every) - int(seconds[1] // timing.every)
+    return max(at_least, len(last_ticks(timing, after, edge, 1000)))
 
 
 def unfinished(task_id: int | None, db: str) -> bool:

@@ -13,7 +13,7 @@ from django.core.management import call_command
 from batchtasks.core.states import TaskState
 from batchtasks.models import BatchTask, BatchTaskSchedule, BatchTaskScheduleTick, TickOutcome
 from batchtasks.services.schedule_rows import retime, sync_schedules
-from batchtasks.services.schedules import run_due
+from batchtasks.services.schedules import TICKS_KEPT, prune_ticks, run_due
 
 pytestmark = pytest.mark.usefixtures("definitions")
 
@@ -198,3 +198,14 @@ def test_the_cli_runs_due_ticks_and_lists_next_and_last_run_with_the_task() -> N
     listed = StringIO()
     call_command("batchtasks", "schedules", stdout=listed)
     assert "hourly-noop" in listed.getvalue() and "Submitted" not in listed.getvalue()
+
+
+def test_old_tick_rows_are_pruned_to_the_newest_ones() -> None:
+    row = schedule()
+    BatchTaskScheduleTick.objects.bulk_create(
+        BatchTaskScheduleTick(schedule=row, tick=T0 + timedelta(minutes=i), claimed_at=T0)
+        for i in range(TICKS_KEPT + 20)
+    )
+    assert prune_ticks(row.pk, using="default") == 20
+    kept = BatchTaskScheduleTick.objects.filter(schedule=row).order_by("tick")
+    assert kept.count() == TICKS_KEPT and kept[0].tick == T0 + timedelta(minutes=20)

@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 PASS_LIMIT = 500
 #: On-time ticks of one schedule claimed in one pass, at most.
 ON_TIME_LIMIT = 1000
+#: Tick rows kept per schedule (the newest; older ones guard nothing: claims only ever
+#: insert ticks from ``next_run_at`` on). Pruned by every ``PRUNE_EVERY``-th claim.
+TICKS_KEPT = 100
+PRUNE_EVERY = 50
 
 
 @dataclass
@@ -157,6 +161,8 @@ def claim(
     tick_id = _insert_tick(row.pk, tick, now, db)
     if tick_id is None:
         return None
+    if tick_id % PRUNE_EVERY == 0:
+        prune_ticks(row.pk, using=db)
     ticks = BatchTaskScheduleTick.objects.using(db).filter(pk=tick_id)
     if busy:
         done.skipped += 1
@@ -201,3 +207,16 @@ def _insert_tick(schedule_id: int, tick: datetime, now: datetime, db: str) -> in
         cursor.execute(sql, values)
         inserted = cursor.fetchone()
     return None if inserted is None else int(inserted[0])
+
+
+def prune_ticks(schedule_id: int, *, using: str) -> int:
+    """Delete the schedule's tick rows older than its ``TICKS_KEPT`` newest."""
+    connection = connections[using]
+    table = connection.ops.quote_name(BatchTaskScheduleTick._meta.db_table)
+    sql = (
+        f"DELETE FROM {table} WHERE schedule_id = %s AND tick < (SELECT tick FROM {table} "
+        "WHERE schedule_id = %s ORDER BY tick DESC LIMIT 1 OFFSET %s)"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [schedule_id, schedule_id, TICKS_KEPT - 1])
+        return cursor.rowcount

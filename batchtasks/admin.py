@@ -35,7 +35,7 @@ from .models import (
     ScheduleSource,
 )
 from .services.definitions import ensure_queue
-from .services.schedule_rows import DECLARED_FIELDS, check_row, retime
+from .services.schedule_rows import DECLARED_FIELDS, check_type, retime
 
 # What the actions say, per outcome; "%(count)d" is the number of tasks.
 CANCEL_PHRASES = {
@@ -438,7 +438,7 @@ TICKS_SHOWN = 20
 
 
 class ScheduleForm(forms.ModelForm):
-    """Checks that the schedule can tick and that its type takes its parameters."""
+    """Checks that the schedule's type takes its parameters (the model checks the timing)."""
 
     class Meta:
         model = BatchTaskSchedule
@@ -459,7 +459,7 @@ class ScheduleForm(forms.ModelForm):
         for name, value in data.items():
             setattr(candidate, name, value)
         try:
-            check_row(candidate)
+            check_type(candidate)
         except BatchTasksError as exc:
             raise forms.ValidationError(str(exc)) from None
         return data

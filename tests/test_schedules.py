@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 
+from batchtasks.core.conf import get_settings
+from batchtasks.core.exceptions import ConfigurationError
 from batchtasks.core.states import TaskState
 from batchtasks.models import BatchTask, BatchTaskSchedule, BatchTaskScheduleTick, TickOutcome
 from batchtasks.services.schedule_rows import retime, sync_schedules
@@ -209,3 +211,25 @@ def test_old_tick_rows_are_pruned_to_the_newest_ones() -> None:
     assert prune_ticks(row.pk, using="default") == 20
     kept = BatchTaskScheduleTick.objects.filter(schedule=row).order_by("tick")
     assert kept.count() == TICKS_KEPT and kept[0].tick == T0 + timedelta(minutes=20)
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"type": "examples.noop", "cron": "30 25 * * *"}, "is not a cron expression"),
+        ({"type": "examples.noop", "every": 5, "timezone": "Oslo"}, "unknown timezone 'Oslo'"),
+        ({"type": "examples.noop", "every": 5, "catch_up": "some"}, "catch_up='some'"),
+        (
+            {"type": "examples.noop", "every": 5, "overlapping": True},
+            "unknown key(s) 'overlapping'",
+        ),
+        ({"every": 5}, "needs 'type'"),
+    ],
+)
+def test_bad_schedules_in_settings_are_configuration_errors_naming_them(
+    settings: Any, options: dict[str, Any], says: str
+) -> None:
+    settings.BATCHTASKS = {**settings.BATCHTASKS, "SCHEDULES": {"nightly": options}}
+    with pytest.raises(ConfigurationError, match="nightly") as caught:
+        get_settings()
+    assert says in str(caught.value)

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import router, transaction
+from django.db import IntegrityError, router, transaction
 from django.db.models import F
 
 from ..core.conf import get_settings
@@ -52,6 +52,11 @@ def _db(using: str | None) -> str:
 def check_row(row: BatchTaskSchedule) -> None:
     """``InvalidTaskOption``/``InvalidParameters`` unless the row can tick and submit."""
     row.timing  # noqa: B018  (checks cron, every and timezone)
+    check_type(row)
+
+
+def check_type(row: BatchTaskSchedule) -> None:
+    """``UnknownTaskType``/``InvalidParameters`` unless the row's type takes its params."""
     spec = registry.get(row.type_name)
     try:
         spec.plugin.validate_params(row.params if row.params is not None else {})
@@ -124,6 +129,15 @@ def sync_schedules(*, using: str | None = None) -> list[BatchTaskSchedule]:
 
 
 def _sync_one(name: str, values: dict[str, Any], db: str) -> BatchTaskSchedule:
+    """Create or update one settings row; workers starting together may race to create
+    it: the loser of the unique name updates the winner's row instead."""
+    try:
+        return _sync_row(name, dict(values), db)
+    except IntegrityError:
+        return _sync_row(name, dict(values), db)
+
+
+def _sync_row(name: str, values: dict[str, Any], db: str) -> BatchTaskSchedule:
     enabled = values.pop("enabled")
     with transaction.atomic(using=db):
         row = BatchTaskSchedule.objects.using(db).select_for_update().filter(name=name).first()

@@ -54,7 +54,7 @@ def db_now(using: str) -> datetime:
     """The database's current time."""
     connection = connections[using]
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {Clock(connection).now}")
+        cursor.execute(f"SELECT {Clock(connection).now}", [])  # with parameters, "%%" is "%"
         value = as_datetime(cursor.fetchone()[0])
     assert value is not None
     return value

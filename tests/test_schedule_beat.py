@@ -15,6 +15,7 @@ from django_celery_beat.schedulers import ModelEntry
 
 from batchtasks.core.states import TaskState
 from batchtasks.models import BatchTask, BatchTaskSchedule, BatchTaskScheduleTick
+from batchtasks.worker.beat import submit_scheduled
 from project.celery import app
 from tests.workers import wait_for
 
@@ -50,3 +51,13 @@ def test_the_bridge_refuses_an_unknown_type(start_worker) -> None:
     app.send_task("batchtasks.submit_scheduled", args=["examples.gone", {}], queue="celery")
     wait_for(lambda: "Unknown task type 'examples.gone'" in worker.log(), timeout=60)
     assert not BatchTask.objects.exists()
+
+
+@pytest.mark.usefixtures("definitions")
+def test_a_beat_schedule_disabled_in_the_admin_submits_nothing() -> None:
+    BatchTaskSchedule.objects.create(
+        name="celery-beat:paused", type_name="examples.noop", every=60, enabled=False
+    )
+    assert submit_scheduled.run("examples.noop", {}, schedule="paused") is None
+    assert submit_scheduled.run("examples.noop", {}, schedule="running") is not None
+    assert BatchTask.objects.count() == 1

@@ -168,7 +168,8 @@ def bridge_claim(
     using: str | None = None,
 ) -> BatchTask | None:
     """Submit ``type_name`` for the tick of the beat schedule ``name`` that the database's
-    now rounds to (nearest multiple of ``tick_seconds``), unless that tick ran already."""
+    now rounds to (nearest multiple of ``tick_seconds``), unless that tick ran already or
+    the schedule's row is disabled."""
     registry.get(type_name)  # an unknown type fails the Celery task, visibly
     db = _db(using)
     with transaction.atomic(using=db):
@@ -181,6 +182,8 @@ def bridge_claim(
                 "description": options.get("description", ""),
             },
         )
+        if not row.enabled:  # paused in the admin
+            return None
         row.type_name, row.params, row.overlap = type_name, params, overlap
         row.priority = options.get("priority")
         row.description = options.get("description", "")

@@ -33,12 +33,14 @@ class BatchTasksConfig(AppConfig):
 
 
 def _sync_definitions(*, using: str, plan: Any = None, **kwargs: Any) -> None:
-    from django.db import router
+    from django.db import connections, router
 
-    from .models import BatchTaskDefinition
+    from .models import BatchTaskDefinition, BatchTaskSchedule
     from .services.definitions import sync_definitions
     from .services.schedule_rows import sync_schedules
 
     if router.allow_migrate_model(using, BatchTaskDefinition):
         sync_definitions(using=using)
-        sync_schedules(using=using)
+        # Not after a migration back to before the schedules' table.
+        if BatchTaskSchedule._meta.db_table in connections[using].introspection.table_names():
+            sync_schedules(using=using)

@@ -3,6 +3,7 @@ the settings' rows, and a schedule whose type is gone. Times are injected (``now
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 from typing import Any
@@ -11,7 +12,9 @@ import pytest
 from django.core.management import call_command
 
 from batchtasks.core.conf import get_settings
-from batchtasks.core.exceptions import ConfigurationError
+from batchtasks.core.exceptions import ConfigurationError, InvalidTaskOption
+from batchtasks.core.plugin import BatchTaskPlugin
+from batchtasks.core.registry import batchtask, registry
 from batchtasks.core.states import TaskState
 from batchtasks.models import BatchTask, BatchTaskSchedule, BatchTaskScheduleTick, TickOutcome
 from batchtasks.services.schedule_rows import retime, sync_schedules
@@ -233,3 +236,37 @@ def test_bad_schedules_in_settings_are_configuration_errors_naming_them(
     with pytest.raises(ConfigurationError, match="nightly") as caught:
         get_settings()
     assert says in str(caught.value)
+
+
+@pytest.fixture
+def scheduled_type() -> Iterator[str]:
+    @batchtask("tests.scheduled", schedule={"cron": "0 3 * * *", "timezone": "Europe/Oslo"})
+    class Scheduled(BatchTaskPlugin):
+        def run(self, params: Any) -> None:
+            return None
+
+    yield "tests.scheduled"
+    registry.unregister("tests.scheduled")
+
+
+def test_a_schedule_declared_with_its_type_is_synced_and_the_settings_win(
+    scheduled_type: str, settings: Any
+) -> None:
+    [row] = sync_schedules()
+    assert (row.name, row.type_name, row.source, row.cron) == (
+        scheduled_type,
+        scheduled_type,
+        "code",
+        "0 3 * * *",
+    )
+    settings.BATCHTASKS = {
+        **settings.BATCHTASKS,
+        "SCHEDULES": {scheduled_type: {"type": scheduled_type, "every": 600}},
+    }
+    [row] = sync_schedules()
+    assert (row.source, row.cron, row.every) == ("settings", "", 600)
+
+
+def test_a_bad_schedule_in_the_decorator_is_refused_naming_the_type() -> None:
+    with pytest.raises(InvalidTaskOption, match=r"Schedule 'tests.bad': cron='0 3 \* \*'"):
+        batchtask("tests.bad", schedule={"cron": "0 3 * *"})

@@ -218,10 +218,10 @@ DECLARED_DEFAULTS: dict[str, Any] = {
 }
 
 
-def check_declared(name: Any, options: Any) -> dict[str, Any]:
-    """The field values of a schedule declared in ``BATCHTASKS["SCHEDULES"]``, checked
-    (not the type's existence nor its parameters: they need the registry)."""
-    where = f"BATCHTASKS['SCHEDULES'][{name!r}]"
+def check_declared(name: Any, options: Any, *, where: str = "") -> dict[str, Any]:
+    """The field values of a schedule declared in ``BATCHTASKS["SCHEDULES"]`` (or where
+    ``where`` says), checked (not the type nor its parameters: they need the registry)."""
+    where = where or f"BATCHTASKS['SCHEDULES'][{name!r}]"
     if not isinstance(name, str) or not name or len(name) > 255:
         raise InvalidTaskOption(f"{where}: a schedule's name must be a string of 1 to 255 chars.")
     if not isinstance(options, dict):

@@ -28,6 +28,7 @@ class ScheduleSource(models.TextChoices):
     """Where a schedule is declared: the settings' rows follow them at each sync."""
 
     SETTINGS = "settings", _("settings")
+    CODE = "code", _("code (@batchtask)")
     ADMIN = "admin", _("admin")
     CELERY_BEAT = "celery-beat", _("celery beat")
 

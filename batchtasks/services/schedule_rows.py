@@ -1,10 +1,11 @@
-"""Schedule rows: kept in step with ``BATCHTASKS["SCHEDULES"]``, checked and re-timed when
-edited, claimed by the Celery beat bridge, and listed for the monitor and the CLI.
+"""Schedule rows: kept in step with ``BATCHTASKS["SCHEDULES"]`` and
+``@batchtask(schedule=...)``, checked and re-timed when edited, claimed by the Celery beat
+bridge, and listed for the monitor and the CLI.
 
-The settings are the source of the schedules they declare: at each sync (on migrate and
-when a worker starts) their rows take the declared values; only ``enabled`` is left as
-the admin set it, unless the settings' own ``enabled`` changed since the last sync. A
-schedule removed from the settings is disabled, its history kept. Schedules created in
+The settings and the code are the source of the schedules they declare: at each sync (on
+migrate and when a worker starts) their rows take the declared values; only ``enabled``
+is left as the admin set it, unless the declared ``enabled`` changed since the last
+sync. A schedule no longer declared is disabled, its history kept. Schedules created in
 the admin are the admin's alone.
 """
 
@@ -110,16 +111,17 @@ def sync_schedules(*, using: str | None = None) -> list[BatchTaskSchedule]:
     """Create or update the rows of ``BATCHTASKS["SCHEDULES"]`` and disable those no longer
     declared; a declaration that cannot be used is logged and left out."""
     db = _db(using)
-    declared = get_settings().SCHEDULES
+    declared = declared_schedules()
     rows = []
-    for name, options in declared.items():
+    for name, (source, options) in declared.items():
         try:
             values = _declared_values(name, options, db)
         except BatchTasksError as exc:
             logger.error("batchtasks schedule=%s not synced: %s", name, exc)
             continue
-        rows.append(_sync_one(name, values, db))
-    gone = BatchTaskSchedule.objects.using(db).filter(source=ScheduleSource.SETTINGS)
+        rows.append(_sync_one(name, source, values, db))
+    declaring = (ScheduleSource.SETTINGS, ScheduleSource.CODE)
+    gone = BatchTaskSchedule.objects.using(db).filter(source__in=declaring)
     for row in gone.exclude(name__in=list(declared)).filter(enabled=True):
         logger.info("batchtasks schedule=%s no longer in settings: disabled", row.name)
         BatchTaskSchedule.objects.using(db).filter(pk=row.pk).update(
@@ -128,27 +130,40 @@ def sync_schedules(*, using: str | None = None) -> list[BatchTaskSchedule]:
     return rows
 
 
-def _sync_one(name: str, values: dict[str, Any], db: str) -> BatchTaskSchedule:
+def declared_schedules() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Schedules declared in code (``@batchtask(schedule=...)``, named after their type)
+    and in the settings, which win for a name in both; each with where it is declared."""
+    declared: dict[str, tuple[str, dict[str, Any]]] = {
+        spec.name: (ScheduleSource.CODE, {"type": spec.name, **spec.schedule})
+        for spec in registry
+        if spec.schedule is not None
+    }
+    for name, options in get_settings().SCHEDULES.items():
+        declared[name] = (ScheduleSource.SETTINGS, options)
+    return declared
+
+
+def _sync_one(name: str, source: str, values: dict[str, Any], db: str) -> BatchTaskSchedule:
     """Create or update one settings row; workers starting together may race to create
     it: the loser of the unique name updates the winner's row instead."""
     try:
-        return _sync_row(name, dict(values), db)
+        return _sync_row(name, source, dict(values), db)
     except IntegrityError:
-        return _sync_row(name, dict(values), db)
+        return _sync_row(name, source, dict(values), db)
 
 
-def _sync_row(name: str, values: dict[str, Any], db: str) -> BatchTaskSchedule:
+def _sync_row(name: str, source: str, values: dict[str, Any], db: str) -> BatchTaskSchedule:
     enabled = values.pop("enabled")
     with transaction.atomic(using=db):
         row = BatchTaskSchedule.objects.using(db).select_for_update().filter(name=name).first()
         if row is None:
-            row = BatchTaskSchedule(name=name, source=ScheduleSource.SETTINGS, enabled=enabled)
+            row = BatchTaskSchedule(name=name, source=source, enabled=enabled)
         was = {f: getattr(row, f) for f in (*TIMING_FIELDS, "enabled")} if row.pk else {}
         for key, value in values.items():
             setattr(row, key, value)
         if row.declared_enabled != enabled:  # the settings changed it: they win
             row.enabled = enabled
-        row.source, row.declared_enabled = ScheduleSource.SETTINGS, enabled
+        row.source, row.declared_enabled = source, enabled
         now = {f: getattr(row, f) for f in (*TIMING_FIELDS, "enabled")}
         if now != was or (row.enabled and row.next_run_at is None):
             retime(row, using=db)

@@ -3,6 +3,7 @@ the settings' rows, and a schedule whose type is gone. Times are injected (``now
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from io import StringIO
@@ -15,6 +16,7 @@ from batchtasks.core.conf import get_settings
 from batchtasks.core.exceptions import ConfigurationError, InvalidTaskOption
 from batchtasks.core.plugin import BatchTaskPlugin
 from batchtasks.core.registry import batchtask, registry
+from batchtasks.core.schedules import next_tick
 from batchtasks.core.states import TaskState
 from batchtasks.models import BatchTask, BatchTaskSchedule, BatchTaskScheduleTick, TickOutcome
 from batchtasks.services.schedule_rows import retime, sync_schedules
@@ -270,3 +272,23 @@ def test_a_schedule_declared_with_its_type_is_synced_and_the_settings_win(
 def test_a_bad_schedule_in_the_decorator_is_refused_naming_the_type() -> None:
     with pytest.raises(InvalidTaskOption, match=r"Schedule 'tests.bad': cron='0 3 \* \*'"):
         batchtask("tests.bad", schedule={"cron": "0 3 * *"})
+
+
+@pytest.mark.parametrize(
+    ("cron", "expected"),
+    [("*/30 * * * *", 24), ("30 2 * * *", 1)],
+    ids=["half-hourly", "daily-02:30"],
+)
+def test_passes_through_the_fall_back_night_run_each_tick_once(cron: str, expected: int) -> None:
+    # Europe/Oslo, 2026-10-25: 03:00 CEST becomes 02:00 CET. A pass every 10 minutes
+    # from 22:00 to 10:00 UTC (12 h).
+    start = datetime(2026, 10, 24, 22, 0, tzinfo=UTC)
+    row = BatchTaskSchedule(name="night", type_name="examples.noop", cron=cron, overlap=True)
+    row.timezone = "Europe/Oslo"
+    row.next_run_at = next_tick(row.timing, start)
+    row.save()
+    for step in range(1, 73):
+        run_due(now=start + timedelta(minutes=10 * step))
+    ticks = [t for t, _, _ in tick_rows(row)]
+    assert len(ticks) == expected == BatchTask.objects.count()
+    assert {b - a for a, b in itertools.pairwise(ticks)} <= {timedelta(minutes=30)}

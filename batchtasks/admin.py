@@ -30,9 +30,12 @@ from .models import (
     BatchTaskAttempt,
     BatchTaskDefinition,
     BatchTaskOutcome,
+    BatchTaskSchedule,
     BatchWorker,
+    ScheduleSource,
 )
 from .services.definitions import ensure_queue
+from .services.schedule_rows import DECLARED_FIELDS, check_type, retime
 
 # What the actions say, per outcome; "%(count)d" is the number of tasks.
 CANCEL_PHRASES = {
@@ -428,3 +431,107 @@ class BatchQueueAdmin(admin.ModelAdmin):
         if obj is not None and BatchTaskDefinition.objects.filter(queue=obj.name).exists():
             return False
         return super().has_delete_permission(request, obj)
+
+
+# --- schedules ------------------------------------------------------------------------------
+TICKS_SHOWN = 20
+
+
+class ScheduleForm(forms.ModelForm):
+    """Checks that the schedule's type takes its parameters (the model checks the timing)."""
+
+    class Meta:
+        model = BatchTaskSchedule
+        fields = (
+            "name", "type_name", "description", "cron", "every", "timezone", "enabled",
+            "params", "owner", "priority", "catch_up", "catch_up_limit", "overlap",
+        )  # fmt: skip
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if self.errors:
+            return data
+        # The instance takes the form's values only after clean(): check a copy with them.
+        meta = BatchTaskSchedule._meta
+        candidate = BatchTaskSchedule(
+            **{f.attname: getattr(self.instance, f.attname) for f in meta.concrete_fields}
+        )
+        for name, value in data.items():
+            setattr(candidate, name, value)
+        try:
+            check_type(candidate)
+        except BatchTasksError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return data
+
+
+@admin.action(permissions=["change"], description=_("Enable selected schedules"))
+def enable_schedules(modeladmin: Any, request: HttpRequest, queryset: QuerySet) -> None:
+    count = 0
+    for schedule in queryset.filter(enabled=False):
+        schedule.enabled = True
+        retime(schedule)  # from the next tick on: what ran while disabled is not caught up
+        schedule.save(update_fields=["enabled", "next_run_at"])
+        count += 1
+    modeladmin.message_user(
+        request, ngettext("%d schedule enabled", "%d schedules enabled", count) % count
+    )
+
+
+@admin.action(permissions=["change"], description=_("Disable selected schedules"))
+def disable_schedules(modeladmin: Any, request: HttpRequest, queryset: QuerySet) -> None:
+    count = queryset.filter(enabled=True).update(enabled=False, next_run_at=None)
+    modeladmin.message_user(
+        request, ngettext("%d schedule disabled", "%d schedules disabled", count) % count
+    )
+
+
+@admin.register(BatchTaskSchedule)
+class BatchTaskScheduleAdmin(admin.ModelAdmin):
+    form = ScheduleForm
+    list_display = (
+        "name", "type_name", "timing_text", "enabled", "next_run_at", "last_run_at",
+        "last_task_link", "source",
+    )  # fmt: skip
+    list_filter = ("enabled", "source", "catch_up", "overlap")
+    search_fields = ("name", "type_name", "description")
+    actions = (enable_schedules, disable_schedules)
+    fields = (
+        "name", "type_name", "description", "cron", "every", "timezone", "enabled", "params",
+        "owner", "priority", "catch_up", "catch_up_limit", "overlap", "source", "next_run_at",
+        "last_run_at", "last_task_link", "recent_ticks",
+    )  # fmt: skip
+    raw_id_fields = ("owner",)
+    always_readonly = ("source", "next_run_at", "last_run_at", "last_task_link", "recent_ticks")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        if obj is not None and obj.source != ScheduleSource.ADMIN:
+            # The settings (or the beat bridge) declare these; only pausing is the admin's.
+            declared = tuple("owner" if f == "owner_id" else f for f in DECLARED_FIELDS)
+            return ("name", *declared, *self.always_readonly)
+        return self.always_readonly
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        retime(obj)  # the next tick after now, by the database's clock
+        super().save_model(request, obj, form, change)
+
+    @admin.display(description=_("when"))
+    def timing_text(self, schedule: BatchTaskSchedule) -> str:
+        return schedule.timing_text()
+
+    @admin.display(description=_("last task"))
+    def last_task_link(self, schedule: BatchTaskSchedule) -> str:
+        if schedule.last_task_id is None:
+            return "-"
+        url = reverse("admin:batchtasks_batchtask_change", args=[schedule.last_task_id])
+        return format_html('<a href="{}">#{}</a>', url, schedule.last_task_id)
+
+    @admin.display(description=_("recent ticks"))
+    def recent_ticks(self, schedule: BatchTaskSchedule) -> str:
+        ticks = schedule.ticks.order_by("-tick")[:TICKS_SHOWN] if schedule.pk else []
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((t.tick.isoformat(), t.outcome, t.task_id or "-", t.message) for t in ticks),
+        )
+        return format_html("<table>{}</table>", rows) if ticks else "-"

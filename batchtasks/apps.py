@@ -2,7 +2,7 @@
 
 Loads the plugin modules, hands the services' operations down to the models (the one
 seam from the models upward), connects the Celery signal handlers and the system
-checks, and syncs definitions on migrate.
+checks, and syncs definitions and schedules on migrate.
 """
 
 from __future__ import annotations
@@ -33,10 +33,14 @@ class BatchTasksConfig(AppConfig):
 
 
 def _sync_definitions(*, using: str, plan: Any = None, **kwargs: Any) -> None:
-    from django.db import router
+    from django.db import connections, router
 
-    from .models import BatchTaskDefinition
+    from .models import BatchTaskDefinition, BatchTaskSchedule
     from .services.definitions import sync_definitions
+    from .services.schedule_rows import sync_schedules
 
     if router.allow_migrate_model(using, BatchTaskDefinition):
         sync_definitions(using=using)
+        # Not after a migration back to before the schedules' table.
+        if BatchTaskSchedule._meta.db_table in connections[using].introspection.table_names():
+            sync_schedules(using=using)

@@ -11,8 +11,9 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, InvalidTaskOption
 from .names import NAME_RULE, is_name
+from .schedules import check_declared
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,15 @@ class BatchTasksSettings:
     TYPES: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Per queue: ``{"max_concurrency": n}`` used when the queue row is created.
     QUEUES: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Schedules by name: ``{"type": ..., "cron": ... or "every": seconds, ...}`` (README,
+    #: Schedules); their rows follow these at each sync.
+    SCHEDULES: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Seconds between a worker's passes over the due schedules (it also wakes at the
+    #: earliest next tick).
+    SCHEDULE_INTERVAL: float = 1.0
+    #: Seconds late a tick may be claimed and still count as on time, not missed (a
+    #: missed tick follows its schedule's ``catch_up``).
+    SCHEDULE_GRACE: float = 10.0
     #: Prefix of a type's default queue: ``batch.<type name>``.
     QUEUE_PREFIX: str = "batch."
     #: Largest encoded parameters accepted by ``submit`` (bytes).
@@ -155,6 +165,8 @@ class BatchTasksSettings:
             "FINALIZE_BACKOFF",
             "FINALIZE_BACKOFF_MAX",
             "WEBHOOK_TIMEOUT",
+            "SCHEDULE_INTERVAL",
+            "SCHEDULE_GRACE",
         ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
@@ -175,6 +187,7 @@ class BatchTasksSettings:
                     f"BATCHTASKS[{name!r}] must map names to dicts of options, not {value!r}."
                 )
         self._validate_queue_names()
+        self._validate_schedules()
 
     def _validate_queue_names(self) -> None:
         """Queue names from the settings follow the rule of the ones in code."""
@@ -189,6 +202,17 @@ class BatchTasksSettings:
                     f"BATCHTASKS['QUEUES'] names the queue {queue!r}; a queue name must be "
                     f"{NAME_RULE}."
                 )
+
+    def _validate_schedules(self) -> None:
+        if not isinstance(self.SCHEDULES, dict):
+            raise ConfigurationError(
+                f"BATCHTASKS['SCHEDULES'] must map schedule names to dicts, not {self.SCHEDULES!r}."
+            )
+        for name, options in self.SCHEDULES.items():
+            try:
+                check_declared(name, options)
+            except InvalidTaskOption as exc:
+                raise ConfigurationError(str(exc)) from None
 
     def _validate_metrics(self) -> None:
         methods = self.METRICS_AUTH

@@ -20,6 +20,7 @@ from .exceptions import (
 )
 from .names import NAME_RULE, is_name
 from .params import check_params_class
+from .schedules import check_declared
 from .states import PRIORITY_MAX, PRIORITY_MIN, Isolation, Priority
 
 if TYPE_CHECKING:
@@ -63,6 +64,9 @@ class TaskTypeSpec:
     #: The module of the ``django.tasks`` function it runs ("" for a plugin class): its
     #: definition row records it, so that a worker that does not know the type imports it.
     function_module: str = ""
+    #: A schedule declared with the type (``@batchtask(schedule=...)``): the keys of a
+    #: ``BATCHTASKS["SCHEDULES"]`` entry but ``type``; the schedule is named after the type.
+    schedule: dict[str, Any] | None = field(default=None, compare=False)
 
     def definition_values(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """Field values for a new definition row: code defaults, then ``overrides``."""
@@ -327,12 +331,18 @@ def _webhook(name: str, value: Any) -> str | None:
 
 
 def batchtask(
-    name: str, *, web: bool | str = False, webhook: str | None = None, **options: Any
+    name: str,
+    *,
+    web: bool | str = False,
+    webhook: str | None = None,
+    schedule: dict[str, Any] | None = None,
+    **options: Any,
 ) -> Callable[[P], P]:
     """Register a ``BatchTaskPlugin`` subclass as the task type ``name``.
 
-    ``web`` says who may submit it over the HTTP API (see ``TaskTypeSpec.web``); the other
-    options are the fields of its definition (``OPTIONS``).
+    ``web`` says who may submit it over the HTTP API (see ``TaskTypeSpec.web``);
+    ``schedule`` submits it on a schedule of its own (``TaskTypeSpec.schedule``); the
+    other options are the fields of its definition (``OPTIONS``).
     """
     if not is_name(name):
         raise InvalidTaskOption(
@@ -341,6 +351,8 @@ def batchtask(
     clean = validate_options(name, options, source="@batchtask")
     web = _web(name, web)
     webhook = _webhook(name, webhook)
+    if schedule is not None:
+        _check_schedule(name, schedule)
 
     def decorate(cls: P) -> P:
         from .plugin import BatchTaskPlugin
@@ -357,11 +369,27 @@ def batchtask(
             check_params_class(cls.Params, name)
         cls.type_name = name
         registry.register(
-            TaskTypeSpec(name=name, plugin=cls, options=clean, web=web, webhook=webhook)
+            TaskTypeSpec(
+                name=name,
+                plugin=cls,
+                options=clean,
+                web=web,
+                webhook=webhook,
+                schedule=schedule,
+            )
         )
         return cls
 
     return decorate
+
+
+def _check_schedule(name: str, schedule: Any) -> None:
+    if not isinstance(schedule, dict) or "type" in schedule:
+        raise InvalidTaskOption(
+            f"@batchtask({name!r}, schedule=...) takes a dict of a schedule's keys but "
+            "'type' (the schedule submits this type), e.g. {'cron': '0 3 * * *'}."
+        )
+    check_declared(name, {"type": name, **schedule}, where=f"@batchtask({name!r}, schedule=...)")
 
 
 def _check_executor(name: str, cls: type, isolation: str | None) -> None:

@@ -5,6 +5,13 @@ from .definitions import BatchQueue, BatchTaskDefinition
 from .groups import GroupStatus, TaskGroup
 from .queries import BatchTaskQuerySet
 from .records import BatchTaskAttempt, BatchTaskOutcome, BatchTaskParameters
+from .schedules import (
+    BatchTaskSchedule,
+    BatchTaskScheduleTick,
+    CatchUp,
+    ScheduleSource,
+    TickOutcome,
+)
 from .tasks import BatchTask, TaskError, TaskOperations, install_operations, operations
 from .workers import BatchWorker, WorkerState
 
@@ -16,11 +23,16 @@ __all__ = [
     "BatchTaskOutcome",
     "BatchTaskParameters",
     "BatchTaskQuerySet",
+    "BatchTaskSchedule",
+    "BatchTaskScheduleTick",
     "BatchWorker",
+    "CatchUp",
     "GroupStatus",
+    "ScheduleSource",
     "TaskError",
     "TaskGroup",
     "TaskOperations",
+    "TickOutcome",
     "WorkerState",
     "install_operations",
     "operations",

@@ -23,11 +23,13 @@ from ..core.conf import get_settings
 from ..core.states import FINAL_STATES, IN_FLIGHT_STATES, TaskState
 from ..db.sql import Clock, as_datetime
 from ..models import BatchQueue, BatchTask, BatchTaskDefinition, BatchWorker, WorkerState
+from .schedule_rows import ScheduleLine, schedule_lines
 
 HOUR = timedelta(hours=1)
 RECENT = timedelta(minutes=5)
 RUNNING_SHOWN = 50
 FAILURES_SHOWN = 20
+SCHEDULES_SHOWN = 50
 EXCERPT_CHARS = 200
 
 
@@ -191,6 +193,8 @@ class Snapshot:
     failures: tuple[Failure, ...]
     #: Tasks ended in the last hour, by type and minute.
     finishes: tuple[Finishes, ...]
+    #: Schedules, enabled ones first by next run (at most ``SCHEDULES_SHOWN``).
+    schedules: tuple[ScheduleLine, ...] = ()
 
     @property
     def total(self) -> Load:
@@ -204,7 +208,7 @@ class Snapshot:
 
 
 def snapshot(using: str | None = None) -> Snapshot:
-    """Read everything the monitor shows (nine queries, whatever the number of rows)."""
+    """Read everything the monitor shows (ten queries, whatever the number of rows)."""
     db = using or router.db_for_read(BatchTask)
     now = database_now(db)
     finishes = finished_by_minute(now, db)
@@ -215,6 +219,7 @@ def snapshot(using: str | None = None) -> Snapshot:
         running=running_tasks(now, db),
         failures=recent_failures(now, db),
         finishes=finishes,
+        schedules=tuple(schedule_lines(using=db, limit=SCHEDULES_SHOWN)),
     )
 
 

@@ -6,7 +6,8 @@ own module: the heartbeat (``heartbeat``: leases, lost attempts, the worker's ro
 every ``HEARTBEAT_SECONDS``, stopping processes (``stopping``) every tenth of a second
 while any must stop, a safety-net dispatch pass for its queues every
 ``DISPATCH_INTERVAL``, the moment a delayed task falls due and when a refill its pool
-processes skipped is due (``refills``), and a sweep of the
+processes skipped is due (``refills``), the due ticks of schedules (``services.schedules``)
+every ``SCHEDULE_INTERVAL`` and at the next tick, and a sweep of the
 cluster (``services.sweeper``) every ``SWEEP_INTERVAL``, one worker at a time. Due
 finalizers (``services.finalize``) run in a thread of their own, woken as often: user
 code and webhooks must not delay the heartbeat.
@@ -27,9 +28,10 @@ from ..core.states import TaskState
 from ..db.connections import close_state_connections, state_db
 from ..db.sql import Clock, Tables, states_sql
 from ..models import BatchQueue, BatchTask
-from ..services import finalize, leases, sweeper, workers
+from ..services import finalize, leases, schedules, sweeper, workers
 from ..services.definitions import sync_definitions
 from ..services.dispatch import dispatch_queue
+from ..services.schedule_rows import sync_schedules
 from ..services.workers import Identity
 from ..transitions import Fence
 from . import notices, refills, running
@@ -57,6 +59,7 @@ class WorkerAgent:
             "beat": 0.0,
             "dispatch": 0.0,
             "sweep": 0.0,
+            "schedules": 0.0,
             "stop": float("inf"),
             "refill": float("inf"),
         }
@@ -125,6 +128,10 @@ class WorkerAgent:
                 dispatch_queue(queue, using=self.db)
         except Exception:
             logger.exception("batchtasks could not register worker=%s", self.identity.name)
+        try:
+            sync_schedules()
+        except Exception:
+            logger.exception("batchtasks could not sync schedules worker=%s", self.identity.name)
         if not self._batch_queues():
             logger.warning(
                 "batchtasks worker=%s consumes no batch queue (queues=%s); "
@@ -153,6 +160,7 @@ class WorkerAgent:
             ("stop", self.stop_processes, STOP_STEP_SECONDS),
             ("dispatch", self.dispatch, settings.DISPATCH_INTERVAL),
             ("sweep", self.sweep, settings.SWEEP_INTERVAL),
+            ("schedules", self.run_schedules, settings.SCHEDULE_INTERVAL),
         )
         for name, duty, interval in duties:
             if time.monotonic() < self._next[name]:
@@ -277,6 +285,15 @@ class WorkerAgent:
             cursor.execute(sql, queues)
             value = cursor.fetchone()[0]
         return None if value is None else max(0.0, float(value))
+
+    def run_schedules(self) -> None:
+        """Claim the due ticks of the cluster's schedules (every worker may: a tick runs
+        once, ``services.schedules``); wake again at the next tick if it comes sooner.
+        Submits go through the ordinary connection, as any submit's (not the state one)."""
+        done = schedules.run_due(using=router.db_for_write(BatchTask))
+        if done.next_in is not None:
+            at = time.monotonic() + done.next_in + 0.005
+            self._next["schedules"] = min(self._next["schedules"], at)
 
     def sweep(self) -> None:
         """Sweep the cluster, unless another worker is at it; wake the finalizers' thread."""

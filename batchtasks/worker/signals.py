@@ -16,6 +16,7 @@ from ..models import BatchTask
 from ..services import leases
 from ..services.dispatch import dispatch_queue
 from ..transitions import Fence
+from . import beat as _beat  # noqa: F401  (registers batchtasks.submit_scheduled)
 from . import identity, refills
 from . import tasks as _tasks  # registers batchtasks.run with Celery
 from .heartbeat import attempts_of

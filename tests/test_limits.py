@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
+
 from batchtasks import BatchTask, BatchTaskPlugin, Priority, TaskState, batchtask, transitions
 from batchtasks.core.exceptions import InvalidTaskOption
 from batchtasks.core.limits import Rate, parse_rate
@@ -156,7 +158,7 @@ def test_a_rate_limited_type_starts_its_burst_and_defers_the_rest_to_their_earli
     rows = BatchTask.objects.filter(pk__in=[t.pk for t in tasks[1:]]).order_by("id")
     waits = [t.run_after for t in rows]
     assert all(w is not None for w in waits)
-    gaps = [(later - earlier).total_seconds() for earlier, later in zip(waits, waits[1:])]
+    gaps = [(later - earlier).total_seconds() for earlier, later in pairwise(waits)]
     assert gaps == [pytest.approx(6.0), pytest.approx(6.0)]
     assert {t.attempt for t in rows} == {1}  # deferrals are not attempts
     row = BatchTaskRateLimit.objects.get(definition__name="tests.rated", key="")
@@ -251,11 +253,12 @@ def test_a_rate_limited_type_does_not_slow_an_unlimited_one_in_its_queue(
 ) -> None:
     _limit("examples.sleep", rate_limit="1/s")
     _limit("examples.noop", queue="batch.examples.sleep")
+    # Started first, so that the plugins' records show starts as the dispatcher spaced them.
+    start_worker("w1", ["batch.examples.sleep"], concurrency=2)
     limited = list(
         BatchTask.submit_many("examples.sleep", [{"seconds": 0, "record": True}] * 10, priority=50)
     )
     free = list(BatchTask.submit_many("examples.noop", [{}] * 100))
-    start_worker("w1", ["batch.examples.sleep"], concurrency=2)
 
     wait_for(lambda: set(states(free)) == {TaskState.SUCCEEDED}, timeout=60)
 

@@ -599,6 +599,8 @@ def _one_at_a_time(type_name: str, params: dict[str, Any]) -> float:
 
 def main() -> None:
     configure()
+    from bench.ratelimits import bench_ratelimits
+
     steps = {
         "submit": bench_submit,
         "throughput": bench_throughput,
@@ -608,6 +610,7 @@ def main() -> None:
         "heartbeat": bench_heartbeat,
         "poll": bench_poll,
         "isolation": bench_isolation,
+        "ratelimits": bench_ratelimits,
     }
     chosen = sys.argv[1:] or list(steps)
     rows: list[tuple[str, str, str, str]] = []

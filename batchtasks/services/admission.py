@@ -170,7 +170,7 @@ def _within_rate(
 def _now(db: str) -> datetime:
     connection = connections[db]
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {Clock(connection).now}")
+        cursor.execute(f"SELECT {Clock(connection).now}", [])
         now = as_datetime(cursor.fetchone()[0])
     assert now is not None
     return now

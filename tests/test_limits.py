@@ -91,7 +91,7 @@ def test_a_rate_of_one_an_hour_has_no_burst() -> None:
 
 
 # --- the dispatcher, stepped by hand ------------------------------------------------
-pytestmark_db = pytest.mark.django_db(transaction=True)
+uses_db = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
@@ -118,7 +118,7 @@ def queued_keys(tasks: list[BatchTask]) -> Counter[str]:
     return Counter(rows.values_list("concurrency_key", flat=True))
 
 
-@pytestmark_db
+@uses_db
 def test_at_most_n_per_concurrency_key_are_in_flight_while_other_keys_proceed() -> None:
     a = [BatchTask.submit("tests.per_key", concurrency_key="a") for _ in range(3)]
     b = [BatchTask.submit("tests.per_key", concurrency_key="b") for _ in range(2)]
@@ -136,7 +136,7 @@ def test_at_most_n_per_concurrency_key_are_in_flight_while_other_keys_proceed() 
     assert queued_keys(b) == {"b": 1}
 
 
-@pytestmark_db
+@uses_db
 def test_per_key_tasks_never_skip_the_dispatcher() -> None:
     get_definition("tests.per_key")
     first = BatchTask.submit("tests.per_key", concurrency_key="k")
@@ -149,7 +149,7 @@ def test_per_key_tasks_never_skip_the_dispatcher() -> None:
     assert queued_keys([first, second, *many]) == {"k": 1}
 
 
-@pytestmark_db
+@uses_db
 def test_a_rate_limited_type_starts_its_burst_and_defers_the_rest_to_their_earliest_start() -> None:
     tasks = list(BatchTask.submit_many("tests.rated", [{}] * 4))  # 10/m: burst 1, 6 s apart
     dispatch_queue(KEYED)
@@ -172,7 +172,7 @@ def test_a_rate_limited_type_starts_its_burst_and_defers_the_rest_to_their_earli
     assert BatchTask.objects.get(pk=tasks[1].pk).run_after is not None
 
 
-@pytestmark_db
+@uses_db
 def test_each_rate_key_has_its_own_budget() -> None:
     a = list(BatchTask.submit_many("tests.rated", [{}] * 3, rate_key="a"))
     b = list(BatchTask.submit_many("tests.rated", [{}] * 3, rate_key="b"))
@@ -183,7 +183,7 @@ def test_each_rate_key_has_its_own_budget() -> None:
     assert sorted(keys.values_list("key", flat=True)) == ["a", "b"]
 
 
-@pytestmark_db
+@uses_db
 def test_a_key_over_its_rate_does_not_hold_up_other_keys_and_types(settings) -> None:
     settings.BATCHTASKS = {**settings.BATCHTASKS, "DISPATCH_WINDOW": 5}
     get_definition("tests.plain")
@@ -198,7 +198,7 @@ def test_a_key_over_its_rate_does_not_hold_up_other_keys_and_types(settings) -> 
     assert BatchTask.objects.filter(pk__in=[t.pk for t in hot], run_after=None).count() == 1
 
 
-@pytestmark_db
+@uses_db
 def test_a_definition_without_key_rules_ignores_the_keys() -> None:
     tasks = [BatchTask.submit("examples.noop", concurrency_key="x", rate_key="x") for _ in range(3)]
     assert {t.state for t in tasks} == {TaskState.QUEUED}  # the fast path, as before
@@ -206,7 +206,7 @@ def test_a_definition_without_key_rules_ignores_the_keys() -> None:
     assert (stored.concurrency_key, stored.rate_key) == ("x", "x")
 
 
-@pytestmark_db
+@uses_db
 def test_limits_set_in_the_definition_row_apply_at_once() -> None:
     definition = get_definition("examples.sleep")
     BatchTaskDefinition.objects.filter(pk=definition.pk).update(max_concurrency_per_key=2)

@@ -173,16 +173,12 @@ class BatchTask(models.Model):
                 name="batchtask_lease_idx",
                 condition=Q(state=TaskState.RUNNING),
             ),
-            # Slots in use, counted under the dispatcher's lock.
+            # Slots in use, counted under the dispatcher's lock (per concurrency key too:
+            # those of a type are few, read from here; an index of their own would cost
+            # every task of every type a write).
             models.Index(
                 fields=["queue", "definition"],
                 name="batchtask_inflight_idx",
-                condition=Q(state__in=[TaskState.QUEUED, TaskState.RUNNING]),
-            ),
-            # Slots in use per concurrency key (max_concurrency_per_key).
-            models.Index(
-                fields=["definition", "concurrency_key"],
-                name="batchtask_inflight_key_idx",
                 condition=Q(state__in=[TaskState.QUEUED, TaskState.RUNNING]),
             ),
             # "My tasks", newest first.

@@ -133,6 +133,8 @@ def choose(
         # its rate moves out of the way of the others even when few slots are free.
         look = max(room, RATE_LOOKAHEAD)
         rows = _candidates(connection, definition_id, keyed, look)
+        if not rows:  # nothing due: no clock to read, no rows to lock
+            continue
         startable, starts, deferred = _within_rate(keyed, keyed.rate, rows, db)
         choice.starts.append(starts)
         choice.again = choice.again or (deferred > 0 and len(rows) == look)

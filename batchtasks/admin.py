@@ -297,7 +297,8 @@ class BatchTaskAdmin(admin.ModelAdmin):
             "created_at", "run_after", "queued_at", "started_at", "finished_at",
         )}),
         (_("Scheduling"), {"classes": ("collapse",), "fields": (
-            "queue", "fairness_key", "unique_key", "cancel_requested", "lease_expires_at",
+            "queue", "fairness_key", "unique_key", "concurrency_key", "rate_key",
+            "cancel_requested", "lease_expires_at",
         )}),
         (_("Finalizers"), {"fields": (
             "finalize_state", "finalize_attempts", "finalize_after", "finalize_error")}),

@@ -601,6 +601,8 @@ def _one_at_a_time(type_name: str, params: dict[str, Any]) -> float:
 
 def main() -> None:
     configure()
+    from bench.ratelimits import bench_ratelimits
+
     steps = {
         "submit": bench_submit,
         "throughput": bench_throughput,
@@ -611,6 +613,7 @@ def main() -> None:
         "poll": bench_poll,
         "isolation": bench_isolation,
         "schedules": bench_schedules,
+        "ratelimits": bench_ratelimits,
     }
     chosen = sys.argv[1:] or list(steps)
     rows: list[tuple[str, str, str, str]] = []

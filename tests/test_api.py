@@ -21,6 +21,7 @@ from batchtasks import BatchTask, TaskState
 from batchtasks.core.plugin import BatchTaskPlugin
 from batchtasks.core.registry import batchtask, registry
 from batchtasks.models import BatchTaskDefinition
+from batchtasks.services.definitions import get_definition
 from tests.openapi import ApiClient
 from tests.openapi import check as check_openapi
 from tests.workers import wait_for
@@ -395,7 +396,25 @@ def test_types_lists_what_the_caller_may_submit(api: ApiClient) -> None:
     assert types[0] == {
         "name": "examples.fail",
         "description": "Raise an error with params['message'].",
+        "max_concurrency_per_key": None,
+        "rate_limit": "",
     }
+
+
+def test_a_submit_takes_its_keys_and_the_task_shows_them(api: ApiClient) -> None:
+    definition = get_definition("examples.progress")
+    BatchTaskDefinition.objects.filter(pk=definition.pk).update(
+        max_concurrency_per_key=1, rate_limit="5/m"
+    )
+    keys = {"concurrency_key": "customer-42", "rate_key": "customer-42"}
+    response = submit(api, type="examples.progress", params={}, **keys)
+
+    assert response.status_code == 201
+    assert {k: response.json()[k] for k in keys} == keys
+    task = BatchTask.objects.get(pk=response.json()["id"])
+    assert (task.concurrency_key, task.rate_key) == ("customer-42", "customer-42")
+    shown = {t["name"]: t for t in api.get(TYPES).json()}["examples.progress"]
+    assert (shown["max_concurrency_per_key"], shown["rate_limit"]) == (1, "5/m")
 
 
 # --- unique keys ------------------------------------------------------------------------

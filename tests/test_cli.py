@@ -344,3 +344,19 @@ def test_a_refusal_from_the_shell_is_one_line_on_stderr_and_a_non_zero_exit() ->
     assert done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1
     assert "Did you mean 'examples.progress' or " in done.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_show_tells_the_keys_of_a_task() -> None:
+    task = BatchTask.submit(
+        "examples.sleep",
+        {},
+        concurrency_key="customer-42",
+        rate_key="crm",
+        run_after=timedelta(hours=1),
+    )
+
+    lines = run("show", str(task.pk)).splitlines()
+
+    assert any("concurrency key" in line and "customer-42" in line for line in lines)
+    assert any("rate key" in line and "crm" in line for line in lines)

@@ -18,6 +18,7 @@ from .exceptions import (
     InvalidTaskOption,
     UnknownTaskType,
 )
+from .limits import parse_rate
 from .names import NAME_RULE, is_name
 from .params import check_params_class
 from .schedules import check_declared
@@ -32,6 +33,8 @@ P = TypeVar("P", bound="type[BatchTaskPlugin]")
 OPTIONS = (
     "queue",
     "max_concurrency",
+    "max_concurrency_per_key",
+    "rate_limit",
     "priority",
     "timeout",
     "soft_timeout",
@@ -76,6 +79,8 @@ class TaskTypeSpec:
         values: dict[str, Any] = {
             "queue": get_settings().QUEUE_PREFIX + self.name,
             "max_concurrency": None,
+            "max_concurrency_per_key": None,
+            "rate_limit": "",
             "priority": int(Priority.NORMAL),
             "timeout": None,
             "soft_timeout": None,
@@ -179,6 +184,16 @@ def _isolation(name: str, option: str, value: Any) -> str:
     return str(value)
 
 
+def _rate_limit(name: str, option: str, value: Any) -> str:
+    if value is None:
+        return ""
+    try:
+        parse_rate(value)
+    except InvalidTaskOption as exc:
+        raise InvalidTaskOption(f"For task type {name!r}: {exc}") from None
+    return str(value)
+
+
 def _description(name: str, option: str, value: Any) -> str:
     if not isinstance(value, str):
         raise InvalidTaskOption(f"description for task type {name!r} must be a string.")
@@ -188,6 +203,8 @@ def _description(name: str, option: str, value: Any) -> str:
 _CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
     "queue": _queue,
     "max_concurrency": partial(positive_int, allow_none=True),
+    "max_concurrency_per_key": partial(positive_int, allow_none=True),
+    "rate_limit": _rate_limit,
     "priority": _priority,
     "timeout": _seconds,
     "soft_timeout": _seconds,

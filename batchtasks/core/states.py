@@ -75,6 +75,8 @@ WRITES: dict[str, Write] = {
     "admit": Write((TaskState.NEW,), (TaskState.QUEUED,)),
     "unqueue": Write((TaskState.QUEUED,), (TaskState.NEW,)),
     "republish": Write((TaskState.QUEUED,)),
+    # a rate limit's deferral: a later run_after (its earliest start), not an attempt
+    "defer": Write((TaskState.NEW,)),
     # worker
     "claim": Write((TaskState.QUEUED,), (TaskState.RUNNING,)),
     "progress": Write((TaskState.RUNNING,)),

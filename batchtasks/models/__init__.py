@@ -1,7 +1,7 @@
 """The canonical tables: queues, task definitions, tasks, their parameters, attempts and
 earlier outcomes, and the workers that run them."""
 
-from .definitions import BatchQueue, BatchTaskDefinition
+from .definitions import BatchQueue, BatchTaskDefinition, BatchTaskRateLimit
 from .groups import GroupStatus, TaskGroup
 from .queries import BatchTaskQuerySet
 from .records import BatchTaskAttempt, BatchTaskOutcome, BatchTaskParameters
@@ -23,6 +23,7 @@ __all__ = [
     "BatchTaskOutcome",
     "BatchTaskParameters",
     "BatchTaskQuerySet",
+    "BatchTaskRateLimit",
     "BatchTaskSchedule",
     "BatchTaskScheduleTick",
     "BatchWorker",

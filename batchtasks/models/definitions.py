@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from ..core.exceptions import InvalidTaskOption
+from ..core.limits import parse_rate
 from ..core.names import validate_queue_name
 from ..core.states import PRIORITY_MAX, PRIORITY_MIN, Isolation, Priority
 
 PRIORITY_VALIDATORS = [MinValueValidator(PRIORITY_MIN), MaxValueValidator(PRIORITY_MAX)]
+
+
+def validate_rate_limit(value: str) -> None:
+    """A form's check of a ``rate_limit`` text."""
+    try:
+        parse_rate(value)
+    except InvalidTaskOption as exc:
+        raise ValidationError(str(exc)) from None
 
 
 class BatchQueue(models.Model):
@@ -47,6 +58,26 @@ class BatchTaskDefinition(models.Model):
         null=True,
         blank=True,
         help_text=_("Most tasks of this type queued or running at once; empty = no limit."),
+    )
+    max_concurrency_per_key = models.PositiveIntegerField(
+        _("max concurrency per key"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "Most tasks with the same concurrency key queued or running at once, cluster-wide; "
+            "empty = no limit per key."
+        ),
+    )
+    rate_limit = models.CharField(
+        _("rate limit"),
+        max_length=16,
+        blank=True,
+        default="",
+        validators=[validate_rate_limit],
+        help_text=_(
+            "Most starts per second, minute or hour: 'N/s', 'N/m' or 'N/h' (for example "
+            "'20/s'), for the type as a whole and for each rate key on its own; empty = none."
+        ),
     )
     priority = models.SmallIntegerField(
         _("default priority"), default=Priority.NORMAL, validators=PRIORITY_VALIDATORS
@@ -140,3 +171,25 @@ class BatchTaskDefinition(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class BatchTaskRateLimit(models.Model):
+    """The rate budget of one key of a rate-limited type: when its next start is due at
+    the steady rate (``core.limits``), moved on by the transaction that admits its tasks."""
+
+    definition = models.ForeignKey(
+        BatchTaskDefinition, on_delete=models.CASCADE, related_name="rate_limits"
+    )
+    #: The tasks' ``rate_key``; "" for the tasks without one (the type as a whole).
+    key = models.CharField(_("rate key"), max_length=200, blank=True)
+    tat = models.DateTimeField(_("next start on time"))
+
+    class Meta:
+        verbose_name = _("batch task rate limit")
+        verbose_name_plural = _("batch task rate limits")
+        constraints = [
+            models.UniqueConstraint(fields=["definition", "key"], name="batchtask_rate_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.definition_id}:{self.key}"

@@ -88,6 +88,9 @@ class BatchTask(models.Model):
     )
     description = models.CharField(_("description"), max_length=500, blank=True)
     fairness_key = models.CharField(_("fairness key"), max_length=200, blank=True)
+    # Per-key limits of its type (max_concurrency_per_key, rate_limit); "" is a key too.
+    concurrency_key = models.CharField(_("concurrency key"), max_length=200, blank=True)
+    rate_key = models.CharField(_("rate key"), max_length=200, blank=True)
     # Start-time fair queueing: a task's turn among the waiting tasks of its type.
     fair_round = models.BigIntegerField(_("fair round"), default=0, editable=False)
     # NULL, not "": any number of tasks without a key may be unfinished at once.
@@ -170,7 +173,9 @@ class BatchTask(models.Model):
                 name="batchtask_lease_idx",
                 condition=Q(state=TaskState.RUNNING),
             ),
-            # Slots in use, counted under the dispatcher's lock.
+            # Slots in use, counted under the dispatcher's lock (per concurrency key too:
+            # those of a type are few, read from here; an index of their own would cost
+            # every task of every type a write).
             models.Index(
                 fields=["queue", "definition"],
                 name="batchtask_inflight_idx",
@@ -267,6 +272,8 @@ class BatchTask(models.Model):
         unique_key: str | None = None,
         on_conflict: str = "return",
         fairness_key: str | None = None,
+        concurrency_key: str | None = None,
+        rate_key: str | None = None,
         using: str | None = None,
     ) -> BatchTask:
         """Save a new task in the caller's transaction; it is dispatched after commit."""
@@ -280,6 +287,8 @@ class BatchTask(models.Model):
             unique_key=unique_key,
             on_conflict=on_conflict,
             fairness_key=fairness_key,
+            concurrency_key=concurrency_key,
+            rate_key=rate_key,
             using=using,
         )
 
@@ -294,6 +303,8 @@ class BatchTask(models.Model):
         description: str = "",
         run_after: datetime | timedelta | None = None,
         fairness_key: str | None = None,
+        concurrency_key: str | None = None,
+        rate_key: str | None = None,
         using: str | None = None,
     ) -> TaskGroup:
         """Save one task per parameter set in one transaction; dispatched after commit.
@@ -309,6 +320,8 @@ class BatchTask(models.Model):
             description=description,
             run_after=run_after,
             fairness_key=fairness_key,
+            concurrency_key=concurrency_key,
+            rate_key=rate_key,
             using=using,
         )
 

@@ -28,12 +28,15 @@ from ..db.connections import read_committed, reconnecting, state_db
 from ..db.sql import Clock, states_sql
 from ..models import BatchQueue, BatchTask, BatchTaskDefinition
 from ..transport.publish import Run, publish
+from . import admission
 from .batching import per_message
 from .definitions import ensure_queue
 
 logger = logging.getLogger(__name__)
 
 _counter = itertools.count()
+#: Most passes of one ``dispatch_queue`` while a rate limit defers full picks.
+MAX_PASSES = 20
 _local = threading.local()
 
 
@@ -102,18 +105,28 @@ def dispatch_queue(
     # answer is what got lost): a retry publishes those that are queued, too.
     tried: list[Run] = []
 
+    again = [False]
+
     def one_pass() -> list[Run]:
         earlier = _still_queued(tried, db)
         with transaction.atomic(using=db):
             read_committed(db)
-            admitted = _admit(queue, db)
+            admitted, again[0] = _admit(queue, db)
             tried[:] = admitted
         return earlier + admitted
 
-    admitted = reconnecting(one_pass, db)
-    if admitted:
-        publish_or_unqueue(queue, admitted, db)
-    return len(admitted)
+    total = 0
+    for _ in range(MAX_PASSES):
+        admitted = reconnecting(one_pass, db)
+        if admitted:
+            publish_or_unqueue(queue, admitted, db)
+        total += len(admitted)
+        # A rate-limited type deferred a full pick of tasks: more of its due tasks may
+        # stand before other keys' (each pass moves a pick's worth out of the way).
+        if not again[0]:
+            break
+        tried.clear()
+    return total
 
 
 def _still_queued(runs: list[Run], db: str) -> list[Run]:
@@ -144,6 +157,8 @@ class QueueType:
     isolation: str = ""
     tasks_per_message: int | None = None
     run_seconds: float | None = None
+    max_concurrency_per_key: int | None = None
+    rate_limit: str = ""
 
 
 def _lock_queue(queue: str, db: str) -> tuple[int | None, list[QueueType]] | None:
@@ -158,7 +173,8 @@ def _lock_queue(queue: str, db: str) -> tuple[int | None, list[QueueType]] | Non
             cursor.execute(f"UPDATE {q} SET name = name WHERE name = %s", [queue])
     sql = (
         "SELECT q.max_concurrency, d.id, d.max_concurrency, d.enabled, d.timeout, "
-        "d.soft_timeout, d.name, d.isolation, d.tasks_per_message, d.run_seconds "
+        "d.soft_timeout, d.name, d.isolation, d.tasks_per_message, d.run_seconds, "
+        "d.max_concurrency_per_key, d.rate_limit "
         f"FROM {q} q LEFT JOIN {d} d ON d.queue = q.name "
         f"WHERE q.name = %s ORDER BY d.id{lock}"
     )
@@ -168,7 +184,7 @@ def _lock_queue(queue: str, db: str) -> tuple[int | None, list[QueueType]] | Non
     if not rows:
         return None
     types = [
-        QueueType(row[1], row[2], bool(row[3]), *row[4:10]) for row in rows if row[1] is not None
+        QueueType(row[1], row[2], bool(row[3]), *row[4:12]) for row in rows if row[1] is not None
     ]
     return rows[0][0], types
 
@@ -195,30 +211,40 @@ def _in_flight(queue: str, definition_ids: list[int], db: str) -> tuple[int, dic
     return in_queue, per_type
 
 
-def _admit(queue: str, db: str) -> list[Run]:
+def _admit(queue: str, db: str) -> tuple[list[Run], bool]:
+    """Admit what the queue has room for; return the runs, and whether to pass again."""
     locked = _lock_queue(queue, db)
     if locked is None:
         if not BatchTaskDefinition.objects.using(db).filter(queue=queue).exists():
-            return []
+            return [], False
         # Its row was deleted while types still name it: without a row nothing would be
         # admitted again, so create it (with its configured limit) and go on.
         logger.warning("batchtasks queue row missing, created again queue=%s", queue)
         ensure_queue(queue, using=db)
         locked = _lock_queue(queue, db)
         if locked is None:
-            return []
+            return [], False
     queue_limit, types = locked
     enabled = {row.definition_id: row for row in types if row.enabled}
     if not enabled:
-        return []
+        return [], False
     in_queue, per_type = _in_flight(queue, list(enabled), db)
     cap = queue_limit if queue_limit is not None else get_settings().DISPATCH_WINDOW
     queue_free = cap - in_queue
     if queue_free <= 0:
-        return []
+        return [], False
     slots = [TypeSlot(pk, row.limit, per_type.get(pk, 0)) for pk, row in enabled.items()]
     open_slots = [slot for slot in slots if slot.free(queue_free) > 0]
-    if len(open_slots) == 1:
+    rules = _key_rules(enabled.values())
+    again = False
+    if any(slot.definition_id in rules for slot in open_slots):
+        # Types with per-key rules: their own pick (services.admission), even alone.
+        rooms = [(slot.definition_id, slot.free(queue_free)) for slot in open_slots]
+        choice = admission.choose(rooms, rules, queue_free, db)
+        admitted = transitions.admit(choice.ids, queue=queue, using=db)
+        choice.record(admitted, db)
+        again = choice.again
+    elif len(open_slots) == 1:
         slot = open_slots[0]
         admitted = transitions.admit(
             None,
@@ -232,8 +258,17 @@ def _admit(queue: str, db: str) -> list[Run]:
         chosen = _merge_candidates(open_slots, queue_free, db)
         admitted = transitions.admit(chosen, queue=queue, using=db)
     else:
-        return []
-    return runs_in_order(queue, admitted, enabled, db)
+        return [], False
+    return runs_in_order(queue, admitted, enabled, db), again
+
+
+def _key_rules(types: Iterable[QueueType]) -> dict[int, admission.KeyRules]:
+    rules = {}
+    for row in types:
+        keyed = admission.rules_of(row.definition_id, row.max_concurrency_per_key, row.rate_limit)
+        if keyed is not None:
+            rules[row.definition_id] = keyed
+    return rules
 
 
 def runs_in_order(

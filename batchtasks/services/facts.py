@@ -16,7 +16,8 @@ class TypeFacts:
     """The definition values the runner needs, as the rows said a moment ago."""
 
     name: str
-    #: Whether the type or its queue has a limit (a finish then refills at once).
+    #: Whether the type (in all or per key) or its queue has a limit (a finish then
+    #: refills at once).
     limited: bool
     retry_backoff: int
     retry_backoff_max: int
@@ -41,11 +42,23 @@ def type_facts(definition_id: int, queue: str, using: str) -> TypeFacts:
     cached = _facts.get(key)
     if cached is not None and now - cached[0] < FACTS_TTL:
         return cached[1]
-    (name, type_limit, backoff, backoff_max, retention, isolation, memory, inactivity, module) = (
+    (
+        name,
+        type_limit,
+        per_key,
+        backoff,
+        backoff_max,
+        retention,
+        isolation,
+        memory,
+        inactivity,
+        module,
+    ) = (
         BatchTaskDefinition.objects.using(using)
         .values_list(
             "name",
             "max_concurrency",
+            "max_concurrency_per_key",
             "retry_backoff",
             "retry_backoff_max",
             "retention",
@@ -64,7 +77,8 @@ def type_facts(definition_id: int, queue: str, using: str) -> TypeFacts:
         .values_list("max_concurrency", flat=True)
         .first()
     )
-    limited = type_limit is not None or queue_limit is not None
+    # A finish frees a slot of its key, too: refilled at once.
+    limited = type_limit is not None or per_key is not None or queue_limit is not None
     facts = TypeFacts(
         name, limited, backoff, backoff_max, retention, isolation, memory, inactivity, module
     )

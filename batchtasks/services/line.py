@@ -7,10 +7,11 @@ now (the newest in flight, else the head of the line), so a newcomer waits at mo
 one round whatever the backlog of others.
 
 A task may skip the dispatcher (published after commit at once) only for a type and
-queue without limits, when nothing of the type waits (so no one is overtaken) and the
-queue's window has room: a soft bound, which concurrent submits may overshoot by a
-few tasks. Of a ``submit_many``, the first tasks skip it as far as the window has room;
-the rest wait for it. Limited types always go through the dispatcher's lock.
+queue without limits (``admission.may_skip_dispatcher``: none per type, per key or of
+rate), when nothing of the type waits (so no one is overtaken) and the queue's window
+has room: a soft bound, which concurrent submits may overshoot by a few tasks. Of a
+``submit_many``, the first tasks skip it as far as the window has room; the rest wait
+for it. Limited types always go through the dispatcher's lock.
 
 ``join`` does all of it and the insert in one statement on PostgreSQL (a single submit's
 round trips went from 2 to 1); ``load`` reads the line for the other paths.
@@ -30,6 +31,7 @@ from ..core.states import IN_FLIGHT_STATES, TaskState
 from ..db import prepared
 from ..db.sql import Clock, Tables, as_datetime, param_type, states_sql
 from ..models import BatchTask, BatchTaskDefinition
+from .admission import SKIP_DISPATCHER_SQL, may_skip_dispatcher
 
 # In the model's field order, as Model.from_db expects: what submit and publish read.
 DEFINITION_FIELDS = [
@@ -43,6 +45,8 @@ DEFINITION_FIELDS = [
         "priority",
         "enabled",
         "max_concurrency",
+        "max_concurrency_per_key",
+        "rate_limit",
         "timeout",
         "soft_timeout",
         "isolation",
@@ -76,7 +80,7 @@ class Loaded:
         window, or none (see the module text)."""
         line = self.line
         if (
-            self.definition.max_concurrency is not None
+            not may_skip_dispatcher(self.definition)
             or line.queue_limit is not None
             or line.backlog
             or (run_after is not None and run_after > self.now)
@@ -113,7 +117,9 @@ DECIDED = frozenset(
 
 
 #: The columns of a task given to ``join``; the others take the model's defaults.
-GIVEN = frozenset({"owner_id", "description", "run_after", "fairness_key"})
+GIVEN = frozenset(
+    {"owner_id", "description", "run_after", "fairness_key", "concurrency_key", "rate_key"}
+)
 _DEFAULTS: dict[str, dict[str, Any]] = {}
 
 
@@ -271,7 +277,7 @@ def _join_sql(connection: Any) -> str:
     )
     sql = (
         f"WITH line ({', '.join(LINE_COLUMNS)}) AS ({_line_sql(connection)}), "
-        "l AS (SELECT line.*, (max_concurrency IS NULL AND queue_limit IS NULL "
+        f"l AS (SELECT line.*, ({SKIP_DISPATCHER_SQL} AND queue_limit IS NULL "
         "AND head IS NULL AND in_flight + 1 <= %s "
         "AND (%s::timestamptz IS NULL OR %s::timestamptz <= now)) AS admit "
         "FROM line WHERE enabled), "

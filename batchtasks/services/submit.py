@@ -29,6 +29,22 @@ from .validation import check_owner, check_priority, check_run_after, check_text
 
 
 @dataclass(frozen=True)
+class Keys:
+    """A task's keys for its type's per-key limits (``services.admission``)."""
+
+    concurrency_key: str = ""
+    rate_key: str = ""
+
+    @classmethod
+    def checked(cls, concurrency_key: Any, rate_key: Any) -> Keys:
+        """The keys given to a submit (``None``: ""), checked like any key."""
+        return cls(
+            check_text("concurrency_key", concurrency_key, 200, optional=True) or "",
+            check_text("rate_key", rate_key, 200, optional=True) or "",
+        )
+
+
+@dataclass(frozen=True)
 class Options:
     """A submit's options, checked; ``priority`` is ``None`` for the type's default."""
 
@@ -39,6 +55,7 @@ class Options:
     run_after: datetime | timedelta | None
     fairness_key: str
     db: str
+    keys: Keys
 
 
 @dataclass(frozen=True)
@@ -53,6 +70,7 @@ class Request:
     fairness_key: str
     loaded: Loaded
     db: str
+    keys: Keys = Keys()
 
     @property
     def first_round(self) -> int:
@@ -70,6 +88,8 @@ class Request:
             description=self.description,
             run_after=self.run_after,
             fairness_key=self.fairness_key,
+            concurrency_key=self.keys.concurrency_key,
+            rate_key=self.keys.rate_key,
             fair_round=fair_round,
             unique_key=unique_key,
             created_at=now,
@@ -104,6 +124,7 @@ def _check(
     run_after: Any,
     fairness_key: Any,
     using: str | None,
+    keys: Keys = Keys(),
 ) -> Options:
     registry.get(type_name)
     checked_priority = None if priority is None else check_priority(priority)
@@ -114,7 +135,7 @@ def _check(
     if key is None:
         key = "" if owner_id is None else f"user:{owner_id}"
     db = using or router.db_for_write(BatchTask)
-    return Options(type_name, owner_id, checked_priority, text, when, key, db)
+    return Options(type_name, owner_id, checked_priority, text, when, key, db, keys)
 
 
 def _prepare(options: Options) -> Request:
@@ -139,6 +160,7 @@ def _prepare(options: Options) -> Request:
         fairness_key=options.fairness_key,
         loaded=loaded,
         db=db,
+        keys=options.keys,
     )
 
 
@@ -158,6 +180,8 @@ def _join(options: Options, encoded: Encoded) -> BatchTask:
         description=options.description,
         run_after=options.run_after,
         fairness_key=options.fairness_key,
+        concurrency_key=options.keys.concurrency_key,
+        rate_key=options.keys.rate_key,
     )
 
     def join() -> line.Joined | None:
@@ -223,6 +247,8 @@ def submit(
     unique_key: Any = None,
     on_conflict: str = "return",
     fairness_key: Any = None,
+    concurrency_key: Any = None,
+    rate_key: Any = None,
     using: str | None = None,
 ) -> BatchTask:
     """Insert one task and its parameters; publish after the caller's transaction commits."""
@@ -241,6 +267,7 @@ def submit(
         run_after=run_after,
         fairness_key=fairness_key,
         using=using,
+        keys=Keys.checked(concurrency_key, rate_key),
     )
     connection = connections[options.db]
     if (
@@ -345,6 +372,8 @@ def submit_many(
     description: Any = "",
     run_after: Any = None,
     fairness_key: Any = None,
+    concurrency_key: Any = None,
+    rate_key: Any = None,
     using: str | None = None,
 ) -> TaskGroup:
     """Insert one task per parameter set in bulk, as one group; publish after the
@@ -368,6 +397,7 @@ def submit_many(
             run_after=run_after,
             fairness_key=fairness_key,
             using=using,
+            keys=Keys.checked(concurrency_key, rate_key),
         )
     )
     group_id = uuid.uuid4()

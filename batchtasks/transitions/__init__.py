@@ -22,7 +22,15 @@ from .attempts import (
     renew_leases,
 )
 from .completions import Succeeded, end_succeeded, record_run_seconds
-from .dispatching import admit, mark_republished, still_queued, unqueue
+from .dispatching import (
+    admit,
+    defer,
+    lock_rate_keys,
+    mark_republished,
+    record_rate_starts,
+    still_queued,
+    unqueue,
+)
 from .finalizing import (
     FinalizeRun,
     claim_finalization,
@@ -54,15 +62,18 @@ __all__ = [
     "claim",
     "claim_finalization",
     "claim_many",
+    "defer",
     "delete_expired",
     "delete_tasks",
     "due_finalizations",
     "end_attempt",
     "end_succeeded",
+    "lock_rate_keys",
     "mark_republished",
     "record_finalize_error",
     "record_finalized",
     "record_progress",
+    "record_rate_starts",
     "record_run_seconds",
     "release",
     "renew_leases",

@@ -1,13 +1,17 @@
-"""The dispatcher's and the sweeper's writes: admit, unqueue, mark republished."""
+"""The dispatcher's and the sweeper's writes: admit, defer, unqueue, mark republished,
+and the rate-limit rows the admitting transaction moves on."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from django.db import connections
 
 from ..core.states import WRITES, TaskState
 from ..db.sql import Clock, Tables, attempts_in, states_sql
+from ..models import BatchTaskRateLimit
 
 
 def admit(
@@ -60,6 +64,74 @@ def admit(
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return [tuple(row) for row in cursor.fetchall()]
+
+
+def defer(deferrals: list[tuple[int, datetime]], *, using: str) -> int:
+    """Move waiting tasks' ``run_after`` on to their earliest start ``(id, when)`` (a rate
+    limit's deferral: never earlier than it was, not an attempt); how many it moved."""
+    if not deferrals:
+        return 0
+    connection = connections[using]
+    t, clock = Tables(connection), Clock(connection)
+    new = states_sql(*WRITES["defer"].sources)
+    field = BatchTaskRateLimit._meta.get_field("tat")
+    whens = [field.get_db_prep_save(when, connection) for _, when in deferrals]
+    ids = [pk for pk, _ in deferrals]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # One statement: 100 single-row updates took 25 ms, this one well under 1 ms.
+            cursor.execute(
+                f"UPDATE {t.task} t SET run_after = v.at, updated_at = {clock.now} "
+                "FROM unnest(%s::bigint[], %s::timestamptz[]) AS v(id, at) "
+                f"WHERE t.id = v.id AND t.state IN ({new}) "
+                "AND (t.run_after IS NULL OR t.run_after < v.at)",
+                [ids, whens],
+            )
+            return cursor.rowcount
+        sql = (
+            f"UPDATE {t.task} SET run_after = %s, updated_at = {clock.now} WHERE id = %s "
+            f"AND state IN ({new}) AND (run_after IS NULL OR run_after < %s)"
+        )
+        cursor.executemany(sql, [[w, pk, w] for pk, w in zip(ids, whens, strict=True)])
+        return max(cursor.rowcount, 0)
+
+
+def lock_rate_keys(
+    definition_id: int, keys: Iterable[str], now: datetime, *, using: str
+) -> dict[str, datetime]:
+    """Lock the rate rows of ``keys`` of a type (made if missing, as on time at ``now``),
+    in key order so that passes cannot deadlock; return each key's ``tat``. SQLite has
+    no row locks: the dispatcher holds its write lock."""
+    ordered = sorted(set(keys))
+    rows = BatchTaskRateLimit.objects.using(using)
+    rows.bulk_create(
+        [BatchTaskRateLimit(definition_id=definition_id, key=key, tat=now) for key in ordered],
+        ignore_conflicts=True,
+    )
+    locked = (
+        rows.select_for_update()
+        .filter(definition_id=definition_id, key__in=ordered)
+        .order_by("key")
+        .values_list("key", "tat")
+    )
+    return dict(locked)
+
+
+def record_rate_starts(definition_id: int, tats: dict[str, datetime], *, using: str) -> None:
+    """Move the locked rate rows of a type on to ``tats`` (key to its new ``tat``)."""
+    if not tats:
+        return
+    connection = connections[using]
+    table = connection.ops.quote_name(BatchTaskRateLimit._meta.db_table)
+    field = BatchTaskRateLimit._meta.get_field("tat")
+    key = connection.ops.quote_name("key")
+    sql = f"UPDATE {table} SET tat = %s WHERE definition_id = %s AND {key} = %s"
+    rows = [
+        [field.get_db_prep_save(tat, connection), definition_id, key]
+        for key, tat in sorted(tats.items())
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
 
 
 def still_queued(runs: list[tuple[int, int]], *, using: str) -> set[tuple[int, int]]:

@@ -138,11 +138,10 @@ def active(request: HttpRequest) -> HttpResponse:
 
 @api_view("GET")
 def types(request: HttpRequest) -> HttpResponse:
-    """The task types the caller may submit: ``[{name, description}]``."""
+    """The task types the caller may submit: ``[{name, description, max_concurrency_per_key,
+    rate_limit}]``, the limits as the definition rows hold them now."""
     specs = api_submit.submittable_types(request.user)
-    return _json(
-        [{"name": s.name, "description": s.definition_values()["description"]} for s in specs]
-    )
+    return _json([api_submit.type_json(spec) for spec in specs])
 
 
 @api_view("GET", public=True)

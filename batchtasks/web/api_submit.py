@@ -26,7 +26,16 @@ from ..services.definitions import get_definition
 from .problems import FieldError, Problem
 from .serialize import parse_timestamp
 
-FIELDS = ("type", "params", "priority", "description", "run_after", "unique_key")
+FIELDS = (
+    "type",
+    "params",
+    "priority",
+    "description",
+    "run_after",
+    "unique_key",
+    "concurrency_key",
+    "rate_key",
+)
 #: What a caller needs to submit above the type's default priority: the permission the
 #: admin's set-priority action needs too.
 RAISE_PRIORITY = "batchtasks.change_batchtask"
@@ -34,7 +43,13 @@ RAISE_PRIORITY = "batchtasks.change_batchtask"
 ENVELOPE_BYTES = 64 * 1024
 #: The longest delay ``run_after`` may give in seconds: ten years.
 RUN_AFTER_MAX_SECONDS = 10 * 366 * 86400
-TEXT_LIMITS = {"description": 500, "unique_key": 200, "type": 200}
+TEXT_LIMITS = {
+    "description": 500,
+    "unique_key": 200,
+    "type": 200,
+    "concurrency_key": 200,
+    "rate_key": 200,
+}
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,8 @@ class Submission:
     description: str
     run_after: datetime | timedelta | None
     unique_key: str | None
+    concurrency_key: str | None = None
+    rate_key: str | None = None
 
 
 def may_submit(spec: TaskTypeSpec, user: Any) -> bool:
@@ -59,6 +76,17 @@ def may_submit(spec: TaskTypeSpec, user: Any) -> bool:
 def submittable_types(user: Any) -> list[TaskTypeSpec]:
     """The types ``user`` may submit, by name."""
     return [spec for spec in registry if may_submit(spec, user)]
+
+
+def type_json(spec: TaskTypeSpec) -> dict[str, Any]:
+    """A type as ``GET api/types/`` shows it: its limits from its live definition row."""
+    definition = get_definition(spec.name)
+    return {
+        "name": spec.name,
+        "description": spec.definition_values()["description"],
+        "max_concurrency_per_key": definition.max_concurrency_per_key,
+        "rate_limit": definition.rate_limit,
+    }
 
 
 def check_type(name: str, user: Any) -> TaskTypeSpec:
@@ -196,6 +224,8 @@ def parse_submission(data: dict[str, Any]) -> Submission:
         description=_text(data, "description", errors) or "",
         run_after=_run_after(data.get("run_after"), errors),
         unique_key=_text(data, "unique_key", errors),
+        concurrency_key=_text(data, "concurrency_key", errors),
+        rate_key=_text(data, "rate_key", errors),
     )
     if errors:
         raise Problem("invalid-request", " ".join(e.message for e in errors), errors)
@@ -254,6 +284,8 @@ def submit(submission: Submission, user: Any) -> tuple[BatchTask, bool]:
                 run_after=submission.run_after,
                 unique_key=submission.unique_key,
                 on_conflict="return",
+                concurrency_key=submission.concurrency_key,
+                rate_key=submission.rate_key,
                 using=db,
             )
         except InvalidParameters as exc:

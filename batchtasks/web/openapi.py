@@ -47,6 +47,14 @@ TASK: Schema = {
         },
         "state_label": {"type": "string"},
         "priority": {"type": "integer", "minimum": PRIORITY_MIN, "maximum": PRIORITY_MAX},
+        "concurrency_key": {
+            "type": "string",
+            "description": 'Its key under its type\'s max_concurrency_per_key ("": none).',
+        },
+        "rate_key": {
+            "type": "string",
+            "description": 'Its key under its type\'s rate_limit ("": the type as a whole).',
+        },
         "progress_percent": {"type": "integer", "minimum": 0, "maximum": 100},
         "progress_message": {"type": "string"},
         "attempt": {"type": "integer", "minimum": 1},
@@ -125,6 +133,20 @@ def _submit_request() -> Schema:
                 "description": "A time with an offset, or a delay in seconds.",
             },
             "unique_key": {**text, "type": ["string", "null"], "maxLength": limits["unique_key"]},
+            "concurrency_key": {
+                **text,
+                "type": ["string", "null"],
+                "maxLength": limits["concurrency_key"],
+                "description": "At most max_concurrency_per_key tasks of the type with the "
+                "same key run at once; ignored by types without that limit.",
+            },
+            "rate_key": {
+                **text,
+                "type": ["string", "null"],
+                "maxLength": limits["rate_key"],
+                "description": "The type's rate_limit counts starts per key; null: the "
+                "type as a whole.",
+            },
         },
     }
 
@@ -357,8 +379,16 @@ def _components() -> Schema:
             "TaskType": {
                 "type": "object",
                 "additionalProperties": False,
-                "required": ["name", "description"],
-                "properties": {"name": {"type": "string"}, "description": {"type": "string"}},
+                "required": ["name", "description", "max_concurrency_per_key", "rate_limit"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "description": {"type": "string"},
+                    "max_concurrency_per_key": nullable("integer", minimum=1),
+                    "rate_limit": {
+                        "type": "string",
+                        "description": "'N/s', 'N/m' or 'N/h'; \"\": no rate limit.",
+                    },
+                },
             },
         },
         "responses": _responses(),

@@ -220,6 +220,8 @@ def describe(task: BatchTask, now: Any) -> list[tuple[str, str]]:
         ("progress", f"{task.progress_percent}% {task.progress_message}".rstrip()),
         ("cancel requested", "yes" if task.cancel_requested else "no"),
         ("unique key", task.unique_key or "-"),
+        ("concurrency key", task.concurrency_key or "-"),
+        ("rate key", task.rate_key or "-"),
         ("params", pretty(task.params)),
         ("result", pretty(task.result)),
     ]

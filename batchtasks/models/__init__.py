@@ -2,6 +2,7 @@
 earlier outcomes, and the workers that run them."""
 
 from .definitions import BatchQueue, BatchTaskDefinition
+from .dependencies import BatchTaskDependency
 from .groups import GroupStatus, TaskGroup
 from .queries import BatchTaskQuerySet
 from .records import BatchTaskAttempt, BatchTaskOutcome, BatchTaskParameters
@@ -13,6 +14,7 @@ __all__ = [
     "BatchTask",
     "BatchTaskAttempt",
     "BatchTaskDefinition",
+    "BatchTaskDependency",
     "BatchTaskOutcome",
     "BatchTaskParameters",
     "BatchTaskQuerySet",

@@ -22,6 +22,7 @@ from .attempts import (
     renew_leases,
 )
 from .completions import Succeeded, end_succeeded, record_run_seconds
+from .dependents import Settled, cancel_descendants, link, settle
 from .dispatching import admit, mark_republished, still_queued, unqueue
 from .finalizing import (
     FinalizeRun,
@@ -48,9 +49,11 @@ __all__ = [
     "FinalizeRun",
     "Outcome",
     "Renewed",
+    "Settled",
     "Succeeded",
     "admit",
     "cancel",
+    "cancel_descendants",
     "claim",
     "claim_finalization",
     "claim_many",
@@ -59,6 +62,7 @@ __all__ = [
     "due_finalizations",
     "end_attempt",
     "end_succeeded",
+    "link",
     "mark_republished",
     "record_finalize_error",
     "record_finalized",
@@ -68,6 +72,7 @@ __all__ = [
     "renew_leases",
     "retry",
     "set_priority",
+    "settle",
     "skip_waiting",
     "still_queued",
     "unqueue",

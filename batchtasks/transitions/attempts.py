@@ -7,14 +7,15 @@ or it ended) can write nothing more. Times come from the database's clock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from django.db import connections, transaction
 
-from ..core.states import WRITES, AttemptOutcome, TaskState
+from ..core.states import FINAL_STATES, WRITES, AttemptOutcome, TaskState
 from ..db.sql import Clock, Tables, attempts_in, states_sql
 from ..models import BatchTask
+from .dependents import Settled, settle
 from .finalizing import finalize_marks
 
 
@@ -223,6 +224,10 @@ class Ended:
 
     state: str
     queue: str
+    #: How many children wait or waited for the task (``depends_on``).
+    children: int = 0
+    #: What its final outcome did to its children (``None``: it has none, or runs again).
+    settled: Settled | None = None
 
     @property
     def runs_again(self) -> bool:
@@ -268,14 +273,28 @@ def end_attempt(
         where += f" AND lease_expires_at < {clock.now}"
     # Returned after the update: a task that runs again has counted its next attempt.
     number = f"CASE WHEN state = '{TaskState.NEW}' THEN attempt - 1 ELSE attempt END"
-    update = (
-        f"UPDATE {t.task} SET {assignments} WHERE {where} "
-        f"RETURNING id AS id, {number} AS number, worker AS worker, started_at AS started_at, "
-        f"{clock.now} AS now, '{outcome.kind}' AS outcome, error_type AS error_type, "
-        "error_message AS error_message, state AS state, queue AS queue"
-    )
+
+    def update(guard: str) -> str:
+        return (
+            f"UPDATE {t.task} SET {assignments} WHERE {where}{guard} "
+            f"RETURNING id AS id, {number} AS number, worker AS worker, "
+            f"started_at AS started_at, {clock.now} AS now, '{outcome.kind}' AS outcome, "
+            "error_type AS error_type, error_message AS error_message, state AS state, "
+            "queue AS queue, child_count AS child_count"
+        )
+
     params = [*values, fence.task_id, fence.attempt, fence.instance]
-    return _write_with_attempt_row(update, params, using)
+    # Most tasks have no children: one statement, in no transaction of its own.
+    ended = _write_with_attempt_row(update(" AND child_count = 0"), params, using)
+    if ended is not None:
+        return ended
+    # Not ours any more, or children wait for it: then its final outcome is counted for
+    # them in the transaction that writes it (a child's submit locks it meanwhile).
+    with transaction.atomic(using=using):
+        ended = _write_with_attempt_row(update(""), params, using)
+        if ended is not None and ended.children and ended.state in FINAL_STATES:
+            ended = replace(ended, settled=settle([(fence.task_id, ended.state)], using=using))
+    return ended
 
 
 def _end_assignments(
@@ -329,11 +348,11 @@ def _write_with_attempt_row(update: str, params: list[Any], using: str) -> Ended
                 f"WITH done AS ({update}), recorded AS ("
                 f"INSERT INTO {t.attempt} ({ATTEMPT_COLUMNS}) SELECT id, number, worker, "
                 "started_at, now, outcome, error_type, error_message FROM done) "
-                "SELECT state, queue FROM done",
+                "SELECT state, queue, child_count FROM done",
                 params,
             )
             row = cursor.fetchone()
-            return None if row is None else Ended(row[0], row[1])
+            return None if row is None else Ended(row[0], row[1], row[2])
         with transaction.atomic(using=using):
             cursor.execute(update, params)
             row = cursor.fetchone()
@@ -343,4 +362,4 @@ def _write_with_attempt_row(update: str, params: list[Any], using: str) -> Ended
             cursor.execute(
                 f"INSERT INTO {t.attempt} ({ATTEMPT_COLUMNS}) VALUES ({marks})", list(row[:8])
             )
-    return Ended(row[8], row[9])
+    return Ended(row[8], row[9], row[10])

@@ -71,16 +71,20 @@ def end_succeeded(runs: list[Succeeded], *, using: str) -> dict[int, Ended]:
         f"FROM v WHERE {t.task}.id = v.id AND {t.task}.attempt = v.attempt "
         f"AND worker_instance = v.instance "
         f"AND state IN ({states_sql(*WRITES['end_attempt'].sources)}) "
+        # A task with children is ended by ``end_attempt`` below, with their countdown.
+        "AND child_count = 0 "
         f"RETURNING {t.task}.id AS id, {t.task}.attempt AS number, worker, started_at, "
         f"{clock.now} AS now, state, queue), "
         f"recorded AS (INSERT INTO {t.attempt} ({ATTEMPT_COLUMNS}) SELECT id, number, "
         f"worker, started_at, now, {succeeded}, '', '' FROM done) "
         "SELECT id, state, queue FROM done"
     )
-    values = columns
     with connection.cursor() as cursor:
-        cursor.execute(sql, values)
-        return {row[0]: Ended(row[1], row[2]) for row in cursor.fetchall()}
+        cursor.execute(sql, columns)
+        ended = {row[0]: Ended(row[1], row[2]) for row in cursor.fetchall()}
+    if len(ended) < len(runs):  # not ours any more, or children wait for them
+        ended.update(_end_each([r for r in runs if r.fence.task_id not in ended], using))
+    return ended
 
 
 def _end_each(runs: list[Succeeded], using: str) -> dict[int, Ended]:

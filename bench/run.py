@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.deps import bench_fanin
+
 N_SUBMIT = int(os.environ.get("BENCH_SUBMIT", "5000"))
 N_THROUGHPUT = int(os.environ.get("BENCH_TASKS", "10000"))
 N_PICKUP = int(os.environ.get("BENCH_PICKUP", "200"))
@@ -608,6 +610,7 @@ def main() -> None:
         "heartbeat": bench_heartbeat,
         "poll": bench_poll,
         "isolation": bench_isolation,
+        "fanin": bench_fanin,
     }
     chosen = sys.argv[1:] or list(steps)
     rows: list[tuple[str, str, str, str]] = []

@@ -175,6 +175,12 @@ class BatchTask(models.Model):
                 name="batchtask_delayed_idx",
                 condition=Q(state=TaskState.NEW, run_after__isnull=False),
             ),
+            # Tasks waiting for their parents, per type (the monitor's count).
+            models.Index(
+                fields=["definition"],
+                name="batchtask_blocked_idx",
+                condition=Q(state=TaskState.BLOCKED),
+            ),
             # Leases to check for expiry.
             models.Index(
                 fields=["lease_expires_at"],

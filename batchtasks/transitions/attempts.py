@@ -7,6 +7,7 @@ or it ended) can write nothing more. Times come from the database's clock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -259,8 +260,47 @@ def end_attempt(
 
     ``lease_expired`` adds the guard the sweeper needs: only if the lease ran out.
     A task that ends final is marked due for its finalizers in the same statement
-    (see ``finalize_marks``).
+    (see ``finalize_marks``), and its children are counted down (``settle``) in the
+    same transaction.
     """
+    update, params = _end_sql(fence, outcome, using, lease_expired)
+    # Most tasks have no children: one statement, in no transaction of its own.
+    ended = _write_with_attempt_row(update(" AND child_count = 0"), params, using)
+    if ended is not None:
+        return ended
+    # Not ours any more, or children wait for it.
+    ended_now = end_attempts_with_children(
+        [(fence, outcome)], using=using, lease_expired=lease_expired
+    )
+    return ended_now.get(fence.task_id)
+
+
+def end_attempts_with_children(
+    ends: list[tuple[Fence, Outcome]], *, using: str, lease_expired: bool = False
+) -> dict[int, Ended]:
+    """``end_attempt`` for attempts whose tasks may have children, in one transaction
+    that also counts the children down for those that end final (one ``settle`` for all:
+    a child of several of them drops by all in one statement; a child's submit, which
+    locks its parents' rows, waits for it or is waited for). Its ``Settled`` facts ride
+    on the first of them that had children."""
+    ended: dict[int, Ended] = {}
+    with transaction.atomic(using=using):
+        for fence, outcome in ends:
+            update, params = _end_sql(fence, outcome, using, lease_expired)
+            one = _write_with_attempt_row(update(""), params, using)
+            if one is not None:
+                ended[fence.task_id] = one
+        parents = [(pk, e.state) for pk, e in ended.items() if e.children]
+        final = [(pk, state) for pk, state in parents if state in FINAL_STATES]
+        if final:
+            ended[parents[0][0]] = replace(ended[parents[0][0]], settled=settle(final, using=using))
+    return ended
+
+
+def _end_sql(
+    fence: Fence, outcome: Outcome, using: str, lease_expired: bool
+) -> tuple[Callable[[str], str], list[Any]]:
+    """The statement that ends an attempt (given an extra guard) and its values."""
     if outcome.kind not in AttemptOutcome.values:
         raise ValueError(f"end_attempt() got an unknown outcome {outcome.kind!r}.")
     connection = connections[using]
@@ -283,18 +323,7 @@ def end_attempt(
             "queue AS queue, child_count AS child_count"
         )
 
-    params = [*values, fence.task_id, fence.attempt, fence.instance]
-    # Most tasks have no children: one statement, in no transaction of its own.
-    ended = _write_with_attempt_row(update(" AND child_count = 0"), params, using)
-    if ended is not None:
-        return ended
-    # Not ours any more, or children wait for it: then its final outcome is counted for
-    # them in the transaction that writes it (a child's submit locks it meanwhile).
-    with transaction.atomic(using=using):
-        ended = _write_with_attempt_row(update(""), params, using)
-        if ended is not None and ended.children and ended.state in FINAL_STATES:
-            ended = replace(ended, settled=settle([(fence.task_id, ended.state)], using=using))
-    return ended
+    return update, [*values, fence.task_id, fence.attempt, fence.instance]
 
 
 def _end_assignments(

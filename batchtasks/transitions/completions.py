@@ -12,11 +12,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import connections
 
 from ..core.states import WRITES, AttemptOutcome
 from ..db.sql import Clock, Tables, states_sql
-from .attempts import ATTEMPT_COLUMNS, Ended, Fence, Outcome, end_attempt
+from .attempts import ATTEMPT_COLUMNS, Ended, Fence, Outcome, end_attempts_with_children
 from .finalizing import finalize_marks
 
 
@@ -41,8 +41,7 @@ def end_succeeded(runs: list[Succeeded], *, using: str) -> dict[int, Ended]:
         return {}
     connection = connections[using]
     if connection.vendor != "postgresql":
-        with transaction.atomic(using=using):
-            return _end_each(runs, using)
+        return _end_each(runs, using)
     t, clock = Tables(connection), Clock(connection)
     columns: list[list[Any]] = [[], [], [], [], [], []]
     for run in runs:
@@ -87,15 +86,15 @@ def end_succeeded(runs: list[Succeeded], *, using: str) -> dict[int, Ended]:
     return ended
 
 
+def _outcome(run: Succeeded) -> Outcome:
+    return Outcome(AttemptOutcome.SUCCEEDED, result=run.result, progress=(100, run.message))
+
+
 def _end_each(runs: list[Succeeded], using: str) -> dict[int, Ended]:
-    """The same, one statement per attempt (SQLite; ``started_at`` is not moved)."""
-    ended = {}
-    for run in runs:
-        outcome = Outcome(AttemptOutcome.SUCCEEDED, result=run.result, progress=(100, run.message))
-        one = end_attempt(run.fence, outcome, using=using)
-        if one is not None:
-            ended[run.fence.task_id] = one
-    return ended
+    """The same, one statement per attempt, in one transaction with the countdown of
+    their children (SQLite; on PostgreSQL for tasks with children, whose ``started_at``
+    is then not moved)."""
+    return end_attempts_with_children([(run.fence, _outcome(run)) for run in runs], using=using)
 
 
 def record_run_seconds(definition_id: int, seconds: float, *, using: str) -> None:

@@ -26,6 +26,9 @@ from ..core.states import FINAL_STATES, WRITES, TaskState
 from ..db.sql import Clock, Tables, states_sql
 from .finalizing import finalize_marks
 
+#: The error type of a task skipped because a parent did not succeed.
+PARENT_NOT_SUCCEEDED = "batchtasks.ParentNotSucceeded"
+
 
 @dataclass
 class Settled:
@@ -111,7 +114,8 @@ def _skip(
             with connection.cursor() as cursor:
                 cursor.execute(
                     f"UPDATE {t.task} SET state = '{TaskState.SKIPPED}', pending_parents = 0, "
-                    f"finished_at = {clock.now}, updated_at = {clock.now}, error_message = %s"
+                    f"finished_at = {clock.now}, updated_at = {clock.now}, error_message = %s, "
+                    f"error_type = '{PARENT_NOT_SUCCEEDED}'"
                     f"{finalize_marks('TRUE', t, clock)} WHERE {match} "
                     "AND on_parent_failure = 'skip' "
                     f"AND state IN ({states_sql(*WRITES['skip_blocked'].sources)}) "

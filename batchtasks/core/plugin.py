@@ -100,7 +100,8 @@ class BatchTaskPlugin:
     def parent_results(self) -> dict[int, Any]:
         """The results of the tasks this one depends on (``depends_on``): ``{parent id:
         result}`` in ``depends_on`` order, ``None`` for a parent that did not succeed
-        (with ``on_parent_failure="run"``) or was purged. Read from the database."""
+        (with ``on_parent_failure="run"``); a purged parent is left out. Read from the
+        database."""
         return dict(self.context.load_task().parent_results())
 
     def progress(self, percent: float, message: str | None = None) -> None:

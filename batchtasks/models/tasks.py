@@ -288,7 +288,7 @@ class BatchTask(models.Model):
 
     def parent_results(self) -> dict[int, Any]:
         """``{parent id: result}`` in ``depends_on`` order; ``None`` for a parent that did
-        not succeed (or was purged)."""
+        not succeed (a parent purged by retention is left out)."""
         links = (
             self.parent_links.using(self._db_for_wait())
             .order_by("position")

@@ -240,3 +240,16 @@ def test_purging_a_finished_parent_deletes_its_links() -> None:
 
     assert not BatchTaskDependency.objects.filter(child=child).exists()
     assert child.parent_results() == {}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_run_tasks_runs_a_group_then_after_the_group(definitions) -> None:
+    from batchtasks.testing import run_tasks
+
+    with run_tasks():
+        group = BatchTask.submit_many("examples.flaky", [{"succeed_on": 1}] * 3)
+        done = group.then("examples.merge")
+
+    done.refresh_from_db()
+    assert done.state == TaskState.SUCCEEDED
+    assert done.result == {"parents": [[t.pk, {"attempt": 1}] for t in group]}

@@ -14,14 +14,15 @@ class TaskState(models.TextChoices):
     """Where a batch task is in its life."""
 
     NEW = "new", _("New")
-    #: Waiting for its parents (``depends_on``) to be final; never dispatched as such.
-    BLOCKED = "blocked", _("Waiting for its parents")
     QUEUED = "queued", _("Queued")
     RUNNING = "running", _("Running")
     SUCCEEDED = "succeeded", _("Succeeded")
     FAILED = "failed", _("Failed")
     CANCELLED = "cancelled", _("Cancelled")
     SKIPPED = "skipped", _("Skipped")
+    #: Waiting for its parents (``depends_on``) to be final, before ``new``; never
+    #: dispatched as such. Listed last: the lists of states people know keep their order.
+    BLOCKED = "blocked", _("Waiting for its parents")
 
     @property
     def code(self) -> int:

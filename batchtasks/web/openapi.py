@@ -43,7 +43,8 @@ TASK: Schema = {
         "state_code": {
             "type": "integer",
             "enum": sorted(set(STATE_CODES.values())),
-            "description": "new 1, queued 2, running 3, succeeded 4, failed/cancelled/skipped 5",
+            "description": "new/blocked 1, queued 2, running 3, succeeded 4, "
+            "failed/cancelled/skipped 5",
         },
         "state_label": {"type": "string"},
         "priority": {"type": "integer", "minimum": PRIORITY_MIN, "maximum": PRIORITY_MAX},

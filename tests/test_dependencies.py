@@ -253,3 +253,38 @@ def test_run_tasks_runs_a_group_then_after_the_group(definitions) -> None:
     done.refresh_from_db()
     assert done.state == TaskState.SUCCEEDED
     assert done.result == {"parents": [[t.pk, {"attempt": 1}] for t in group]}
+
+
+def test_the_admin_page_of_a_task_lists_its_parents_and_children(admin_client) -> None:
+    from django.urls import reverse
+
+    parent = BatchTask.submit("examples.noop")
+    child = BatchTask.submit("examples.noop", depends_on=[parent])
+
+    page = admin_client.get(reverse("admin:batchtasks_batchtask_change", args=[child.pk]))
+    parent_page = admin_client.get(reverse("admin:batchtasks_batchtask_change", args=[parent.pk]))
+
+    assert page.status_code == parent_page.status_code == 200
+    parent_url = reverse("admin:batchtasks_batchtask_change", args=[parent.pk])
+    child_url = reverse("admin:batchtasks_batchtask_change", args=[child.pk])
+    parent.refresh_from_db()
+    assert f'<a href="{parent_url}">#{parent.pk}</a> ({parent.state})' in page.content.decode()
+    assert f'<a href="{child_url}">#{child.pk}</a> (blocked)' in parent_page.content.decode()
+    assert "Waiting for its parents" in page.content.decode()
+
+
+def test_a_lost_run_of_a_parent_does_not_release_the_child_but_its_last_failure_skips_it() -> None:
+    parent = running()
+    child = BatchTask.submit("examples.noop", depends_on=[parent])
+
+    ended = end(parent, AttemptOutcome.LOST, error_type="WorkerLostError")
+
+    assert ended is not None and ended.runs_again
+    assert state(child) == TaskState.BLOCKED
+    parent.refresh_from_db()
+    BatchTask.objects.filter(pk=parent.pk).update(state=TaskState.QUEUED)
+    transitions.claim(
+        Fence(parent.pk, parent.attempt, ME), worker="w", pid=1, lease_seconds=30, using="default"
+    )
+    end(parent, AttemptOutcome.FAILED)
+    assert state(child) == TaskState.SKIPPED

@@ -46,8 +46,14 @@ class Settled:
 def in_ids(connection: BaseDatabaseWrapper, column: str, ids: list[int]) -> tuple[str, list[Any]]:
     """``column`` matches one of ``ids``: one array parameter on PostgreSQL."""
     if connection.vendor == "postgresql":
-        return f"{column} = ANY(%s)", [list(ids)]
+        return f"{column} = ANY(%s::bigint[])", [array_text(ids)]
     return f"{column} IN ({', '.join(['%s'] * len(ids))})", list(ids)
+
+
+def array_text(ids: Iterable[int]) -> str:
+    """A PostgreSQL array literal of integers: the driver quotes a list of 10,000 ints
+    element by element (0.1 s), a string at once."""
+    return "{" + ",".join(str(int(pk)) for pk in ids) + "}"
 
 
 def chunks(connection: BaseDatabaseWrapper, ids: list[int]) -> Iterator[list[int]]:
@@ -175,7 +181,8 @@ def link(children: list[int], parents: list[int], *, using: str) -> list[tuple[i
     insert = f"INSERT INTO {t.dependency} (parent_id, child_id, position, settled) "
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":  # one statement for any number of links
-            columns = [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * 3
+            columns = [array_text(column) for column in zip(*rows, strict=True)] if rows else []
+            columns = columns or ["{}"] * 3
             cursor.execute(
                 f"{insert}SELECT *, FALSE FROM UNNEST(%s::bigint[], %s::bigint[], %s::integer[])",
                 columns,

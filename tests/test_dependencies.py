@@ -288,3 +288,19 @@ def test_a_lost_run_of_a_parent_does_not_release_the_child_but_its_last_failure_
     )
     end(parent, AttemptOutcome.FAILED)
     assert state(child) == TaskState.SKIPPED
+
+
+def test_djangos_task_api_reads_a_waiting_child_as_ready_and_a_skipped_one_as_failed() -> None:
+    from batchtasks.backends.django_tasks import TaskResultStatus
+    from tests import django_task_functions as functions
+
+    parent = running()
+    child = BatchTask.submit(
+        "tests.django_task_functions.add", {"args": [2], "kwargs": {"b": 3}}, depends_on=[parent]
+    )
+
+    assert functions.add.get_result(str(child.pk)).status == TaskResultStatus.READY
+    end(parent, AttemptOutcome.FAILED)
+    result = functions.add.get_result(str(child.pk))
+    assert result.status == TaskResultStatus.FAILED
+    assert result.errors[-1].exception_class_path == "batchtasks.ParentNotSucceeded"

@@ -304,3 +304,18 @@ def test_djangos_task_api_reads_a_waiting_child_as_ready_and_a_skipped_one_as_fa
     result = functions.add.get_result(str(child.pk))
     assert result.status == TaskResultStatus.FAILED
     assert result.errors[-1].exception_class_path == "batchtasks.ParentNotSucceeded"
+
+
+def test_the_command_line_shows_what_a_task_waits_for() -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    parent = running()
+    child = BatchTask.submit("examples.noop", depends_on=[parent], on_parent_failure="run")
+    out = StringIO()
+
+    call_command("batchtasks", "show", str(child.pk), stdout=out)
+
+    assert f"#{parent.pk} running (on failure: run)" in out.getvalue()
+    assert "1 of them" in out.getvalue()

@@ -319,3 +319,13 @@ def test_the_command_line_shows_what_a_task_waits_for() -> None:
 
     assert f"#{parent.pk} running (on failure: run)" in out.getvalue()
     assert "1 of them" in out.getvalue()
+
+
+def test_purging_a_finished_child_deletes_its_links() -> None:
+    parent = running()
+    child = BatchTask.submit("examples.noop", depends_on=[parent])
+    assert child.cancel()
+
+    assert transitions.delete_tasks([child.pk], using="default") == 1
+
+    assert not BatchTaskDependency.objects.filter(parent=parent).exists()

@@ -162,10 +162,12 @@ def delete_tasks(ids: list[int], *, using: str) -> int:
     final = states_sql(*WRITES["delete"].sources)
     lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
     with transaction.atomic(using=using), connection.cursor() as cursor:
-        # Which have earlier outcomes too, read with them: the statement that deletes
-        # those is then only sent for a task that was retried.
+        # Which have earlier outcomes or dependency links too, read with them: the
+        # statements that delete those are then only sent for tasks that have them.
+        linked = f"EXISTS (SELECT 1 FROM {t.dependency} l WHERE l.child_id = {t.task}.id)"
         cursor.execute(
-            f"SELECT id, EXISTS (SELECT 1 FROM {t.outcome} o WHERE o.task_id = {t.task}.id) "
+            f"SELECT id, EXISTS (SELECT 1 FROM {t.outcome} o WHERE o.task_id = {t.task}.id), "
+            f"child_count > 0 OR {linked} "
             f"FROM {t.task} WHERE id IN ({marks}) AND state IN ({final}) "
             f"AND finalize_state <> '{FinalizeState.PENDING}' AND {_no_earlier_due(t)}{lock}",
             ids,
@@ -177,10 +179,13 @@ def delete_tasks(ids: list[int], *, using: str) -> int:
         marks = ", ".join(["%s"] * len(done))
         cursor.execute(f"DELETE FROM {t.params} WHERE task_id IN ({marks})", done)
         cursor.execute(f"DELETE FROM {t.attempt} WHERE task_id IN ({marks})", done)
-        cursor.execute(
-            f"DELETE FROM {t.dependency} WHERE parent_id IN ({marks}) OR child_id IN ({marks})",
-            done + done,
-        )
+        links = [row[0] for row in rows if row[2]]
+        if links:
+            both = ", ".join(["%s"] * len(links))
+            cursor.execute(
+                f"DELETE FROM {t.dependency} WHERE parent_id IN ({both}) OR child_id IN ({both})",
+                links + links,
+            )
         if retried:
             kept = ", ".join(["%s"] * len(retried))
             cursor.execute(f"DELETE FROM {t.outcome} WHERE task_id IN ({kept})", retried)

@@ -65,8 +65,10 @@ def end_succeeded(runs: list[Succeeded], *, using: str) -> dict[int, Ended]:
 
 
 def _columns(runs: list[Succeeded]) -> list[list[Any]]:
+    """The statement's arrays, by task id: rows are locked in id order, as a child's
+    submit locks its parents (``dependents.link``), so the two never deadlock."""
     columns: list[list[Any]] = [[], [], [], [], [], []]
-    for run in runs:
+    for run in sorted(runs, key=lambda run: run.fence.task_id):
         f = run.fence
         result = None if run.result is None else json.dumps(run.result)
         for column, value in zip(

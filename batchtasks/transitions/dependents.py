@@ -168,14 +168,24 @@ def link(children: list[int], parents: list[int], *, using: str) -> list[tuple[i
     connection = connections[using]
     t = Tables(connection)
     states: list[tuple[int, str]] = []
-    for piece in chunks(connection, parents):
+    for piece in chunks(connection, sorted(parents)):
         match, values = in_ids(connection, "id", piece)
         with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {t.task} SET child_count = child_count + %s WHERE {match} "
-                "RETURNING id, state",
-                [len(children), *values],
-            )
+            if connection.vendor == "postgresql":
+                # Locked in id order, as the batched finishes lock their tasks: two
+                # writers that lock in one order never wait for each other in a circle.
+                cursor.execute(
+                    f"WITH locked AS (SELECT id FROM {t.task} WHERE {match} ORDER BY id "
+                    f"FOR NO KEY UPDATE) UPDATE {t.task} SET child_count = child_count + %s "
+                    f"FROM locked WHERE {t.task}.id = locked.id RETURNING {t.task}.id, state",
+                    [*values, len(children)],
+                )
+            else:  # SQLite: one writer at a time
+                cursor.execute(
+                    f"UPDATE {t.task} SET child_count = child_count + %s WHERE {match} "
+                    "RETURNING id, state",
+                    [len(children), *values],
+                )
             states += [(row[0], row[1]) for row in cursor.fetchall()]
     rows = [(parent, kid, n) for kid in children for n, parent in enumerate(parents)]
     insert = f"INSERT INTO {t.dependency} (parent_id, child_id, position, settled) "

@@ -132,6 +132,27 @@ def task_links(tasks: Iterable[BatchTask]) -> str:
     )
 
 
+#: The most parents or children the change page lists (a group's ``then`` has thousands).
+LINKS_SHOWN = 50
+
+
+def _linked_states(tasks: QuerySet[BatchTask]) -> str:
+    """Links to the first ``LINKS_SHOWN`` of ``tasks`` with their states, and how many more."""
+    shown = list(tasks.only("pk", "state")[: LINKS_SHOWN + 1])
+    links = format_html_join(
+        ", ",
+        '<a href="{}">#{}</a> ({})',
+        (
+            (reverse("admin:batchtasks_batchtask_change", args=[t.pk]), t.pk, t.state)
+            for t in shown[:LINKS_SHOWN]
+        ),
+    )
+    if len(shown) > LINKS_SHOWN:
+        more = tasks.count() - LINKS_SHOWN
+        return format_html("{} and {} more", links, more)
+    return links
+
+
 class PriorityForm(forms.Form):
     """The set-priority action's own form."""
 
@@ -300,6 +321,9 @@ class BatchTaskAdmin(admin.ModelAdmin):
             "queue", "fairness_key", "unique_key", "concurrency_key", "rate_key",
             "cancel_requested", "lease_expires_at",
         )}),
+        (_("Dependencies"), {"fields": (
+            "parents_display", "children_display", "pending_parents", "on_parent_failure",
+        )}),
         (_("Finalizers"), {"fields": (
             "finalize_state", "finalize_attempts", "finalize_after", "finalize_error")}),
     )  # fmt: skip
@@ -370,6 +394,14 @@ class BatchTaskAdmin(admin.ModelAdmin):
     @admin.display(description=_("result"))
     def result_display(self, task: BatchTask) -> str:
         return "-" if task.result is None else _json(task.result)
+
+    @admin.display(description=_("depends on"))
+    def parents_display(self, task: BatchTask) -> str:
+        return _linked_states(task.parents()) or "-"
+
+    @admin.display(description=_("children"))
+    def children_display(self, task: BatchTask) -> str:
+        return _linked_states(task.children()) or "-"
 
     @admin.display(description=_("error"))
     def error_display(self, task: BatchTask) -> str:

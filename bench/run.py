@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.deps import bench_fanin
 from bench.schedules import bench_schedules
 
 N_SUBMIT = int(os.environ.get("BENCH_SUBMIT", "5000"))
@@ -614,6 +615,7 @@ def main() -> None:
         "isolation": bench_isolation,
         "schedules": bench_schedules,
         "ratelimits": bench_ratelimits,
+        "fanin": bench_fanin,
     }
     chosen = sys.argv[1:] or list(steps)
     rows: list[tuple[str, str, str, str]] = []

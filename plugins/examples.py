@@ -93,6 +93,15 @@ class Flaky(BatchTaskPlugin):
         return {"attempt": self.attempt}
 
 
+@batchtask("examples.merge", description="Return the results of the tasks it depends on.")
+class Merge(BatchTaskPlugin):
+    """Gather its parents' results (``depends_on``, ``group.then``)."""
+
+    def run(self, params: Any) -> dict[str, Any]:
+        results = self.parent_results()
+        return {"parents": [[pk, result] for pk, result in results.items()]}
+
+
 @batchtask(
     "examples.fail",
     web=True,

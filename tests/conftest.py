@@ -20,6 +20,7 @@ ALL_QUEUES = [
     "batch.examples.noop",
     "batch.examples.sleep",
     "batch.examples.fail",
+    "batch.examples.merge",
     "batch.examples.flaky",
     "batch.examples.progress",
     "batch.reports",

@@ -86,6 +86,8 @@ InvalidTask: type[Exception] = getattr(_exceptions, "InvalidTask", None) or (
 
 STATUSES: dict[str, str] = {
     TaskState.NEW: TaskResultStatus.READY,
+    # Django's API has no dependencies: a task waiting for its parents is READY to it.
+    TaskState.BLOCKED: TaskResultStatus.READY,
     TaskState.QUEUED: TaskResultStatus.READY,
     TaskState.RUNNING: TaskResultStatus.RUNNING,
     TaskState.SUCCEEDED: TaskResultStatus.SUCCESSFUL,

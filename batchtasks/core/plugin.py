@@ -97,6 +97,13 @@ class BatchTaskPlugin:
         """The ``batchtasks.models.BatchTask`` row (read once, on first use)."""
         return self.context.load_task()
 
+    def parent_results(self) -> dict[int, Any]:
+        """The results of the tasks this one depends on (``depends_on``): ``{parent id:
+        result}`` in ``depends_on`` order, ``None`` for a parent that did not succeed
+        (with ``on_parent_failure="run"``); a purged parent is left out. Read from the
+        database."""
+        return dict(self.context.load_task().parent_results())
+
     def progress(self, percent: float, message: str | None = None) -> None:
         """Report progress: ``percent`` from 0 to 100 and an optional short message."""
         if isinstance(percent, bool) or not isinstance(percent, int | float):

@@ -20,6 +20,9 @@ class TaskState(models.TextChoices):
     FAILED = "failed", _("Failed")
     CANCELLED = "cancelled", _("Cancelled")
     SKIPPED = "skipped", _("Skipped")
+    #: Waiting for its parents (``depends_on``) to be final, before ``new``; never
+    #: dispatched as such. Listed last: the lists of states people know keep their order.
+    BLOCKED = "blocked", _("Waiting for its parents")
 
     @property
     def code(self) -> int:
@@ -46,6 +49,7 @@ class AttemptOutcome(models.TextChoices):
 # skipped tasks are finished without success, so old clients see them as Failed.
 STATE_CODES: dict[str, int] = {
     TaskState.NEW: 1,
+    TaskState.BLOCKED: 1,
     TaskState.QUEUED: 2,
     TaskState.RUNNING: 3,
     TaskState.SUCCEEDED: 4,
@@ -54,9 +58,10 @@ STATE_CODES: dict[str, int] = {
     TaskState.SKIPPED: 5,
 }
 
+#: Waiting for a slot (``blocked`` tasks wait for their parents, not for a slot).
 WAITING_STATES = (TaskState.NEW, TaskState.QUEUED)
 IN_FLIGHT_STATES = (TaskState.QUEUED, TaskState.RUNNING)
-UNFINISHED_STATES = (TaskState.NEW, TaskState.QUEUED, TaskState.RUNNING)
+UNFINISHED_STATES = (TaskState.BLOCKED, TaskState.NEW, TaskState.QUEUED, TaskState.RUNNING)
 FINAL_STATES = (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.SKIPPED)
 
 
@@ -88,10 +93,15 @@ WRITES: dict[str, Write] = {
         (TaskState.RUNNING,),
         (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.NEW),
     ),
+    # dependencies: the last parent's final write makes a child due, or a parent that
+    # did not succeed skips it (``on_parent_failure="skip"``)
+    "count_down": Write((TaskState.BLOCKED,)),
+    "unblock": Write((TaskState.BLOCKED,), (TaskState.NEW,)),
+    "skip_blocked": Write((TaskState.BLOCKED,), (TaskState.SKIPPED,)),
     # users
-    "cancel_waiting": Write(WAITING_STATES, (TaskState.CANCELLED,)),
+    "cancel_waiting": Write((TaskState.BLOCKED, *WAITING_STATES), (TaskState.CANCELLED,)),
     "request_cancel": Write((TaskState.RUNNING,)),
-    "skip": Write(WAITING_STATES, (TaskState.SKIPPED,)),
+    "skip": Write((TaskState.BLOCKED, *WAITING_STATES), (TaskState.SKIPPED,)),
     "retry": Write((TaskState.FAILED, TaskState.CANCELLED), (TaskState.NEW,)),
     "set_priority": Write((TaskState.NEW,)),
     # retention

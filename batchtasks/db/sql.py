@@ -21,6 +21,7 @@ from ..models import (
     BatchTask,
     BatchTaskAttempt,
     BatchTaskDefinition,
+    BatchTaskDependency,
     BatchTaskOutcome,
     BatchTaskParameters,
     BatchWorker,
@@ -37,6 +38,7 @@ class Tables:
         self.attempt = quote(BatchTaskAttempt._meta.db_table)
         self.outcome = quote(BatchTaskOutcome._meta.db_table)
         self.definition = quote(BatchTaskDefinition._meta.db_table)
+        self.dependency = quote(BatchTaskDependency._meta.db_table)
         self.queue = quote(BatchQueue._meta.db_table)
         self.worker = quote(BatchWorker._meta.db_table)
 

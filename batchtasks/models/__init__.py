@@ -2,6 +2,7 @@
 earlier outcomes, and the workers that run them."""
 
 from .definitions import BatchQueue, BatchTaskDefinition, BatchTaskRateLimit
+from .dependencies import BatchTaskDependency
 from .groups import GroupStatus, TaskGroup
 from .queries import BatchTaskQuerySet
 from .records import BatchTaskAttempt, BatchTaskOutcome, BatchTaskParameters
@@ -20,6 +21,7 @@ __all__ = [
     "BatchTask",
     "BatchTaskAttempt",
     "BatchTaskDefinition",
+    "BatchTaskDependency",
     "BatchTaskOutcome",
     "BatchTaskParameters",
     "BatchTaskQuerySet",

@@ -72,6 +72,15 @@ class TaskGroup(list[Any]):
             raise LookupError(f"No tasks belong to group {key} (or they were purged).")
         return cls(tasks, key, using=db)
 
+    def then(self, type_name: str, params: Any = None, **options: Any) -> Any:
+        """Submit one task that runs once every task of the group is final (a chord
+        without a result backend): ``BatchTask.submit`` with ``depends_on=`` the group.
+        It reads their results with ``self.parent_results()``."""
+        if "depends_on" in options:
+            raise TypeError("then() depends on the group's tasks; it takes no depends_on.")
+        options.setdefault("using", self.using or None)
+        return _model().submit(type_name, params, depends_on=[t.pk for t in self], **options)
+
     def _db(self) -> str:
         return self.using or router.db_for_write(_model())
 

@@ -32,6 +32,9 @@ from .groups import TaskGroup
 from .queries import BatchTaskQuerySet
 from .waiting import await_until, refuse_in_transaction, wait_until
 
+#: What a child does when a parent ends failed, cancelled or skipped.
+ON_PARENT_FAILURE = [("skip", _("Skip it")), ("run", _("Run it all the same"))]
+
 
 @dataclass(frozen=True)
 class TaskError:
@@ -128,6 +131,14 @@ class BatchTask(models.Model):
     updated_at = models.DateTimeField(_("updated"), default=timezone.now, editable=False)
     # The tasks of one submit_many share it (TaskGroup); NULL for tasks submitted alone.
     group_id = models.UUIDField(_("group"), null=True, blank=True, editable=False)
+    # Dependencies (``depends_on``, ``BatchTaskDependency``): how many parents a blocked
+    # task still waits for, what a parent that did not succeed does to it, and how many
+    # children wait or waited for this one (0: its final write has nobody to tell).
+    pending_parents = models.PositiveIntegerField(_("parents unfinished"), default=0)
+    on_parent_failure = models.CharField(
+        _("on parent failure"), max_length=8, choices=ON_PARENT_FAILURE, default="skip"
+    )
+    child_count = models.PositiveIntegerField(_("children"), default=0, editable=False)
 
     objects = BatchTaskQuerySet.as_manager()
 
@@ -166,6 +177,12 @@ class BatchTask(models.Model):
                 fields=["run_after"],
                 name="batchtask_delayed_idx",
                 condition=Q(state=TaskState.NEW, run_after__isnull=False),
+            ),
+            # Tasks waiting for their parents, per type (the monitor's count).
+            models.Index(
+                fields=["definition"],
+                name="batchtask_blocked_idx",
+                condition=Q(state=TaskState.BLOCKED),
             ),
             # Leases to check for expiry.
             models.Index(
@@ -258,6 +275,32 @@ class BatchTask(models.Model):
             return None
         return decode(bytes(stored.data), stored.codec)
 
+    def parents(self) -> Any:
+        """The tasks this one depends on (``depends_on``), in that order."""
+        return (
+            BatchTask.objects.using(self._db_for_wait())
+            .filter(child_links__child=self)
+            .order_by("child_links__position")
+        )
+
+    def children(self) -> Any:
+        """The tasks that depend on this one, oldest first."""
+        return (
+            BatchTask.objects.using(self._db_for_wait())
+            .filter(parent_links__parent=self)
+            .order_by("pk")
+        )
+
+    def parent_results(self) -> dict[int, Any]:
+        """``{parent id: result}`` in ``depends_on`` order; ``None`` for a parent that did
+        not succeed (a parent purged by retention is left out)."""
+        links = (
+            self.parent_links.using(self._db_for_wait())
+            .order_by("position")
+            .values_list("parent_id", "parent__state", "parent__result")
+        )
+        return {pk: result if state == TaskState.SUCCEEDED else None for pk, state, result in links}
+
     # --- the public API: delegated to the services through the seam below ---------
     @classmethod
     def submit(
@@ -274,9 +317,15 @@ class BatchTask(models.Model):
         fairness_key: str | None = None,
         concurrency_key: str | None = None,
         rate_key: str | None = None,
+        depends_on: Iterable[Any] | None = None,
+        on_parent_failure: str = "skip",
         using: str | None = None,
     ) -> BatchTask:
-        """Save a new task in the caller's transaction; it is dispatched after commit."""
+        """Save a new task in the caller's transaction; it is dispatched after commit.
+
+        With ``depends_on`` (tasks or ids) it waits, ``blocked``, until every parent is
+        final; a parent that did not succeed skips it unless ``on_parent_failure="run"``.
+        """
         return operations().submit(
             type_name,
             params,
@@ -289,6 +338,8 @@ class BatchTask(models.Model):
             fairness_key=fairness_key,
             concurrency_key=concurrency_key,
             rate_key=rate_key,
+            depends_on=depends_on,
+            on_parent_failure=on_parent_failure,
             using=using,
         )
 
@@ -305,6 +356,8 @@ class BatchTask(models.Model):
         fairness_key: str | None = None,
         concurrency_key: str | None = None,
         rate_key: str | None = None,
+        depends_on: Iterable[Any] | None = None,
+        on_parent_failure: str = "skip",
         using: str | None = None,
     ) -> TaskGroup:
         """Save one task per parameter set in one transaction; dispatched after commit.
@@ -322,6 +375,8 @@ class BatchTask(models.Model):
             fairness_key=fairness_key,
             concurrency_key=concurrency_key,
             rate_key=rate_key,
+            depends_on=depends_on,
+            on_parent_failure=on_parent_failure,
             using=using,
         )
 
@@ -348,9 +403,13 @@ class BatchTask(models.Model):
         self.refresh_from_db(using=self._db_for_wait())
         return self.state in FINAL_STATES
 
-    def cancel(self) -> bool:
-        """Cancel a waiting task at once, or ask a running one to stop; True if it applied."""
-        return operations().cancel(self)
+    def cancel(self, *, cascade: bool = False) -> bool:
+        """Cancel a waiting task at once, or ask a running one to stop; True if it applied.
+
+        With ``cascade`` its blocked descendants are cancelled too, whatever their
+        ``on_parent_failure``.
+        """
+        return operations().cancel(self, cascade=cascade)
 
     def retry(self) -> bool:
         """Run a failed or cancelled task again, as its next attempt; True if it applied.
@@ -373,7 +432,7 @@ class TaskOperations(Protocol):
         self, type_name: str, params_list: Iterable[Any], **options: Any
     ) -> TaskGroup: ...
 
-    def cancel(self, task: BatchTask) -> bool: ...
+    def cancel(self, task: BatchTask, *, cascade: bool = False) -> bool: ...
 
     def retry(self, task: BatchTask) -> bool: ...
 

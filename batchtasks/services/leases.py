@@ -20,7 +20,7 @@ from .. import transitions
 from ..core.retries import retry_delay
 from ..core.states import AttemptOutcome, TaskState
 from ..db.sql import Clock, Tables, attempts_in
-from . import events
+from . import depends, events
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +202,7 @@ def lose(
         )
         if not ended.runs_again:
             events.finished(held.task_id, held.type_name, using=using)
+        depends.act_on(ended.settled, using)
     return ended
 
 
@@ -220,6 +221,8 @@ def give_back(fences: list[transitions.Fence], pid: int, *, using: str) -> tuple
         if ended is not None and held is not None:
             events.finished(fence.task_id, held.type_name, using=using)
             queues.add(held.queue)
+        if ended is not None:
+            depends.act_on(ended.settled, using)
     released = transitions.release([f for f in fences if f not in cancelled], pid, using=using)
     if released:
         logger.warning(

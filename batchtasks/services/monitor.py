@@ -81,6 +81,8 @@ class Load:
     #: Waiting for dispatch (state new), ``delayed`` of them not due yet.
     waiting: int = 0
     delayed: int = 0
+    #: Waiting for their parents (``depends_on``, state blocked): not due, not counted.
+    blocked: int = 0
     #: Seconds the longest-waiting due task has waited (``None``: nothing waits).
     oldest_wait: float | None = None
     #: Ended in any way (succeeded, failed, cancelled, skipped); ``failed_*`` of them failed.
@@ -269,9 +271,9 @@ def workers(now: datetime, using: str) -> tuple[WorkerStatus, ...]:
 
 
 def queue_loads(now: datetime, using: str, finishes: tuple[Finishes, ...]) -> tuple[QueueLoad, ...]:
-    """Every queue with a type, each type's limit and load (four queries)."""
+    """Every queue with a type, each type's limit and load (five queries)."""
     ended = ((f.definition_id, f.load) for f in finishes)
-    loads = _added(_in_flight(using), _waiting(now, using), ended)
+    loads = _added(_in_flight(using), _waiting(now, using), _blocked(using), ended)
     limits = dict(BatchQueue.objects.using(using).values_list("name", "max_concurrency"))
     by_queue: dict[str, list[TypeLoad]] = {}
     definitions = BatchTaskDefinition.objects.using(using).order_by("queue", "name")
@@ -309,6 +311,14 @@ def _waiting(now: datetime, using: str) -> Iterator[tuple[int, Load]]:
         since=Min(Coalesce("run_after", "created_at"), filter=due),
     ):
         yield definition_id, Load(oldest_wait=_seconds(now, row.pop("since")), **row)
+
+
+def _blocked(using: str) -> Iterator[tuple[int, Load]]:
+    # Served by the partial index on blocked tasks.
+    for definition_id, row in _grouped(
+        BatchTask.objects.using(using).filter(state=TaskState.BLOCKED), blocked=Count("id")
+    ):
+        yield definition_id, Load(**row)
 
 
 def _added(*parts: Iterable[tuple[int, Load]]) -> dict[int, Load]:

@@ -10,7 +10,7 @@ from django.db import router
 
 from .. import transitions
 from ..models import BatchTask, TaskGroup
-from . import events
+from . import depends, events
 from . import submit as submitting
 from .dispatch import dispatch_on_commit
 from .validation import check_priority
@@ -29,13 +29,14 @@ class Operations:
     def submit_many(self, type_name: str, params_list: Iterable[Any], **options: Any) -> TaskGroup:
         return submitting.submit_many(type_name, params_list, **options)
 
-    def cancel(self, task: BatchTask) -> bool:
+    def cancel(self, task: BatchTask, *, cascade: bool = False) -> bool:
         db = _db(task)
-        done = transitions.cancel(task.pk, using=db)
+        done = transitions.cancel(task.pk, using=db, cascade=cascade)
         if done.freed_queue:
             dispatch_on_commit(done.freed_queue, using=db)
         if done.ended:
             events.finished(task.pk, task.definition.name, using=db)
+        depends.act_on(done.settled, db)
         task.refresh_from_db(fields=["state", "cancel_requested", "finished_at"])
         return done.applied
 

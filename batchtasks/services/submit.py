@@ -19,7 +19,7 @@ from ..core.plugin import BatchTaskPlugin
 from ..core.registry import registry
 from ..core.states import UNFINISHED_STATES, TaskState
 from ..models import BatchTask, BatchTaskDefinition, BatchTaskParameters, TaskGroup
-from . import events, line
+from . import depends, events, line
 from .batching import per_message
 from .bulk import insert_task, insert_tasks
 from .definitions import get_definition
@@ -249,9 +249,12 @@ def submit(
     fairness_key: Any = None,
     concurrency_key: Any = None,
     rate_key: Any = None,
+    depends_on: Iterable[Any] | None = None,
+    on_parent_failure: str = "skip",
     using: str | None = None,
 ) -> BatchTask:
-    """Insert one task and its parameters; publish after the caller's transaction commits."""
+    """Insert one task and its parameters; publish after the caller's transaction commits.
+    With ``depends_on`` it waits ``blocked`` for its parents (``services.depends``)."""
     unique = check_text("unique_key", unique_key, 200, optional=True)
     if on_conflict not in ON_CONFLICT:
         raise InvalidTaskOption(
@@ -269,9 +272,12 @@ def submit(
         using=using,
         keys=Keys.checked(concurrency_key, rate_key),
     )
+    policy = depends.check_policy(on_parent_failure)
+    parents = depends.parent_ids(depends_on, options.db)
     connection = connections[options.db]
     if (
         unique is None
+        and not parents
         and connection.vendor == "postgresql"
         and not isinstance(options.run_after, timedelta)
     ):
@@ -282,7 +288,12 @@ def submit(
         _after_insert([task], task.definition, options.db)
         return task
     request = _prepare(options)
-    task = request.new_task(request.first_round, unique, queued=request.admissible() > 0)
+    # A task with parents is never queued at once (nor counted against limits) until
+    # the last of them is final.
+    queued = not parents and request.admissible() > 0
+    task = request.new_task(request.first_round, unique, queued=queued)
+    if parents:
+        depends.blocked(task, parents, policy)
     # No savepoint of our own inside the caller's transaction: a failed insert fails it.
     with transaction.atomic(using=request.db, savepoint=False):
         if unique is None:
@@ -292,9 +303,22 @@ def submit(
             if existing is not None:
                 return existing
             _parameters(task, encoded).save(using=request.db, force_insert=True)
+        settled = depends.attach([task.pk], parents, request.db) if parents else None
     events.submitted([task], type_name)
     _after_insert([task], request.definition, request.db)
+    if settled is not None:
+        _settled_at_submit([task], settled, request.db)
     return task
+
+
+def _settled_at_submit(tasks: list[BatchTask], settled: Any, db: str) -> None:
+    """Act on the parents found final at submit; reload the children they settled."""
+    depends.act_on(settled, db)
+    if settled.due or settled.ended:
+        fresh = BatchTask.objects.using(db).in_bulk([t.pk for t in tasks])
+        for task in tasks:
+            for name in ("state", "pending_parents", "error_message", "finished_at"):
+                setattr(task, name, getattr(fresh[task.pk], name))
 
 
 def _after_insert(tasks: list[BatchTask], definition: BatchTaskDefinition, db: str) -> None:
@@ -303,6 +327,8 @@ def _after_insert(tasks: list[BatchTask], definition: BatchTaskDefinition, db: s
     full window before them: the slots the admitted ones free refill it."""
     queue = definition.queue
     admitted = tasks
+    if tasks[-1].state == TaskState.BLOCKED:  # their parents' final writes make them due
+        return
     if tasks[-1].state != TaskState.QUEUED:
         admitted = [t for t in tasks if t.state == TaskState.QUEUED]
     if not admitted:
@@ -324,10 +350,11 @@ def _insert_unique(task: BatchTask, request: Request, *, supersede: bool) -> Bat
     assert key is not None
     for _ in range(3):
         if supersede:
-            skipped = transitions.skip_waiting(request.definition.pk, key, using=db)
+            skipped, settled = transitions.skip_waiting(request.definition.pk, key, using=db)
             for queue in {queue for _, queue in skipped if queue}:
                 dispatch_on_commit(queue, using=db)
             events.finished_many([(pk, request.definition.name) for pk, _ in skipped], using=db)
+            depends.act_on(settled, db)
         try:
             with transaction.atomic(using=db):
                 task.save(using=db, force_insert=True)
@@ -374,10 +401,12 @@ def submit_many(
     fairness_key: Any = None,
     concurrency_key: Any = None,
     rate_key: Any = None,
+    depends_on: Iterable[Any] | None = None,
+    on_parent_failure: str = "skip",
     using: str | None = None,
 ) -> TaskGroup:
     """Insert one task per parameter set in bulk, as one group; publish after the
-    transaction commits."""
+    transaction commits. With ``depends_on`` each waits for those parents."""
     if isinstance(params_list, dict | str | bytes):
         raise InvalidTaskOption(
             "submit_many takes a list of parameter sets, not a single "
@@ -400,17 +429,25 @@ def submit_many(
             keys=Keys.checked(concurrency_key, rate_key),
         )
     )
+    policy = depends.check_policy(on_parent_failure)
+    parents = depends.parent_ids(depends_on, request.db)
     group_id = uuid.uuid4()
     if not encoded:
         return TaskGroup((), group_id, using=request.db)
     with transaction.atomic(using=request.db, savepoint=False):
-        first, at_once = request.first_round, min(len(encoded), request.admissible())
+        first = request.first_round
+        at_once = 0 if parents else min(len(encoded), request.admissible())
         queued = request.new_task(first, queued=True)
         waiting = request.new_task(first + at_once)
+        if parents:
+            depends.blocked(waiting, parents, policy)
         queued.group_id = waiting.group_id = group_id
         tasks = [_copy_with_round(queued, first + i) for i in range(at_once)]
         tasks += [_copy_with_round(waiting, first + i) for i in range(at_once, len(encoded))]
         insert_tasks(tasks, encoded, using=request.db)
+        settled = depends.attach([t.pk for t in tasks], parents, request.db) if parents else None
     events.submitted(tasks, type_name)
     _after_insert(tasks, request.definition, request.db)
+    if settled is not None:
+        _settled_at_submit(tasks, settled, request.db)
     return TaskGroup(tasks, group_id, using=request.db)

@@ -22,6 +22,7 @@ from .attempts import (
     renew_leases,
 )
 from .completions import Succeeded, end_succeeded, record_run_seconds
+from .dependents import Settled, cancel_descendants, link, settle
 from .dispatching import (
     admit,
     defer,
@@ -56,9 +57,11 @@ __all__ = [
     "FinalizeRun",
     "Outcome",
     "Renewed",
+    "Settled",
     "Succeeded",
     "admit",
     "cancel",
+    "cancel_descendants",
     "claim",
     "claim_finalization",
     "claim_many",
@@ -68,6 +71,7 @@ __all__ = [
     "due_finalizations",
     "end_attempt",
     "end_succeeded",
+    "link",
     "lock_rate_keys",
     "mark_republished",
     "record_finalize_error",
@@ -79,6 +83,7 @@ __all__ = [
     "renew_leases",
     "retry",
     "set_priority",
+    "settle",
     "skip_waiting",
     "still_queued",
     "unqueue",

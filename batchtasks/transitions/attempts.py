@@ -7,14 +7,16 @@ or it ended) can write nothing more. Times come from the database's clock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from django.db import connections, transaction
 
-from ..core.states import WRITES, AttemptOutcome, TaskState
+from ..core.states import FINAL_STATES, WRITES, AttemptOutcome, TaskState
 from ..db.sql import Clock, Tables, attempts_in, states_sql
 from ..models import BatchTask
+from .dependents import Settled, settle
 from .finalizing import finalize_marks
 
 
@@ -223,6 +225,10 @@ class Ended:
 
     state: str
     queue: str
+    #: How many children wait or waited for the task (``depends_on``).
+    children: int = 0
+    #: What its final outcome did to its children (``None``: it has none, or runs again).
+    settled: Settled | None = None
 
     @property
     def runs_again(self) -> bool:
@@ -254,8 +260,47 @@ def end_attempt(
 
     ``lease_expired`` adds the guard the sweeper needs: only if the lease ran out.
     A task that ends final is marked due for its finalizers in the same statement
-    (see ``finalize_marks``).
+    (see ``finalize_marks``), and its children are counted down (``settle``) in the
+    same transaction.
     """
+    update, params = _end_sql(fence, outcome, using, lease_expired)
+    # Most tasks have no children: one statement, in no transaction of its own.
+    ended = _write_with_attempt_row(update(" AND child_count = 0"), params, using)
+    if ended is not None:
+        return ended
+    # Not ours any more, or children wait for it.
+    ended_now = end_attempts_with_children(
+        [(fence, outcome)], using=using, lease_expired=lease_expired
+    )
+    return ended_now.get(fence.task_id)
+
+
+def end_attempts_with_children(
+    ends: list[tuple[Fence, Outcome]], *, using: str, lease_expired: bool = False
+) -> dict[int, Ended]:
+    """``end_attempt`` for attempts whose tasks may have children, in one transaction
+    that also counts the children down for those that end final (one ``settle`` for all:
+    a child of several of them drops by all in one statement; a child's submit, which
+    locks its parents' rows, waits for it or is waited for). Its ``Settled`` facts ride
+    on the first of them that had children."""
+    ended: dict[int, Ended] = {}
+    with transaction.atomic(using=using):
+        for fence, outcome in ends:
+            update, params = _end_sql(fence, outcome, using, lease_expired)
+            one = _write_with_attempt_row(update(""), params, using)
+            if one is not None:
+                ended[fence.task_id] = one
+        parents = [(pk, e.state) for pk, e in ended.items() if e.children]
+        final = [(pk, state) for pk, state in parents if state in FINAL_STATES]
+        if final:
+            ended[parents[0][0]] = replace(ended[parents[0][0]], settled=settle(final, using=using))
+    return ended
+
+
+def _end_sql(
+    fence: Fence, outcome: Outcome, using: str, lease_expired: bool
+) -> tuple[Callable[[str], str], list[Any]]:
+    """The statement that ends an attempt (given an extra guard) and its values."""
     if outcome.kind not in AttemptOutcome.values:
         raise ValueError(f"end_attempt() got an unknown outcome {outcome.kind!r}.")
     connection = connections[using]
@@ -268,14 +313,17 @@ def end_attempt(
         where += f" AND lease_expires_at < {clock.now}"
     # Returned after the update: a task that runs again has counted its next attempt.
     number = f"CASE WHEN state = '{TaskState.NEW}' THEN attempt - 1 ELSE attempt END"
-    update = (
-        f"UPDATE {t.task} SET {assignments} WHERE {where} "
-        f"RETURNING id AS id, {number} AS number, worker AS worker, started_at AS started_at, "
-        f"{clock.now} AS now, '{outcome.kind}' AS outcome, error_type AS error_type, "
-        "error_message AS error_message, state AS state, queue AS queue"
-    )
-    params = [*values, fence.task_id, fence.attempt, fence.instance]
-    return _write_with_attempt_row(update, params, using)
+
+    def update(guard: str) -> str:
+        return (
+            f"UPDATE {t.task} SET {assignments} WHERE {where}{guard} "
+            f"RETURNING id AS id, {number} AS number, worker AS worker, "
+            f"started_at AS started_at, {clock.now} AS now, '{outcome.kind}' AS outcome, "
+            "error_type AS error_type, error_message AS error_message, state AS state, "
+            "queue AS queue, child_count AS child_count"
+        )
+
+    return update, [*values, fence.task_id, fence.attempt, fence.instance]
 
 
 def _end_assignments(
@@ -329,11 +377,11 @@ def _write_with_attempt_row(update: str, params: list[Any], using: str) -> Ended
                 f"WITH done AS ({update}), recorded AS ("
                 f"INSERT INTO {t.attempt} ({ATTEMPT_COLUMNS}) SELECT id, number, worker, "
                 "started_at, now, outcome, error_type, error_message FROM done) "
-                "SELECT state, queue FROM done",
+                "SELECT state, queue, child_count FROM done",
                 params,
             )
             row = cursor.fetchone()
-            return None if row is None else Ended(row[0], row[1])
+            return None if row is None else Ended(row[0], row[1], row[2])
         with transaction.atomic(using=using):
             cursor.execute(update, params)
             row = cursor.fetchone()
@@ -343,4 +391,4 @@ def _write_with_attempt_row(update: str, params: list[Any], using: str) -> Ended
             cursor.execute(
                 f"INSERT INTO {t.attempt} ({ATTEMPT_COLUMNS}) VALUES ({marks})", list(row[:8])
             )
-    return Ended(row[8], row[9])
+    return Ended(row[8], row[9], row[10])

@@ -9,14 +9,15 @@ instance, and only from ``running``. It writes what ``end_attempt`` writes for a
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from django.db import connections, transaction
 
 from ..core.states import WRITES, AttemptOutcome
 from ..db.sql import Clock, Tables, states_sql
-from .attempts import ATTEMPT_COLUMNS, Ended, Fence, Outcome, end_attempt
+from .attempts import ATTEMPT_COLUMNS, Ended, Fence, Outcome, end_attempts_with_children
+from .dependents import settle
 from .finalizing import finalize_marks
 
 
@@ -36,16 +37,38 @@ class Succeeded:
 def end_succeeded(runs: list[Succeeded], *, using: str) -> dict[int, Ended]:
     """End these running attempts as succeeded, with their attempt rows, in one statement
     on PostgreSQL. Returns the ended ones by task id; one that is not running under its
-    fence any more is left out (nothing is written for it)."""
+    fence any more is left out (nothing is written for it).
+
+    Tasks with children are left to a second statement, in a transaction with their
+    children's countdown (``settle``): the first costs tasks without children nothing."""
     if not runs:
         return {}
     connection = connections[using]
     if connection.vendor != "postgresql":
-        with transaction.atomic(using=using):
-            return _end_each(runs, using)
-    t, clock = Tables(connection), Clock(connection)
+        return end_attempts_with_children([(run.fence, _outcome(run)) for run in runs], using=using)
+    columns = _columns(runs)
+    with connection.cursor() as cursor:
+        cursor.execute(_end_sql(connection, "AND child_count = 0 "), columns)
+        ended = {row[0]: Ended(row[1], row[2], row[3]) for row in cursor.fetchall()}
+    if len(ended) == len(runs):
+        return ended
+    # Not ours any more, or children wait for them.
+    rest = _columns([run for run in runs if run.fence.task_id not in ended])
+    with transaction.atomic(using=using), connection.cursor() as cursor:
+        cursor.execute(_end_sql(connection, ""), rest)
+        more = {row[0]: Ended(row[1], row[2], row[3]) for row in cursor.fetchall()}
+        parents = [(pk, e.state) for pk, e in more.items() if e.children]
+        if parents:  # succeeded: final; their settled facts ride on the first of them
+            first = parents[0][0]
+            more[first] = replace(more[first], settled=settle(parents, using=using))
+    return ended | more
+
+
+def _columns(runs: list[Succeeded]) -> list[list[Any]]:
+    """The statement's arrays, by task id: rows are locked in id order, as a child's
+    submit locks its parents (``dependents.link``), so the two never deadlock."""
     columns: list[list[Any]] = [[], [], [], [], [], []]
-    for run in runs:
+    for run in sorted(runs, key=lambda run: run.fence.task_id):
         f = run.fence
         result = None if run.result is None else json.dumps(run.result)
         for column, value in zip(
@@ -54,10 +77,15 @@ def end_succeeded(runs: list[Succeeded], *, using: str) -> dict[int, Ended]:
             strict=True,
         ):
             column.append(value)
+    return columns
+
+
+def _end_sql(connection: Any, guard: str) -> str:
+    t, clock = Tables(connection), Clock(connection)
     succeeded = f"'{AttemptOutcome.SUCCEEDED}'"
     # Arrays, not a VALUES list: one statement text whatever the batch's size, so that it
     # is prepared once on the worker's state connection.
-    sql = (
+    return (
         "WITH v AS (SELECT * FROM UNNEST(%s::bigint[], %s::integer[], %s::text[], "
         "%s::jsonb[], %s::text[], %s::float8[]) "
         "AS v (id, attempt, instance, result, message, waited)), "
@@ -70,28 +98,17 @@ def end_succeeded(runs: list[Succeeded], *, using: str) -> dict[int, Ended]:
         f"{finalize_marks('TRUE', t, clock)} "
         f"FROM v WHERE {t.task}.id = v.id AND {t.task}.attempt = v.attempt "
         f"AND worker_instance = v.instance "
-        f"AND state IN ({states_sql(*WRITES['end_attempt'].sources)}) "
+        f"AND state IN ({states_sql(*WRITES['end_attempt'].sources)}) {guard}"
         f"RETURNING {t.task}.id AS id, {t.task}.attempt AS number, worker, started_at, "
-        f"{clock.now} AS now, state, queue), "
+        f"{clock.now} AS now, state, queue, child_count), "
         f"recorded AS (INSERT INTO {t.attempt} ({ATTEMPT_COLUMNS}) SELECT id, number, "
         f"worker, started_at, now, {succeeded}, '', '' FROM done) "
-        "SELECT id, state, queue FROM done"
+        "SELECT id, state, queue, child_count FROM done"
     )
-    values = columns
-    with connection.cursor() as cursor:
-        cursor.execute(sql, values)
-        return {row[0]: Ended(row[1], row[2]) for row in cursor.fetchall()}
 
 
-def _end_each(runs: list[Succeeded], using: str) -> dict[int, Ended]:
-    """The same, one statement per attempt (SQLite; ``started_at`` is not moved)."""
-    ended = {}
-    for run in runs:
-        outcome = Outcome(AttemptOutcome.SUCCEEDED, result=run.result, progress=(100, run.message))
-        one = end_attempt(run.fence, outcome, using=using)
-        if one is not None:
-            ended[run.fence.task_id] = one
-    return ended
+def _outcome(run: Succeeded) -> Outcome:
+    return Outcome(AttemptOutcome.SUCCEEDED, result=run.result, progress=(100, run.message))
 
 
 def record_run_seconds(definition_id: int, seconds: float, *, using: str) -> None:

@@ -11,6 +11,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from ..core.exceptions import UniqueKeyConflict
 from ..core.states import WRITES, FinalizeState, TaskState
 from ..db.sql import Clock, Tables, notice_channel_sql, states_sql
+from .dependents import Settled, cancel_descendants, settle
 from .finalizing import finalize_marks, keep_pending_outcome
 
 
@@ -22,22 +23,40 @@ class Cancelled:
     ended: bool = False
     flagged: bool = False
     freed_queue: str = ""
+    #: What it did to the task's children and, with ``cascade``, its blocked descendants.
+    settled: Settled | None = None
 
     @property
     def applied(self) -> bool:
         return self.ended or self.flagged
 
 
-def cancel(task_id: int, *, using: str) -> Cancelled:
-    """Cancel a waiting task now (marking it due for its type's finalizers, see
-    ``finalize_marks``), or flag a running one for its worker to stop."""
+def cancel(task_id: int, *, using: str, cascade: bool = False) -> Cancelled:
+    """Cancel a waiting (or blocked) task now (marking it due for its type's finalizers,
+    see ``finalize_marks``), or flag a running one for its worker to stop. With
+    ``cascade`` its blocked descendants are cancelled too (``cancel_descendants``)."""
+    with transaction.atomic(using=using):
+        done = _cancel(task_id, using)
+        settled = Settled()
+        if cascade and done.applied:
+            settled.add(cancel_descendants(task_id, using=using))
+            finished = [(pk, TaskState.CANCELLED) for pk, _ in settled.ended]
+            settled.add(settle(finished, using=using))
+        if done.ended:
+            settled.add(settle([(task_id, TaskState.CANCELLED)], using=using))
+    if settled.due or settled.ended:
+        return Cancelled(done.ended, done.flagged, done.freed_queue, settled)
+    return done
+
+
+def _cancel(task_id: int, using: str) -> Cancelled:
     connection = connections[using]
     t, clock = Tables(connection), Clock(connection)
     marks = finalize_marks("TRUE", t, clock)
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {t.task} SET state = '{TaskState.CANCELLED}', finished_at = {clock.now}, "
-            f"updated_at = {clock.now}, "
+            f"updated_at = {clock.now}, pending_parents = 0, "
             f"lease_expires_at = NULL{marks} WHERE id = %s "
             f"AND state IN ({states_sql(*WRITES['cancel_waiting'].sources)}) RETURNING queue",
             [task_id],
@@ -107,22 +126,29 @@ def set_priority(task_id: int, priority: int, *, using: str) -> bool:
         return cursor.rowcount == 1
 
 
-def skip_waiting(definition_id: int, unique_key: str, *, using: str) -> list[tuple[int, str]]:
-    """Mark the waiting tasks of a type with ``unique_key`` skipped (superseded), and due
-    for the type's finalizers (see ``finalize_marks``); return their ids and queues (a
-    queue is ``""`` unless the task held a slot in it)."""
+def skip_waiting(
+    definition_id: int, unique_key: str, *, using: str
+) -> tuple[list[tuple[int, str]], Settled]:
+    """Mark the waiting (or blocked) tasks of a type with ``unique_key`` skipped
+    (superseded), and due for the type's finalizers (see ``finalize_marks``); return their
+    ids and queues (a queue is ``""`` unless the task held a slot in it), and what that
+    did to their children."""
     connection = connections[using]
     t, clock = Tables(connection), Clock(connection)
     marks = finalize_marks("TRUE", t, clock)
-    with connection.cursor() as cursor:
+    with transaction.atomic(using=using), connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {t.task} SET state = '{TaskState.SKIPPED}', finished_at = {clock.now}, "
-            f"updated_at = {clock.now}{marks} "
+            f"updated_at = {clock.now}, pending_parents = 0{marks} "
             "WHERE definition_id = %s AND unique_key = %s "
-            f"AND state IN ({states_sql(*WRITES['skip'].sources)}) RETURNING id, queue",
+            f"AND state IN ({states_sql(*WRITES['skip'].sources)}) "
+            "RETURNING id, queue, child_count",
             [definition_id, unique_key],
         )
-        return [(row[0], row[1] or "") for row in cursor.fetchall()]
+        rows = cursor.fetchall()
+        parents = [(row[0], TaskState.SKIPPED) for row in rows if row[2]]
+        settled = settle(parents, using=using) if parents else Settled()
+    return [(row[0], row[1] or "") for row in rows], settled
 
 
 def delete_tasks(ids: list[int], *, using: str) -> int:
@@ -136,10 +162,12 @@ def delete_tasks(ids: list[int], *, using: str) -> int:
     final = states_sql(*WRITES["delete"].sources)
     lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
     with transaction.atomic(using=using), connection.cursor() as cursor:
-        # Which have earlier outcomes too, read with them: the statement that deletes
-        # those is then only sent for a task that was retried.
+        # Which have earlier outcomes or dependency links too, read with them: the
+        # statements that delete those are then only sent for tasks that have them.
+        linked = f"EXISTS (SELECT 1 FROM {t.dependency} l WHERE l.child_id = {t.task}.id)"
         cursor.execute(
-            f"SELECT id, EXISTS (SELECT 1 FROM {t.outcome} o WHERE o.task_id = {t.task}.id) "
+            f"SELECT id, EXISTS (SELECT 1 FROM {t.outcome} o WHERE o.task_id = {t.task}.id), "
+            f"child_count > 0 OR {linked} "
             f"FROM {t.task} WHERE id IN ({marks}) AND state IN ({final}) "
             f"AND finalize_state <> '{FinalizeState.PENDING}' AND {_no_earlier_due(t)}{lock}",
             ids,
@@ -151,6 +179,13 @@ def delete_tasks(ids: list[int], *, using: str) -> int:
         marks = ", ".join(["%s"] * len(done))
         cursor.execute(f"DELETE FROM {t.params} WHERE task_id IN ({marks})", done)
         cursor.execute(f"DELETE FROM {t.attempt} WHERE task_id IN ({marks})", done)
+        links = [row[0] for row in rows if row[2]]
+        if links:
+            both = ", ".join(["%s"] * len(links))
+            cursor.execute(
+                f"DELETE FROM {t.dependency} WHERE parent_id IN ({both}) OR child_id IN ({both})",
+                links + links,
+            )
         if retried:
             kept = ", ".join(["%s"] * len(retried))
             cursor.execute(f"DELETE FROM {t.outcome} WHERE task_id IN ({kept})", retried)
@@ -177,7 +212,9 @@ def delete_expired(definition_id: int, retention: float, limit: int, *, using: s
         f"WITH doomed AS MATERIALIZED ({_expired_sql(connection)} FOR UPDATE SKIP LOCKED), "
         f"params AS (DELETE FROM {t.params} WHERE task_id {doomed}), "
         f"attempts AS (DELETE FROM {t.attempt} WHERE task_id {doomed}), "
-        f"outcomes AS (DELETE FROM {t.outcome} WHERE task_id {doomed}) "
+        f"outcomes AS (DELETE FROM {t.outcome} WHERE task_id {doomed}), "
+        f"links AS (DELETE FROM {t.dependency} WHERE parent_id {doomed} "
+        f"OR child_id {doomed}) "
         f"DELETE FROM {t.task} WHERE id {doomed}"
     )
     with connection.cursor() as cursor:

@@ -19,7 +19,7 @@ from ..models import BatchTask
 from . import api_query, api_submit, openapi
 from .auth import api_view
 from .problems import Problem
-from .serialize import BIGINT_MAX, Viewer, dumps, task_json
+from .serialize import BIGINT_MAX, Viewer, dumps, task_json, with_links
 
 FINAL = frozenset(FINAL_STATES)
 JSON = "application/json"
@@ -62,8 +62,9 @@ def _submit(request: HttpRequest, viewer: Viewer) -> HttpResponse:
     submission = api_submit.parse_submission(api_submit.read_body(request))
     api_submit.check_type(submission.type, request.user)
     api_submit.check_raised_priority(submission, request.user)
+    api_submit.check_parents(submission, viewer.tasks())
     submitted, created = api_submit.submit(submission, request.user)
-    body = task_json(_visible(viewer, submitted.pk), viewer)
+    body = with_links(task_json(_visible(viewer, submitted.pk), viewer))
     response = _json(body, status=201 if created else 200)
     if created:
         response["Location"] = body["url"]
@@ -72,9 +73,9 @@ def _submit(request: HttpRequest, viewer: Viewer) -> HttpResponse:
 
 @api_view("GET")
 def task(request: HttpRequest, pk: int | str) -> HttpResponse:
-    """One task."""
+    """One task, with the ids of its parents and children."""
     viewer = Viewer(request.user)
-    return _json(task_json(_visible(viewer, pk), viewer))
+    return _json(with_links(task_json(_visible(viewer, pk), viewer)))
 
 
 @api_view("POST")
@@ -84,7 +85,8 @@ def cancel(request: HttpRequest, pk: int | str) -> HttpResponse:
     target = _visible(viewer, pk)
     if not viewer.may_cancel(target):
         raise Problem("permission-denied", "Cancelling others' tasks needs cancel_batchtask.")
-    applied = target.state not in FINAL and target.cancel()
+    cascade = request.GET.get("cascade", "").lower() in ("1", "true", "yes")
+    applied = target.state not in FINAL and target.cancel(cascade=cascade)
     # Not applied to an unfinished task: it runs and was already asked to stop.
     if not applied and target.state in FINAL:
         raise Problem("wrong-state", f"Task {target.pk} has already finished ({target.state}).")

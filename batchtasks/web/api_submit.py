@@ -35,7 +35,11 @@ FIELDS = (
     "unique_key",
     "concurrency_key",
     "rate_key",
+    "depends_on",
+    "on_parent_failure",
 )
+#: The most parents one submit over HTTP may name.
+DEPENDS_ON_MAX = 10_000
 #: What a caller needs to submit above the type's default priority: the permission the
 #: admin's set-priority action needs too.
 RAISE_PRIORITY = "batchtasks.change_batchtask"
@@ -64,6 +68,8 @@ class Submission:
     unique_key: str | None
     concurrency_key: str | None = None
     rate_key: str | None = None
+    depends_on: tuple[int, ...] = ()
+    on_parent_failure: str = "skip"
 
 
 def may_submit(spec: TaskTypeSpec, user: Any) -> bool:
@@ -204,6 +210,46 @@ def _run_after(value: Any, errors: list[FieldError]) -> datetime | timedelta | N
     return None
 
 
+def _depends_on(value: Any, errors: list[FieldError]) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if (
+        isinstance(value, list)
+        and len(value) <= DEPENDS_ON_MAX
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        return tuple(value)
+    errors.append(
+        FieldError(
+            "depends_on",
+            f"depends_on must be a list of at most {DEPENDS_ON_MAX:,} task ids "
+            "(positive integers).",
+        )
+    )
+    return ()
+
+
+def _on_parent_failure(value: Any, errors: list[FieldError]) -> str:
+    if value is None or value in ("skip", "run"):
+        return value or "skip"
+    errors.append(FieldError("on_parent_failure", 'on_parent_failure must be "skip" or "run".'))
+    return "skip"
+
+
+def check_parents(submission: Submission, visible: Any) -> None:
+    """Invalid-request naming the parents in ``depends_on`` that are not among the
+    ``visible`` tasks (a queryset of those the caller may see): a child reads its
+    parents' results, so nobody may depend on a task they cannot see."""
+    if not submission.depends_on:
+        return
+    seen = set(visible.filter(pk__in=submission.depends_on).values_list("pk", flat=True))
+    unknown = [pk for pk in submission.depends_on if pk not in seen]
+    if unknown:
+        shown = ", ".join(str(pk) for pk in unknown[:10])
+        message = f"depends_on names tasks that you cannot see or that do not exist: {shown}."
+        raise Problem("invalid-request", message, [FieldError("depends_on", message)])
+
+
 def parse_submission(data: dict[str, Any]) -> Submission:
     """The checked fields of a submit body, or invalid-request naming every bad field."""
     errors = [
@@ -226,6 +272,8 @@ def parse_submission(data: dict[str, Any]) -> Submission:
         unique_key=_text(data, "unique_key", errors),
         concurrency_key=_text(data, "concurrency_key", errors),
         rate_key=_text(data, "rate_key", errors),
+        depends_on=_depends_on(data.get("depends_on"), errors),
+        on_parent_failure=_on_parent_failure(data.get("on_parent_failure"), errors),
     )
     if errors:
         raise Problem("invalid-request", " ".join(e.message for e in errors), errors)
@@ -286,6 +334,8 @@ def submit(submission: Submission, user: Any) -> tuple[BatchTask, bool]:
                 on_conflict="return",
                 concurrency_key=submission.concurrency_key,
                 rate_key=submission.rate_key,
+                depends_on=list(submission.depends_on) or None,
+                on_parent_failure=submission.on_parent_failure,
                 using=db,
             )
         except InvalidParameters as exc:

@@ -86,8 +86,9 @@ def type_families(types: list[tuple[QueueLoad, TypeLoad]]) -> Iterator[Metric]:
     """Per type: unfinished tasks by state, in flight and its limit."""
     tasks = _gauge(
         "tasks",
-        "Unfinished tasks by type and state: new (waiting for dispatch, delayed included), "
-        "queued (published, not yet claimed), running. Finished ones: *_last_hour.",
+        "Unfinished tasks by type and state: blocked (waiting for their parents), new "
+        "(waiting for dispatch, delayed included), queued (published, not yet claimed), "
+        "running. Finished ones: *_last_hour.",
         ["type", "queue", "state"],
     )
     in_flight = _gauge("type_in_flight", "Tasks of the type queued or running.", ["type", "queue"])
@@ -97,7 +98,12 @@ def type_families(types: list[tuple[QueueLoad, TypeLoad]]) -> Iterator[Metric]:
         ["type", "queue"],
     )
     for q, t in types:
-        counts = {"new": t.load.waiting, "queued": t.load.queued, "running": t.load.running}
+        counts = {
+            "blocked": t.load.blocked,
+            "new": t.load.waiting,
+            "queued": t.load.queued,
+            "running": t.load.running,
+        }
         for state in UNFINISHED_STATES:
             tasks.add_metric([t.name, q.name, state], counts[state])
         in_flight.add_metric([t.name, q.name], t.load.in_flight)

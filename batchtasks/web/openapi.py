@@ -43,7 +43,8 @@ TASK: Schema = {
         "state_code": {
             "type": "integer",
             "enum": sorted(set(STATE_CODES.values())),
-            "description": "new 1, queued 2, running 3, succeeded 4, failed/cancelled/skipped 5",
+            "description": "new/blocked 1, queued 2, running 3, succeeded 4, "
+            "failed/cancelled/skipped 5",
         },
         "state_label": {"type": "string"},
         "priority": {"type": "integer", "minimum": PRIORITY_MIN, "maximum": PRIORITY_MAX},
@@ -69,9 +70,19 @@ TASK: Schema = {
         "can_cancel": {"type": "boolean"},
         "can_retry": {"type": "boolean"},
         "url": {"type": "string", "format": "uri-reference"},
+        "pending_parents": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "How many parents (depends_on) a blocked task still waits for.",
+        },
+        "on_parent_failure": {"type": "string", "enum": ["skip", "run"]},
     },
 }
 TASK["required"] = list(TASK["properties"])
+_IDS = {"type": "array", "items": {"type": "integer", "minimum": 1}}
+# Only in the answers about one task (getTask, submitTask): not in lists.
+TASK["properties"]["parents"] = {**_IDS, "description": "Its depends_on, in order."}
+TASK["properties"]["children"] = {**_IDS, "description": "The tasks that depend on it."}
 
 TASK_ERROR: Schema = {
     "type": "object",
@@ -146,6 +157,19 @@ def _submit_request() -> Schema:
                 "maxLength": limits["rate_key"],
                 "description": "The type's rate_limit counts starts per key; null: the "
                 "type as a whole.",
+            },
+            "depends_on": {
+                "type": ["array", "null"],
+                "items": {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX},
+                "maxItems": api_submit.DEPENDS_ON_MAX,
+                "description": "Ids of tasks you can see: the task waits (blocked) until "
+                "every one is final.",
+            },
+            "on_parent_failure": {
+                "type": ["string", "null"],
+                "enum": ["skip", "run", None],
+                "description": "skip (default): a parent that fails, is cancelled or skipped "
+                "skips the task; run: it runs once every parent is final.",
             },
         },
     }
@@ -293,9 +317,13 @@ def _one_task(operation_id: str, summary: str, *problems: str) -> Schema:
     task_id["schema"] = {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX}
     method = "get" if operation_id == "getTask" else "post"
     ok = {"200": ref("responses", "OneTask")}
+    parameters = [task_id]
+    if operation_id == "cancelTask":
+        cascade = "true: also cancel the tasks waiting (blocked) for it, transitively."
+        parameters.append(_query("cascade", {"type": "boolean"}, cascade))
     return {
         method: _operation(
-            summary, ok, *problems, "NotFound", operationId=operation_id, parameters=[task_id]
+            summary, ok, *problems, "NotFound", operationId=operation_id, parameters=parameters
         )
     }
 

@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 
 from ..core.states import STATE_CODES, UNFINISHED_STATES, WRITES, TaskState
-from ..models import BatchTask
+from ..models import BatchTask, BatchTaskDependency
 
 VIEW_ALL = "batchtasks.view_all_batchtasks"
 CANCEL_ANY = "batchtasks.cancel_batchtask"
@@ -40,6 +40,8 @@ TASK_COLUMNS = (
     "result",
     "error_type",
     "error_message",
+    "pending_parents",
+    "on_parent_failure",
 )
 #: The largest id a task can have (a PostgreSQL bigint).
 BIGINT_MAX = 2**63 - 1
@@ -147,8 +149,23 @@ def task_json(task: BatchTask, viewer: Viewer) -> dict[str, Any]:
             task.state in UNFINISHED and not task.cancel_requested and viewer.may_cancel(task)
         ),
         "can_retry": task.state in RETRYABLE and viewer.may_retry(task),
+        "pending_parents": task.pending_parents,
+        "on_parent_failure": task.on_parent_failure,
         "url": reverse("batchtasks:api-task", args=[task.pk]),
     }
+
+
+def with_links(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` (one task's JSON) with the ids of its parents, in ``depends_on`` order,
+    and of its children (two queries: only for one task, never for a list)."""
+    links = BatchTaskDependency.objects
+    body["parents"] = list(
+        links.filter(child_id=body["id"]).order_by("position").values_list("parent_id", flat=True)
+    )
+    body["children"] = list(
+        links.filter(parent_id=body["id"]).order_by("child_id").values_list("child_id", flat=True)
+    )
+    return body
 
 
 def parse_timestamp(text: str) -> datetime | None:

@@ -21,7 +21,7 @@ import time
 from .. import transitions
 from ..core.conf import get_settings
 from ..db.connections import reconnecting
-from ..services import events, finalize
+from ..services import depends, events, finalize
 from ..services.facts import TypeFacts
 from .progress import COMPLETIONS, state_lock, timer_for
 
@@ -102,6 +102,8 @@ def after_end(
     task. Returns whether the task is to be deleted now (its type keeps nothing)."""
     if ended is not None and not ended.runs_again:
         events.finished(fence.task_id, facts.name, using=db)
+    if ended is not None:
+        depends.act_on(ended.settled, db)  # children made due, or skipped
     finalize.run_after_end(facts.name, ended, fence.task_id, using=db)
     if ended is None:
         logger.warning(

@@ -225,10 +225,30 @@ def describe(task: BatchTask, now: Any) -> list[tuple[str, str]]:
         ("params", pretty(task.params)),
         ("result", pretty(task.result)),
     ]
+    parents, children = _linked(task.parents()), _linked(task.children())
+    if parents:
+        facts.append(("depends on", f"{parents} (on failure: {task.on_parent_failure})"))
+        if task.state == TaskState.BLOCKED:
+            facts.append(("waiting for", f"{task.pending_parents} of them"))
+    if children:
+        facts.append(("children", children))
     if task.error is not None:
         facts.append(("error", f"{task.error.type}: {task.error.message}"))
         facts.append(("traceback", task.error.traceback.rstrip() or "-"))
     return facts
+
+
+#: The most parents or children ``show`` names (a group's ``then`` has thousands).
+LINKS_SHOWN = 20
+
+
+def _linked(tasks: Any) -> str:
+    """``#12 succeeded, #13 running`` for the first ``LINKS_SHOWN`` of ``tasks``."""
+    rows = list(tasks.values_list("pk", "state")[: LINKS_SHOWN + 1])
+    text = ", ".join(f"#{pk} {state}" for pk, state in rows[:LINKS_SHOWN])
+    if len(rows) > LINKS_SHOWN:
+        text += f" and {tasks.count() - LINKS_SHOWN} more"
+    return text
 
 
 # --- cancel and retry -----------------------------------------------------------------

@@ -8,7 +8,7 @@
 
   var EVERY = 2000;
   var MAX_IDS = 100; // the API's limit for id=…
-  var STATES = ["new", "queued", "running", "succeeded", "failed", "cancelled", "skipped"];
+  var STATES = ["blocked", "new", "queued", "running", "succeeded", "failed", "cancelled", "skipped"];
   var timer = null;
   var config = null;
 

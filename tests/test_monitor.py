@@ -251,4 +251,4 @@ def test_the_query_count_does_not_grow_with_the_rows(admin_client: Client) -> No
         finish("examples.fail", TaskState.FAILED, i)
         finish("examples.noop", TaskState.SUCCEEDED, i)
 
-    assert queries_of_a_view(admin_client) == few <= 12  # 10 for the monitor, 2 for the session
+    assert queries_of_a_view(admin_client) == few <= 13  # 11 for the monitor, 2 for the session

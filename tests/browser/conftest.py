@@ -74,9 +74,15 @@ def live_url(live_server: Any) -> str:
 
 
 @pytest.fixture
-def page(browser: Any, live_url: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+def page(
+    browser: Any, live_url: str, request: pytest.FixtureRequest, transactional_db: None
+) -> Iterator[Any]:
     """A fresh context and page; ``page.dialogs`` and ``page.console_errors`` record what
-    the page showed (dialogs are dismissed); a failed test leaves a screenshot."""
+    the page showed (dialogs are dismissed); a failed test leaves a screenshot.
+
+    It asks for the database itself so that it is closed before the database is emptied:
+    a page still polling (the monitor, the indicator) would otherwise have the live
+    server read tables while the flush truncates them, and the two deadlock."""
     context = browser.new_context(base_url=live_url)
     context.set_default_timeout(15_000)
     new_page = context.new_page()
@@ -100,6 +106,7 @@ def page(browser: Any, live_url: str, request: pytest.FixtureRequest) -> Iterato
     report = getattr(request.node, "report_call", None)
     if report is not None and report.failed:
         _screenshot(new_page, request.node, report)
+    new_page.goto("about:blank")  # no more polls from this page
     context.close()
 
 

@@ -18,10 +18,10 @@ IDLE_PASSES = 200
 
 def _make(count: int) -> None:
     from batchtasks.core.schedules import Timing, last_ticks
+    from batchtasks.db.sql import database_now
     from batchtasks.models import BatchTaskSchedule
-    from batchtasks.services.schedules import db_now
 
-    now = db_now("default")
+    now = database_now("default")
     [due] = last_ticks(Timing(every=3600), now - timedelta(hours=2), now, 1)
     BatchTaskSchedule.objects.bulk_create(
         BatchTaskSchedule(

@@ -28,7 +28,10 @@ def test_workers_prints_the_matrix_and_the_command_lines() -> None:
     assert "batch.reports  (queue limit: unlimited)" in out
     assert "reports.users_csv" in out and "max_concurrency=2" in out
     assert "celery -A project worker -Q batch.reports -c 2 --prefetch-multiplier 1" in out
-    assert "-Q batch.examples.fail,batch.examples.flaky,batch.examples.merge,batch.examples.noop," in out
+    every_queue = (
+        "batch.examples.fail,batch.examples.flaky,batch.examples.merge,batch.examples.noop,"
+    )
+    assert f"-Q {every_queue}" in out
 
 
 def test_workers_shows_live_limits_from_the_database() -> None:

@@ -20,6 +20,7 @@ from batchtasks.models import BatchTaskDefinition, BatchTaskRateLimit
 from batchtasks.services.definitions import get_definition
 from batchtasks.services.dispatch import dispatch_queue
 from tests.conftest import purge_queues, runs_of
+from tests.test_workers import max_overlap
 from tests.workers import wait_for
 
 KEYED = "batch.tests.keyed"
@@ -284,18 +285,10 @@ def test_one_per_concurrency_key_at_a_time_and_three_keys_at_once(
     everything = [t for tasks in by_key.values() for t in tasks]
     wait_for(lambda: set(states(everything)) == {TaskState.SUCCEEDED}, timeout=90)
 
-    def most_at_once(runs: list[tuple[float, float]]) -> int:
-        events = sorted([(s, 1) for s, _ in runs] + [(e, -1) for _, e in runs])
-        now = peak = 0
-        for _, step in events:
-            now += step
-            peak = max(peak, now)
-        return peak
-
     spans: dict[str, list[tuple[float, float]]] = {}
     for key, tasks in by_key.items():
         runs = [run for t in tasks for run in runs_of(record_dir, t.pk)]
         assert len(runs) == 5 and all(end is not None for _, _, end in runs)
         spans[key] = [(start, end) for _, start, end in runs if end is not None]
-        assert most_at_once(spans[key]) == 1
-    assert most_at_once([span for runs in spans.values() for span in runs]) == 3
+        assert max_overlap(spans[key]) == 1
+    assert max_overlap([span for runs in spans.values() for span in runs]) == 3

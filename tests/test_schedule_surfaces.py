@@ -10,9 +10,10 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from batchtasks.db.sql import database_now
 from batchtasks.models import BatchTaskSchedule
 from batchtasks.services.schedule_rows import sync_schedules
-from batchtasks.services.schedules import db_now, run_due
+from batchtasks.services.schedules import run_due
 
 pytestmark = pytest.mark.usefixtures("definitions")
 ADD = reverse("admin:batchtasks_batchtaskschedule_add")
@@ -43,7 +44,7 @@ def test_a_schedule_added_in_the_admin_gets_its_next_tick_from_the_database_cloc
     assert response.status_code == 302, response.content.decode()[:2000]
     row = BatchTaskSchedule.objects.get(name="nightly")
     assert row.source == "admin" and row.next_run_at is not None
-    assert row.next_run_at > db_now("default")
+    assert row.next_run_at > database_now("default")
     assert row.next_run_at.astimezone(row.timing.zone).strftime("%H:%M") == "02:30"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -109,6 +110,16 @@ class Clock:
     def param(self, seconds: float) -> Any:
         """``seconds`` as the backend's ``after`` placeholder wants it."""
         return float(seconds) if self.postgresql else f"{float(seconds):+.6f}"
+
+
+def database_now(using: str) -> datetime:
+    """The database server's clock, now."""
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {Clock(connection).now}", [])  # with parameters, "%%" is "%"
+        now = as_datetime(cursor.fetchone()[0])
+    assert now is not None
+    return now
 
 
 def as_datetime(value: Any) -> datetime | None:

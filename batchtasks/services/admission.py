@@ -29,7 +29,7 @@ from django.db import connections
 from .. import transitions
 from ..core.limits import Rate, parse_rate
 from ..core.states import IN_FLIGHT_STATES, TaskState
-from ..db.sql import Clock, Tables, as_datetime, states_sql
+from ..db.sql import Clock, Tables, database_now, states_sql
 from ..models import BatchTaskDefinition
 
 #: The line's test, over a definition's columns, that its tasks may skip the dispatcher.
@@ -150,7 +150,7 @@ def _within_rate(
     """The candidates within their key's budget; the others deferred to their earliest
     start (the i-th of a key in line: its next start on time plus i intervals, less the
     tolerance)."""
-    now = _now(db)
+    now = database_now(db)
     tats = transitions.lock_rate_keys(rules.definition_id, {row[3] for row in rows}, now, using=db)
     starts = RateStarts(rules, rate, now, tats)
     startable: list[Row] = []
@@ -167,15 +167,6 @@ def _within_rate(
             deferrals.append((row[2], rate.earliest(rate.start(tat, now), place)))
     transitions.defer(deferrals, using=db)
     return startable, starts, len(deferrals)
-
-
-def _now(db: str) -> datetime:
-    connection = connections[db]
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {Clock(connection).now}", [])
-        now = as_datetime(cursor.fetchone()[0])
-    assert now is not None
-    return now
 
 
 def _candidates(

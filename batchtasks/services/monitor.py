@@ -15,13 +15,13 @@ from datetime import datetime, timedelta
 from itertools import chain
 from typing import Any
 
-from django.db import connections, router
+from django.db import router
 from django.db.models import Count, Min, Q, QuerySet
 from django.db.models.functions import Coalesce, Left, TruncMinute
 
 from ..core.conf import get_settings
 from ..core.states import FINAL_STATES, IN_FLIGHT_STATES, TaskState
-from ..db.sql import Clock, as_datetime
+from ..db.sql import database_now
 from ..models import BatchQueue, BatchTask, BatchTaskDefinition, BatchWorker, WorkerState
 from .schedule_rows import ScheduleLine, schedule_lines
 
@@ -223,16 +223,6 @@ def snapshot(using: str | None = None) -> Snapshot:
         finishes=finishes,
         schedules=tuple(schedule_lines(using=db, limit=SCHEDULES_SHOWN)),
     )
-
-
-def database_now(using: str) -> datetime:
-    """The database server's clock."""
-    connection = connections[using]
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {Clock(connection).now}", [])
-        now = as_datetime(cursor.fetchone()[0])
-    assert now is not None
-    return now
 
 
 def _seconds(now: datetime, then: datetime | None) -> float | None:

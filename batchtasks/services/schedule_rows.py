@@ -24,8 +24,9 @@ from ..core.conf import get_settings
 from ..core.exceptions import BatchTasksError, InvalidParameters, InvalidTaskOption
 from ..core.registry import registry
 from ..core.schedules import check_declared, next_tick
+from ..db.sql import database_now
 from ..models import BatchTask, BatchTaskSchedule, ScheduleSource
-from .schedules import Pass, claim, db_now, unfinished
+from .schedules import Pass, claim, unfinished
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def retime(row: BatchTaskSchedule, *, using: str | None = None) -> None:
     """Set ``next_run_at`` to the first tick after the database's now (not saved)."""
     if row.source == ScheduleSource.CELERY_BEAT:
         return
-    row.next_run_at = next_tick(row.timing, db_now(_db(using))) if row.enabled else None
+    row.next_run_at = next_tick(row.timing, database_now(_db(using))) if row.enabled else None
 
 
 def _owner_id(name: str, owner: Any, db: str) -> int | None:
@@ -202,7 +203,7 @@ def bridge_claim(
         row.type_name, row.params, row.overlap = type_name, params, overlap
         row.priority = options.get("priority")
         row.description = options.get("description", "")
-        now = db_now(db)
+        now = database_now(db)
         tick = _rounded(now, tick_seconds)
         busy = not overlap and unfinished(row.last_task_id, db)
         task = claim(row, tick, now, db, Pass(), busy=busy)

@@ -20,7 +20,7 @@ from ..core.conf import get_settings
 from ..core.exceptions import BatchTasksError
 from ..core.schedules import EPOCH, Timing, last_ticks, next_tick
 from ..core.states import UNFINISHED_STATES
-from ..db.sql import Clock, as_datetime, db_datetime
+from ..db.sql import database_now, db_datetime
 from ..models import BatchTask, BatchTaskSchedule, BatchTaskScheduleTick, CatchUp, TickOutcome
 from .submit import submit
 
@@ -50,16 +50,6 @@ class Pass:
     next_in: float | None = None
 
 
-def db_now(using: str) -> datetime:
-    """The database's current time."""
-    connection = connections[using]
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {Clock(connection).now}", [])  # with parameters, "%%" is "%"
-        value = as_datetime(cursor.fetchone()[0])
-    assert value is not None
-    return value
-
-
 def _db(using: str | None) -> str:
     return using or router.db_for_write(BatchTaskSchedule)
 
@@ -68,7 +58,7 @@ def run_due(*, using: str | None = None, now: datetime | None = None) -> Pass:
     """Claim and run the due ticks of every enabled schedule (``now`` for tests: the
     database's clock otherwise)."""
     db = _db(using)
-    now = now or db_now(db)
+    now = now or database_now(db)
     done = Pass()
     due = BatchTaskSchedule.objects.using(db).filter(enabled=True, next_run_at__lte=now)
     for pk in due.order_by("next_run_at").values_list("pk", flat=True)[:PASS_LIMIT]:

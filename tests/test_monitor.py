@@ -151,6 +151,30 @@ def test_running_tasks_show_progress_and_link_to_the_admin(admin_client: Client)
     assert "1 min 15 s" in text or "1 min 16 s" in text
 
 
+def test_running_tasks_show_their_parents_and_how_many_tasks_wait_for_them(
+    admin_client: Client,
+) -> None:
+    a, b = (finish("examples.noop", TaskState.SUCCEEDED, 1) for _ in range(2))
+    task = BatchTask.submit("examples.progress", {}, depends_on=[a, b])
+    BatchTask.objects.filter(pk=task.pk).update(
+        state=TaskState.RUNNING, started_at=ago(seconds=5), worker="w1@host"
+    )
+    waiting = [BatchTask.submit("examples.noop", {}, depends_on=[task]) for _ in range(2)]
+    assert {t.state for t in waiting} == {TaskState.BLOCKED}
+    lone = submit("examples.progress", TaskState.RUNNING, started_at=ago(seconds=9))
+
+    html = admin_client.get(MONITOR).content.decode()
+
+    running = html[html.index('id="batchtasks-running"') : html.index('id="batchtasks-failures"')]
+    mine = re.search(rf'data-task-id="{task.pk}".*?</tr>', running, re.S)
+    assert mine
+    text = " ".join(strip_tags(mine.group(0)).split())
+    assert f"after #{a.pk}, #{b.pk}" in text
+    assert "2 tasks wait for it" in text
+    other = re.search(rf'data-task-id="{lone.pk}".*?</tr>', running, re.S)
+    assert other and "after #" not in other.group(0) and "wait for it" not in other.group(0)
+
+
 def test_recent_failures_are_newest_first_with_a_short_message(admin_client: Client) -> None:
     older = finish("examples.fail", TaskState.FAILED, 10, error_type="KeyError", error_message="x")
     newer = finish(

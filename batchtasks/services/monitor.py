@@ -16,18 +16,27 @@ from itertools import chain
 from typing import Any
 
 from django.db import router
-from django.db.models import Count, Min, Q, QuerySet
+from django.db.models import Count, Exists, Min, OuterRef, Q, QuerySet
 from django.db.models.functions import Coalesce, Left, TruncMinute
 
 from ..core.conf import get_settings
 from ..core.states import FINAL_STATES, IN_FLIGHT_STATES, TaskState
 from ..db.sql import database_now
-from ..models import BatchQueue, BatchTask, BatchTaskDefinition, BatchWorker, WorkerState
+from ..models import (
+    BatchQueue,
+    BatchTask,
+    BatchTaskDefinition,
+    BatchTaskDependency,
+    BatchWorker,
+    WorkerState,
+)
 from .schedule_rows import ScheduleLine, schedule_lines
 
 HOUR = timedelta(hours=1)
 RECENT = timedelta(minutes=5)
 RUNNING_SHOWN = 50
+#: Parents named per running task (the admin lists them all).
+PARENTS_SHOWN = 5
 FAILURES_SHOWN = 20
 SCHEDULES_SHOWN = 50
 EXCERPT_CHARS = 200
@@ -149,6 +158,17 @@ class RunningTask:
     worker: str
     running_for: float | None
     cancel_requested: bool
+    #: The tasks it waited for (``depends_on``), the first ``PARENTS_SHOWN`` of them.
+    parents: tuple[int, ...] = ()
+    #: How many tasks depend on it (they wait, ``blocked``, while it runs).
+    children: int = 0
+
+    @property
+    def parents_text(self) -> str:
+        """``#12, #13`` (and a count of the rest)."""
+        shown = ", ".join(f"#{pk}" for pk in self.parents[:PARENTS_SHOWN])
+        more = len(self.parents) - PARENTS_SHOWN
+        return f"{shown} (+{more})" if more > 0 else shown
 
     @property
     def running_for_text(self) -> str:
@@ -320,16 +340,21 @@ def _added(*parts: Iterable[tuple[int, Load]]) -> dict[int, Load]:
 
 
 def running_tasks(now: datetime, using: str) -> tuple[RunningTask, ...]:
-    """The tasks running now, longest-running first (at most ``RUNNING_SHOWN``)."""
-    rows = (
+    """The tasks running now, longest-running first (at most ``RUNNING_SHOWN``), with
+    their parents (a query more only when one of them has any) and dependants."""
+    shown = list(
         BatchTask.objects.using(using)
         .filter(state=TaskState.RUNNING)
         .order_by("started_at", "id")
+        .annotate(linked=Exists(BatchTaskDependency.objects.filter(child_id=OuterRef("pk"))))
         .values_list(
             "id", "definition__name", "description", "owner__username", "progress_percent",
-            "progress_message", "worker", "started_at", "cancel_requested",
+            "progress_message", "worker", "started_at", "cancel_requested", "child_count",
+            "linked",
         )[:RUNNING_SHOWN]
     )  # fmt: skip
+    rows = [row[:-1] for row in shown]
+    parents = _parents_of([row[0] for row in shown if row[-1]], using)
     return tuple(
         RunningTask(
             id=pk,
@@ -341,9 +366,38 @@ def running_tasks(now: datetime, using: str) -> tuple[RunningTask, ...]:
             worker=worker,
             running_for=_seconds(now, started),
             cancel_requested=cancel,
+            parents=tuple(parents.get(pk, ())),
+            children=children,
         )
-        for pk, type_name, description, owner, percent, message, worker, started, cancel in rows
+        for (
+            pk,
+            type_name,
+            description,
+            owner,
+            percent,
+            message,
+            worker,
+            started,
+            cancel,
+            children,
+        ) in rows
     )
+
+
+def _parents_of(ids: list[int], using: str) -> dict[int, list[int]]:
+    """The parents of these tasks, in ``depends_on`` order (one query; none without ids)."""
+    if not ids:
+        return {}
+    links = (
+        BatchTaskDependency.objects.using(using)
+        .filter(child_id__in=ids)
+        .order_by("child_id", "position")
+        .values_list("child_id", "parent_id")
+    )
+    parents: dict[int, list[int]] = {}
+    for child, parent in links:
+        parents.setdefault(child, []).append(parent)
+    return parents
 
 
 def recent_failures(now: datetime, using: str) -> tuple[Failure, ...]:

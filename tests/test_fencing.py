@@ -244,10 +244,19 @@ def test_two_workers_with_one_node_name_keep_their_own_attempts(
 def test_a_run_whose_lease_was_lost_is_stopped_by_its_own_worker(
     start_worker, record_dir: Path
 ) -> None:
-    a = start_worker("a", SLEEP, concurrency=1, env=FAST)
+    # Both are up before the task starts: the one that runs it is frozen a moment later,
+    # not after the other's start-up (seconds on a busy machine, near the task's end).
+    workers = {
+        w.hostname.partition("@")[0]: w
+        for w in (
+            start_worker("a", SLEEP, concurrency=1, env=FAST),
+            start_worker("b", SLEEP, concurrency=1, env=FAST),
+        )
+    }
     task = BatchTask.submit("examples.sleep", {"seconds": 8, "cooperate": False, "record": True})
     wait_for(lambda: runs_of(record_dir, task.pk))
-    start_worker("b", SLEEP, concurrency=1, env=FAST)
+    name = row(task).worker.partition("@")[0]
+    a, b = workers[name], workers[next(n for n in workers if n != name)]
 
     os.kill(a.pid, signal.SIGSTOP)  # a's main process freezes; its pool process runs on
     try:
@@ -260,7 +269,7 @@ def test_a_run_whose_lease_was_lost_is_stopped_by_its_own_worker(
     first, second = runs_of(record_dir, task.pk)
     assert first[2] is None, "the run that lost its lease was stopped, not left running"
     assert second[2] is not None
-    assert (task.state, task.attempt, task.worker.partition("@")[0]) == ("succeeded", 2, "b")
+    assert (task.state, task.attempt, task.worker) == ("succeeded", 2, b.hostname)
     outcomes = BatchTaskAttempt.objects.filter(task=task).values_list("outcome", "error_type")
     assert list(outcomes) == [("lost", "batchtasks.LeaseExpired"), ("succeeded", "")]
     assert f"outcome not recorded task={task.pk} attempt=1 reason=no-longer-ours" in a.log()

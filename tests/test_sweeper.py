@@ -4,6 +4,7 @@ and broker (no worker process)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -416,6 +417,40 @@ def test_a_sweeper_killed_while_sweeping_leaves_the_lock_at_once(tmp_path) -> No
         holder.wait()
 
     assert wait_for(lambda: sweep(using="default"), timeout=30) is not None
+
+
+def test_a_sweeper_frozen_while_sweeping_leaves_the_lock_after_a_lease(tmp_path) -> None:
+    # A worker paused mid-sweep (SIGSTOP, docker pause, a VM stall) keeps its connection
+    # open: without a limit its lock held the whole cluster's sweeps, and so every lost
+    # lease, until it was resumed.
+    script = (
+        "import django, time; django.setup()\n"
+        "from batchtasks.services.sweeper import cluster_lock\n"
+        "with cluster_lock('default') as locked:\n"
+        "    print('locked' if locked else 'busy', flush=True)\n"
+        "    time.sleep(1)\n"
+        "print('done', flush=True)\n"
+    )
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "BATCHTASKS_LEASE_SECONDS": "2",
+    }
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, cwd=ROOT
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        holder.send_signal(signal.SIGSTOP)
+        assert sweep(using="default") is None
+
+        assert wait_for(lambda: sweep(using="default"), timeout=30) is not None
+    finally:
+        holder.send_signal(signal.SIGCONT)
+    # Resumed, it finds its lock gone and ends its sweep quietly.
+    out, _ = holder.communicate(timeout=30)
+    assert (out, holder.returncode) == (b"done\n", 0)
 
 
 def test_retry_runs_a_failed_task_again_as_its_next_attempt() -> None:

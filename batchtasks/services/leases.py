@@ -144,18 +144,21 @@ def cancel_flags(fences: list[transitions.Fence], *, using: str) -> dict[int, bo
         return {row[0]: bool(row[1]) for row in cursor.fetchall()}
 
 
-def ended_as_lost(fence: transitions.Fence, *, using: str) -> bool:
-    """Whether the attempt was ended as a lost run (its lease expired, or its worker was
-    taken for dead) rather than by its own run."""
+def ended_as_lost(runs: list[tuple[int, int]], *, using: str) -> set[tuple[int, int]]:
+    """Those of the ``(task id, attempt)`` runs that were ended as lost runs (the lease
+    expired, or the worker was taken for dead) rather than by their own run; one query."""
+    if not runs:
+        return set()
     connection = connections[using]
     t = Tables(connection)
+    pairs = ", ".join(["(%s, %s)"] * len(runs))
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT outcome FROM {t.attempt} WHERE task_id = %s AND number = %s",
-            [fence.task_id, fence.attempt],
+            f"SELECT task_id, number FROM {t.attempt} WHERE (task_id, number) IN ({pairs}) "
+            "AND outcome = %s",
+            [*(value for run in runs for value in run), AttemptOutcome.LOST],
         )
-        row = cursor.fetchone()
-    return row is not None and row[0] == AttemptOutcome.LOST
+        return {(row[0], row[1]) for row in cursor.fetchall()}
 
 
 def time_limit_message(held: HeldAttempt) -> str:

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 
 from .. import transitions
 from ..core.conf import get_settings
@@ -96,21 +96,35 @@ def cluster_lock(using: str) -> Iterator[bool]:
     sent on another server connection, left it held. An open transaction keeps its
     server connection, so its lock stays this sweeper's, and ends with the sweeper: a
     sweeper that dies (its connection closes) or fails (the transaction rolls back)
-    releases it at once. If the holding connection itself is lost, the lock goes with
-    it; then another sweeper may start before this sweep ends, which its guarded writes
-    make harmless."""
+    releases it at once. So does a sweeper frozen mid-sweep (SIGSTOP, ``docker pause``, a
+    stalled VM), whose connection stays open: its transaction may sit idle for at most
+    ``LEASE_SECONDS`` (``idle_in_transaction_session_timeout``), then the server ends it,
+    and with it the lock, the same time after which the frozen worker's own attempts are
+    taken for lost. If the holding connection itself is lost, the lock goes with it; then
+    another sweeper may start before this sweep ends, which its guarded writes make
+    harmless, and this one ends its sweep with a warning."""
     if connections[using].vendor != "postgresql":
         yield True
         return
     holder = lock_db(using)
-    with transaction.atomic(using=holder), connections[holder].cursor() as cursor:
-        # A server's idle_in_transaction_session_timeout must not end it mid-sweep.
-        cursor.execute(
-            "SELECT set_config('idle_in_transaction_session_timeout', '0', true), "
-            "pg_try_advisory_xact_lock(%s)",
-            [LOCK_KEY],
-        )
-        yield bool(cursor.fetchone()[1])
+    idle_ms = max(1000, int(get_settings().LEASE_SECONDS * 1000))
+    swept = False
+    try:
+        with transaction.atomic(using=holder), connections[holder].cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('idle_in_transaction_session_timeout', %s, true), "
+                "pg_try_advisory_xact_lock(%s)",
+                [str(idle_ms), LOCK_KEY],
+            )
+            yield bool(cursor.fetchone()[1])
+            swept = True
+    except DatabaseError:
+        if not swept:
+            raise
+        # The lock's session was ended under it (idle past a lease, or the server went):
+        # the sweep's own work is committed on its other connections already.
+        logger.warning("batchtasks sweep outlived its lock (idle for more than a lease)")
+        connections[holder].close()
 
 
 def sweep(*, using: str, instance: str = "", finalize_due: bool = True) -> SweepReport | None:

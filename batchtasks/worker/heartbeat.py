@@ -65,6 +65,22 @@ def _requests() -> list[Any] | None:
     return None
 
 
+def _started() -> dict[tuple[int, int], int]:
+    """The runs of the messages pool processes have taken, with the pid of each."""
+    started: dict[tuple[int, int], int] = {}
+    for _ in range(10):
+        try:
+            requests = list(celery_state.active_requests)
+        except RuntimeError:  # changed size while being copied: try again
+            continue
+        for request in requests:
+            pid = getattr(request, "worker_pid", None)
+            if pid:
+                started.update(dict.fromkeys(attempts_of(request), pid))
+        break
+    return started
+
+
 def attempts_of(request: Any) -> list[tuple[int, int]]:
     """``(task id, attempt)`` of each run a Celery request carries (none: not ours)."""
     name = getattr(request, "name", None)
@@ -134,13 +150,14 @@ class Heartbeat:
             elif overdue(fence, r.pid):
                 self.stopper.stop(fence, r.pid, reason=INACTIVE, grace=0.0)
         if held is not None:
-            # Ours at the last beat, still running here, but ended as a lost run since
-            # (this worker was silent for a lease): it must not go on unseen.
-            for key, pid in self._ours.items():
-                if key in held and key not in now_ours:
-                    fence = transitions.Fence(*key, instance)
-                    if leases.ended_as_lost(fence, using=db):
-                        self.stopper.stop(fence, pid, reason="lease lost", grace=0.0)
+            # Still running here, but ended as a lost run since (this worker was silent
+            # for a lease): it must not go on unseen. Ours at the last beat, or started by
+            # a pool process before a freeze that came ahead of any beat renewing it.
+            suspects = {**_started(), **self._ours}
+            suspects = {k: p for k, p in suspects.items() if k in held and k not in now_ours}
+            for key in sorted(leases.ended_as_lost(list(suspects), using=db)):
+                fence = transitions.Fence(*key, instance)
+                self.stopper.stop(fence, suspects[key], reason="lease lost", grace=0.0)
             keep = {transitions.Fence(*key, instance) for key in held}
             self.stopper.forget(keep)
         self._ours = now_ours

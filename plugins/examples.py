@@ -212,9 +212,12 @@ def _sockets() -> int:
 
 @batchtask("examples.process_noop", isolation="process", description="Nothing, isolated.")
 class IsolatedNoop(BatchTaskPlugin):
-    """Do nothing in a child process (benchmarks: the cost of isolation)."""
+    """Do nothing in a child process (benchmarks: the cost of isolation); ``stamp: true``
+    returns when it started (``time.time()``)."""
 
-    def run(self, params: Any) -> None:
+    def run(self, params: Any) -> float | None:
+        if isinstance(params, dict) and params.get("stamp"):
+            return time.time()
         return None
 
 

@@ -13,6 +13,8 @@ import psutil
 import pytest
 
 from batchtasks import BatchTask, TaskState
+from batchtasks.core.conf import BatchTasksSettings
+from batchtasks.core.exceptions import ConfigurationError
 from batchtasks.models import BatchTaskDefinition
 from batchtasks.worker.isolation import reaper
 from plugins.executors.demo import escape
@@ -285,3 +287,9 @@ def test_a_template_is_replaced_after_its_forks(start_worker) -> None:
 
     assert parents[0] == parents[1] != parents[2]
     wait_for(lambda: not alive(parents[0]), timeout=5)
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "10"])
+def test_isolation_template_forks_must_be_a_count(value: object) -> None:
+    with pytest.raises(ConfigurationError, match="ISOLATION_TEMPLATE_FORKS"):
+        BatchTasksSettings.from_dict({"ISOLATION_TEMPLATE_FORKS": value})

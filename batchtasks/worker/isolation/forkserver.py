@@ -131,10 +131,15 @@ class Template:
         self.forks += 1
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE}
         request = json.dumps({"env": env, "cwd": os.getcwd()}).encode()
-        socket.send_fds(self.socket, [request], [stdin, events])
-        if not select.select([self.socket], [], [], ANSWER_SECONDS)[0]:
-            raise TimeoutError(f"the template gave no answer in {ANSWER_SECONDS} s")
-        answer = self.socket.recv(4096)
+        try:
+            socket.send_fds(self.socket, [request], [stdin, events])
+            if not select.select([self.socket], [], [], ANSWER_SECONDS)[0]:
+                raise TimeoutError(f"the template gave no answer in {ANSWER_SECONDS} s")
+            answer = self.socket.recv(4096)
+        except BaseException:
+            # Its answers are out of step now (Celery's soft limit can strike here too).
+            self.dead = True
+            raise
         if not answer:
             raise ConnectionError(f"the template pid={self.process.pid} exited")
         reply = json.loads(answer)

@@ -194,6 +194,8 @@ def test_a_soft_time_limit_reaches_the_plugin_in_its_child(start_worker) -> None
         soft_timeout=2, timeout=20
     )
     start_worker("w", ISOLATED, concurrency=1)
+    # The limit is the plugin's time: the template sets up (seconds on a busy machine) first.
+    wait_final(BatchTask.submit("examples.process_memory_hog", {"mb": 16}))
     task = BatchTask.submit("examples.process_progress", {"steps": 100, "delay": 0.1})
 
     (task,) = wait_final(task, timeout=30)

@@ -28,6 +28,8 @@ N_PICKUP = int(os.environ.get("BENCH_PICKUP", "200"))
 N_REFILL = int(os.environ.get("BENCH_REFILL", "60"))
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 N_ISOLATION = int(os.environ.get("BENCH_ISOLATION", "50"))
+#: Tasks, one at a time, of the "submit to plugin start" row.
+N_PLUGIN_START = 20
 PLAIN_QUEUE = "bench.plain"
 
 
@@ -546,27 +548,24 @@ ISOLATION_MODES = [
     ("process", "examples.process_noop", {}),
     ("executor", "examples.program", {}),
 ]
+#: The same "process" type on a worker without templates (a fresh interpreter per attempt).
+NO_TEMPLATE = {**OUR_TRANSPORT, "BATCHTASKS_ISOLATION_TEMPLATE_FORKS": "0"}
 
 
 def bench_isolation() -> list[tuple[str, str, str, str]]:
-    """Per-task cost of each isolation: a no-op run inline, in a fresh Python child, and
-    as an executor program (plugins/executors/demo.py), one worker -c 2."""
-    from batchtasks import BatchTask
-
+    """Per-task cost of each isolation: a no-op run inline, in a child forked from the
+    template, in a fresh Python child (ISOLATION_TEMPLATE_FORKS=0), and as an executor
+    program (plugins/executors/demo.py), one worker -c 2."""
     reset()
-    queues = [f"batch.{type_name}" for _, type_name, _ in ISOLATION_MODES]
     per_task: dict[str, float] = {}
     alone: dict[str, float] = {}
+    queues = [f"batch.{type_name}" for _, type_name, _ in ISOLATION_MODES]
     with worker(queues):
         for mode, type_name, params in ISOLATION_MODES:
-            BatchTask.submit(type_name, params)  # create the definition, warm the worker
-            wait_until(all_done, timeout=120)
-            start = time.perf_counter()
-            BatchTask.submit_many(type_name, [params] * N_ISOLATION)
-            done = wait_until(all_done, timeout=600, interval=0.02)
-            per_task[mode] = (done - start) * 1000 / N_ISOLATION
-            alone[mode] = _one_at_a_time(type_name, params)
-            reset()
+            per_task[mode], alone[mode] = _isolation_runs(type_name, params)
+    with worker(["batch.examples.process_noop"], env=NO_TEMPLATE):
+        mode = "process (ISOLATION_TEMPLATE_FORKS=0)"
+        per_task[mode], alone[mode] = _isolation_runs("examples.process_noop", {})
     rows = []
     for mode, ms in per_task.items():
         rows.append(
@@ -585,7 +584,52 @@ def bench_isolation() -> list[tuple[str, str, str, str]]:
                 f"{alone[mode] / alone['inline']:.1f}x inline",
             )
         )
-    return rows
+    return rows + _plugin_start()
+
+
+def _isolation_runs(type_name: str, params: dict[str, Any]) -> tuple[float, float]:
+    """Wall time per task of ``N_ISOLATION`` tasks, and the median submit to done alone."""
+    from batchtasks import BatchTask
+
+    # Create the definition, and warm both pool processes (their templates set up).
+    BatchTask.submit_many(type_name, [params] * 4)
+    wait_until(all_done, timeout=120)
+    start = time.perf_counter()
+    BatchTask.submit_many(type_name, [params] * N_ISOLATION)
+    done = wait_until(all_done, timeout=600, interval=0.02)
+    per_task = (done - start) * 1000 / N_ISOLATION
+    alone = _one_at_a_time(type_name, params)
+    reset()
+    return per_task, alone
+
+
+def _plugin_start() -> list[tuple[str, str, str, str]]:
+    """Submit to the start of the plugin (its own clock, ``time.time()``), isolation
+    "process", one task at a time on an idle worker -c 2 whose template is up."""
+    from batchtasks import BatchTask
+
+    reset()
+    delays = []
+    with worker(["batch.examples.process_noop"]):
+        BatchTask.submit_many("examples.process_noop", [{}] * 4)  # the templates set up
+        wait_until(all_done, timeout=120)
+        for _ in range(N_PLUGIN_START):
+            time.sleep(0.3)  # idle: the last child is gone, the worker waits
+            start = time.time()
+            task = BatchTask.submit("examples.process_noop", {"stamp": True})
+            wait_until(all_done, timeout=60, interval=0.002)
+            task.refresh_from_db()
+            delays.append((task.result - start) * 1000)
+    reset()
+    return [
+        (
+            f"one no-op task on an idle worker, isolation=process: submit to plugin start "
+            f"(p50 of {N_PLUGIN_START})",
+            f"{statistics.median(delays):,.1f} ms",
+            "—",
+            f"p90 {percentile(delays, 90):,.1f} ms",
+        )
+    ]
 
 
 def _one_at_a_time(type_name: str, params: dict[str, Any]) -> float:
@@ -593,7 +637,7 @@ def _one_at_a_time(type_name: str, params: dict[str, Any]) -> float:
 
     times = []
     for _ in range(5):
-        time.sleep(1.5)  # an idle worker: a process child's spare has set up by now
+        time.sleep(1.5)  # an idle worker (without a template, a spare child set up by now)
         start = time.perf_counter()
         BatchTask.submit(type_name, params)
         times.append((wait_until(all_done, timeout=60, interval=0.002) - start) * 1000)

@@ -16,7 +16,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import connection, transaction
 
 from batchtasks import BatchTaskPlugin, batchtask, param
 from batchtasks.core.exceptions import PermanentFailure
@@ -172,23 +172,52 @@ def _note_pid(task_id: int | None, pid: int) -> None:
 
 @batchtask("examples.process_progress", isolation="process", description="Progress, isolated.")
 class IsolatedProgress(Progress):
-    """``examples.progress`` in a child process of its own; ``fail`` raises that message."""
+    """``examples.progress`` in a child process of its own; ``fail`` raises that message;
+    ``database`` (code only) reads the task and writes in a transaction, and says which
+    PostgreSQL backend served it. The result says where it ran: its pid, its parent's,
+    its working directory, and the sockets it holds."""
 
     @dataclass
     class Params(Progress.Params):
         fail: str | None = None
+        database: bool = param(False, web=False)
 
     def run(self, params: dict[str, Any]) -> dict[str, Any]:
         if params.get("fail"):
             raise ValueError(params["fail"])
-        return {**super().run(params), "pid": os.getpid()}
+        outcome = {
+            **super().run(params),
+            "pid": os.getpid(),
+            "parent": os.getppid(),
+            "cwd": os.getcwd(),
+            "sockets": _sockets(),
+        }
+        if params.get("database"):
+            assert self.task.pk == self.task_id
+            with transaction.atomic():
+                get_user_model().objects.filter(pk=-1).update(first_name="")
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_backend_pid()")
+                    outcome["backend"] = cursor.fetchone()[0]
+        return outcome
+
+
+def _sockets() -> int:
+    """How many sockets this process holds open."""
+    fds = Path("/proc/self/fd")
+    if not fds.exists():
+        return 0
+    return sum(os.readlink(fd).startswith("socket:") for fd in fds.iterdir() if fd.is_symlink())
 
 
 @batchtask("examples.process_noop", isolation="process", description="Nothing, isolated.")
 class IsolatedNoop(BatchTaskPlugin):
-    """Do nothing in a child process (benchmarks: the cost of isolation)."""
+    """Do nothing in a child process (benchmarks: the cost of isolation); ``stamp: true``
+    returns when it started (``time.time()``)."""
 
-    def run(self, params: Any) -> None:
+    def run(self, params: Any) -> float | None:
+        if isinstance(params, dict) and params.get("stamp"):
+            return time.time()
         return None
 
 

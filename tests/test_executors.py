@@ -188,7 +188,8 @@ def argv_of_every_process() -> list[str]:
         (
             "examples.process_progress",
             {"steps": 1, "silent_after": 30, "message": ""},
-            "isolation.child",
+            # Its child is a fork of the template, with the template's argv.
+            "isolation.template",
         ),
     ],
     ids=["executor", "process"],

@@ -1,8 +1,10 @@
-"""Process isolation with real workers: a fresh child per attempt, its progress and
-result, its memory limit, and cancels and time limits that take its grandchildren too."""
+"""Process isolation with real workers: a child per attempt forked from the pool process's
+template, its progress and result, its memory limit, cancels and time limits that take its
+grandchildren too, and the template's own life (replaced when it dies or is worn)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -11,12 +13,14 @@ import psutil
 import pytest
 
 from batchtasks import BatchTask, TaskState
+from batchtasks.core.conf import BatchTasksSettings
+from batchtasks.core.exceptions import ConfigurationError
 from batchtasks.models import BatchTaskDefinition
 from batchtasks.worker.isolation import reaper
 from plugins.executors.demo import escape
 from tests.test_recovery import FAST
 from tests.test_workers import FINAL, wait_final
-from tests.workers import wait_for
+from tests.workers import Worker, wait_for
 
 pytestmark = pytest.mark.worker
 
@@ -157,6 +161,8 @@ def test_the_end_of_an_attempt_kills_its_orphans_and_spares_older_children() -> 
 def test_a_hard_time_limit_kills_the_isolated_process_group(start_worker, media_root: Path) -> None:
     BatchTaskDefinition.objects.filter(name="examples.process_spawner").update(timeout=3)
     start_worker("w", ISOLATED, concurrency=1, env=FAST)
+    # The limit is the plugin's time: the template sets up (seconds on a busy machine) first.
+    wait_final(BatchTask.submit("examples.process_progress", {"steps": 1, "delay": 0}))
     task = BatchTask.submit("examples.process_spawner", {"cooperate": False})
     (grandchild,) = wait_for(lambda: noted_pids(media_root, task), timeout=30)
 
@@ -188,6 +194,8 @@ def test_a_soft_time_limit_reaches_the_plugin_in_its_child(start_worker) -> None
         soft_timeout=2, timeout=20
     )
     start_worker("w", ISOLATED, concurrency=1)
+    # The limit is the plugin's time: the template sets up (seconds on a busy machine) first.
+    wait_final(BatchTask.submit("examples.process_memory_hog", {"mb": 16}))
     task = BatchTask.submit("examples.process_progress", {"steps": 100, "delay": 0.1})
 
     (task,) = wait_final(task, timeout=30)
@@ -196,3 +204,94 @@ def test_a_soft_time_limit_reaches_the_plugin_in_its_child(start_worker) -> None
     assert task.error.type.endswith("SoftTimeLimitExceeded"), task.error
     assert "plugins/examples.py" in task.error.traceback, "not raised inside the plugin"
     assert (task.finished_at - task.started_at).total_seconds() < 10
+
+
+def templates(worker: Worker) -> list[psutil.Process]:
+    """The template processes of a worker's pool processes."""
+    found = []
+    for process in psutil.Process(worker.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # a zombie, or gone
+            if "batchtasks.worker.isolation.template" in " ".join(process.cmdline()):
+                found.append(process)
+    return found
+
+
+def run_quick(**params: object) -> BatchTask:
+    (task,) = wait_final(
+        BatchTask.submit("examples.process_progress", {"steps": 1, "delay": 0, **params})
+    )
+    assert task.state == TaskState.SUCCEEDED, task.error
+    return task
+
+
+def test_attempts_are_forks_of_one_template_with_their_own_database_connections(
+    start_worker,
+) -> None:
+    worker = start_worker("w", ISOLATED, concurrency=1)
+    first, second = run_quick(database=True), run_quick(database=True)
+
+    (template,) = templates(worker)
+    assert first.result["parent"] == second.result["parent"] == template.pid
+    assert first.result["pid"] != second.result["pid"]
+    # Each child opened its own connection after its fork; the template holds none.
+    assert first.result["backend"] != second.result["backend"]
+    assert [c for c in template.net_connections() if c.raddr] == []
+
+
+def test_a_forked_child_has_the_attempts_environment_and_nothing_of_the_template(
+    start_worker,
+) -> None:
+    worker = start_worker("w", ISOLATED, concurrency=1)
+    task = run_quick()
+
+    (template,) = templates(worker)
+    pool = template.parent()
+    assert pool.ppid() == worker.pid
+    assert task.result["cwd"] == pool.cwd()
+    assert task.result["sockets"] == 0, "it holds the template's socket or a connection"
+    # Its process group (it and all it started) ended with it: only the template is left.
+    wait_for(lambda: template.children() == [] and pool.children() == [template], timeout=5)
+
+
+def test_a_dead_template_is_replaced_and_the_next_attempt_runs(start_worker) -> None:
+    worker = start_worker("w", ISOLATED, concurrency=1)
+    run_quick()
+    (template,) = templates(worker)
+    pool = template.parent()
+
+    template.kill()
+    wait_for(lambda: not alive(template.pid), timeout=5)
+    task = run_quick()
+
+    (new,) = templates(worker)
+    assert task.result["parent"] == new.pid != template.pid
+    assert new.parent() == pool
+
+
+def test_a_template_killed_while_its_child_runs_loses_no_attempt(start_worker) -> None:
+    worker = start_worker("w", ISOLATED, concurrency=1)
+    run_quick()
+    (template,) = templates(worker)
+    task = BatchTask.submit("examples.process_progress", {"steps": 6, "delay": 0.3})
+    wait_for(lambda: BatchTask.objects.get(pk=task.pk).progress_percent > 0, timeout=30)
+
+    template.kill()
+    (task,) = wait_final(task)
+
+    assert task.state == TaskState.SUCCEEDED, task.error
+    assert task.result["steps"] == 6
+    assert run_quick().result["parent"] != template.pid
+
+
+def test_a_template_is_replaced_after_its_forks(start_worker) -> None:
+    start_worker("w", ISOLATED, concurrency=1, env={"BATCHTASKS_ISOLATION_TEMPLATE_FORKS": "2"})
+    parents = [run_quick().result["parent"] for _ in range(3)]
+
+    assert parents[0] == parents[1] != parents[2]
+    wait_for(lambda: not alive(parents[0]), timeout=5)
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "10"])
+def test_isolation_template_forks_must_be_a_count(value: object) -> None:
+    with pytest.raises(ConfigurationError, match="ISOLATION_TEMPLATE_FORKS"):
+        BatchTasksSettings.from_dict({"ISOLATION_TEMPLATE_FORKS": value})

@@ -76,6 +76,9 @@ class BatchTasksSettings:
     CANCEL_GRACE: float = 10.0
     #: Seconds between that SIGTERM and the SIGKILL of a process that ignores it.
     KILL_GRACE: float = 5.0
+    #: Children a pool process's template forks for ``isolation="process"`` attempts before
+    #: it is replaced by a fresh one (0: no template, a fresh interpreter per attempt).
+    ISOLATION_TEMPLATE_FORKS: int = 1000
     #: Keep database connections between tasks (Celery's Django fixup closes them).
     KEEP_DB_CONNECTIONS: bool = True
     #: Worker state writes wait for PostgreSQL's WAL flush (see batchtasks.db).
@@ -173,6 +176,11 @@ class BatchTasksSettings:
                 raise ConfigurationError(
                     f"BATCHTASKS[{name!r}] must be a number of seconds >= 0, not {value!r}."
                 )
+        forks = self.ISOLATION_TEMPLATE_FORKS
+        if not isinstance(forks, int) or isinstance(forks, bool) or forks < 0:
+            raise ConfigurationError(
+                f"BATCHTASKS['ISOLATION_TEMPLATE_FORKS'] must be an integer >= 0, not {forks!r}."
+            )
         if self.WEBHOOK_SECRET is not None and (
             not isinstance(self.WEBHOOK_SECRET, str) or not self.WEBHOOK_SECRET
         ):

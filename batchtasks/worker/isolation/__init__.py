@@ -1,22 +1,29 @@
-"""Running an attempt outside the pool process: in a fresh Python child (``process``) or
-as an external program (``executor``).
+"""Running an attempt outside the pool process: in a Python child of its own (``process``)
+or as an external program (``executor``).
 
-Both start their child from a clean interpreter (never a fork of the pool process,
-which holds database connections and broker sockets) in a session of its own, so its
-process group is the child and everything it starts. The pool process stays the one
-that writes state: it reads the child's reports (``supervise``), forwards progress
-through the runner's fenced, throttled ``RunnerContext``, and writes the outcome.
+Neither child is a fork of the pool process, which holds database connections and broker
+sockets; each runs in a session of its own, so its process group is the child and
+everything it starts. The pool process stays the one that writes state: it reads the
+child's reports (``supervise``), forwards progress through the runner's fenced,
+throttled ``RunnerContext``, and writes the outcome.
 
-- ``process``: ``python -m batchtasks.worker.isolation.child`` reads the attempt as one
-  JSON line on stdin (type, encoded parameters, memory limit), runs the plugin with the
-  same API, and answers with JSON lines on a pipe of its own (progress, then the
-  result, the error or the cancel). A ``cancel`` line on its stdin makes its
-  ``check_cancelled()`` raise; the end of its stdin (the pool process died) kills its
-  group. ``memory_limit`` is ``RLIMIT_AS``, soft and hard (the plugin cannot lift it),
-  set in the child just before the plugin runs. Django's setup costs a child about half
-  a second of CPU, so after each run the pool process starts a spare child that sets up
-  while the worker waits for its next message; it has run nothing when it takes the
-  next attempt.
+- ``process``: the child is forked from the pool process's template (``template``, its
+  pool side ``forkserver``): a process started once per pool process that set Django up
+  and imported the plugins, with no database connection open and no thread, so an
+  attempt costs a fork and its own work, not an interpreter start and ``django.setup()``
+  (about half a second of CPU). The template is replaced after
+  ``ISOLATION_TEMPLATE_FORKS`` forks and when it dies (the attempt at hand asks the new
+  one); a worker restart (new code or settings) ends it with its pool process. The child
+  reads the attempt as one JSON line on stdin (type, encoded parameters, memory limit),
+  runs the plugin with the same API (``child``), and answers with JSON lines on a pipe
+  of its own (progress, then the result, the error or the cancel). A ``cancel`` line on
+  its stdin makes its ``check_cancelled()`` raise; the end of its stdin (the pool process
+  died) kills its group. ``memory_limit`` is ``RLIMIT_AS``, soft and hard (the plugin
+  cannot lift it), set in the child just before the plugin runs. With
+  ``ISOLATION_TEMPLATE_FORKS = 0`` (or if no template can fork) the child is a fresh
+  interpreter, ``python -m batchtasks.worker.isolation.child``, and after each run the
+  pool process starts a spare one that sets up while the worker waits for its next
+  message.
 - ``executor``: the program gets the raw parameters (JSON) on stdin, its own temporary
   working directory (removed afterwards) and only the environment it declares; its
   stdout is read line by line (``executor``).

@@ -1,7 +1,9 @@
-"""The child of a process-isolated run: ``python -m batchtasks.worker.isolation.child``.
+"""The child of a process-isolated run: forked from the pool process's template
+(``template``), or, where it cannot be, ``python -m batchtasks.worker.isolation.child``.
 
-It sets up Django with the pool process's settings module, reads the attempt as one
-JSON line on stdin (a spare child waits there for the next attempt), runs the plugin,
+A spawned child sets up Django with the pool process's settings module (a forked one
+has it from the template); then it reads the attempt as one JSON line on stdin (a spare
+child waits there for the next attempt), runs the plugin,
 and writes JSON lines to the pipe named by ``BATCHTASKS_EVENT_FD``:
 ``{"progress": [percent, message]}`` any number of times, then one of
 ``{"result": …}``, ``{"error": {…}}`` or ``{"cancelled": message, "stopped": …}``.
@@ -131,22 +133,38 @@ def run(start: dict[str, Any], events: Events) -> dict[str, Any]:
     return {"result": result}
 
 
-def main() -> None:
-    """Read the attempt, set Django up, run it, report, exit."""
-    events = Events(int(os.environ.pop(EVENT_FD_ENV)))
+def install_signals() -> None:
+    """SIGTERM stops the plugin, SIGUSR1 is Celery's soft time limit reaching it."""
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGUSR1, _on_soft_limit)
+
+
+def main() -> None:
+    """Set Django up, then take the attempt (a spawned child: no template to fork from)."""
+    events_fd = int(os.environ.pop(EVENT_FD_ENV))
+    install_signals()
     import django
 
     # Set up before the attempt arrives: a spare child does it while it waits.
     django.setup()
-    line = sys.stdin.buffer.readline()
-    if not line:  # the pool process went away before it needed this child
-        os._exit(0)
-    events.send(run(json.loads(line), events))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Not sys.exit: threads the plugin left behind must not keep the child alive.
+    serve(events_fd)
+
+
+def serve(events_fd: int) -> None:
+    """Read the attempt, run it, report, exit (never returns)."""
+    try:
+        events = Events(events_fd)
+        line = sys.stdin.buffer.readline()
+        if not line:  # the pool process went away before it needed this child
+            os._exit(0)
+        events.send(run(json.loads(line), events))
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:  # its outcome could not be reported: its exit code says it
+        traceback.print_exc()
+        os._exit(1)
+    # Not sys.exit: threads the plugin left behind must not keep the child alive (and a
+    # child forked from the template must never return into its loop).
     os._exit(0)
 
 

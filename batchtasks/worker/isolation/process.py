@@ -1,4 +1,5 @@
-"""The pool process's side of a process-isolated run (the child is ``child``)."""
+"""The pool process's side of a process-isolated run (the child is ``child``, forked by
+the pool process's template, ``forkserver``, or spawned where it cannot be)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 from django.conf import settings
 
@@ -19,8 +20,9 @@ from ...core.plugin import TaskContext
 from ...services.facts import TypeFacts
 from ...transitions import Claim
 from .. import stopping
-from . import reaper
+from . import forkserver, reaper
 from .child import EVENT_FD_ENV
+from .forkserver import Forked
 from .supervise import CANCEL, Supervisor
 
 logger = logging.getLogger(__name__)
@@ -49,14 +51,19 @@ class _Events:
             self.last = event
 
 
+#: The attempt's process, forked by the template or spawned.
+Process: TypeAlias = "subprocess.Popen[bytes] | Forked"
+
+
 class _Child(NamedTuple):
     process: subprocess.Popen[bytes]
     #: The read end of its event pipe.
     events: int
 
 
-#: A child started after the last run, setting Django up while the pool process waits
-#: for its next message: it has run nothing, and it takes the next attempt.
+#: A spawned child started after the last run (where there is no template), setting
+#: Django up while the pool process waits for its next message: it has run nothing, and
+#: it takes the next attempt.
 _spare: _Child | None = None
 
 
@@ -101,11 +108,11 @@ def _start_spare() -> None:
 
 
 def run(claim: Claim, facts: TypeFacts, context: TaskContext) -> Any:
-    """Run the attempt in a fresh Python process and return its result, or raise what
-    its end means (its error, a cancel, an inactivity timeout, its death)."""
-    child, read_fd = _take()
-    assert child.stdin is not None
+    """Run the attempt in a child process of its own and return its result, or raise
+    what its end means (its error, a cancel, an inactivity timeout, its death)."""
     with reaper.adopting() as orphans:
+        child, read_fd = _begin(orphans)
+        assert child.stdin is not None
         supervisor = Supervisor(
             child,
             context,
@@ -121,11 +128,29 @@ def run(claim: Claim, facts: TypeFacts, context: TaskContext) -> Any:
                 supervisor.watch({read_fd: events.line})
             finally:
                 supervisor.finish()
+                if isinstance(child, Forked):
+                    child.release()
                 with contextlib.suppress(OSError):
                     child.stdin.close()
                 os.close(read_fd)
-    _start_spare()
+    if isinstance(child, Forked):
+        forkserver.replace_if_worn()
+    else:
+        _start_spare()
+    assert child.returncode is not None
     return _outcome(events.last, supervisor, child.returncode, facts)
+
+
+def _begin(orphans: reaper.Orphans) -> tuple[Process, int]:
+    """The attempt's child and the read end of its event pipe: a fork of the template,
+    else (no subreaper here, no template wanted, or two templates failed) a spawn."""
+    if forkserver.enabled():
+        try:
+            return forkserver.fork(orphans)
+        except OSError:
+            logger.warning("batchtasks spawns a child: no template could fork it", exc_info=True)
+    spawned, read_fd = _take()
+    return spawned, read_fd
 
 
 def _start(claim: Claim, facts: TypeFacts, context: TaskContext) -> dict[str, Any]:
@@ -142,14 +167,14 @@ def _start(claim: Claim, facts: TypeFacts, context: TaskContext) -> dict[str, An
     }
 
 
-def _send(child: subprocess.Popen[bytes], message: dict[str, Any]) -> None:
+def _send(child: Process, message: dict[str, Any]) -> None:
     assert child.stdin is not None
     with contextlib.suppress(OSError):  # the child is gone: its exit says the rest
         child.stdin.write(json.dumps(message).encode() + b"\n")
         child.stdin.flush()
 
 
-def _signal(child: subprocess.Popen[bytes], signum: int) -> None:
+def _signal(child: Process, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(child.pid, signum)
 

@@ -13,12 +13,16 @@ attempts.
 Only for the attempt: billiard's pool process starts no processes of its own and never
 waits for any, so becoming a subreaper takes nothing from it; but the daemons of an inline
 plugin must not become the pool process's zombies, and children it had before the attempt
-(an inline plugin's, left running) are not the attempt's to kill. (A daemon such a child
-starts while the attempt runs is re-parented to the pool process too, and killed with the
-attempt's.) Finding children costs a scan of ``/proc`` (about 2 ms among 120 processes),
-so it is done only when the pool process has children other than the attempt's process:
-before the attempt, only if it has any (a ``process`` type's spare child is one); after,
-only if any is left.
+(an inline plugin's, left running) are not the attempt's to kill, nor is a ``process``
+type's template (``forkserver``), even one started during the attempt (``Orphans.keep``).
+(A daemon such a child starts while the attempt runs is re-parented to the pool process
+too, and killed with the attempt's.) The pool process's children are read from
+``/proc/self/task/*/children`` (a scan of all of ``/proc``, about 2 ms among 120
+processes, where the kernel lacks that file), only when it has any: before the attempt
+(a template or a spare child is one), and after it if any is left.
+
+Being the subreaper is also what makes a child forked by the template the pool
+process's own: the template's middle process exits, and its child is re-parented here.
 
 Elsewhere (macOS and the BSDs have no subreaper) an orphan goes to init as before, and
 only the attempt's process group is killed.
@@ -97,9 +101,21 @@ def _started(pid: int) -> int | None:
     return int(stat.rpartition(b")")[2].split()[19])
 
 
+def _child_pids() -> list[int]:
+    """This process's children: from ``/proc/self/task/*/children`` (one small read per
+    thread), else from a scan of ``/proc`` (psutil) where the kernel has no such file."""
+    pids: list[int] = []
+    try:
+        for task in os.scandir("/proc/self/task"):
+            pids += map(int, Path(task.path, "children").read_bytes().split())
+    except OSError:
+        return [child.pid for child in psutil.Process().children()]
+    return pids
+
+
 def _children() -> dict[int, int | None]:
     """This process's children (pid to start time)."""
-    return {child.pid: _started(child.pid) for child in psutil.Process().children()}
+    return {pid: _started(pid) for pid in _child_pids()}
 
 
 def _has_children() -> bool:
@@ -153,13 +169,23 @@ class Orphans:
             if not self._was:
                 set_subreaper(False)
 
+    def keep(self, pid: int) -> None:
+        """``pid``, a child started during the attempt, is not the attempt's (a template)."""
+        if self.active:
+            self.older[pid] = _started(pid)
+
     def _ours(self, pid: int) -> bool:
         return pid not in self.older or self.older[pid] != _started(pid)
 
     def _strays(self) -> list[psutil.Process]:
         if not _has_children():  # the usual end: nothing escaped, no /proc scan
             return []
-        return [child for child in psutil.Process().children() if self._ours(child.pid)]
+        strays = []
+        for pid in _child_pids():
+            if self._ours(pid):
+                with contextlib.suppress(psutil.Error):
+                    strays.append(psutil.Process(pid))
+        return strays
 
 
 def _kill(strays: list[psutil.Process]) -> int:

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -36,6 +37,17 @@ DRAIN_SECONDS = 2.0
 CANCEL = "cancel"
 INACTIVE = "inactive"
 SOFT_LIMIT = "soft time limit"
+
+
+class Forked(Protocol):
+    """A child this process did not start (``forkserver.Forked``): its parent says when
+    it ended."""
+
+    pid: int
+
+    def exited(self, timeout: float = 0.0) -> bool: ...
+
+    def wait(self) -> int: ...
 
 
 class _Lines:
@@ -65,7 +77,7 @@ class Supervisor:
 
     def __init__(
         self,
-        process: subprocess.Popen[bytes],
+        process: subprocess.Popen[bytes] | Forked,
         context: TaskContext,
         *,
         inactivity: int | None,
@@ -147,6 +159,8 @@ class Supervisor:
 
     def _exited(self) -> bool:
         """Whether the child ended (not reaped yet, so its group id stays its own)."""
+        if not isinstance(self.process, subprocess.Popen):
+            return self.process.exited()
         try:
             info = os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
@@ -155,8 +169,11 @@ class Supervisor:
 
     def _read(self, timeout: float) -> None:
         if not self._selector.get_map():
-            # Its output closed: it is exiting (or runs on without a word). Look again
-            # soon, then less and less often.
+            # Its output closed: it is exiting (or runs on without a word).
+            if not isinstance(self.process, subprocess.Popen):
+                self.process.exited(timeout)  # its parent's word wakes this at once
+                return
+            # Look again soon, then less and less often.
             self._pause = min(self._pause * 2, timeout)
             time.sleep(self._pause)
             return

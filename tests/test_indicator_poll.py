@@ -5,7 +5,9 @@ answers such a 304 in one query (and is good for nothing else)."""
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.core import signing
-from django.db import connection
+from django.db import connection, connections
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -21,6 +23,7 @@ from django.utils import timezone
 
 from batchtasks import BatchTask, TaskState, transitions
 from batchtasks.web import indicator
+from batchtasks.web import push as push_module
 from tests.openapi import ApiClient
 
 pytestmark = pytest.mark.django_db
@@ -202,7 +205,8 @@ def test_with_the_token_an_unchanged_answer_costs_one_query(
     with django_assert_num_queries(1):
         assert tab.poll().status_code == 304
     transitions.record_progress(fence, 40, "reading", using="default")
-    changed = tab.poll()  # a changed answer goes through the session
+    with django_assert_num_queries(4):  # the token's, then the session, its user, the rows
+        changed = tab.poll()
 
     assert changed.status_code == 200 and changed.json()["tasks"][0]["progress_percent"] == 40
     with django_assert_num_queries(1):
@@ -324,12 +328,24 @@ EVENTS = reverse("batchtasks:api-active-events")
 
 
 @pytest.fixture
-def push(settings: Any) -> None:
+def push(settings: Any) -> Iterator[None]:
+    """Push on, checking often; the stream threads' connections closed afterwards (they
+    would keep the test database from being dropped)."""
     settings.BATCHTASKS = {
         **settings.BATCHTASKS,
         "INDICATOR_PUSH": True,
         "INDICATOR_PUSH_INTERVAL": 0.05,
     }
+    yield
+    everyone = threading.Barrier(push_module.DATABASE_THREADS, timeout=10)
+
+    def close() -> None:
+        everyone.wait()
+        connections.close_all()
+
+    jobs = [push_module._executor.submit(close) for _ in range(push_module.DATABASE_THREADS)]
+    for job in jobs:
+        job.result()
 
 
 async def next_event(content: Any) -> dict[str, str]:
@@ -342,6 +358,7 @@ async def next_event(content: Any) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in text.decode().strip().split("\n"))
 
 
+@pytest.mark.django_db(transaction=True)  # the stream reads on threads of its own
 def test_push_streams_the_answer_when_it_changes_and_ends_at_logout(
     push: None, alice: Any, bob: Any
 ) -> None:

@@ -115,9 +115,9 @@ def active(request: HttpRequest) -> HttpResponse:
     by the poll token in one query, else through the session and one more query.
     """
     recent = get_settings().INDICATOR_RECENT_SECONDS
-    if "If-None-Match" in request.headers:
-        digest = indicator.digest(request.user.pk, recent)
-        tag = indicator.etag(indicator.Watcher.of(request.user), digest, recent)
+    if "If-None-Match" in request.headers and indicator.CHANGED not in request.META:
+        watcher = indicator.Watcher.of(request.user)
+        tag = indicator.etag(watcher, indicator.digest(watcher.user_id, recent), recent)
         if indicator.matches(request, tag):
             response = indicator.not_modified(tag)
             indicator.issue_token(request, response)

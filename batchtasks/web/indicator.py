@@ -56,6 +56,8 @@ from .serialize import Viewer, dumps, task_json
 FORMAT = 1
 TOKEN_COOKIE = "batchtasks_poll"
 TOKEN_SALT = "batchtasks.web.indicator.poll-token"
+#: Set in ``request.META`` when the token's query found the answer changed.
+CHANGED = "batchtasks.indicator.changed"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 
@@ -278,4 +280,7 @@ def answer_by_token(request: HttpRequest) -> HttpResponse | None:
     if seen.watcher is None:
         return None
     tag = etag(seen.watcher, seen.digest, recent)
-    return not_modified(tag) if matches(request, tag) else None
+    if matches(request, tag):
+        return not_modified(tag)
+    request.META[CHANGED] = True  # the view need not ask again
+    return None

@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user
 from django.core.handlers.asgi import ASGIRequest
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.db import close_old_connections
+from django.http import HttpRequest, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 
 from ..core.conf import get_settings
 from . import indicator
@@ -34,6 +38,35 @@ from .problems import Problem
 
 #: Seconds of silence after which an idle stream sends a comment line.
 KEEP_ALIVE_SECONDS = 15.0
+#: The threads that run every stream's queries, and so the database connections they hold
+#: (a ``sync_to_async`` per request would hold one per open stream: 200 tabs, 200
+#: connections, more than PostgreSQL's default ``max_connections``).
+DATABASE_THREADS = 2
+_executor = ThreadPoolExecutor(DATABASE_THREADS, thread_name_prefix="batchtasks-push")
+
+
+def _look(session_key: str, user_id: int, binding: str, recent: int) -> indicator.Look:
+    close_old_connections()  # this thread serves no request that would do it
+    return indicator.look(session_key, user_id, binding, recent)
+
+
+def _answer(user: Any) -> tuple[bytes, str]:
+    close_old_connections()
+    return indicator.full_answer(user)
+
+
+def _signed_in(request: HttpRequest) -> Any:
+    close_old_connections()
+    return get_user(request)
+
+
+def _user(user: Any) -> Any:
+    close_old_connections()
+    return type(user).objects.get(pk=user.pk)
+
+
+def _in_thread(func: Any) -> Any:
+    return sync_to_async(func, thread_sensitive=False, executor=_executor)
 
 
 def enabled(request: HttpRequest | None) -> bool:
@@ -43,14 +76,14 @@ def enabled(request: HttpRequest | None) -> bool:
     return indicator.can_look()
 
 
-async def events(request: HttpRequest) -> HttpResponse:
+async def events(request: HttpRequest) -> HttpResponseBase:
     """The indicator's stream of answers (server-sent events); see the module's text."""
     try:
         if request.method != "GET":
             raise Problem("method-not-allowed", f"{request.method} is not allowed here; use GET.")
         if not await sync_to_async(enabled)(request):
             raise Problem("not-found", "Push is off here (INDICATOR_PUSH, an ASGI server).")
-        user = await request.auser()  # type: ignore[attr-defined]
+        user = await _in_thread(_signed_in)(request)
         session_key = request.session.session_key
         if not user.is_authenticated or not user.is_active or not session_key:
             raise challenge(request)
@@ -72,17 +105,17 @@ async def stream(user: Any, session_key: str, binding: str, last: str) -> AsyncI
     interval = max(0.05, settings.INDICATOR_PUSH_INTERVAL)
     quiet = 0.0
     while True:
-        seen = await sync_to_async(indicator.look)(
+        seen = await _in_thread(_look)(
             session_key, user.pk, binding, settings.INDICATOR_RECENT_SECONDS
         )
         if seen.watcher is None:
             yield b"event: signed-out\ndata: {}\n\n"
             return
         if seen.watcher != indicator.Watcher.of(user):  # renamed, or made staff or not
-            user = await type(user).objects.aget(pk=user.pk)
+            user = await _in_thread(_user)(user)
         tag = indicator.etag(seen.watcher, seen.digest, settings.INDICATOR_RECENT_SECONDS)
         if tag != last:
-            body, last = await sync_to_async(indicator.full_answer)(user)
+            body, last = await _in_thread(_answer)(user)
             yield b"id: " + last.encode() + b"\nevent: tasks\ndata: " + body + b"\n\n"
             quiet = 0.0
         elif quiet >= KEEP_ALIVE_SECONDS:

@@ -3,7 +3,7 @@
 
 from django.urls import path
 
-from .web import api, metrics, monitor
+from .web import api, metrics, monitor, push
 
 app_name = "batchtasks"
 
@@ -11,6 +11,7 @@ urlpatterns = [
     # --- JSON API (batchtasks.web.api) ---
     path("api/tasks/", api.tasks, name="api-tasks"),
     path("api/tasks/active/", api.active, name="api-active"),
+    path("api/tasks/active/events/", push.events, name="api-active-events"),
     path("api/tasks/<str:pk>/", api.task, name="api-task"),
     path("api/tasks/<str:pk>/cancel/", api.cancel, name="api-cancel"),
     path("api/tasks/<str:pk>/retry/", api.retry, name="api-retry"),

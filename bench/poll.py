@@ -8,9 +8,10 @@ Command (repository root; ``make bench`` runs it too, ``python -m bench.run poll
 Fills a scratch database (``<DATABASE_URL name>_poll_<pid>``, dropped at the end) with
 100,000 tasks of 200 users, serves it with gunicorn sync workers on 127.0.0.1 and polls
 it from a load-generator process with each user's session cookie and ``If-None-Match``,
-as the indicator does (bench/poll_load.py); then times the SQL of single polls in this
-process and EXPLAINs the tasks query (bench/poll_sql.py). ``BENCH_POLL_*`` variables
-(below) set the sizes.
+as the indicator does (bench/poll_load.py, which keeps the cookies the server sets): first
+while nothing changes (every answer a 304: the row "gunicorn CPU per 304 answer"), then
+with progress reports; then times the SQL of single polls in this process and EXPLAINs
+the tasks query (bench/poll_sql.py). ``BENCH_POLL_*`` variables (below) set the sizes.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ COLUMNS = (
     "result, error_type, error_message, worker, lease_expires_at, cancel_requested, "
     "created_at, queued_at, started_at, finished_at, updated_at, priority, fairness_key, "
     "fair_round, attempt, error_traceback, worker_instance, lost_runs, republish_count, "
-    "finalize_state, finalize_attempts, finalize_error"
+    "finalize_state, finalize_attempts, finalize_error, concurrency_key, rate_key, "
+    "pending_parents, on_parent_failure, child_count"
 )
 FINAL = ["succeeded", "failed", "cancelled", "skipped"]
 
@@ -138,6 +140,7 @@ def task_row(
         now + timedelta(seconds=30) if state == "running" else None,
         state == "cancelled", created, queued, started, finished,
         finished or started or queued or created, 0, "", 0, 1, "", "", 0, 0, "", 0, "",
+        "", "", 0, "skip", 0,
     )  # fmt: skip
 
 
@@ -302,6 +305,17 @@ def phase_rows(key: str, label: str, r: dict[str, Any], lines: list[str]) -> lis
     ]  # fmt: skip
 
 
+def quiet_rows(r: dict[str, Any], lines: list[str]) -> list[Row]:
+    """The rows of the phase in which nothing changes: the cost of one 304 answer."""
+    label = f"nothing changes, {USERS} users polling back to back, {SATURATION_SECONDS:g} s"
+    rows = phase_rows("unchanged", label, r, lines)
+    lines.append(f"poll.unchanged.gunicorn_cpu_per_304: {r['gunicorn_cpu']:.2f} ms")
+    share = f"{r['not_modified']:.0f} % of answers 304"
+    rows.append(("gunicorn CPU per 304 answer (target <= 1.0 ms)",
+                 f"{r['gunicorn_cpu']:.2f} ms ({share})"))  # fmt: skip
+    return rows
+
+
 def in_process_rows(samples: dict[str, list[float]], lines: list[str]) -> list[Row]:
     """The rows of the in-process timings; appends their metric lines to ``lines``."""
     mean = {kind: statistics.mean(values) for kind, values in samples.items()}
@@ -311,12 +325,12 @@ def in_process_rows(samples: dict[str, list[float]], lines: list[str]) -> list[R
         name = kind.replace(" ", "_")
         lines += [f"poll.in_process.{name}_mean: {mean[kind]:.3f} {unit}"]
         lines += [f"poll.in_process.{name}_p95: {p95[kind]:.3f} {unit}"]
-    parts = [mean.get(kind, 0.0) for kind in ("session", "user", "permissions", "tasks")]
+    parts = [mean.get(kind, 0.0) for kind in ("session", "user", "permissions", "tasks", "token")]
     return [
         (f"in-process, {SAMPLES} polls: SQL per poll ({mean['queries']:.0f} queries), mean / p95",
          f"{mean['all SQL']:.2f} / {p95['all SQL']:.2f} ms"),
-        ("… of which session / user / permissions / tasks query, mean",
-         "{:.2f} / {:.2f} / {:.2f} / {:.2f} ms".format(*parts)),
+        ("… of which session / user / permissions / tasks / token (all in one) query, mean",
+         "{:.2f} / {:.2f} / {:.2f} / {:.2f} / {:.2f} ms".format(*parts)),
         ("… the rest (Python, test client included), mean for 200 / 304",
          f"{mean.get('python 200', 0):.2f} / {mean.get('python 304', 0):.2f} ms"),
     ]  # fmt: skip
@@ -343,15 +357,19 @@ def measure() -> tuple[list[Row], list[str]]:
         ids, sessions = fill(USERS, TASKS)
         lines = [f"poll.setup_time: {time.perf_counter() - started:.1f} s"]
         print(f"loading gunicorn -w {WORKERS} ...", file=sys.stderr, flush=True)
-        with gunicorn(env) as (port, master), progress_reports(url):
-            paced = run_phase(port, sessions, master, PACED_SECONDS, paced=True)
-            saturated = run_phase(port, sessions, master, SATURATION_SECONDS, paced=False)
+        with gunicorn(env) as (port, master):
+            # Nothing changes: every answer after each user's first is a 304.
+            quiet = run_phase(port, sessions, master, SATURATION_SECONDS, paced=False)
+            with progress_reports(url):
+                paced = run_phase(port, sessions, master, PACED_SECONDS, paced=True)
+                saturated = run_phase(port, sessions, master, SATURATION_SECONDS, paced=False)
         samples, timer = time_polls(POLL_PATH, sessions, SAMPLES)
         plans = explain_users(ids, timer)
     bounded = f"bounded, {USERS} users each polling 1 s after its last answer, {PACED_SECONDS:g} s"
     rows = phase_rows("bounded", bounded, paced, lines)
     closed = f"saturation, {USERS} users polling back to back, {SATURATION_SECONDS:g} s"
     rows += phase_rows("saturation", closed, saturated, lines)
+    rows += quiet_rows(quiet, lines)
     rows += in_process_rows(samples, lines) + plan_rows(plans, lines)
     lines.append(f"poll.total_time: {time.perf_counter() - started:.1f} s")
     return rows, lines

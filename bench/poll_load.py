@@ -19,17 +19,19 @@ from bench.run import percentile
 
 
 class Poller:
-    """One signed-in browser tab polling like the indicator (cookie, ETag, XHR header)."""
+    """One signed-in browser tab polling like the indicator (cookies, ETag, XHR header)."""
 
     def __init__(self, pool: Any, path: str, session: str, paced: bool) -> None:
         self.pool, self.path, self.session, self.paced, self.etag = pool, path, session, paced, ""
+        self.cookies = {"sessionid": session}
         self.latencies: list[float] = []
         self.statuses: Counter[str] = Counter()
         self.span = 0.0
 
     def poll(self, record: bool = True) -> None:
         """One request; with ``record``, its latency and status count in the results."""
-        headers = {"Cookie": f"sessionid={self.session}", "X-Requested-With": "XMLHttpRequest"}
+        cookie = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
+        headers = {"Cookie": cookie, "X-Requested-With": "XMLHttpRequest"}
         if self.etag:
             headers["If-None-Match"] = self.etag
         start = time.perf_counter()
@@ -40,9 +42,20 @@ class Poller:
             return
         if response.status == 200:
             self.etag = response.headers.get("ETag", "")
+        self.keep_cookies(response.headers.getlist("Set-Cookie"))
         if record:
             self.latencies.append((time.perf_counter() - start) * 1000)
             self.statuses[str(response.status)] += 1
+
+    def keep_cookies(self, lines: list[str]) -> None:
+        """Keep the cookies the server sets (the indicator's poll token), as a browser does."""
+        for line in lines:
+            name, _, rest = line.partition("=")
+            value = rest.split(";", 1)[0]
+            if value and "max-age=0" not in rest.lower():
+                self.cookies[name.strip()] = value
+            else:
+                self.cookies.pop(name.strip(), None)
 
     def run(self, warm: threading.Barrier, go: threading.Event, seconds: float) -> None:
         """Poll once unrecorded, wait for ``go``, then poll for ``seconds``."""

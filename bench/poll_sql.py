@@ -11,7 +11,10 @@ Plan = tuple[str, int, float, list[str]]
 
 
 def kind_of(sql: str) -> str:
-    """Which part of a poll a query serves, by the first table it names."""
+    """Which part of a poll a query serves, by the first table it names (the poll token's
+    one query names the session, user and task tables)."""
+    if all(f'"{table}"' in sql for table in ("django_session", "batchtasks_batchtask")):
+        return "token"
     kinds = {
         "django_session": "session", "batchtasks_batchtask": "tasks", "auth_user": "user",
         "auth_permission": "permissions",

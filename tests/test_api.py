@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from batchtasks import BatchTask, TaskState
+from batchtasks import BatchTask, TaskState, transitions
 from batchtasks.core.plugin import BatchTaskPlugin
 from batchtasks.core.registry import batchtask, registry
 from batchtasks.models import BatchTaskDefinition
@@ -713,10 +713,13 @@ def test_active_shows_unfinished_and_recently_finished_tasks(api: ApiClient, ali
 
 def test_active_answers_304_until_a_task_changes(api: ApiClient, alice: Any) -> None:
     task = BatchTask.submit("examples.progress", {}, owner=alice)
+    BatchTask.objects.filter(pk=task.pk).update(state=TaskState.QUEUED, queue="batch.x")
+    fence = transitions.Fence(task.pk, 1, "a" * 32)
+    transitions.claim(fence, worker="w@host", pid=1, lease_seconds=30, using="default")
     first = api.get(ACTIVE)
 
     unchanged = api.get(ACTIVE, HTTP_IF_NONE_MATCH=first["ETag"])
-    BatchTask.objects.filter(pk=task.pk).update(progress_percent=40, progress_message="40 %")
+    transitions.record_progress(fence, 40, "40 %", using="default")  # as a worker reports
     changed = api.get(ACTIVE, HTTP_IF_NONE_MATCH=first["ETag"])
 
     assert first["ETag"].startswith('W/"') and first["Cache-Control"] == "private, no-cache"

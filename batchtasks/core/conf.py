@@ -88,6 +88,14 @@ class BatchTasksSettings:
     PREPARED_STATEMENTS: bool = True
     #: How long the running-tasks indicator keeps showing a finished task (seconds).
     INDICATOR_RECENT_SECONDS: int = 300
+    #: Seconds a poll token lasts: a signed, HttpOnly cookie of the indicator's poll that
+    #: lets an unchanged answer (a 304) skip the session and user lookups (0: no token).
+    INDICATOR_TOKEN_SECONDS: int = 300
+    #: Push instead of polling: the indicator opens a server-sent events stream
+    #: (api/tasks/active/events/), which needs an ASGI server; off, it polls (sync WSGI).
+    INDICATOR_PUSH: bool = False
+    #: Seconds between a push stream's checks for a change (one indexed query each).
+    INDICATOR_PUSH_INTERVAL: float = 1.0
     #: The ``-A`` argument printed in worker command lines (default: the Celery app's name).
     CELERY_APP: str | None = None
     #: Seconds a process has to run a final task's finalizers before another may run them.
@@ -170,17 +178,19 @@ class BatchTasksSettings:
             "WEBHOOK_TIMEOUT",
             "SCHEDULE_INTERVAL",
             "SCHEDULE_GRACE",
+            "INDICATOR_PUSH_INTERVAL",
         ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise ConfigurationError(
                     f"BATCHTASKS[{name!r}] must be a number of seconds >= 0, not {value!r}."
                 )
-        forks = self.ISOLATION_TEMPLATE_FORKS
-        if not isinstance(forks, int) or isinstance(forks, bool) or forks < 0:
-            raise ConfigurationError(
-                f"BATCHTASKS['ISOLATION_TEMPLATE_FORKS'] must be an integer >= 0, not {forks!r}."
-            )
+        for name in ("ISOLATION_TEMPLATE_FORKS", "INDICATOR_TOKEN_SECONDS"):
+            count = getattr(self, name)
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise ConfigurationError(
+                    f"BATCHTASKS[{name!r}] must be an integer >= 0, not {count!r}."
+                )
         if self.WEBHOOK_SECRET is not None and (
             not isinstance(self.WEBHOOK_SECRET, str) or not self.WEBHOOK_SECRET
         ):

@@ -7,6 +7,8 @@ from typing import Any
 from django import template
 from django.urls import reverse
 
+from ..web import push
+
 register = template.Library()
 
 
@@ -17,4 +19,5 @@ def batchtasks_indicator(context: template.Context) -> dict[str, Any]:
     user = getattr(request, "user", None) or context.get("user")
     if user is None or not user.is_authenticated:
         return {"signed_in": False}
-    return {"signed_in": True, "poll_url": reverse("batchtasks:api-active")}
+    events = reverse("batchtasks:api-active-events") if push.enabled(request) else ""
+    return {"signed_in": True, "poll_url": reverse("batchtasks:api-active"), "events_url": events}

@@ -12,6 +12,7 @@ from django.urls import reverse
 from ..core.registry import registry
 from ..core.states import PRIORITY_MAX, PRIORITY_MIN, STATE_CODES, TaskState
 from . import api_query, api_submit
+from .indicator import TOKEN_COOKIE
 from .problems import PROBLEMS, TYPE_PREFIX
 from .serialize import BIGINT_MAX
 
@@ -367,15 +368,29 @@ def _paths(root: str) -> Schema:
 
 def _active() -> Schema:
     etag = {"schema": {"type": "string"}, "required": True, "description": 'Weak: W/"…".'}
+    token = {
+        "schema": {"type": "string"},
+        "description": "The poll token (batchtasks_poll: HttpOnly, SameSite=Strict, path: "
+        "this URL) to a session's caller, when INDICATOR_TOKEN_SECONDS is on.",
+    }
     ok = _json_ok("200", "The caller's active tasks.", ref("schemas", "Active"), ETag=etag)
-    ok["304"] = {"description": "Unchanged since If-None-Match.", "headers": {"ETag": etag}}
+    ok["200"]["headers"]["Set-Cookie"] = token
+    ok["304"] = {
+        "description": "Unchanged since If-None-Match.",
+        "headers": {"ETag": etag, "Set-Cookie": token},
+    }
     header = {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}}
     header["description"] = "The ETag of the last answer."
+    cookie = {"name": TOKEN_COOKIE, "in": "cookie", "schema": {"type": "string"}}
+    cookie["description"] = (
+        "The poll token of an earlier answer: with If-None-Match and the session cookie, "
+        "an unchanged answer is decided in one query. Valid for nothing else."
+    )
     return _operation(
         "The caller's unfinished tasks and those finished in the last recent_seconds.",
         ok,
         operationId="activeTasks",
-        parameters=[header],
+        parameters=[header, cookie],
     )
 
 

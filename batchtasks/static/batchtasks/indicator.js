@@ -1,11 +1,15 @@
 /*
  * batchtasks: the running-tasks indicator ({% load batchtasks %}{% batchtasks_indicator %}).
  *
- * Why polling, and not long-polling or Server-Sent Events: the indicator must work under
- * `runserver` and under gunicorn's sync workers, where a request held open pins a whole
- * worker for as long as the tab stays open: a handful of open tabs would take every
+ * Why polling by default, and not long-polling or Server-Sent Events: the indicator must
+ * work under `runserver` and under gunicorn's sync workers, where a request held open pins
+ * a whole worker for as long as the tab stays open: a handful of open tabs would take every
  * worker from everyone else. A poll is one indexed query; unchanged answers are a 304
- * without a body (ETag / If-None-Match). The pace follows what the user can notice:
+ * without a body (ETag / If-None-Match), decided by the poll token's one query. Under an
+ * ASGI server with BATCHTASKS["INDICATOR_PUSH"] on, the template gives `data-events-url`
+ * and the indicator listens to that stream instead (EventSource, event "tasks" with the
+ * same JSON, its ETag as the event id); if the stream cannot be opened or breaks for
+ * good it falls back to polling. The polling pace follows what the user can notice:
  * every second while one of their tasks is unfinished, backing off to 30 s when idle,
  * and not at all in a hidden tab (visibilitychange), with an immediate poll when the tab
  * comes back, on focus, on `batchtask:submitted` and on `window.batchtasks.refresh()`.
@@ -32,6 +36,7 @@
   }
   root.dataset.started = "true";
   const pollUrl = root.dataset.pollUrl;
+  const eventsUrl = root.dataset.eventsUrl;
   const button = root.querySelector(".batchtasks-indicator__button");
   const label = root.querySelector(".batchtasks-indicator__label");
   const list = root.querySelector(".batchtasks-indicator__list");
@@ -50,6 +55,7 @@
     again: false,
     stopped: false,
     lastPollAt: 0,
+    stream: null, // the EventSource while push is in use
   };
 
   function isFinal(task) {
@@ -140,7 +146,7 @@
   function schedule(ok) {
     clearTimeout(state.timer);
     state.timer = null;
-    if (state.stopped || document.hidden) {
+    if (state.stopped || state.stream || document.hidden) {
       return; // visibilitychange starts polling again
     }
     let delay;
@@ -154,8 +160,37 @@
     state.timer = setTimeout(poll, delay);
   }
 
+  // --- push (server-sent events), when the page offers it ------------------------------
+
+  function listen() {
+    if (!eventsUrl || typeof EventSource !== "function") {
+      return false;
+    }
+    const stream = new EventSource(eventsUrl);
+    stream.addEventListener("tasks", (event) => {
+      const body = JSON.parse(event.data);
+      state.etag = event.lastEventId || state.etag;
+      update(Array.isArray(body.tasks) ? body.tasks : []);
+    });
+    stream.addEventListener("signed-out", () => stop());
+    stream.addEventListener("error", () => {
+      if (stream.readyState === EventSource.CLOSED && state.stream === stream) {
+        state.stream = null; // refused (push off, signed out) or gone for good: poll
+        if (!state.stopped) {
+          poll();
+        }
+      }
+    });
+    state.stream = stream;
+    return true;
+  }
+
   function stop() {
     state.stopped = true;
+    if (state.stream) {
+      state.stream.close();
+      state.stream = null;
+    }
     clearTimeout(state.timer);
     state.tasks = [];
     state.finished.clear();
@@ -347,5 +382,7 @@
     }
   });
   window.batchtasks = Object.assign(window.batchtasks || {}, { refresh: refresh });
-  poll();
+  if (!listen()) {
+    poll();
+  }
 })();

@@ -62,7 +62,7 @@ class Run(NamedTuple):
     #: the worker reads the type from the row.
     type_name: str = ""
     #: How many runs of its type may share its message (the dispatcher's choice: a
-    #: backlog of short tasks without time limits); consecutive runs are grouped.
+    #: backlog of short tasks of an inline type); consecutive runs are grouped.
     per_message: int = 1
     #: Whether the worker's agent enforces its time limits (an inline type).
     limits_by_worker: bool = False

@@ -262,14 +262,17 @@ def cpu_meter(w: Any, measure: bool) -> Iterator[dict[str, float]]:
         result.update(meter.stop())
 
 
-def drain_plain(client: Any, worker_env: dict[str, str], cpu: bool = False) -> Drain:
+def drain_plain(
+    client: Any, worker_env: dict[str, str], cpu: bool = False, task: Any = None
+) -> Drain:
     from bench.tasks import key, noop
 
+    task = task or noop
     reset()
     with worker([PLAIN_QUEUE], env=worker_env) as w, cpu_meter(w, cpu) as used:
         start = time.perf_counter()
         for _ in range(N_THROUGHPUT):
-            noop.apply_async(queue=PLAIN_QUEUE)
+            task.apply_async(queue=PLAIN_QUEUE)
         done = wait_until(
             lambda: int(client.get(key("done")) or 0) >= N_THROUGHPUT, timeout=600, interval=0.1
         )
@@ -277,17 +280,19 @@ def drain_plain(client: Any, worker_env: dict[str, str], cpu: bool = False) -> D
     return Drain(N_THROUGHPUT / (done - start), used or None)
 
 
-def drain_ours(env: dict[str, str] | None = None, cpu: bool = False) -> Drain:
+def drain_ours(
+    env: dict[str, str] | None = None, cpu: bool = False, type_name: str = "examples.noop"
+) -> Drain:
     from batchtasks import BatchTask
 
     reset()
     with (
         bench_settings({k: v for k, v in (env or {}).items() if k.startswith("BATCHTASKS_")}),
-        worker(["batch.examples.noop"], env={**OUR_TRANSPORT, **(env or {})}) as w,
+        worker([f"batch.{type_name}"], env={**OUR_TRANSPORT, **(env or {})}) as w,
         cpu_meter(w, cpu) as used,
     ):
         start = time.perf_counter()
-        BatchTask.submit_many("examples.noop", [{}] * N_THROUGHPUT)
+        BatchTask.submit_many(type_name, [{}] * N_THROUGHPUT)
         done = wait_until(all_done, timeout=600, interval=0.1)
     reset()
     return Drain(N_THROUGHPUT / (done - start), used or None)
@@ -362,6 +367,29 @@ def bench_throughput() -> list[tuple[str, str, str, str]]:
             spread(rates["tuned"], ",.0f", "tasks/s"),
             f"{ours / tuned:.2f}x",
         ),
+    ]
+
+
+def bench_timed() -> list[tuple[str, str, str, str]]:
+    """Timed inline tasks share messages: the worker's agent enforces their limits."""
+    import redis
+
+    from bench.tasks import TIMED_LIMIT, noop_timed
+
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    ours: list[float] = []
+    plain: list[float] = []
+    for i in range(REPEAT):  # interleaved, so that drifts of the machine hit both alike
+        print(f"  timed round {i + 1} of {REPEAT} ...", file=sys.stderr, flush=True)
+        ours.append(drain_ours(type_name="bench.timed").rate)
+        plain.append(drain_plain(client, STOCK_TRANSPORT, task=noop_timed).rate)
+    label = (
+        f"end-to-end {N_THROUGHPUT:,} no-op tasks with timeout={TIMED_LIMIT} (plain Celery: "
+        f"time_limit={TIMED_LIMIT}), one worker -c 2; median of {REPEAT} (min{DASH}max)"
+    )
+    ratio = statistics.median(ours) / statistics.median(plain)
+    return [
+        (label, spread(ours, ",.0f", "tasks/s"), spread(plain, ",.0f", "tasks/s"), f"{ratio:.2f}x")
     ]
 
 
@@ -651,6 +679,7 @@ def main() -> None:
     steps = {
         "submit": bench_submit,
         "throughput": bench_throughput,
+        "timed": bench_timed,
         "pickup": bench_pickup,
         "refill": bench_refill,
         "recovery": bench_recovery,

@@ -1,4 +1,5 @@
-"""Plain Celery tasks, the baseline the benchmark compares batch tasks with."""
+"""Plain Celery tasks, the baseline the benchmark compares batch tasks with, and the
+batch task types only the benchmark uses."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ import time
 
 import redis
 from celery import shared_task
+
+from batchtasks import BatchTaskPlugin, batchtask
+
+#: The time limit of the timed no-op tasks, ours and plain Celery's.
+TIMED_LIMIT = 60
 
 _client: redis.Redis | None = None
 
@@ -38,3 +44,17 @@ def stamp(i: int) -> None:
 def noop_late() -> None:
     """Like ``noop`` but acknowledged after it ran, as batch tasks are."""
     client().incr(key("done"))
+
+
+@shared_task(name="bench.noop_timed", ignore_result=True, time_limit=TIMED_LIMIT)
+def noop_timed() -> None:
+    """Like ``noop`` under a hard time limit (Celery's, per message)."""
+    client().incr(key("done"))
+
+
+@batchtask("bench.timed", timeout=TIMED_LIMIT, description="Do nothing, timed (bench).")
+class NoopTimed(BatchTaskPlugin):
+    """A no-op batch task type with a hard time limit (the worker's, per task)."""
+
+    def run(self, params: object) -> None:
+        return None

@@ -46,15 +46,16 @@ class Noop(BatchTaskPlugin):
 
 # Not on the HTTP API: its parameters play a plugin that misbehaves, for the workers'
 # tests (any length, never checking for cancel, ignoring SIGTERM), and it has no timeout
-# so that its backlog may share messages (batching tests). examples.progress is the
-# demo that a request may start.
+# of its own (the tests of time limits give it theirs). examples.progress is the demo
+# that a request may start.
 @batchtask("examples.sleep", description="Sleep for params['seconds'], checking for cancel.")
 class Sleep(BatchTaskPlugin):
     """Sleep in small steps, checking for cancellation between them.
 
     ``cooperate: false`` never checks (a plugin stuck in a long call);
     ``ignore_sigterm: true`` also ignores SIGTERM (a plugin that will not be told);
-    ``catch_soft: true`` returns early, saying so, when the soft time limit strikes.
+    ``catch_soft: true`` returns early, saying so, when the soft time limit strikes;
+    ``swallow: true`` returns whatever is raised in it (a plugin that will not fail).
     """
 
     def run(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -69,6 +70,10 @@ class Sleep(BatchTaskPlugin):
             if not params.get("catch_soft"):
                 raise
             return {"soft_timeout": True, "start": start, "end": time.time()}
+        except Exception as exc:
+            if not params.get("swallow"):
+                raise
+            return {"swallowed": type(exc).__name__, "start": start, "end": time.time()}
         end = time.time()
         _record(params, self.task_id, "end", end)
         return {"slept": seconds, "start": start, "end": end, "pid": os.getpid()}

@@ -509,7 +509,9 @@ def test_a_heartbeat_ends_attempts_no_pool_process_holds() -> None:
     from batchtasks.worker.heartbeat import Heartbeat
     from batchtasks.worker.stopping import Stopper
 
-    define_sleep(timeout=60, max_attempts=2)
+    # Past its limit by the database's clock: a time-out, for a type whose limits Celery
+    # enforces (an isolated one); an inline type's are its worker's agent's to end.
+    define_sleep(timeout=60, max_attempts=2, isolation="process")
     overran, vanished = BatchTask.submit_many("examples.sleep", [{}, {}])
     me = boot("w@x", "e" * 32)
     for task in (overran, vanished):

@@ -139,7 +139,7 @@ class BatchTaskDefinition(models.Model):
         help_text=_(
             "Most tasks of a backlog sent to a worker in one message, run one after another; "
             "empty = as many as fit in MESSAGE_BATCH_SECONDS of measured run time, for types "
-            "that run inline without time limits; 1 = one task per message."
+            "that run inline; 1 = one task per message."
         ),
     )
     run_seconds = models.FloatField(

@@ -4,7 +4,8 @@ A message costs Celery about a millisecond of its worker's parent process whatev
 carries, and each claim and finish a database round trip: a backlog of tiny tasks is
 cheaper when one message carries several, claimed in one statement, run one after
 another in one pool process and finished in batches. Only for types that run inline
-without time limits (Celery enforces those per message), and never so many that the
+(their time limits are enforced per task by the worker's agent, ``worker.timelimits``;
+Celery enforces them per message for the others), and never so many that the
 pool processes consuming the queue would sit idle: the tasks admitted are spread over
 them first. The size aims at ``MESSAGE_BATCH_SECONDS`` of the type's measured run time
 (``run_seconds``), at most ``MESSAGE_BATCH_MAX`` and the type's ``tasks_per_message``;
@@ -46,8 +47,6 @@ def per_message(definition: Any, admitted: int, queue: str, *, using: str) -> in
         admitted < 2
         or conf.MESSAGE_BATCH_SECONDS <= 0
         or definition.tasks_per_message == 1
-        or definition.timeout is not None
-        or definition.soft_timeout is not None
         or definition.isolation != Isolation.INLINE
         or not definition.run_seconds
     ):

@@ -23,7 +23,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 
 from .. import transitions
 from ..core.conf import get_settings
-from ..core.states import IN_FLIGHT_STATES, TaskState
+from ..core.states import IN_FLIGHT_STATES, Isolation, TaskState
 from ..db.connections import read_committed, reconnecting, state_db
 from ..db.sql import Clock, states_sql
 from ..models import BatchQueue, BatchTask, BatchTaskDefinition
@@ -287,7 +287,8 @@ def runs_in_order(
 
 def run_of(task_id: int, attempt: int, row: Any, per_message: int = 1) -> Run:
     """The message for an attempt, with the time limits and the name of its type."""
-    return Run(task_id, attempt, row.timeout, row.soft_timeout, row.name, per_message)
+    inline = row.isolation == Isolation.INLINE
+    return Run(task_id, attempt, row.timeout, row.soft_timeout, row.name, per_message, inline)
 
 
 def _merge_candidates(slots: list[TypeSlot], queue_free: int, db: str) -> list[int]:

@@ -30,6 +30,9 @@ class TypeFacts:
     inactivity_timeout: int | None = None
     #: The module of the ``django.tasks`` function the type runs ("" for a plugin class).
     function_module: str = ""
+    #: The type's hard and soft time limits in seconds (``None``: none).
+    timeout: int | None = None
+    soft_timeout: int | None = None
 
 
 _facts: dict[tuple[int, str], tuple[float, TypeFacts]] = {}
@@ -53,6 +56,8 @@ def type_facts(definition_id: int, queue: str, using: str) -> TypeFacts:
         memory,
         inactivity,
         module,
+        timeout,
+        soft_timeout,
     ) = (
         BatchTaskDefinition.objects.using(using)
         .values_list(
@@ -66,6 +71,8 @@ def type_facts(definition_id: int, queue: str, using: str) -> TypeFacts:
             "memory_limit",
             "inactivity_timeout",
             "function_module",
+            "timeout",
+            "soft_timeout",
         )
         .get(pk=definition_id)
     )
@@ -80,7 +87,17 @@ def type_facts(definition_id: int, queue: str, using: str) -> TypeFacts:
     # A finish frees a slot of its key, too: refilled at once.
     limited = type_limit is not None or per_key is not None or queue_limit is not None
     facts = TypeFacts(
-        name, limited, backoff, backoff_max, retention, isolation, memory, inactivity, module
+        name,
+        limited,
+        backoff,
+        backoff_max,
+        retention,
+        isolation,
+        memory,
+        inactivity,
+        module,
+        timeout,
+        soft_timeout,
     )
     _facts[key] = (now, facts)
     return facts

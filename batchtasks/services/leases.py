@@ -18,7 +18,7 @@ from django.db import connections
 
 from .. import transitions
 from ..core.retries import retry_delay
-from ..core.states import AttemptOutcome, TaskState
+from ..core.states import AttemptOutcome, Isolation, TaskState
 from ..db.sql import Clock, Tables, attempts_in
 from . import depends, events
 
@@ -42,7 +42,10 @@ class HeldAttempt:
     instance: str
     pid: int | None
     queue: str
-    #: Whether it has run past its type's hard timeout (by the database's clock).
+    #: Whether it has run past its type's hard timeout (by the database's clock), for a
+    #: type whose limits Celery enforces (isolated runs: one task a message). Those of
+    #: inline types are enforced by the worker's agent, which ends what it stops itself;
+    #: their ``started_at`` is their message's claim, earlier than their start.
     overran: bool
     timeout: int | None
     cancel_requested: bool
@@ -59,7 +62,10 @@ class HeldAttempt:
 def _held(where: str, params: list[Any], using: str, limit: int = 1000) -> list[HeldAttempt]:
     connection = connections[using]
     t, clock = Tables(connection), Clock(connection)
-    overran = f"(d.timeout IS NOT NULL AND {clock.seconds_since('t.started_at')} >= d.timeout)"
+    overran = (
+        f"(d.timeout IS NOT NULL AND d.isolation <> '{Isolation.INLINE}' "
+        f"AND {clock.seconds_since('t.started_at')} >= d.timeout)"
+    )
     sql = (
         "SELECT t.id, t.attempt, t.worker, t.worker_instance, t.worker_pid, t.queue, "
         f"{overran}, d.timeout, t.cancel_requested, t.lost_runs, d.retry_backoff, "

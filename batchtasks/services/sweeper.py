@@ -34,7 +34,7 @@ from django.db import DatabaseError, connections, transaction
 
 from .. import transitions
 from ..core.conf import get_settings
-from ..core.states import TaskState
+from ..core.states import Isolation, TaskState
 from ..db.connections import lock_db
 from ..db.sql import Clock, Tables, states_sql
 from ..models import BatchTaskDefinition
@@ -185,7 +185,8 @@ def republish_lost(report: SweepReport, *, using: str) -> None:
         else f"(1 << MIN(t.republish_count, {REPUBLISH_BACKOFF_MAX.bit_length() - 1}))"
     )
     sql = (
-        f"SELECT t.queue, t.id, t.attempt, d.timeout, d.soft_timeout, d.name FROM {t.task} t "
+        "SELECT t.queue, t.id, t.attempt, d.timeout, d.soft_timeout, d.name, d.isolation "
+        f"FROM {t.task} t "
         f"JOIN {t.definition} d ON d.id = t.definition_id "
         f"WHERE t.state IN ({states_sql(TaskState.QUEUED)}) AND {waited} > %s * {factor} "
         "ORDER BY t.queued_at LIMIT %s"
@@ -194,8 +195,9 @@ def republish_lost(report: SweepReport, *, using: str) -> None:
         cursor.execute(sql, [float(get_settings().REPUBLISH_AFTER), BATCH])
         rows = cursor.fetchall()
     stale: dict[str, list[Run]] = defaultdict(list)
-    for queue, task_id, attempt, timeout, soft, name in rows:
-        stale[queue].append(Run(task_id, attempt, timeout, soft, name))
+    for queue, task_id, attempt, timeout, soft, name, isolation in rows:
+        inline = isolation == Isolation.INLINE
+        stale[queue].append(Run(task_id, attempt, timeout, soft, name, 1, inline))
     for queue, runs in stale.items():
         # Count the publish first, so that each attempt is republished once per period.
         marked = transitions.mark_republished([(r.task_id, r.attempt) for r in runs], using=using)

@@ -8,6 +8,15 @@ message here, most of it in building a Redis client per call. The batch path is 
 only when nothing listens to Celery's publish signals (tracing tools do), and falls back
 to one ``send_task`` per message if the transport does not look as expected.
 
+Time limits: a message of a type that runs in a child process or an executor carries
+its type's limits for Celery, which enforces them per message (the run's supervisor
+acts on them). The worker's agent enforces those of inline types per task
+(``worker.timelimits``), so their messages, which may carry several tasks, carry only
+an outer hard limit for Celery, a safety net should the agent fail: the sum of the
+tasks' ``timeout``, plus ``KILL_GRACE`` per task, plus ``OUTER_LIMIT_GRACE`` seconds
+(``celery_limits``); no Celery soft limit, and none at all for a type without a hard
+``timeout``.
+
 Every path to the broker ends in ``publish``. While ``redirected(receiver)`` is active,
 ``receiver(queue, runs)`` gets the runs instead of the broker: the test helpers
 (``batchtasks.testing``) run them in the test's process, or hold them.
@@ -16,12 +25,15 @@ Every path to the broker ends in ``publish``. While ``redirected(receiver)`` is 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from celery import current_app, signals
 from kombu.utils.json import dumps
+
+from ..core.conf import get_settings
 
 try:
     from kombu.transport.redis import Channel as RedisChannel
@@ -32,15 +44,15 @@ RUN_TASK_NAME = "batchtasks.run"
 #: The task of a message that carries several attempts of one type, run one by one.
 RUN_MANY_TASK_NAME = "batchtasks.run_many"
 CONTENT_TYPE = "application/json"
+#: Seconds Celery's outer hard limit on a message of an inline type adds to its tasks'
+#: limits and kill graces (claims, finishes and a slow database fit in it).
+OUTER_LIMIT_GRACE = 30
 DELIVERY_PERSISTENT = 2
 
 
 class Run(NamedTuple):
-    """One message to publish: an attempt of a task, with its type's time limits.
-
-    Celery's prefork pool enforces them: past ``soft_time_limit`` the plugin gets
-    ``SoftTimeLimitExceeded``; past ``time_limit`` its process is killed and replaced.
-    """
+    """One message to publish: an attempt of a task, with its type's time limits
+    (enforced by Celery or by the worker's agent: ``celery_limits``)."""
 
     task_id: int
     attempt: int
@@ -50,8 +62,10 @@ class Run(NamedTuple):
     #: the worker reads the type from the row.
     type_name: str = ""
     #: How many runs of its type may share its message (the dispatcher's choice: a
-    #: backlog of short tasks without time limits); consecutive runs are grouped.
+    #: backlog of short tasks of an inline type); consecutive runs are grouped.
     per_message: int = 1
+    #: Whether the worker's agent enforces its time limits (an inline type).
+    limits_by_worker: bool = False
 
     def kwargs(self) -> dict[str, str]:
         """The message's keyword arguments: the type's name, when known."""
@@ -92,6 +106,17 @@ def messages(tasks: list[Run]) -> list[list[Run]]:
         else:
             out.append([run])
     return out
+
+
+def celery_limits(batch: list[Run]) -> tuple[int | None, int | None]:
+    """Celery's ``(time_limit, soft_time_limit)`` for a message (see the module text)."""
+    first = batch[0]
+    if not first.limits_by_worker:
+        return first.time_limit, first.soft_time_limit
+    if any(run.time_limit is None for run in batch):
+        return None, None
+    grace = math.ceil(len(batch) * get_settings().KILL_GRACE) + OUTER_LIMIT_GRACE
+    return sum(run.time_limit or 0 for run in batch) + grace, None
 
 
 def parse_message_id(request_id: str) -> tuple[int, int] | None:
@@ -189,7 +214,7 @@ def _publish_pipelined(app: Any, channel: Any, queue: str, tasks: list[Run]) -> 
             root_id=mid,
             argsrepr=argsrepr,
             kwargsrepr=repr(first.kwargs()),
-            timelimit=[first.time_limit, first.soft_time_limit],
+            timelimit=list(celery_limits(batch)),
         )
         message = channel.prepare_message(
             dumps([list(args), first.kwargs(), embed]),
@@ -210,6 +235,7 @@ def _publish_each(app: Any, queue: str, tasks: list[Run]) -> None:
         for batch in messages(tasks):
             name, mid, args, _ = _content(batch)
             first = batch[0]
+            time_limit, soft_time_limit = celery_limits(batch)
             app.send_task(
                 name,
                 args,
@@ -217,8 +243,8 @@ def _publish_each(app: Any, queue: str, tasks: list[Run]) -> None:
                 queue=queue,
                 routing_key=queue,
                 task_id=mid,
-                time_limit=first.time_limit,
-                soft_time_limit=first.soft_time_limit,
+                time_limit=time_limit,
+                soft_time_limit=soft_time_limit,
                 ignore_result=True,
                 producer=producer,
             )

@@ -4,7 +4,8 @@ It keeps working while the pool processes run plugin code, so leases are renewed
 cancels enforced whatever a plugin does. It only schedules; each duty lives in its
 own module: the heartbeat (``heartbeat``: leases, lost attempts, the worker's row)
 every ``HEARTBEAT_SECONDS``, stopping processes (``stopping``) every tenth of a second
-while any must stop, a safety-net dispatch pass for its queues every
+while any must stop, the time limits of inline runs (``timelimits``) every fifth of a
+second while the worker holds run messages, a safety-net dispatch pass for its queues every
 ``DISPATCH_INTERVAL``, the moment a delayed task falls due and when a refill its pool
 processes skipped is due (``refills``), the due ticks of schedules (``services.schedules``)
 every ``SCHEDULE_INTERVAL`` and at the next tick, and a sweep of the
@@ -34,9 +35,9 @@ from ..services.dispatch import dispatch_queue
 from ..services.schedule_rows import sync_schedules
 from ..services.workers import Identity
 from ..transitions import Fence
-from . import notices, refills, running
+from . import notices, refills, running, timelimits
 from .heartbeat import Heartbeat, behind
-from .stopping import Killed, Stopper
+from .stopping import HARD_LIMIT, Killed, Stopper
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class WorkerAgent:
         self.concurrency = concurrency
         self.stopper = Stopper(behind=behind)
         self.heart = Heartbeat(identity, self.stopper)
+        self.limits = timelimits.TimeLimits(self.stopper)
+        self._limits_wanted = False
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="batchtasks-agent", daemon=True)
@@ -62,6 +65,7 @@ class WorkerAgent:
             "schedules": 0.0,
             "stop": float("inf"),
             "refill": float("inf"),
+            "limits": float("inf"),
         }
         #: Queues the pool processes skipped a refill of, and when to pass (``refills``).
         self._owed: dict[str, float] = {}
@@ -149,6 +153,9 @@ class WorkerAgent:
         if self._probe_wanted.is_set():
             self._probe_wanted.clear()
             self._probe()
+        if self._limits_wanted:
+            self._limits_wanted = False
+            self._next["limits"] = min(self._next["limits"], time.monotonic())
         try:
             self.refill_owed()
         except Exception:
@@ -158,6 +165,7 @@ class WorkerAgent:
         duties = (
             ("beat", self.heartbeat, settings.HEARTBEAT_SECONDS),
             ("stop", self.stop_processes, STOP_STEP_SECONDS),
+            ("limits", self.enforce_limits, timelimits.STEP_SECONDS),
             ("dispatch", self.dispatch, settings.DISPATCH_INTERVAL),
             ("sweep", self.sweep, settings.SWEEP_INTERVAL),
             ("schedules", self.run_schedules, settings.SCHEDULE_INTERVAL),
@@ -189,6 +197,26 @@ class WorkerAgent:
         running.prune(alive=psutil.pid_exists)
         for queue in freed:
             dispatch_queue(queue, using=db)
+
+    def watch_limits(self) -> None:
+        """A run message came (Celery's consumer thread): read the time limits soon."""
+        if self._next["limits"] == float("inf") and not self._limits_wanted:
+            self._limits_wanted = True
+            self._wake.set()
+
+    def enforce_limits(self) -> None:
+        """Signal the inline runs past their time limits (``timelimits``); read again in
+        ``timelimits.STEP_SECONDS`` or when a limit falls due, while any run message is
+        in a pool process."""
+        pids = timelimits.busy_pids()
+        if pids is None:  # none in hand: the next message wakes this duty (``signals``)
+            self._next["limits"] = float("inf")
+            return
+        due = self.limits.check(pids, self.identity.instance)
+        step = timelimits.STEP_SECONDS if due is None else min(due, timelimits.STEP_SECONDS)
+        self._next["limits"] = time.monotonic() + step
+        if self.stopper.pending:
+            self._next["stop"] = min(self._next["stop"], time.monotonic())
 
     def _want_probe(self) -> None:
         self._probe_wanted.set()
@@ -227,7 +255,9 @@ class WorkerAgent:
 
     def stop_processes(self) -> None:
         """Advance the stopping of processes; once one is gone, end its attempt at once."""
-        for killed in self.stopper.step(kill_grace=get_settings().KILL_GRACE):
+        settings = get_settings()
+        grace, wait = settings.KILL_GRACE, settings.LEASE_SECONDS
+        for killed in self.stopper.step(kill_grace=grace, held_wait=wait):
             if killed.gone:
                 self._after_kill(killed)
         if self.stopper.signalled:
@@ -237,15 +267,19 @@ class WorkerAgent:
             self._next["beat"] = min(self._next["beat"], time.monotonic() + 0.2)
 
     def _after_kill(self, killed: Killed) -> None:
-        """End the killed attempt now (its process is gone), and give back the attempts
+        """End the killed attempt now (its process is gone: a lost run, or a time-limit
+        failure if it was past its hard limit), and give back the attempts
         that waited behind it in its message: they never started, so they run again as
         they were, not as lost runs."""
         db = self.db
         queues: set[str] = set()
         held = leases.held_attempt(killed.fence, using=db)
         if held is not None and held.pid == killed.pid:
-            message = leases.worker_lost_message(held)
-            if leases.lose(held, leases.WORKER_LOST, message, using=db) is not None:
+            if killed.reason == HARD_LIMIT:
+                reason, message = leases.TIME_LIMIT, leases.time_limit_message(held)
+            else:
+                reason, message = leases.WORKER_LOST, leases.worker_lost_message(held)
+            if leases.lose(held, reason, message, using=db) is not None:
                 queues.add(held.queue)
         instance = self.identity.instance
         fences = [Fence(task_id, attempt, instance) for task_id, attempt in killed.behind]

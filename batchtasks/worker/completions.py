@@ -8,9 +8,11 @@ thread too, so finishes are written on time even while the next task of the mess
 long (a cancel that kills that task then takes none of them along). What a crash can
 lose is bounded by that window: the held tasks are still ``running`` under their lease,
 so the heartbeat or the sweeper ends them as lost runs and they run again (at most
-``COMPLETION_BATCH`` tasks run twice). Failures, cancels and retries are written at once,
-as a single run's are. The app's signals and finalizers of a finish follow in the
-process's main thread, at the next hold or the message's end.
+``COMPLETION_BATCH`` tasks run twice); a kill of the process by its worker (a time
+limit, an ignored cancel) waits until they are written (``running.set_held``).
+Failures, cancels and retries are written at once, as a single run's are. The app's
+signals and finalizers of a finish follow in the process's main thread, at the next
+hold or the message's end.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..core.conf import get_settings
 from ..db.connections import reconnecting
 from ..services import depends, events, finalize
 from ..services.facts import TypeFacts
+from . import running
 from .progress import COMPLETIONS, state_lock, timer_for
 
 logger = logging.getLogger(__name__)
@@ -52,6 +55,7 @@ class Completions:
                 self._since = time.monotonic()
                 timer_for(self.db).schedule(COMPLETIONS, self.window, self._write_due)
             self._held.append((run, facts))
+            running.set_held(len(self._held))  # a kill of this process waits for them
             full = len(self._held) >= self.limit
         if full or time.monotonic() - self._since >= self.window or self._written:
             self.flush()
@@ -93,6 +97,7 @@ class Completions:
         )
         self._written += [(r, f, ended.get(r.fence.task_id)) for r, f in self._held]
         self._held = []
+        running.set_held(0)
 
 
 def after_end(

@@ -13,6 +13,7 @@ import os
 import time
 import traceback
 
+from billiard.exceptions import TimeLimitExceeded
 from django.db import DatabaseError, router
 
 from .. import transitions
@@ -168,12 +169,15 @@ def run_plugin(
 ) -> transitions.Outcome:
     """Call the plugin and turn whatever happens into an ``Outcome``."""
     plugin_cls: type[BatchTaskPlugin] | None = None
-    # Only inline runs are watched by the heartbeat; isolated ones by their supervisor.
+    # Only inline runs are watched by the agent; isolated ones by their supervisor.
     inline = facts.isolation == Isolation.INLINE
     try:
         plugin_cls = registry.get(facts.name).plugin
         with stopping.plugin_running(
-            context.fence, inactivity_timeout=facts.inactivity_timeout if inline else None
+            context.fence,
+            inactivity_timeout=facts.inactivity_timeout if inline else None,
+            soft_timeout=facts.soft_timeout if inline else None,
+            timeout=facts.timeout if inline else None,
         ):
             result = _call(plugin_cls, claim, facts, context)
         check_result(facts.name, result)
@@ -229,7 +233,10 @@ def _failed(
     failures = claim.attempt - claim.lost_runs
     kind, details = error_type(exc), "".join(traceback.format_exception(exc))
     retry = is_retryable(exc, retry_on)
-    if isinstance(exc, InactivityTimeout):
+    message = str(exc)
+    if isinstance(exc, TimeLimitExceeded):  # as when Celery's hard limit killed the run
+        retry, message = True, str(exc.args[0]) if exc.args else message
+    elif isinstance(exc, InactivityTimeout):
         kind = exc.error_type
     elif isinstance(exc, IsolatedRunFailed):
         kind, details = exc.error_type, exc.details
@@ -237,7 +244,7 @@ def _failed(
     return transitions.Outcome(
         AttemptOutcome.FAILED,
         error_type=kind,
-        error_message=str(exc)[:MAX_MESSAGE],
+        error_message=message[:MAX_MESSAGE],
         error_traceback=details[-MAX_TRACEBACK:],
         progress=context.take_pending(),
         retry=retry,

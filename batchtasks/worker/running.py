@@ -3,10 +3,16 @@
 A message may hand a pool process several attempts, but it runs one at a time, and only
 that one may be signalled: a stop meant for a task that waits behind it in the message
 must never reach the task that runs (messages mix owners). So each pool process keeps a
-16-byte file of its own in the worker's stop folder (``<pid>.run``), mapped into memory:
+small file of its own in the worker's stop folder (``<pid>.run``), mapped into memory:
 it writes the attempt's ``(task id, attempt)`` when the plugin starts and zeroes when it
 ends, a memory write rather than a system call, and the main process reads the file
 before it signals that process.
+
+The same slot carries what the agent needs to enforce an inline run's time limits
+(``worker.timelimits``): when its plugin started, by ``CLOCK_MONOTONIC`` (one clock for
+every process of the host), and its soft and hard limits; and how many successful
+finishes of its message the process holds unwritten (``worker.completions``), which a
+kill must wait for.
 """
 
 from __future__ import annotations
@@ -15,27 +21,65 @@ import contextlib
 import mmap
 import os
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from ..transitions import Fence
 from . import identity
 
-_SLOT = struct.Struct("<qq")
+#: task id, attempt, start (monotonic s), soft and hard limit (s, 0: none), held finishes.
+_SLOT = struct.Struct("<qqdddq")
+_HELD = struct.calcsize("<qqddd")
 #: This process's mapped file, with the pid it belongs to (a fork must not share it).
 _mapped: tuple[int, mmap.mmap] | None = None
 
 
-def set_running(fence: Fence | None) -> None:
-    """Note the attempt this pool process runs now (``None``: none)."""
+class Slot(NamedTuple):
+    """What a pool process runs now, as its slot says."""
+
+    task_id: int
+    attempt: int
+    #: When the plugin started (``time.monotonic()``, the same clock in every process).
+    started: float
+    #: Its soft and hard time limits in seconds (0: none) if the agent enforces them.
+    soft: float
+    hard: float
+    #: Successful finishes of its message held and not written yet.
+    held: int
+
+
+def set_running(
+    fence: Fence | None, *, soft: float | None = None, hard: float | None = None
+) -> None:
+    """Note the attempt this pool process runs now (``None``: none), and the time
+    limits the agent is to enforce on it, counted from now."""
+    slot = _slot()
+    if slot is None:
+        return
+    if fence is None:
+        _SLOT.pack_into(slot, 0, 0, 0, 0.0, 0.0, 0.0, _read_held(slot))
+    else:
+        start, held = time.monotonic(), _read_held(slot)
+        limits = (soft or 0.0, hard or 0.0)
+        _SLOT.pack_into(slot, 0, fence.task_id, fence.attempt, start, *limits, held)
+
+
+def set_held(count: int) -> None:
+    """Note how many successful finishes this pool process holds unwritten."""
     slot = _slot()
     if slot is not None:
-        _SLOT.pack_into(slot, 0, *((fence.task_id, fence.attempt) if fence else (0, 0)))
+        struct.pack_into("<q", slot, _HELD, count)
 
 
-def running_now(pid: int) -> tuple[int, int] | None:
-    """``(task id, attempt)`` that pool process ``pid`` runs now; ``None`` if it runs
-    none (or never ran one). Read until two reads agree: a start may be half written."""
+def _read_held(slot: mmap.mmap) -> int:
+    return int(struct.unpack_from("<q", slot, _HELD)[0])
+
+
+def slot_of(pid: int) -> Slot | None:
+    """What pool process ``pid`` runs now; ``None`` if it runs none (or never ran one).
+    Read until two reads agree: a start may be half written."""
     path = _path(pid)
     if path is None:
         return None
@@ -50,8 +94,24 @@ def running_now(pid: int) -> tuple[int, int] | None:
         if data == last:
             break
         last = data
-    task_id, attempt = _SLOT.unpack_from(last or b"")
-    return (task_id, attempt) if task_id else None
+    slot = Slot(*_SLOT.unpack_from(last or b""))
+    return slot if slot.task_id else None
+
+
+def running_now(pid: int) -> tuple[int, int] | None:
+    """``(task id, attempt)`` that pool process ``pid`` runs now; ``None`` if none."""
+    slot = slot_of(pid)
+    return None if slot is None else (slot.task_id, slot.attempt)
+
+
+def held_by(pid: int) -> int:
+    """Successful finishes pool process ``pid`` holds unwritten (0 if it cannot be read)."""
+    path = _path(pid)
+    try:
+        data = path.read_bytes() if path is not None else b""
+    except OSError:
+        return 0
+    return int(struct.unpack_from("<q", data, _HELD)[0]) if len(data) >= _SLOT.size else 0
 
 
 def forget(pid: int) -> None:

@@ -84,6 +84,13 @@ def start_agent(sender: Any = None, **kwargs: Any) -> None:
     _agent.start()
 
 
+@signals.task_received.connect
+def watch_time_limits(sender: Any = None, request: Any = None, **kwargs: Any) -> None:
+    """A message came: the agent reads the time limits of the runs (``timelimits``)."""
+    if _agent is not None:
+        _agent.watch_limits()
+
+
 @signals.worker_shutdown.connect
 def stop_agent(**kwargs: Any) -> None:
     """Stop the worker's agent."""

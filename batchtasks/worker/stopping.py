@@ -1,5 +1,5 @@
-"""Stopping a running attempt's process: after an ignored cancel, or when the attempt is
-no longer this worker's (its lease was lost).
+"""Stopping a running attempt's process: after an ignored cancel, when the attempt is
+no longer this worker's (its lease was lost), or past its time limits.
 
 The main process never touches Celery's request objects. It leaves a stop request for
 the pool process running the attempt (a file named by its pid, naming the attempt) and
@@ -9,8 +9,12 @@ plugin if the request names the attempt it is running (the plugin unwinds, its
 attempt it no longer runs (so a late SIGTERM never hits the next task), and with no
 request hands the signal to the pool's own handler (billiard's shutdown, Celery's hard
 time limits). A process still running the attempt ``KILL_GRACE`` seconds later is
-SIGKILLed with everything it started. The slot is only freed when the attempt's end is
-written: by the runner, or once the process is gone.
+SIGKILLed with everything it started, though not while the process still holds
+successful finishes of its message unwritten (``running.held_by``; its timer thread
+writes them within ``COMPLETION_WINDOW``): the kill waits for them, at most
+``LEASE_SECONDS``, so that the tasks that ran before the killed one never run twice.
+The slot is only freed when the attempt's end is written: by the runner, or once the
+process is gone.
 
 A process is only ever signalled for the attempt it runs at that moment (``running``:
 each pool process notes it as a plugin starts). An attempt that waits behind another in
@@ -34,6 +38,14 @@ by their supervisor in the pool process instead (``worker.isolation.supervise``)
 while one runs, its process group is registered here, so that a SIGTERM that is not a
 stop request (Celery's hard time limit, a shutdown) kills that group before the pool
 process goes.
+
+Time limits of inline runs work the same way (``worker.timelimits`` decides when): a
+request of kind ``soft`` raises ``SoftTimeLimitExceeded`` once (the plugin may catch
+it and clean up; the request is removed so that the next SIGTERM is the pool's again),
+and one of kind ``timeout`` raises ``TimeLimitExceeded``, the outcome Celery's hard
+limit had: a failure that may run again. A plugin that catches that one and returns
+fails all the same; one that does not unwind is SIGKILLed and its attempt ends with the
+same failure.
 """
 
 from __future__ import annotations
@@ -51,6 +63,7 @@ from types import FrameType
 from typing import Any
 
 import psutil
+from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from ..core.exceptions import InactivityTimeout, TaskStopped
 from ..transitions import Fence
@@ -60,6 +73,8 @@ logger = logging.getLogger(__name__)
 
 #: The reason that makes a stop request an inactivity stop.
 INACTIVE = "inactive"
+#: The reasons of time-limit stops: the soft limit (a signal only), the hard limit.
+SOFT_LIMIT, HARD_LIMIT = "soft", "timeout"
 #: Most seconds between two touches of an activity file (less for short limits).
 TOUCH_INTERVAL = 1.0
 
@@ -78,26 +93,40 @@ class _Running:
     activity: Path | None = None
     touched: float = 0.0
     touch_every: float = TOUCH_INTERVAL
+    #: The hard time limit of the run, and whether it struck.
+    timeout: int | None = None
+    timed_out: bool = False
 
 
 _running = _Running()
 
 
 @contextlib.contextmanager
-def plugin_running(fence: Fence, *, inactivity_timeout: int | None = None) -> Iterator[None]:
-    """While ``fence``'s plugin runs, SIGTERM may stop it, and with ``inactivity_timeout``
-    the heartbeat stops it once it is silent for that long (see the module text)."""
+def plugin_running(
+    fence: Fence,
+    *,
+    inactivity_timeout: int | None = None,
+    soft_timeout: int | None = None,
+    timeout: int | None = None,
+) -> Iterator[None]:
+    """While ``fence``'s plugin runs, SIGTERM may stop it, with ``inactivity_timeout``
+    the heartbeat stops it once it is silent for that long, and the agent enforces
+    ``soft_timeout`` and ``timeout`` counted from now (see the module text)."""
     installed = threading.current_thread() is threading.main_thread()
     if installed:
         _install()
     _running.fence = fence
+    _running.timeout, _running.timed_out = timeout, False
     _running.activity = _start_activity(fence, inactivity_timeout)
-    running.set_running(fence)
+    running.set_running(fence, soft=soft_timeout, hard=timeout)
     try:
         yield
+        if _running.timed_out:  # the plugin caught the hard limit's error: it fails anyway
+            raise TimeLimitExceeded(hard_limit_message(timeout))
     finally:
         running.set_running(None)
         _running.fence = None
+        _running.timed_out = False
         if _running.activity is not None:
             with contextlib.suppress(OSError):
                 _running.activity.unlink()
@@ -181,6 +210,11 @@ def _request_path(pid: int) -> Path | None:
     return Path(folder, str(pid)) if folder else None
 
 
+def hard_limit_message(timeout: int | None) -> str:
+    """The error message of an attempt stopped at its hard time limit by its worker."""
+    return f"hard time limit of {timeout} s exceeded; worker {identity.current().name} stopped it"
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     path = _request_path(os.getpid())
     try:
@@ -190,16 +224,27 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     current = _running.fence
     if requested is not None:
         if current is not None and requested[:2] == [str(current.task_id), str(current.attempt)]:
+            kind = requested[2:]
+            if kind == [SOFT_LIMIT]:  # once: a later SIGTERM is a stop or the pool's own
+                with contextlib.suppress(OSError):
+                    path.unlink()  # type: ignore[union-attr]
+                raise SoftTimeLimitExceeded()  # as Celery's soft limit raises it
             _running.requested = True
-            if requested[2:] == [INACTIVE]:
+            if kind == [INACTIVE]:
                 raise InactivityTimeout(
                     f"Task {current.task_id} reported no progress for longer than its "
                     "inactivity_timeout and was stopped by its worker."
                 )
+            if kind == [HARD_LIMIT]:
+                _running.timed_out = True
+                raise TimeLimitExceeded(hard_limit_message(_running.timeout))
             raise TaskStopped(
                 f"Task {current.task_id} was stopped by its worker (a cancel it did not "
                 "honour, or a lost lease)."
             )
+        if requested[2:] == [SOFT_LIMIT]:  # came late: it is spent
+            with contextlib.suppress(OSError):
+                path.unlink()  # type: ignore[union-attr]
         return  # a request for an attempt this process no longer runs: ignore it
     # Not a stop request (Celery's shutdown, a hard time limit): the pool's own handling,
     # after the child group of an isolated run (it is in a session of its own).
@@ -241,6 +286,8 @@ class Killed:
     behind: list[tuple[int, int]]
     #: Whether the process was seen gone right after the kill.
     gone: bool
+    #: Why it was stopped (``HARD_LIMIT``: its attempt ends as a time-limit failure).
+    reason: str = ""
 
 
 class Stopper:
@@ -280,8 +327,28 @@ class Stopper:
         for fence in [f for f in self._pending if f not in keep]:
             self._clear(fence)
 
-    def step(self, *, kill_grace: float) -> list[Killed]:
-        """Signal what is due; returns the processes killed in this step."""
+    def soft_limit(self, fence: Fence, pid: int) -> None:
+        """Raise ``SoftTimeLimitExceeded`` in ``fence``'s plugin, run by ``pid`` (unless
+        a stop of it is under way)."""
+        if fence in self._pending or pid == os.getpid():
+            return
+        path = _request_path(pid)
+        if path is None:
+            return
+        path.write_text(f"{fence.task_id} {fence.attempt} {SOFT_LIMIT}")
+        logger.warning(
+            "batchtasks stopping task=%s attempt=%s pid=%s reason=%s signal=SIGTERM",
+            fence.task_id,
+            fence.attempt,
+            pid,
+            "soft time limit",
+        )
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+    def step(self, *, kill_grace: float, held_wait: float = 0.0) -> list[Killed]:
+        """Signal what is due; returns the processes killed in this step. A kill waits
+        up to ``held_wait`` more seconds while the process holds unwritten finishes."""
         now = time.monotonic()
         killed = []
         for fence, stopping in list(self._pending.items()):
@@ -294,8 +361,11 @@ class Stopper:
                 elif now - stopping.since >= stopping.grace:
                     self._terminate(fence, stopping)
             elif stopping.killed_at is None and now - stopping.terminated_at >= kill_grace:
-                if current:
+                late = now - stopping.terminated_at >= kill_grace + held_wait
+                if current and (late or not running.held_by(stopping.pid)):
                     killed.append(self._kill(fence, stopping))
+                elif current:
+                    continue  # its timer thread writes the finishes it holds first
                 else:  # it ended after all (its end is written by its runner)
                     self._clear(fence)
         return [k for k in killed if k is not None]
@@ -303,7 +373,7 @@ class Stopper:
     def _terminate(self, fence: Fence, stopping: _Stopping) -> None:
         path = _request_path(stopping.pid)
         if path is not None:
-            kind = INACTIVE if stopping.reason == INACTIVE else "stop"
+            kind = stopping.reason if stopping.reason in (INACTIVE, HARD_LIMIT) else "stop"
             path.write_text(f"{fence.task_id} {fence.attempt} {kind}")
         stopping.terminated_at = time.monotonic()
         logger.warning(
@@ -339,7 +409,7 @@ class Stopper:
         gone = _wait_gone(stopping.pid, KILL_WAIT)
         if gone:
             running.forget(stopping.pid)
-        return Killed(fence, stopping.pid, behind, gone=gone)
+        return Killed(fence, stopping.pid, behind, gone=gone, reason=stopping.reason)
 
     def _clear(self, fence: Fence) -> None:
         _remove_request(self._pending.pop(fence).pid, fence)

@@ -3,8 +3,11 @@ the real broker. Batching is switched on for a type by giving it a measured run 
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
+import psutil
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import transaction
@@ -255,3 +258,64 @@ def test_a_backlog_drains_window_after_window_without_waiting_for_the_timer(
     done = wait_final(*tasks, timeout=60)
 
     assert {t.state for t in done} == {TaskState.SUCCEEDED}
+
+
+# --- finishes held across messages of one task each ----------------------------------------
+#: A window just under a beat: a held finish is written before a second beat can miss it.
+HELD_ACROSS = {
+    "BATCHTASKS_HEARTBEAT_SECONDS": "0.5",
+    "BATCHTASKS_COMPLETION_WINDOW": "0.45",
+    "BATCHTASKS_MESSAGE_BATCH_SECONDS": "0",
+}
+
+
+def test_a_held_single_finish_is_not_ended_as_vanished_by_a_beat(
+    start_worker, record_dir: Path
+) -> None:
+    """Each message carries one task; its success waits up to the window to be written,
+    while the beats (more often than usual here) see no pool process holding it."""
+    start_worker("w", SLEEP, concurrency=1, env=HELD_ACROSS)
+    for _ in range(8):  # one at a time: each finish is held alone, for the whole window
+        (task,) = wait_final(BatchTask.submit("examples.sleep", QUICK))
+
+        assert (task.state, task.attempt, task.lost_runs) == (TaskState.SUCCEEDED, 1, 0)
+        assert len(runs_of(record_dir, task.pk)) == 1
+        attempts = BatchTaskAttempt.objects.filter(task=task)
+        assert list(attempts.values_list("outcome", flat=True)) == [TaskState.SUCCEEDED]
+
+
+def test_a_killed_pool_process_loses_no_held_single_finish(start_worker, record_dir: Path):
+    """SIGKILL a pool process holding the successes of messages of one task each: those
+    tasks stay running under their lease, end as lost runs and run again; none is lost."""
+    env = {
+        **HELD_ACROSS,
+        "BATCHTASKS_HEARTBEAT_SECONDS": "2",
+        "BATCHTASKS_COMPLETION_WINDOW": "1.9",
+    }
+    w = start_worker("w", SLEEP, concurrency=1, env=env)
+    tasks = [BatchTask.submit("examples.sleep", QUICK) for _ in range(3)]
+    ids = [t.pk for t in tasks]
+
+    def all_ran() -> bool:  # to their end: held, written or not
+        return all(any(end for _, _, end in runs_of(record_dir, pk)) for pk in ids)
+
+    wait_for(all_ran, interval=0.01)
+    running = BatchTask.objects.filter(pk__in=ids, state=TaskState.RUNNING)
+    os.kill(psutil.Process(w.process.pid).children()[0].pid, signal.SIGKILL)
+    held = set(running.values_list("pk", flat=True))
+    assert held, "the kill came after the window: nothing held to lose"
+
+    done = wait_final(*tasks, timeout=60)
+
+    assert {t.state for t in done} == {TaskState.SUCCEEDED}
+    for task in done:
+        runs = runs_of(record_dir, task.pk)
+        outcomes = list(
+            BatchTaskAttempt.objects.filter(task=task).order_by("number").values_list("outcome")
+        )
+        if task.pk in held:  # ran to its end, its finish lost with the process: again
+            assert (task.attempt, task.lost_runs, len(runs)) == (2, 1, 2)
+            assert outcomes == [("lost",), ("succeeded",)]
+        else:
+            assert (task.attempt, task.lost_runs, len(runs)) == (1, 0, 1)
+            assert outcomes == [("succeeded",)]

@@ -53,8 +53,9 @@ class BatchTasksSettings:
     MESSAGE_BATCH_SECONDS: float = 0.25
     #: Most tasks in one message.
     MESSAGE_BATCH_MAX: int = 50
-    #: Seconds a worker running a message of several tasks may hold their successful
-    #: finishes to write them in one statement; 0 = each finish at once.
+    #: Seconds a pool process may hold successful finishes to write them in one statement
+    #: (the tasks of a message, and across messages of one task each while this is less
+    #: than HEARTBEAT_SECONDS: worker.completions); 0 = each finish at once.
     COMPLETION_WINDOW: float = 0.01
     #: Finishes held at most before they are written (the window's other bound).
     COMPLETION_BATCH: int = 50

@@ -28,7 +28,7 @@ from ..models import BatchTask
 from ..services import events, leases
 from ..services.facts import type_facts
 from . import identity, notices, refills
-from .completions import Completions, measured
+from .completions import measured, process_completions
 from .progress import state_lock
 from .runner import RunnerContext, claim_runs, run_plugin, write_outcome
 
@@ -56,8 +56,9 @@ def execute_many(
         )
     message = MessageRun(claims, worker, instance, db, heard)
     try:
-        for i in range(len(claims)):
-            message.run(i)
+        with message.completions.message():
+            for i in range(len(claims)):
+                message.run(i)
     finally:
         message.completions.flush()
     for queue, limited in message.queues.items():
@@ -80,7 +81,7 @@ class MessageRun:
         heard: int | None,
     ) -> None:
         self.claims, self.worker, self.instance, self.db = claims, worker, instance, db
-        self.completions = Completions(db)
+        self.completions = process_completions(db)
         self.outcomes: list[tuple[transitions.Fence, transitions.Outcome]] = []
         #: The queues of the runs, and whether each is limited (refilled at once).
         self.queues: dict[str, bool] = {}

@@ -1,24 +1,32 @@
 """Successful finishes held for a moment and written together, and measured run times.
 
-A pool process running a message of several tasks holds their successful outcomes and
-writes them in one statement (``transitions.end_succeeded``) once ``COMPLETION_WINDOW``
-seconds have passed since the first was held, or ``COMPLETION_BATCH`` are held, and
-always before it takes its next message. The window is kept by the pool process's timer
-thread too, so finishes are written on time even while the next task of the message runs
-long (a cancel that kills that task then takes none of them along). What a crash can
-lose is bounded by that window: the held tasks are still ``running`` under their lease,
-so the heartbeat or the sweeper ends them as lost runs and they run again (at most
-``COMPLETION_BATCH`` tasks run twice); a kill of the process by its worker (a time
-limit, an ignored cancel) waits until they are written (``running.set_held``).
-Failures, cancels and retries are written at once, as a single run's are. The app's
-signals and finalizers of a finish follow in the process's main thread, at the next
-hold or the message's end.
+A pool process holds the successful outcomes of the tasks it runs and writes them in one
+statement (``transitions.end_succeeded``) once ``COMPLETION_WINDOW`` seconds have passed
+since the first was held, or ``COMPLETION_BATCH`` are held: across the tasks of a message
+of several (then always before it takes its next message), and across messages of one
+task each (``process_completions``: held on into the next messages). The window is kept
+by the pool process's timer thread too, so finishes are written on time even while the
+next task runs long or no message comes (a cancel that kills that task then takes none
+of them along); the process writes what it holds before it exits. What a crash can lose
+is bounded by that window: the held tasks are still ``running`` under their lease, so
+the heartbeat (at its second beat that misses them: ``worker.heartbeat``) or the sweeper
+ends them as lost runs and they run again (at most ``COMPLETION_BATCH`` tasks run twice);
+a kill of the process by its worker (a time limit, an ignored cancel) waits until they
+are written (``running.set_held``).
+Failures, cancels and retries are written at once, as a single run's are; so are the
+finishes of limited types and queues (their slot is refilled at once, and must be free
+by then). The app's signals and finalizers of a finish follow in the process's main
+thread, at the next hold or the message's end; or, when the timer thread writes while the
+process has no message in hand, in that thread at once (holding ``state_lock``: a
+message that comes meanwhile waits for them).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from .. import transitions
 from ..core.conf import get_settings
@@ -39,15 +47,33 @@ class Completions:
         self.db = db
         self.window = conf.COMPLETION_WINDOW
         self.limit = conf.COMPLETION_BATCH
+        #: Whether finishes may stay held from one message into the next: only while the
+        #: window is shorter than a beat (a beat misses a held finish at most once).
+        self.across = 0 < self.window < conf.HEARTBEAT_SECONDS
         self._held: list[tuple[transitions.Succeeded, TypeFacts]] = []
         #: Written by the timer thread; their signals and finalizers are still to come.
         self._written: list[tuple[transitions.Succeeded, TypeFacts, transitions.Ended | None]]
         self._written = []
         self._since = 0.0
+        #: Messages this process runs now (the timer follows up at once when none).
+        self._messages = 0
 
     @property
     def enabled(self) -> bool:
         return self.window > 0
+
+    @contextmanager
+    def message(self) -> Iterator[None]:
+        """Around a message of one task: finishes stay held past its end; what the timer
+        wrote meanwhile is followed up at its end."""
+        with state_lock:
+            self._messages += 1
+        try:
+            yield
+        finally:
+            with state_lock:
+                self._messages -= 1
+            self.follow_up()
 
     def hold(self, run: transitions.Succeeded, facts: TypeFacts) -> None:
         with state_lock:
@@ -57,8 +83,10 @@ class Completions:
             self._held.append((run, facts))
             running.set_held(len(self._held))  # a kill of this process waits for them
             full = len(self._held) >= self.limit
-        if full or time.monotonic() - self._since >= self.window or self._written:
+        if full or time.monotonic() - self._since >= self.window:
             self.flush()
+        elif self._written:
+            self.follow_up()
 
     def flush(self) -> None:
         """Write what is held; then the app's signals and finalizers of each written."""
@@ -68,7 +96,14 @@ class Completions:
             if self._held:
                 timer_for(self.db).schedule(COMPLETIONS, None, None)
             self._write()
+        self.follow_up()
+
+    def follow_up(self) -> None:
+        """The app's signals and finalizers of the finishes written (by the timer)."""
+        with state_lock:
             written, self._written = self._written, []
+        if not written:
+            return
         gone = [
             run.fence.task_id
             for run, facts, ended in written
@@ -78,12 +113,18 @@ class Completions:
             transitions.delete_tasks(gone, using=self.db)
 
     def _write_due(self) -> None:
-        """The window is up (timer thread): write what is held now."""
+        """The window is up (timer thread): write what is held now; with no message in
+        hand, follow them up here too (nothing else would until the next message)."""
         try:
             with state_lock:
                 self._write()
-        except Exception:  # the main thread's next flush tries again, and raises
+                if not self._messages:
+                    self.follow_up()
+        except Exception:  # tried again at the next window, or the main thread's flush
             logger.exception("batchtasks held finishes not written yet")
+            with state_lock:
+                if self._held:
+                    timer_for(self.db).schedule(COMPLETIONS, self.window, self._write_due)
 
     def _write(self) -> None:
         """Write the held finishes (``state_lock`` held); they stay held if that fails."""
@@ -98,6 +139,27 @@ class Completions:
         self._written += [(r, f, ended.get(r.fence.task_id)) for r, f in self._held]
         self._held = []
         running.set_held(0)
+
+
+#: The finishes each state connection's pool process holds across single-task messages.
+_process: dict[str, Completions] = {}
+
+
+def process_completions(db: str) -> Completions:
+    """This process's held finishes for state connection ``db``."""
+    held = _process.get(db)
+    if held is None:
+        held = _process[db] = Completions(db)
+    return held
+
+
+def flush_process() -> None:
+    """Write and follow up everything this process holds (before it exits)."""
+    for held in list(_process.values()):
+        try:
+            held.flush()
+        except Exception:  # they stay running: lost runs, run again
+            logger.exception("batchtasks held finishes not written at exit")
 
 
 def after_end(

@@ -6,6 +6,13 @@ received and started (a read-only copy, taken again when the consumer thread cha
 it meanwhile). If it cannot be read, the beat fails closed: it renews every lease of
 this instance and ends nothing.
 
+An attempt this instance runs in the database but no pool process holds any more is
+ended as vanished (a lost run) only at the second beat in a row that misses it: a pool
+process may hold a finished attempt for a moment before it writes its success with
+others (``worker.completions``, within ``COMPLETION_WINDOW``, far less than a beat), and
+such a finish is not lost. A pool process that died meanwhile costs its held finishes
+one beat more before they run again.
+
 Each beat also stops inline runs silent past their type's inactivity timeout (see
 ``stopping``: the pool process keeps the life sign, the beat reads it).
 """
@@ -102,6 +109,8 @@ class Heartbeat:
         self._ours: dict[tuple[int, int], int | None] = {}
         #: Run messages in hand at the last beat.
         self.in_hand = 0
+        #: Attempts running here that no pool process held at the last beat.
+        self._missing: set[tuple[int, int]] = set()
 
     def beat(self, db: str) -> set[str]:
         """One beat; returns the queues whose slots it freed."""
@@ -116,11 +125,16 @@ class Heartbeat:
             logger.warning("batchtasks cannot read the requests in hand; beat keeps all leases")
             renewed = transitions.renew_leases(instance, None, settings.LEASE_SECONDS, using=db)
         else:
+            missing = set()
             for attempt in running:
-                if (attempt.task_id, attempt.attempt) not in held and self._end_vanished(
-                    attempt, db
-                ):
+                key = (attempt.task_id, attempt.attempt)
+                if key in held:
+                    continue
+                if key not in self._missing:  # perhaps a finish held to be written
+                    missing.add(key)
+                elif self._end_vanished(attempt, db):
                     freed.add(attempt.queue)
+            self._missing = missing
             renewed = transitions.renew_leases(
                 instance, list(held), settings.LEASE_SECONDS, using=db
             )
@@ -129,7 +143,7 @@ class Heartbeat:
         return freed
 
     def _end_vanished(self, held: leases.HeldAttempt, db: str) -> bool:
-        """End an attempt no pool process of this worker holds any more."""
+        """End an attempt no pool process of this worker held at this beat nor the last."""
         if held.overran:
             reason, message = leases.TIME_LIMIT, leases.time_limit_message(held)
         else:

@@ -1,14 +1,18 @@
-"""Refills a pool process skipped, made up by its worker's agent.
+"""Refills of the slots a pool process frees, left to its worker's agent.
 
-A pool process refills an unlimited queue at most every ``REFILL_INTERVAL``
-(``services.dispatch.refill``). When it skips one, nothing else may follow: a small
-window of tiny tasks can empty within the interval, and its backlog then waited for the
-agent's periodic pass (``DISPATCH_INTERVAL``, a second by default). So a pool process
-that skips tells its agent over a pipe the worker opens before its pool starts, and the
-agent runs a pass for that queue once ``REFILL_INTERVAL`` has passed: the backlog waits
-at most that long, and the passes stay as far apart.
+A finish of a limited type or queue refills at once, in the pool process: its slot is
+free and the next task of that limit may be waiting for it. An unlimited queue is
+refilled at most every ``REFILL_INTERVAL`` (``services.dispatch.refill``); such a pass
+is left to the worker's agent, off the pool process's path from one task to the next
+(a pass is several statements and a publish; a task of its own cost, for tiny tasks):
+the pool process tells its agent over a pipe the worker opens before its pool starts
+(once per interval), and the agent runs a pass for that queue once ``REFILL_INTERVAL``
+has passed, one pass for all its pool processes. Nothing else may be left to wait for:
+a small window of tiny tasks can empty within the interval, and its backlog would then
+wait for the agent's periodic pass (``DISPATCH_INTERVAL``, a second by default).
 
-Outside a worker (no pipe) a skipped refill is left to the next pass, as before.
+Outside a worker (no pipe) the pool process refills itself, at most every interval; a
+skipped refill is left to the next pass.
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ def open_channel() -> None:
 
 
 def refill(queue: str, *, limited: bool, using: str) -> None:
-    """Refill ``queue`` after a run (``services.dispatch.refill``); if that skipped, have
-    the agent pass once the interval is over."""
-    if not dispatch.refill(queue, limited=limited, using=using):
+    """Refill ``queue`` after a run: a limited one at once (``services.dispatch.refill``),
+    an unlimited one by the agent once the interval is over (see the module text)."""
+    to_agent = not limited and _pipe is not None
+    if to_agent or not dispatch.refill(queue, limited=limited, using=using):
         owe(queue)
 
 

@@ -2,7 +2,9 @@
 
 Runs in a pool process. Every write is fenced by (task, attempt, worker instance), so
 a message for another attempt runs nothing and a run that lost its lease writes
-nothing more.
+nothing more. A success of an unlimited type may be held to be written with the next
+ones (``worker.completions``); its slot's refill is left to the worker's agent
+(``worker.refills``).
 """
 
 from __future__ import annotations
@@ -30,13 +32,13 @@ from ..core.logcontext import log_context
 from ..core.plugin import BatchTaskPlugin, ExecutorPlugin
 from ..core.registry import registry
 from ..core.retries import is_retryable, retry_delay
-from ..core.states import AttemptOutcome, Isolation
+from ..core.states import AttemptOutcome, Isolation, TaskState
 from ..db.connections import reconnecting, state_db
 from ..models import BatchTask
 from ..services import events, leases
 from ..services.facts import TypeFacts, type_facts
 from . import identity, refills, stopping
-from .completions import after_end, measured
+from .completions import after_end, measured, process_completions
 from .isolation import executor, process
 from .isolation.results import MAX_MESSAGE, MAX_TRACEBACK, check_result, error_type
 from .progress import ProgressWriter, state_lock
@@ -100,6 +102,7 @@ def execute(
     using: str | None = None,
     in_process: bool = False,
     refill: bool = True,
+    hold: bool = False,
 ) -> transitions.Ended | None:
     """Claim attempt ``attempt`` of task ``task_id`` and run it to an outcome. A message
     for a task that is not queued as that attempt (a duplicate, a stale message of an
@@ -125,7 +128,14 @@ def execute(
         started = time.monotonic()
         outcome = run_plugin(claim, facts, RunnerContext(claim, fence, worker).bind(db))
         measured(claim.definition_id, time.monotonic() - started, db=db)
-        ended = write_outcome(fence, outcome, facts, db)
+        held = process_completions(db) if hold and not facts.limited else None
+        ended: transitions.Ended | None
+        if held is not None and held.across and outcome.kind == AttemptOutcome.SUCCEEDED:
+            note = outcome.progress[1] if outcome.progress else None
+            held.hold(transitions.Succeeded(fence, outcome.result, note), facts)
+            ended = transitions.Ended(TaskState.SUCCEEDED, claim.queue)
+        else:
+            ended = write_outcome(fence, outcome, facts, db)
     if refill:
         try:
             refills.refill(claim.queue, limited=facts.limited, using=db)

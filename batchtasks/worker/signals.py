@@ -19,6 +19,7 @@ from ..transitions import Fence
 from . import beat as _beat  # noqa: F401  (registers batchtasks.submit_scheduled)
 from . import identity, refills
 from . import tasks as _tasks  # registers batchtasks.run with Celery
+from .completions import flush_process
 from .heartbeat import attempts_of
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,12 @@ def set_up_pool_process(**kwargs: Any) -> None:
     use_dedicated_connections(True)
 
 
+@signals.worker_process_shutdown.connect
+def write_held_finishes(**kwargs: Any) -> None:
+    """A pool process exits (max tasks, a warm shutdown): write what it holds first."""
+    flush_process()
+
+
 @signals.worker_ready.connect
 def start_agent(sender: Any = None, **kwargs: Any) -> None:
     """Start the worker's agent: heartbeats, leases, stopping, safety-net dispatch, sweeps."""
@@ -94,6 +101,7 @@ def watch_time_limits(sender: Any = None, request: Any = None, **kwargs: Any) ->
 @signals.worker_shutdown.connect
 def stop_agent(**kwargs: Any) -> None:
     """Stop the worker's agent."""
+    flush_process()  # a solo worker's own (a prefork worker's main process holds none)
     if _agent is not None:
         _agent.stop()
     identity.shut_down()

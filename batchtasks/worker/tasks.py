@@ -3,7 +3,8 @@
 The outcome is written to the ``BatchTask`` row first; then the task ends the way Celery
 and its monitors (Flower, with workers started with ``-E``) understand: a failed attempt
 raises ``AttemptFailed`` (FAILURE), one that runs again raises ``Retry`` (RETRY), a
-cancelled one sends ``task-revoked`` and raises ``Ignore`` (REVOKED). None of them stores
+cancelled one sends ``task-revoked`` and raises ``Ignore`` (REVOKED); a success may be
+written a moment after the task returns (``worker.completions``). None of them stores
 a result (``ignore_result``), requeues or rejects the message: the message is acked.
 """
 
@@ -20,6 +21,7 @@ from ..db.connections import state_db
 from ..models import BatchTask
 from ..transport.publish import RUN_MANY_TASK_NAME, RUN_TASK_NAME, parse_message_id
 from . import batches, runner
+from .completions import process_completions
 from .progress import state_lock
 
 #: Whether this worker sends task events (``-E``); set at its start (``signals``).
@@ -54,7 +56,11 @@ def run_batch_task(
         if parsed is None or parsed[0] != int(task_id):
             return
         attempt = parsed[1]
-    ended = runner.execute(int(task_id), int(attempt), worker=self.request.hostname or "unknown")
+    db = state_db(router.db_for_write(BatchTask))
+    with process_completions(db).message():
+        ended = runner.execute(
+            int(task_id), int(attempt), worker=self.request.hostname or "unknown", hold=True
+        )
     if ended is not None:
         report_outcome(self, int(task_id), int(attempt), ended.state)
 

@@ -571,6 +571,15 @@ def bench_poll() -> list[tuple[str, str, str, str]]:
     return []
 
 
+def bench_push() -> list[tuple[str, str, str, str]]:
+    """The indicator's push option (server-sent events under ASGI): bench/push.py prints
+    its own table, in a process of its own like the poll's."""
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "bench.push"], check=True)
+    return []
+
+
 ISOLATION_MODES = [
     ("inline", "examples.noop", {}),
     ("process", "examples.process_noop", {}),
@@ -685,6 +694,7 @@ def main() -> None:
         "recovery": bench_recovery,
         "heartbeat": bench_heartbeat,
         "poll": bench_poll,
+        "push": bench_push,
         "isolation": bench_isolation,
         "schedules": bench_schedules,
         "ratelimits": bench_ratelimits,

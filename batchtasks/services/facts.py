@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from ..core.registry import registry
 from ..models import BatchQueue, BatchTaskDefinition
@@ -35,6 +35,9 @@ class TypeFacts:
     soft_timeout: int | None = None
 
 
+#: The facts read as they are from the definition's columns of the same names.
+_COPIED = tuple(field.name for field in fields(TypeFacts) if field.name != "limited")
+
 _facts: dict[tuple[int, str], tuple[float, TypeFacts]] = {}
 
 
@@ -45,39 +48,13 @@ def type_facts(definition_id: int, queue: str, using: str) -> TypeFacts:
     cached = _facts.get(key)
     if cached is not None and now - cached[0] < FACTS_TTL:
         return cached[1]
-    (
-        name,
-        type_limit,
-        per_key,
-        backoff,
-        backoff_max,
-        retention,
-        isolation,
-        memory,
-        inactivity,
-        module,
-        timeout,
-        soft_timeout,
-    ) = (
+    row = (
         BatchTaskDefinition.objects.using(using)
-        .values_list(
-            "name",
-            "max_concurrency",
-            "max_concurrency_per_key",
-            "retry_backoff",
-            "retry_backoff_max",
-            "retention",
-            "isolation",
-            "memory_limit",
-            "inactivity_timeout",
-            "function_module",
-            "timeout",
-            "soft_timeout",
-        )
+        .values(*_COPIED, "max_concurrency", "max_concurrency_per_key")
         .get(pk=definition_id)
     )
-    if module:  # a function type: this process imports its module when it first runs one
-        registry.learn_function(name, module)
+    if row["function_module"]:  # a function type: this process imports it when first run
+        registry.learn_function(row["name"], row["function_module"])
     queue_limit = (
         BatchQueue.objects.using(using)
         .filter(name=queue)
@@ -85,19 +62,11 @@ def type_facts(definition_id: int, queue: str, using: str) -> TypeFacts:
         .first()
     )
     # A finish frees a slot of its key, too: refilled at once.
-    limited = type_limit is not None or per_key is not None or queue_limit is not None
-    facts = TypeFacts(
-        name,
-        limited,
-        backoff,
-        backoff_max,
-        retention,
-        isolation,
-        memory,
-        inactivity,
-        module,
-        timeout,
-        soft_timeout,
+    limited = (
+        row["max_concurrency"] is not None
+        or row["max_concurrency_per_key"] is not None
+        or queue_limit is not None
     )
+    facts = TypeFacts(limited=limited, **{column: row[column] for column in _COPIED})
     _facts[key] = (now, facts)
     return facts

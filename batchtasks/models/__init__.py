@@ -14,9 +14,11 @@ from .schedules import (
     TickOutcome,
 )
 from .tasks import BatchTask, TaskError, TaskOperations, install_operations, operations
+from .tokens import ApiToken, TokenScope
 from .workers import BatchWorker, WorkerState
 
 __all__ = [
+    "ApiToken",
     "BatchQueue",
     "BatchTask",
     "BatchTaskAttempt",
@@ -36,6 +38,7 @@ __all__ = [
     "TaskGroup",
     "TaskOperations",
     "TickOutcome",
+    "TokenScope",
     "WorkerState",
     "install_operations",
     "operations",

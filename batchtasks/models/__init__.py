@@ -1,5 +1,5 @@
 """The canonical tables: queues, task definitions, tasks, their parameters, attempts and
-earlier outcomes, and the workers that run them."""
+earlier outcomes, the workers that run them, and users' API tokens."""
 
 from .definitions import BatchQueue, BatchTaskDefinition, BatchTaskRateLimit
 from .dependencies import BatchTaskDependency

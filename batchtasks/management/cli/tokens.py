@@ -70,7 +70,9 @@ def list_tokens(command: BaseCommand, *, user: str | None, **options: Any) -> No
     rows = tokens.with_state(ApiToken.objects.select_related("user")).order_by("-created_at")
     if user is not None:
         rows = rows.filter(user=find_user(user))
-    table = Table("ID", "User", "Name", "Token", "Scope", "Created", "Expires", "Last used", "")
+    table = Table(
+        "ID", "User", "Name", "Token", "Scope", "Created", "Expires", "Last used", "State"
+    )
     for token in rows:
         table.add_row(
             *cells(

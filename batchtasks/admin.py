@@ -25,6 +25,7 @@ from .core.exceptions import BatchTasksError, UniqueKeyConflict
 from .core.registry import OPTIONS
 from .core.states import FINAL_STATES, PRIORITY_MAX, PRIORITY_MIN, Priority, TaskState
 from .models import (
+    ApiToken,
     BatchQueue,
     BatchTask,
     BatchTaskAttempt,
@@ -34,6 +35,7 @@ from .models import (
     BatchWorker,
     ScheduleSource,
 )
+from .services import tokens
 from .services.definitions import ensure_queue
 from .services.schedule_rows import DECLARED_FIELDS, check_type, retime
 
@@ -464,6 +466,99 @@ class BatchQueueAdmin(admin.ModelAdmin):
         if obj is not None and BatchTaskDefinition.objects.filter(queue=obj.name).exists():
             return False
         return super().has_delete_permission(request, obj)
+
+
+# --- API tokens -----------------------------------------------------------------------------
+class ApiTokenAddForm(forms.ModelForm):
+    """A new token: whose, its name and scope, and its lifetime as ``90d``/``12h``/``never``."""
+
+    expires = forms.CharField(
+        label=_("expires after"),
+        initial="90d",
+        max_length=20,
+        help_text=_("Days, hours or minutes (90d, 12h, 30m), or never."),
+    )
+
+    class Meta:
+        model = ApiToken
+        fields = ("user", "name", "scope")
+
+    def clean_expires(self) -> Any:
+        try:
+            return tokens.parse_lifetime(self.cleaned_data["expires"])
+        except BatchTasksError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+@admin.action(permissions=["change"], description=_("Revoke selected API tokens"))
+def revoke_tokens(modeladmin: Any, request: HttpRequest, queryset: QuerySet) -> None:
+    count = tokens.revoke(queryset)
+    text = ngettext("%(count)d API token revoked.", "%(count)d API tokens revoked.", count)
+    modeladmin.message_user(request, text % {"count": count}, messages.SUCCESS)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens per user; made here (the plaintext shown once, in a message), revoked by an
+    action. Only the non-secret prefix is ever shown, never the stored digest."""
+
+    list_display = (
+        "user", "name", "token_display", "scope", "created_at", "expires_at",
+        "last_used_at", "state_display",
+    )  # fmt: skip
+    list_filter = (
+        ("user", admin.RelatedOnlyFieldListFilter),
+        "scope",
+        ("revoked_at", admin.EmptyFieldListFilter),
+    )
+    search_fields = ("name", "prefix", "user__username")
+    list_select_related = ("user",)
+    actions = (revoke_tokens,)
+    fields = (
+        "user", "name", "scope", "token_display", "created_at", "expires_at",
+        "last_used_at", "revoked_at",
+    )  # fmt: skip
+    readonly_fields = (
+        "user", "scope", "token_display", "created_at", "expires_at", "last_used_at",
+        "revoked_at",
+    )  # fmt: skip
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return tokens.with_state(super().get_queryset(request))
+
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        if obj is None:
+            kwargs["form"] = ApiTokenAddForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return ("user", "name", "scope", "expires") if obj is None else self.fields
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return () if obj is None else self.readonly_fields
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        issued = tokens.issue(obj.user, obj.name, obj.scope, form.cleaned_data["expires"])
+        obj.pk, obj.prefix = issued.token.pk, issued.token.prefix
+        self.message_user(
+            request,
+            _("The new API token, shown this once (copy it now): %(token)s")
+            % {"token": issued.plaintext},
+            messages.WARNING,
+        )
+
+    @admin.display(description=_("token"), ordering="prefix")
+    def token_display(self, token: ApiToken) -> str:
+        return f"bt_{token.prefix}…"
+
+    @admin.display(description=_("state"))
+    def state_display(self, token: ApiToken) -> str:
+        return tokens.state(token)
 
 
 # --- schedules ------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 
 from django.urls import path
 
-from .web import api, metrics, monitor, push
+from .web import api, metrics, monitor, push, token_page
 
 app_name = "batchtasks"
 
@@ -17,6 +17,8 @@ urlpatterns = [
     path("api/tasks/<str:pk>/retry/", api.retry, name="api-retry"),
     path("api/types/", api.types, name="api-types"),
     path("api/schema.json", api.schema, name="api-schema"),
+    # --- the signed-in user's API tokens (batchtasks.web.token_page) ---
+    path("tokens/", token_page.page, name="tokens"),
     # --- staff monitor (batchtasks.web.monitor) ---
     path("monitor/", monitor.page, name="monitor"),
     # --- Prometheus endpoint (batchtasks.web.metrics) ---

@@ -33,6 +33,10 @@ class InvalidTaskOption(BatchTasksError, ValueError):
     """Raised when an option of a task type or of a submit is out of range or unknown."""
 
 
+class InvalidTokenOption(BatchTasksError, ValueError):
+    """Raised when an API token's name, scope or lifetime cannot be used."""
+
+
 class InvalidParameters(BatchTasksError, ValueError):
     """Raised when task parameters cannot be encoded, exceed the size limit, or do not
     match what their type declares (``fields`` then names each bad field)."""

@@ -1,5 +1,5 @@
 """The canonical tables: queues, task definitions, tasks, their parameters, attempts and
-earlier outcomes, and the workers that run them."""
+earlier outcomes, the workers that run them, and users' API tokens."""
 
 from .definitions import BatchQueue, BatchTaskDefinition, BatchTaskRateLimit
 from .dependencies import BatchTaskDependency
@@ -14,9 +14,11 @@ from .schedules import (
     TickOutcome,
 )
 from .tasks import BatchTask, TaskError, TaskOperations, install_operations, operations
+from .tokens import ApiToken, TokenScope
 from .workers import BatchWorker, WorkerState
 
 __all__ = [
+    "ApiToken",
     "BatchQueue",
     "BatchTask",
     "BatchTaskAttempt",
@@ -36,6 +38,7 @@ __all__ = [
     "TaskGroup",
     "TaskOperations",
     "TickOutcome",
+    "TokenScope",
     "WorkerState",
     "install_operations",
     "operations",

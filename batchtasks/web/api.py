@@ -107,7 +107,8 @@ def retry(request: HttpRequest, pk: int | str) -> HttpResponse:
     return _json(task_json(_visible(viewer, pk), viewer))
 
 
-@api_view("GET", shortcut=indicator.answer_by_token)
+# A page's script polls it with the session: an API token is refused here.
+@api_view("GET", shortcut=indicator.answer_by_token, bearer=False)
 def active(request: HttpRequest) -> HttpResponse:
     """The indicator's poll: the caller's unfinished tasks and those finished lately.
 

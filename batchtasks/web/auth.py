@@ -1,8 +1,9 @@
-"""Who is calling the API: a session (browsers, CSRF-checked) or HTTP Basic (scripts).
+"""Who is calling the API: a session (browsers, CSRF-checked), an API token
+(``Authorization: Bearer``, scripts) or HTTP Basic (scripts, kept for compatibility).
 
 ``api_view`` is the gate every API view passes: the method, then the caller, then for
-unsafe methods the CSRF check (session callers, and Basic ones a browser sent) and a
-JSON body; a ``Problem`` raised anywhere becomes its response.
+unsafe methods the token's scope, the CSRF check (session callers, and Basic ones a
+browser sent) and a JSON body; a ``Problem`` raised anywhere becomes its response.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.views.decorators.csrf import csrf_exempt
 
+from ..models import TokenScope
+from ..services import tokens
 from .problems import Problem
 
 logger = logging.getLogger(__name__)
@@ -38,6 +41,8 @@ class Caller:
 
     user: Any
     basic: bool
+    #: The API token's scope; None for a session or Basic caller (all the user may do).
+    scope: str | None = None
 
 
 class _CsrfCheck(CsrfViewMiddleware):
@@ -71,6 +76,28 @@ def challenge(request: HttpRequest) -> Problem:
     )
 
 
+def bearer_challenge(detail: str, error: str = "invalid_token") -> Problem:
+    """The 401 problem for a Bearer token that is no live token, or not taken here."""
+    return Problem(
+        "not-authenticated",
+        detail,
+        headers={"WWW-Authenticate": f'Bearer realm="{REALM}", error="{error}"'},
+    )
+
+
+def _by_token(request: HttpRequest, value: str, *, allowed: bool) -> Caller:
+    """The caller of an ``Authorization: Bearer`` header, or the not-authenticated problem."""
+    if not allowed:
+        raise bearer_challenge(
+            "API tokens are not accepted here (this URL serves signed-in pages); sign in.",
+            error="invalid_request",
+        )
+    token = tokens.authenticate(value.strip())
+    if token is None:
+        raise bearer_challenge("The API token is unknown, expired or revoked.")
+    return Caller(token.user, basic=False, scope=token.scope)
+
+
 def _basic_credentials(header: str) -> tuple[str, str] | None:
     """The username and password of an ``Authorization: Basic`` header, if well formed."""
     try:
@@ -88,9 +115,12 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
     return username, password
 
 
-def identify(request: HttpRequest) -> Caller:
-    """The caller, or the not-authenticated problem; Basic credentials win over a session."""
+def identify(request: HttpRequest, *, bearer: bool = True) -> Caller:
+    """The caller, or the not-authenticated problem; a token or Basic credentials win over
+    a session. ``bearer=False``: a token is refused (the views of signed-in pages)."""
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        return _by_token(request, value, allowed=bearer)
     if scheme.lower() == "basic":
         credentials = _basic_credentials(value.strip())
         user = None
@@ -106,10 +136,12 @@ def identify(request: HttpRequest) -> Caller:
 
 
 def needs_csrf(request: HttpRequest, caller: Caller) -> bool:
-    """Whether an unsafe request must pass the CSRF check: a session's always; Basic
-    credentials' only when a browser sent them, since a browser that once answered a
-    Basic prompt sends them again on its own, from any site's forms (scripts send
-    neither ``Sec-Fetch-Site`` nor ``Origin``)."""
+    """Whether an unsafe request must pass the CSRF check: a session's always; a token's
+    never (no browser sends one on its own); Basic credentials' only when a browser sent
+    them, since a browser that once answered a Basic prompt sends them again on its own,
+    from any site's forms (scripts send neither ``Sec-Fetch-Site`` nor ``Origin``)."""
+    if caller.scope is not None:
+        return False
     if not caller.basic:
         return True
     site = request.headers.get("Sec-Fetch-Site")
@@ -135,12 +167,25 @@ def check_json_body(request: HttpRequest) -> None:
     )
 
 
-def admit(request: HttpRequest) -> None:
-    """Identify the caller as ``request.user``; for unsafe methods check CSRF (where it
-    applies) and the JSON body. Raises the problem that refuses the request."""
-    caller = identify(request)
+def check_scope(caller: Caller) -> None:
+    """Raise the insufficient-scope problem for a read token's unsafe request: every unsafe
+    method of the API submits, cancels or retries."""
+    if caller.scope == TokenScope.READ:
+        raise Problem(
+            "insufficient-scope",
+            "This API token may only read (scope read); submitting, cancelling and "
+            "retrying need a token of scope submit.",
+            headers={"WWW-Authenticate": f'Bearer realm="{REALM}", error="insufficient_scope"'},
+        )
+
+
+def admit(request: HttpRequest, *, bearer: bool = True) -> None:
+    """Identify the caller as ``request.user``; for unsafe methods check the token's scope,
+    CSRF (where it applies) and the JSON body. Raises the problem that refuses the request."""
+    caller = identify(request, bearer=bearer)
     request.user = caller.user
     if request.method not in SAFE_METHODS:
+        check_scope(caller)
         if needs_csrf(request, caller):
             check_csrf(request)
         check_json_body(request)
@@ -150,9 +195,11 @@ def api_view(
     *methods: str,
     public: bool = False,
     shortcut: Callable[[HttpRequest], HttpResponse | None] | None = None,
+    bearer: bool = True,
 ) -> Callable[[View], View]:
-    """Wrap a view of the API: allowed methods, a signed-in caller (unless ``public``),
-    the CSRF check and a JSON body for unsafe methods, and problems as responses.
+    """Wrap a view of the API: allowed methods, a signed-in caller (unless ``public``;
+    by an API token too unless ``bearer`` is False), the token's scope, the CSRF check
+    and a JSON body for unsafe methods, and problems as responses.
 
     ``shortcut`` may answer a safe request before the caller is identified (the
     indicator's 304 by its poll token); when it returns ``None`` the view runs as usual.
@@ -172,7 +219,7 @@ def api_view(
                 if shortcut is not None and request.method in SAFE_METHODS:
                     answer = shortcut(request)
                 if answer is None and not public:
-                    admit(request)
+                    admit(request, bearer=bearer)
                 response = answer if answer is not None else view(request, *args, **kwargs)
             except Problem as problem:
                 response = problem.response()

@@ -199,7 +199,9 @@ def _responses() -> Schema:
     return {
         "Invalid": _problem("bad-json", "invalid-request", "unknown-type"),
         "Unauthorized": _problem("not-authenticated", headers=("WWW-Authenticate",)),
-        "Forbidden": _problem("csrf-failed", "permission-denied", "not-submittable"),
+        "Forbidden": _problem(
+            "csrf-failed", "permission-denied", "not-submittable", "insufficient-scope"
+        ),
         "NotFound": _problem("not-found"),
         "Conflict": _problem("wrong-state", "unique-key-conflict"),
         "TooLarge": _problem("params-too-large"),
@@ -251,7 +253,15 @@ def _list_parameters() -> list[Schema]:
     ]
 
 
-def _operation(summary: str, ok: Schema, *problems: str, **extra: Any) -> Schema:
+#: Who may call an operation: an API token of this scope (or wider), Basic, a session.
+READ: list[Schema] = [{"bearer": ["read"]}, {"basic": []}, {"session": []}]
+SUBMIT: list[Schema] = [{"bearer": ["submit"]}, {"basic": []}, {"session": []}]
+
+
+def _operation(
+    summary: str, ok: Schema, *problems: str, security: list[Schema] = READ, **extra: Any
+) -> Schema:
+    extra["security"] = security
     responses: Schema = {"401": ref("responses", "Unauthorized"), **ok}
     codes = {"Invalid": "400", "Forbidden": "403", "NotFound": "404", "Conflict": "409"}
     codes.update(TooLarge="413", UnsupportedMediaType="415")
@@ -305,6 +315,7 @@ def _tasks() -> Schema:
             "TooLarge",
             "UnsupportedMediaType",
             operationId="submitTask",
+            security=SUBMIT,
             requestBody={
                 "required": True,
                 "content": {JSON: {"schema": ref("schemas", "SubmitRequest")}},
@@ -317,6 +328,7 @@ def _one_task(operation_id: str, summary: str, *problems: str) -> Schema:
     task_id = {"name": "id", "in": "path", "required": True}
     task_id["schema"] = {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX}
     method = "get" if operation_id == "getTask" else "post"
+    security = READ if method == "get" else SUBMIT
     ok = {"200": ref("responses", "OneTask")}
     parameters = [task_id]
     if operation_id == "cancelTask":
@@ -324,7 +336,13 @@ def _one_task(operation_id: str, summary: str, *problems: str) -> Schema:
         parameters.append(_query("cascade", {"type": "boolean"}, cascade))
     return {
         method: _operation(
-            summary, ok, *problems, "NotFound", operationId=operation_id, parameters=parameters
+            summary,
+            ok,
+            *problems,
+            "NotFound",
+            security=security,
+            operationId=operation_id,
+            parameters=parameters,
         )
     }
 
@@ -391,6 +409,8 @@ def _active() -> Schema:
         ok,
         operationId="activeTasks",
         parameters=[header, cookie],
+        # The indicator of signed-in pages: API tokens are refused (401).
+        security=[{"basic": []}, {"session": []}],
     )
 
 
@@ -440,10 +460,20 @@ def _components() -> Schema:
                 "schema": {"type": "string"},
                 "required": True,
                 "description": 'Basic realm="batchtasks", or Session realm="batchtasks" '
-                "for requests with X-Requested-With: XMLHttpRequest.",
+                "for requests with X-Requested-With: XMLHttpRequest; "
+                'Bearer realm="batchtasks", error="invalid_token" for a token that is '
+                "unknown, expired or revoked.",
             }
         },
         "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A per-user API token (bt_…), made in the admin, on the "
+                "tokens page or by `manage.py batchtasks token create`. Scope read: the "
+                "GET operations; scope submit: also submitTask, cancelTask and retryTask "
+                "(else 403 insufficient-scope). Recommended over Basic.",
+            },
             "basic": {"type": "http", "scheme": "basic"},
             "session": {"type": "apiKey", "in": "cookie", "name": settings.SESSION_COOKIE_NAME},
         },
@@ -461,12 +491,13 @@ def document() -> Schema:
             "version": "1",
             "description": "Durable background batch tasks: submit, follow, cancel, retry. "
             "Errors are RFC 9457 problem details (application/problem+json). Session "
-            "callers send the CSRF token (X-CSRFToken) with POSTs; Basic callers need not. "
+            "callers send the CSRF token (X-CSRFToken) with POSTs; API token (Bearer) and "
+            "Basic callers need not. "
             "A POST's body is JSON sent as Content-Type: application/json, or there is "
             "none (cancel, retry); any other Content-Type is 415.",
         },
         "servers": [{"url": root}],
-        "security": [{"basic": []}, {"session": []}],
+        "security": READ,
         "paths": _paths(root),
         "components": _components(),
     }

@@ -17,6 +17,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "not-authenticated": (401, "Authentication required"),
     "csrf-failed": (403, "CSRF check failed"),
     "permission-denied": (403, "Permission denied"),
+    "insufficient-scope": (403, "API token scope too narrow"),
     "not-found": (404, "Not found"),
     "method-not-allowed": (405, "Method not allowed"),
     "bad-json": (400, "Malformed JSON body"),

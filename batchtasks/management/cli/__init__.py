@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 #: The modules of this package that add subcommands, in ``--help`` order.
-MODULES = ("engine", "tasks", "schedules", "deploy")
+MODULES = ("engine", "tasks", "schedules", "tokens", "deploy")
 
 
 def add_all(sub: Any) -> None:

@@ -13,10 +13,11 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import flatten_fieldsets
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.cache import patch_cache_control
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext, ngettext_lazy
@@ -499,7 +500,7 @@ def revoke_tokens(modeladmin: Any, request: HttpRequest, queryset: QuerySet) -> 
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    """Tokens per user; made here (the plaintext shown once, in a message), revoked by an
+    """Tokens per user; made here (the plaintext shown once, in the add's answer), revoked by an
     action. Only the non-secret prefix is ever shown, never the stored digest."""
 
     list_display = (
@@ -545,12 +546,23 @@ class ApiTokenAdmin(admin.ModelAdmin):
             return
         issued = tokens.issue(obj.user, obj.name, obj.scope, form.cleaned_data["expires"])
         obj.pk, obj.prefix = issued.token.pk, issued.token.prefix
-        self.message_user(
-            request,
-            _("The new API token, shown this once (copy it now): %(token)s")
-            % {"token": issued.plaintext},
-            messages.WARNING,
-        )
+        request._batchtasks_issued_token = issued.plaintext  # type: ignore[attr-defined]
+
+    def response_add(
+        self, request: HttpRequest, obj: Any, post_url_continue: str | None = None
+    ) -> HttpResponse:
+        """The new token in the answer to the add itself, this once: not in a message,
+        which Django may keep in a cookie until the next page."""
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": _("New API token"),
+            "token": obj,
+            "plaintext": request._batchtasks_issued_token,  # type: ignore[attr-defined]
+        }
+        response = TemplateResponse(request, "admin/batchtasks/apitoken/issued.html", context)
+        patch_cache_control(response, no_store=True)
+        return response
 
     @admin.display(description=_("token"), ordering="prefix")
     def token_display(self, token: ApiToken) -> str:

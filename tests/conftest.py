@@ -4,16 +4,20 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from django.db import connection
+from django.test import Client
 
 from batchtasks.db.connections import close_state_connections
 from batchtasks.models import BatchTaskDefinition
 from batchtasks.services.definitions import get_definition, sync_definitions
 from batchtasks.transport.depth import queue_depth
 from tests import pgbouncer, rabbitmq
+from tests.accounts import make_user
+from tests.openapi import ApiClient
 from tests.workers import Worker
 
 ALL_QUEUES = [
@@ -177,3 +181,29 @@ def start_worker(
     for worker in started:
         worker.kill()
     connection.close()
+
+
+# --- users of the API tests (tests/accounts.py) ----------------------------------------------
+@pytest.fixture
+def fast_passwords(settings: Any) -> None:
+    """A cheap password hasher: Basic auth checks the password on every request, and the
+    default hasher takes ~0.3 s."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def alice(fast_passwords: None) -> Any:
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(fast_passwords: None) -> Any:
+    return make_user("bob")
+
+
+@pytest.fixture
+def api(client: Client, alice: Any) -> ApiClient:
+    """A client signed in as alice (session) whose every response is checked."""
+    api = ApiClient(client)
+    api.force_login(alice)
+    return api

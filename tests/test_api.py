@@ -3,7 +3,6 @@ paging, the indicator's poll; every response checked against the OpenAPI documen
 
 from __future__ import annotations
 
-import base64
 import json
 from datetime import timedelta
 from typing import Any
@@ -22,11 +21,12 @@ from batchtasks.core.plugin import BatchTaskPlugin
 from batchtasks.core.registry import batchtask, registry
 from batchtasks.models import BatchTaskDefinition
 from batchtasks.services.definitions import get_definition
+from tests.accounts import basic, make_user
 from tests.openapi import ApiClient
 from tests.openapi import check as check_openapi
 from tests.workers import wait_for
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_passwords")]
 
 TASKS = reverse("batchtasks:api-tasks")
 ACTIVE = reverse("batchtasks:api-active")
@@ -45,45 +45,6 @@ def cancel(pk: int) -> str:
 
 def retry(pk: int) -> str:
     return reverse("batchtasks:api-retry", args=[pk])
-
-
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings: Any) -> None:
-    # Basic auth checks the password on every request; the default hasher takes ~0.3 s.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-def make_user(username: str, *perms: str, staff: bool = False, active: bool = True) -> Any:
-    user = get_user_model().objects.create_user(
-        username, password=f"pw-{username}", is_staff=staff, is_active=active
-    )
-    for perm in perms:
-        user.user_permissions.add(Permission.objects.get(codename=perm.split(".")[1]))
-    return user
-
-
-def basic(user: Any, password: str | None = None) -> dict[str, str]:
-    """Headers with the user's HTTP Basic credentials."""
-    secret = f"{user.username}:{password or 'pw-' + user.username}".encode()
-    return {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(secret).decode()}
-
-
-@pytest.fixture
-def alice() -> Any:
-    return make_user("alice")
-
-
-@pytest.fixture
-def bob() -> Any:
-    return make_user("bob")
-
-
-@pytest.fixture
-def api(client: Client, alice: Any) -> ApiClient:
-    """A client signed in as alice (session) whose every response is checked."""
-    api = ApiClient(client)
-    api.force_login(alice)
-    return api
 
 
 def problem(response: Any, status: int, slug: str) -> dict[str, Any]:

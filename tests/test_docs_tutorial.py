@@ -9,19 +9,17 @@ of its own, as every test run does.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
-import redis
+
+from tests.projects import clear_prefix, drop_database, run, start_worker, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIAL = ROOT / "docs" / "tutorial" / "index.md"
@@ -56,46 +54,6 @@ def write(folder: Path, title: str, text: str) -> None:
     if title.endswith(APPEND):
         text = path.read_text() + "\n" + text
     path.write_text(text)
-
-
-def run(line: str, folder: Path, env: dict[str, str]) -> str:
-    done = subprocess.run(
-        ["bash", "-c", line],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, f"{line!r} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
-def start_worker(line: str, folder: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    log = folder / "worker.log"
-    with log.open("ab") as out:
-        worker = subprocess.Popen(
-            ["bash", "-c", f"exec {line}"], cwd=folder, env=env, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    deadline = time.monotonic() + 90
-    while "ready." not in log.read_text(errors="replace"):
-        if worker.poll() is not None or time.monotonic() > deadline:
-            stop(worker)
-            raise AssertionError(f"the worker did not get ready:\n{log.read_text()[-4000:]}")
-        time.sleep(0.2)
-    return worker
-
-
-def stop(worker: subprocess.Popen[bytes]) -> None:
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            worker.wait(20)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(worker.pid, signal.SIGKILL)
-    worker.wait(10)
 
 
 CHECK_PAGE = """
@@ -158,12 +116,5 @@ def test_the_tutorial_runs_as_written(tmp_path: Path) -> None:
     finally:
         for worker in workers:
             stop(worker)
-        subprocess.run(
-            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c",
-             f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'],
-            capture_output=True, check=False,
-        )  # fmt: skip
-        client = redis.Redis.from_url(broker)
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
+        drop_database(name)
+        clear_prefix(broker, prefix)

@@ -137,6 +137,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+# The reference project's own files (its favicon); the app's come from batchtasks/static.
+STATICFILES_DIRS = [BASE_DIR / "project" / "static"]
 # collectstatic's output, which WhiteNoise serves (the Docker image collects at build time);
 # made here when missing, so that WhiteNoise has no missing directory to warn about.
 STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", BASE_DIR / ".run" / "static"))

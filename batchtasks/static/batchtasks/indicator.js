@@ -20,6 +20,11 @@
  *                       tasks already final in the first poll after the page loaded
  *                       (tasks announced by `batchtask:submitted` with an id always count).
  * Every user string is rendered with textContent, every URL checked before setAttribute.
+ *
+ * For screen readers: a polite live region (#batchtasks-indicator-status) says when one of
+ * the user's tasks appears and when one ends ("Export users as CSV: Succeeded"), not each
+ * step of progress; the button is described by the tooltip, which shows on keyboard focus
+ * as on hover, and Escape hides it until the pointer or the focus leaves the indicator.
  */
 (function () {
   "use strict";
@@ -40,6 +45,7 @@
   const button = root.querySelector(".batchtasks-indicator__button");
   const label = root.querySelector(".batchtasks-indicator__label");
   const list = root.querySelector(".batchtasks-indicator__list");
+  const status = document.getElementById("batchtasks-indicator-status");
 
   const state = {
     etag: null,
@@ -208,9 +214,13 @@
     const first = state.firstPoll;
     const updated = [];
     const finished = [];
+    const appeared = [];
     state.firstPoll = false;
     for (const task of tasks) {
       const text = JSON.stringify(task);
+      if (!first && !state.seen.has(task.id) && !isFinal(task)) {
+        appeared.push(task);
+      }
       if (state.seen.get(task.id) !== text) {
         state.seen.set(task.id, text);
         updated.push(task);
@@ -223,6 +233,7 @@
     state.tasks = tasks;
     root.dataset.polled = "true";
     render();
+    announce(appeared.concat(finished));
     // After render: a listener that looks at the indicator sees what the event says.
     updated.forEach((task) => dispatch("batchtask:update", task));
     finished.forEach((task) => dispatch("batchtask:finished", task));
@@ -350,15 +361,41 @@
     root.hidden = false;
   }
 
+  function announce(tasks) {
+    // Only what is new: a live region reads out every change of its text.
+    if (status && tasks.length) {
+      status.textContent = tasks.map((task) => nameOf(task) + ": " + task.state_label).join("; ");
+    }
+  }
+
   // --- wiring -------------------------------------------------------------------------
 
-  button.addEventListener("click", () => {
-    const open = root.classList.toggle("is-open");
+  function setOpen(open) {
+    root.classList.toggle("is-open", open);
     button.setAttribute("aria-expanded", open ? "true" : "false");
+  }
+
+  button.addEventListener("click", () => {
+    root.classList.remove("is-dismissed");
+    setOpen(!root.classList.contains("is-open"));
   });
-  root.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && root.classList.contains("is-open")) {
-      button.click();
+  // Escape hides the tooltip however it was shown (hover, focus or click), wherever the
+  // focus is; it shows again once the pointer or the focus has left and come back.
+  document.addEventListener("keydown", (event) => {
+    const shown = root.classList.contains("is-open") || root.matches(":hover, :focus-within");
+    if (event.key === "Escape" && shown && !root.classList.contains("is-dismissed")) {
+      root.classList.add("is-dismissed");
+      setOpen(false);
+    }
+  });
+  root.addEventListener("mouseleave", () => {
+    if (!root.matches(":focus-within")) {
+      root.classList.remove("is-dismissed");
+    }
+  });
+  root.addEventListener("focusout", (event) => {
+    if (!root.contains(event.relatedTarget) && !root.matches(":hover")) {
+      root.classList.remove("is-dismissed");
     }
   });
   document.addEventListener("batchtask:submitted", (event) => {

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -120,8 +120,8 @@ def _unfinished(stack: Stack, ids: list[int]) -> bool:
     return int(done) < len(set(ids))
 
 
-def _sleep_until(stack: Stack, when: object) -> None:
-    left = (when - stack.now()).total_seconds()  # type: ignore[operator]
+def _sleep_until(stack: Stack, when: datetime) -> None:
+    left = (when - stack.now()).total_seconds()
     if left > 0:
         time.sleep(left)
 

@@ -227,6 +227,9 @@ BATCHTASKS: dict[str, Any] = {
         "plugins.finalizers",
     ],
 }
+# The chaos test's task type (docker/compose.chaos.yaml) exists only where its ledger does.
+if os.environ.get("CHAOS_LEDGER_URL"):
+    BATCHTASKS["PLUGINS"].append("plugins.chaos")
 
 # LOG_FORMAT=json: one JSON object a line (python-json-logger); otherwise readable text.
 # Either way a record written while a task runs carries its task_id, task_type, attempt.

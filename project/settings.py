@@ -118,8 +118,20 @@ else:
             },
         }
     }
+# TASKS_DATABASE_URL: the task tables in a database of their own (README, A task
+# database of its own); its alias "tasks" is set as BATCHTASKS["DATABASE"] below.
+if os.environ.get("TASKS_DATABASE_URL"):
+    DATABASES["tasks"] = dj_database_url.parse(
+        os.environ["TASKS_DATABASE_URL"],
+        conn_max_age=int(os.environ.get("DB_CONN_MAX_AGE", "600")),
+    )
+    DATABASE_ROUTERS = ["batchtasks.db.router.TaskDatabaseRouter"]
 if os.environ.get("BATCHTASKS_TEST_DB_NAME"):
     DATABASES["default"].setdefault("TEST", {})["NAME"] = os.environ["BATCHTASKS_TEST_DB_NAME"]
+    if "tasks" in DATABASES:
+        DATABASES["tasks"].setdefault("TEST", {})["NAME"] = (
+            os.environ["BATCHTASKS_TEST_DB_NAME"] + "_tasks"
+        )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -214,6 +226,8 @@ BATCHTASKS: dict[str, Any] = {
         "plugins.finalizers",
     ],
 }
+if "tasks" in DATABASES:
+    BATCHTASKS["DATABASE"] = "tasks"
 
 # LOG_FORMAT=json: one JSON object a line (python-json-logger); otherwise readable text.
 # Either way a record written while a task runs carries its task_id, task_type, attempt.

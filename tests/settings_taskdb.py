@@ -13,7 +13,7 @@ os.environ.setdefault(
     "TASKS_DATABASE_URL", os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/batchtasks_tasks"
 )
 
-from tests.settings import *  # noqa: E402, F403
+from tests.settings import *  # noqa: F403
 
 assert DATABASE_ROUTERS == ["batchtasks.db.router.TaskDatabaseRouter"]  # noqa: F405
 assert BATCHTASKS["DATABASE"] == "tasks"  # noqa: F405

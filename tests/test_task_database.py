@@ -139,9 +139,13 @@ def test_a_submit_outside_any_transaction_is_stored_when_it_returns() -> None:
 
     assert not task._state.adding
     # Another connection to the task database sees it at once: it is committed.
-    with connections["tasks"].copy("tasks_other").cursor() as cursor:
-        cursor.execute("SELECT state FROM batchtasks_batchtask WHERE id = %s", [task.pk])
-        assert cursor.fetchone() is not None
+    other = connections["tasks"].copy("tasks_other")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT state FROM batchtasks_batchtask WHERE id = %s", [task.pk])
+            assert cursor.fetchone() is not None
+    finally:
+        other.close()
 
 
 @two_databases

@@ -38,6 +38,13 @@ def database_url(alias: str = DEFAULT_DB_ALIAS) -> str:
     return f"postgres://{auth}{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
+def task_database_env() -> dict[str, str]:
+    """The task database of its own, on its leg (.ci/taskdb): the run's test one."""
+    if "tasks" not in connections.settings:
+        return {}
+    return {"TASKS_DATABASE_URL": database_url("tasks")}
+
+
 class Worker:
     """One ``celery -A project worker`` process group."""
 
@@ -90,8 +97,7 @@ class Worker:
             **os.environ,
             "DJANGO_SETTINGS_MODULE": self.settings_module,
             "DATABASE_URL": database_url(),
-            # The task database of its own, on its leg (.ci/taskdb): the run's test one.
-            **({"TASKS_DATABASE_URL": database_url("tasks")} if "tasks" in connections.settings else {}),
+            **task_database_env(),
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }

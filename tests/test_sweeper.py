@@ -440,6 +440,7 @@ def test_a_sweeper_frozen_while_sweeping_leaves_the_lock_after_a_lease(tmp_path)
     env = {
         **os.environ,
         "DATABASE_URL": database_url(),
+        **task_database_env(),
         "DJANGO_SETTINGS_MODULE": "tests.settings",
         "BATCHTASKS_LEASE_SECONDS": "2",
     }

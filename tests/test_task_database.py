@@ -7,12 +7,15 @@ task-database leg (.ci/taskdb, tests/settings_taskdb.py) and are skipped elsewhe
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core import checks
 from django.db import connections, router, transaction
-from django.test import override_settings
+from django.test import Client, override_settings
+from django.urls import reverse
 
 from batchtasks.core.states import TaskState
 from batchtasks.db.router import TaskDatabaseRouter
@@ -183,3 +186,28 @@ def test_deleting_a_user_unowns_their_tasks_in_the_task_database() -> None:
     user.delete()
 
     assert BatchTask.objects.get(pk=task.pk).owner_id is None
+
+
+# --- owners in the application's database, tasks in the task database ------------------
+
+
+@two_databases
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_the_admin_and_the_api_show_filter_and_search_owners_of_the_other_database(
+    admin_client: Client,
+) -> None:
+    dora = get_user_model().objects.create(username="dora")
+    hers = BatchTask.submit("examples.noop", owner=dora, description="hers")
+    BatchTask.submit("examples.noop", description="nobody's")
+    changelist = reverse("admin:batchtasks_batchtask_changelist")
+
+    def listed(query: dict[str, Any]) -> list[int]:
+        response = admin_client.get(changelist, query)
+        assert response.status_code == 200
+        return [task.pk for task in response.context["cl"].result_list]
+
+    assert "dora" in admin_client.get(changelist).content.decode()
+    assert listed({"q": "dor"}) == [hers.pk]
+    assert listed({"owner__id__exact": dora.pk}) == [hers.pk]
+    api = admin_client.get(reverse("batchtasks:api-tasks"), {"owner": "dora"}).json()
+    assert [(t["id"], t["owner"]) for t in api["results"]] == [(hers.pk, "dora")]

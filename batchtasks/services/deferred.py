@@ -1,6 +1,6 @@
 """Submits inside the application's transaction, with a task database of its own.
 
-With ``BATCHTASKS["DATABASE"]`` the task tables live in another database than the
+With ``BATCHTASKS["DATABASE"]`` (and only then) the task tables live in another database than the
 application's, and no single transaction spans both. A submit made while a transaction
 of another database is open (``transaction.atomic()`` on "default") and none of the
 task database is, does not insert at once: the task's id is taken from its sequence
@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from django.db import connections, transaction
 
+from ..core.conf import get_settings
 from ..db.connections import LOCK_SUFFIX, SUFFIX
 from ..models import BatchTask
 
@@ -28,9 +29,10 @@ logger = logging.getLogger(__name__)
 
 
 def waiting_for(db: str) -> str | None:
-    """The database alias whose open transaction a submit to ``db`` waits for: one of
-    another database of this thread while ``db`` has none open; ``None``: insert now."""
-    if connections[db].in_atomic_block:
+    """The database alias whose open transaction a submit to ``db`` waits for: with a
+    task database of its own, one of another database of this thread while ``db`` has
+    none open; ``None``: insert now."""
+    if get_settings().DATABASE is None or connections[db].in_atomic_block:
         return None
     for wrapper in connections.all(initialized_only=True):
         alias = wrapper.alias

@@ -358,7 +358,7 @@ def _insert_after_commit(
     task.pk = deferred.take_ids(1, options.db)[0]
     if depends_on is not None:
         depends_on = depends.later(depends_on)
-        task.state = TaskState.BLOCKED
+        task.state = TaskState.BLOCKED if depends_on else task.state
 
     def insert() -> None:
         parents = depends.parent_ids(depends_on, options.db)

@@ -17,6 +17,8 @@ from django.db import connections, router, transaction
 from django.test import Client, override_settings
 from django.urls import reverse
 
+from batchtasks.core.conf import BatchTasksSettings
+from batchtasks.core.exceptions import ConfigurationError
 from batchtasks.core.states import TaskState
 from batchtasks.db.router import TaskDatabaseRouter
 from batchtasks.models import BatchTask, BatchTaskDefinition
@@ -56,6 +58,12 @@ def test_the_router_sends_the_task_tables_to_the_task_database_and_nothing_else(
         assert r.allow_migrate("jobs", "auth") is False
         assert r.allow_migrate("default", "auth") is None
         assert r.allow_relation(BatchTask(), get_user_model()()) is True
+
+
+def test_a_task_database_setting_must_be_an_alias() -> None:
+    with pytest.raises(ConfigurationError, match=r"must be a database alias"):
+        BatchTasksSettings.from_dict({"DATABASE": ""})
+    assert BatchTasksSettings.from_dict({"DATABASE": "tasks"}).DATABASE == "tasks"
 
 
 def test_a_task_database_that_is_not_configured_is_a_check_error() -> None:

@@ -10,7 +10,7 @@ TEST_ENV := DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/bat
             REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} \
             DJANGO_SETTINGS_MODULE=tests.settings
 
-.PHONY: all run test docs docs-serve test-django6 test-rabbitmq test-pgbouncer lint format typecheck bench bench-scale profile services browser requirements clean docker-smoke chaos
+.PHONY: all run test docs docs-serve test-django6 test-rabbitmq test-pgbouncer test-taskdb lint format typecheck bench bench-scale profile services browser requirements clean docker-smoke chaos
 
 all: test
 
@@ -35,6 +35,7 @@ run: $(STAMP)
 ##       PostgreSQL and Redis; then side by side the suite on the newest Django (without
 ##       the worker-process tests) and the broker tests on RabbitMQ (.ci/second-legs);
 ##       then the worker, sweeper and chaos tests through PgBouncer (.ci/pgbouncer);
+##       then with the task tables in a database of their own (.ci/taskdb);
 ##       then the Docker smoke test and the quick chaos test (.ci/docker-chaos --quick).
 test: $(STAMP) services browser
 	$(TEST_ENV) $(BIN)/python manage.py check --fail-level WARNING
@@ -45,6 +46,7 @@ test: $(STAMP) services browser
 	$(TEST_ENV) $(BIN)/python -m pytest
 	$(TEST_ENV) .ci/second-legs
 	$(TEST_ENV) .ci/pgbouncer -q
+	$(TEST_ENV) .ci/taskdb -q
 	.ci/docker-smoke
 	.ci/docker-chaos --quick
 
@@ -56,6 +58,11 @@ test-rabbitmq: $(STAMP) services
 ##                 pooling mode (installed and started if missing; see .ci/pgbouncer).
 test-pgbouncer: $(STAMP) services
 	$(TEST_ENV) .ci/pgbouncer
+
+## test-taskdb: the task database leg alone: the task tables in a database of their own
+##              (tests/settings_taskdb.py; see .ci/taskdb).
+test-taskdb: $(STAMP) services
+	$(TEST_ENV) .ci/taskdb
 
 ## test-django6: the suite on the newest Django only (skipped without Python >= 3.12).
 test-django6: services

@@ -119,8 +119,20 @@ else:
             },
         }
     }
+# TASKS_DATABASE_URL: the task tables in a database of their own (README, A task
+# database of its own); its alias "tasks" is set as BATCHTASKS["DATABASE"] below.
+if os.environ.get("TASKS_DATABASE_URL"):
+    DATABASES["tasks"] = dj_database_url.parse(
+        os.environ["TASKS_DATABASE_URL"],
+        conn_max_age=int(os.environ.get("DB_CONN_MAX_AGE", "600")),
+    )
+    DATABASE_ROUTERS = ["batchtasks.db.router.TaskDatabaseRouter"]
 if os.environ.get("BATCHTASKS_TEST_DB_NAME"):
     DATABASES["default"].setdefault("TEST", {})["NAME"] = os.environ["BATCHTASKS_TEST_DB_NAME"]
+    if "tasks" in DATABASES:
+        DATABASES["tasks"].setdefault("TEST", {})["NAME"] = (
+            os.environ["BATCHTASKS_TEST_DB_NAME"] + "_tasks"
+        )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -230,6 +242,8 @@ BATCHTASKS: dict[str, Any] = {
 # The chaos test's task type (docker/compose.chaos.yaml) exists only where its ledger does.
 if os.environ.get("CHAOS_LEDGER_URL"):
     BATCHTASKS["PLUGINS"].append("plugins.chaos")
+if "tasks" in DATABASES:
+    BATCHTASKS["DATABASE"] = "tasks"
 
 # LOG_FORMAT=json: one JSON object a line (python-json-logger); otherwise readable text.
 # Either way a record written while a task runs carries its task_id, task_type, attempt.

@@ -207,3 +207,20 @@ def api(client: Client, alice: Any) -> ApiClient:
     api = ApiClient(client)
     api.force_login(alice)
     return api
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """On the task-database leg (.ci/taskdb, tests/settings_taskdb.py) every database test
+    may use both databases: the application's ("default") and the tasks' ("tasks")."""
+    from django.conf import settings
+
+    if "tasks" not in settings.DATABASES:
+        return
+    for item in items:
+        marker = item.get_closest_marker("django_db")
+        fixtures = getattr(item, "fixturenames", ())
+        if marker is None and "db" not in fixtures and "transactional_db" not in fixtures:
+            continue
+        kwargs = {**marker.kwargs} if marker is not None else {}
+        kwargs["databases"] = "__all__"
+        item.add_marker(pytest.mark.django_db(*(marker.args if marker else ()), **kwargs), False)

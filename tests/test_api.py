@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
-from django.db import connection
+from django.db import connections
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -24,6 +24,7 @@ from batchtasks.services.definitions import get_definition
 from tests.accounts import basic, make_user
 from tests.openapi import ApiClient
 from tests.openapi import check as check_openapi
+from tests.taskdb import TASK_DB
 from tests.workers import wait_for
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_passwords")]
@@ -676,11 +677,11 @@ def test_active_answers_304_until_a_task_changes(api: ApiClient, alice: Any) -> 
     task = BatchTask.submit("examples.progress", {}, owner=alice)
     BatchTask.objects.filter(pk=task.pk).update(state=TaskState.QUEUED, queue="batch.x")
     fence = transitions.Fence(task.pk, 1, "a" * 32)
-    transitions.claim(fence, worker="w@host", pid=1, lease_seconds=30, using="default")
+    transitions.claim(fence, worker="w@host", pid=1, lease_seconds=30, using=TASK_DB)
     first = api.get(ACTIVE)
 
     unchanged = api.get(ACTIVE, HTTP_IF_NONE_MATCH=first["ETag"])
-    transitions.record_progress(fence, 40, "40 %", using="default")  # as a worker reports
+    transitions.record_progress(fence, 40, "40 %", using=TASK_DB)  # as a worker reports
     changed = api.get(ACTIVE, HTTP_IF_NONE_MATCH=first["ETag"])
 
     assert first["ETag"].startswith('W/"') and first["Cache-Control"] == "private, no-cache"
@@ -697,7 +698,7 @@ def test_active_reads_the_tasks_in_one_query_on_the_database_clock(
         BatchTask.submit("examples.sleep", {"seconds": i}, owner=alice)
 
     # The session, its user and the tasks: no permission or per-task queries.
-    with django_assert_max_num_queries(3), CaptureQueriesContext(connection) as queries:
+    with django_assert_max_num_queries(3), CaptureQueriesContext(connections[TASK_DB]) as queries:
         response = api.get(ACTIVE)
 
     assert len(response.json()["tasks"]) == 5

@@ -4,7 +4,7 @@ Put ``"batchtasks.db.router.TaskDatabaseRouter"`` in ``DATABASE_ROUTERS`` (befor
 that claim every model, after ones that route other apps' models more precisely). It
 sends every read and write of batchtasks' models to that alias, lets their migrations run
 there and nowhere else, and lets nothing else migrate there: the task database holds the
-task tables alone. Without the setting it has no opinion.
+task tables alone. API tokens are not task tables: they stay with the users. Without the setting it has no opinion.
 
 A task's owner is a user of the application's database: the relation is allowed across
 the two, and a user reached from a task (``task.owner``) is read from "default", not
@@ -20,10 +20,15 @@ from django.db import DEFAULT_DB_ALIAS
 from ..core.conf import get_settings
 
 APP_LABEL = "batchtasks"
+#: batchtasks' models that are the users' credentials, not task churn: they stay with the
+#: users in the application's database (an API token is read with its user on every
+#: request it authenticates).
+WITH_THE_USERS = frozenset({"apitoken"})
 
 
 def _ours(model: Any) -> bool:
-    return bool(model._meta.app_label == APP_LABEL)
+    meta = model._meta
+    return bool(meta.app_label == APP_LABEL and meta.model_name not in WITH_THE_USERS)
 
 
 class TaskDatabaseRouter:
@@ -57,6 +62,6 @@ class TaskDatabaseRouter:
         alias = get_settings().DATABASE
         if alias is None:
             return None
-        if app_label == APP_LABEL:
+        if app_label == APP_LABEL and model_name not in WITH_THE_USERS:
             return db == alias
         return False if db == alias else None

@@ -94,6 +94,16 @@ def limit_memory(limit: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
 
+def warm_up() -> None:
+    """Import what ``run`` needs first (a spawned child), or touch it (a forked child copies
+    each page it writes to), while the child waits for its attempt rather than after."""
+    import batchtasks.core.codecs
+    import batchtasks.core.exceptions
+    import batchtasks.core.registry
+    import batchtasks.core.retries
+    import batchtasks.worker.isolation.results  # noqa: F401
+
+
 def run(start: dict[str, Any], events: Events) -> dict[str, Any]:
     """Run the plugin the way the runner would, and say how it ended."""
     from batchtasks.core.codecs import decode
@@ -154,6 +164,7 @@ def serve(events_fd: int) -> None:
     """Read the attempt, run it, report, exit (never returns)."""
     try:
         events = Events(events_fd)
+        warm_up()
         line = sys.stdin.buffer.readline()
         if not line:  # the pool process went away before it needed this child
             os._exit(0)

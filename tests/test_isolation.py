@@ -322,6 +322,14 @@ def test_a_pool_process_sets_its_template_up_and_forks_a_child_before_any_attemp
     assert task.result["parent"] in {template.pid for template in templates(worker)}
 
 
+def test_a_worker_without_process_queues_starts_no_template(start_worker) -> None:
+    worker = start_worker("w", ["batch.examples.noop"], concurrency=1)
+    (task,) = wait_final(BatchTask.submit("examples.noop", {}))
+
+    assert task.state == TaskState.SUCCEEDED
+    assert templates(worker) == []
+
+
 def test_a_spare_child_of_another_environment_is_replaced(
     transactional_db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -321,7 +321,7 @@ def prepare(wait: float = 0.0) -> None:
 
 
 def start() -> None:
-    """A pool process's start: when this worker has ``process`` types, its template sets
+    """A pool process's start: when this worker serves ``process`` types, its template sets
     up and forks the first attempt's child before the pool process takes any work, so no
     attempt pays the setup within its time limits. Celery kills a pool process that is
     not up within ``worker_proc_alive_timeout`` (4 s by default): the wait stops before."""
@@ -334,11 +334,15 @@ def start() -> None:
 
 
 def _has_process_types() -> bool:
-    """Whether a type of the code declares ``isolation="process"`` (or its settings do)."""
+    """Whether this worker consumes the queue of a type whose code (or settings) declare
+    ``isolation="process"``; a worker of other queues starts no template."""
+    from celery import current_app
+
+    consumed = set(current_app.amqp.queues.consume_from or ())
     types = get_settings().TYPES
     for spec in registry:
-        isolation = (types.get(spec.name) or {}).get("isolation", spec.options.get("isolation"))
-        if isolation == Isolation.PROCESS:
+        values = spec.definition_values(types.get(spec.name))
+        if values["isolation"] == Isolation.PROCESS and values["queue"] in consumed:
             return True
     return False
 

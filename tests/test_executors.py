@@ -203,7 +203,13 @@ def test_parameters_never_appear_in_any_process_arguments(
     secret = f"s3cr3t-{uuid.uuid4().hex}"
     field = "password" if "password" in params else "message"
     task = BatchTask.submit(type_name, {**params, field: secret})
-    wait_for(lambda: any(program in argv for argv in argv_of_every_process()))
+    # (A template and its waiting child are up before any attempt: wait for the run too.)
+    wait_for(
+        lambda: (
+            BatchTask.objects.get(pk=task.pk).state == TaskState.RUNNING
+            and any(program in argv for argv in argv_of_every_process())
+        )
+    )
 
     # Look a few times while it runs: the program or child is up by then.
     for _ in range(20):

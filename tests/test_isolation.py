@@ -16,7 +16,8 @@ from batchtasks import BatchTask, TaskState
 from batchtasks.core.conf import BatchTasksSettings
 from batchtasks.core.exceptions import ConfigurationError
 from batchtasks.models import BatchTaskDefinition
-from batchtasks.worker.isolation import reaper
+from batchtasks.worker.isolation import forkserver, reaper
+from batchtasks.worker.isolation.forkserver import TEMPLATE_MODULE
 from plugins.executors.demo import escape
 from tests.test_recovery import FAST
 from tests.test_workers import FINAL, wait_final
@@ -207,13 +208,20 @@ def test_a_soft_time_limit_reaches_the_plugin_in_its_child(start_worker) -> None
 
 
 def templates(worker: Worker) -> list[psutil.Process]:
-    """The template processes of a worker's pool processes."""
+    """The template processes of a worker's pool processes (not the children they forked,
+    which have the same command line)."""
     found = []
     for process in psutil.Process(worker.pid).children(recursive=True):
         with contextlib.suppress(psutil.Error):  # a zombie, or gone
-            if "batchtasks.worker.isolation.template" in " ".join(process.cmdline()):
+            if TEMPLATE_MODULE in " ".join(process.cmdline()):
                 found.append(process)
-    return found
+    pids = {process.pid for process in found}
+    return [process for process in found if process.ppid() not in pids]
+
+
+def spares(template: psutil.Process) -> list[int]:
+    """The children a template forked that wait for their attempt (or run it)."""
+    return [child.pid for child in template.children() if alive(child.pid)]
 
 
 def run_quick(**params: object) -> BatchTask:
@@ -249,8 +257,11 @@ def test_a_forked_child_has_the_attempts_environment_and_nothing_of_the_template
     assert pool.ppid() == worker.pid
     assert task.result["cwd"] == pool.cwd()
     assert task.result["sockets"] == 0, "it holds the template's socket or a connection"
-    # Its process group (it and all it started) ended with it: only the template is left.
-    wait_for(lambda: template.children() == [] and pool.children() == [template], timeout=5)
+    # Its process group (it and all it started) ended with it: the template is left, with
+    # the next attempt's child, a fresh fork.
+    wait_for(lambda: not alive(task.result["pid"]), timeout=5)
+    wait_for(lambda: len(spares(template)) == 1 and pool.children() == [template], timeout=5)
+    assert spares(template) != [task.result["pid"]]
 
 
 def test_a_dead_template_is_replaced_and_the_next_attempt_runs(start_worker) -> None:
@@ -289,6 +300,61 @@ def test_a_template_is_replaced_after_its_forks(start_worker) -> None:
 
     assert parents[0] == parents[1] != parents[2]
     wait_for(lambda: not alive(parents[0]), timeout=5)
+
+
+def test_a_pool_process_sets_its_template_up_and_forks_a_child_before_any_attempt(
+    start_worker,
+) -> None:
+    worker = start_worker("w", ISOLATED, concurrency=2)
+
+    def waiting() -> set[int]:
+        return {pid for template in templates(worker) for pid in spares(template)}
+
+    # Each template forks the first attempt's child ahead of it.
+    wait_for(lambda: len(templates(worker)) == 2 and len(waiting()) == 2, timeout=30)
+    before = waiting()
+
+    task = run_quick()
+
+    # The first attempt ran in a child that was there before it was submitted: it paid
+    # neither the template's setup nor the fork.
+    assert task.result["pid"] in before
+    assert task.result["parent"] in {template.pid for template in templates(worker)}
+
+
+def test_a_worker_without_process_queues_starts_no_template(start_worker) -> None:
+    worker = start_worker("w", ["batch.examples.noop"], concurrency=1)
+    (task,) = wait_final(BatchTask.submit("examples.noop", {}))
+
+    assert task.state == TaskState.SUCCEEDED
+    assert templates(worker) == []
+
+
+def test_a_spare_child_of_another_environment_is_replaced(
+    transactional_db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    template = forkserver.Template()
+    try:
+        template.request()
+        assert template.ready(60)
+        assert template.spare is not None
+        first = template.spare.pid
+        assert first is not None and alive(first)
+
+        monkeypatch.chdir(tmp_path)  # the attempt's working directory differs from the spare's
+        child, events = template.take()
+
+        assert child.pid != first
+        wait_for(lambda: not alive(first), timeout=5)
+        # It takes the attempt's working directory just after its fork.
+        wait_for(lambda: psutil.Process(child.pid).cwd() == str(tmp_path), timeout=5)
+        assert template.forks == 2
+        child.stdin.close()  # it ends without an attempt
+        assert child.wait() == 0
+        child.release()
+        os.close(events)
+    finally:
+        template.close()
 
 
 @pytest.mark.parametrize("value", [-1, 1.5, True, "10"])

@@ -21,6 +21,7 @@ from . import identity, refills
 from . import tasks as _tasks  # registers batchtasks.run with Celery
 from .completions import flush_process
 from .heartbeat import attempts_of
+from .isolation import forkserver
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +61,10 @@ def _recycle_connections(sender: Any = None, **kwargs: Any) -> None:
 
 @signals.worker_process_init.connect
 def set_up_pool_process(**kwargs: Any) -> None:
-    """A pool process (forked or spawned) has state connections of its own."""
+    """A pool process (forked or spawned) has state connections of its own, and the
+    template of its ``process`` attempts set up before it takes any work."""
     use_dedicated_connections(True)
+    forkserver.start()
 
 
 @signals.worker_process_shutdown.connect

@@ -8,10 +8,12 @@ child's reports (``supervise``), forwards progress through the runner's fenced,
 throttled ``RunnerContext``, and writes the outcome.
 
 - ``process``: the child is forked from the pool process's template (``template``, its
-  pool side ``forkserver``): a process started once per pool process that set Django up
-  and imported the plugins, with no database connection open and no thread, so an
-  attempt costs a fork and its own work, not an interpreter start and ``django.setup()``
-  (about half a second of CPU). The template is replaced after
+  pool side ``forkserver``): a process started with each pool process (before it takes
+  work) that set Django up and imported the plugins, with no database connection open
+  and no thread, so an attempt costs a fork and its own work, not an interpreter start
+  and ``django.setup()`` (about half a second of CPU). Each child is forked ahead of its
+  attempt and waits for it on its stdin, so an attempt that comes finds it ready. The
+  template is replaced after
   ``ISOLATION_TEMPLATE_FORKS`` forks and when it dies (the attempt at hand asks the new
   one); a worker restart (new code or settings) ends it with its pool process. The child
   reads the attempt as one JSON line on stdin (type, encoded parameters, memory limit),

@@ -13,6 +13,7 @@ means the pool process is gone, and the child kills its own process group.
 
 from __future__ import annotations
 
+import _thread
 import base64
 import json
 import os
@@ -94,6 +95,16 @@ def limit_memory(limit: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
 
+def warm_up() -> None:
+    """Import what ``run`` needs first (a spawned child), or touch it (a forked child copies
+    each page it writes to), while the child waits for its attempt rather than after."""
+    import batchtasks.core.codecs
+    import batchtasks.core.exceptions
+    import batchtasks.core.registry
+    import batchtasks.core.retries
+    import batchtasks.worker.isolation.results  # noqa: F401
+
+
 def run(start: dict[str, Any], events: Events) -> dict[str, Any]:
     """Run the plugin the way the runner would, and say how it ended."""
     from batchtasks.core.codecs import decode
@@ -108,7 +119,10 @@ def run(start: dict[str, Any], events: Events) -> dict[str, Any]:
     )
 
     context = ChildContext(start, events)
-    threading.Thread(target=context.listen, name="batchtasks-parent", daemon=True).start()
+    # Not threading.Thread: its start() waits until the new thread runs, two turns of the
+    # scheduler on the way to the plugin (milliseconds on a busy machine). The child ends
+    # with os._exit, so nothing needs to join it.
+    _thread.start_new_thread(context.listen, ())
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     if start.get("function_module"):
         registry.learn_function(start["type"], start["function_module"])
@@ -154,6 +168,7 @@ def serve(events_fd: int) -> None:
     """Read the attempt, run it, report, exit (never returns)."""
     try:
         events = Events(events_fd)
+        warm_up()
         line = sys.stdin.buffer.readline()
         if not line:  # the pool process went away before it needed this child
             os._exit(0)

@@ -1,12 +1,20 @@
 """The pool process's side of the template (``template``): a forkserver per pool process.
 
-The pool process starts its template the first time it runs a ``process`` attempt (it
-pays Django's setup once, not per attempt), asks it for a child per attempt, and
-replaces it after ``ISOLATION_TEMPLATE_FORKS`` forks (right after the attempt, so the
-new one sets up while the worker waits for its next message) and when it is found dead
-(the attempt at hand asks the new one: no attempt is lost to a template's death). Code
-or settings that change come with a worker restart, which ends the pool processes and,
-with them, their templates (the end of its socket ends a template).
+A pool process starts its template when it starts, if the worker has ``process`` types
+(``start``; else the first time it runs a ``process`` attempt), and waits for it before
+it takes any work: no attempt pays Django's setup within its time limits. It asks for
+each attempt's child ahead of the attempt (``Template.request``): at its start and right
+after each attempt, so the fork and the child's own setup (session, environment,
+signals) happen while the worker waits for its next message, and an attempt that comes
+writes its start line to a child that is already waiting for it (``Template.take``; a
+spare forked with another environment or working directory than the pool process has
+then is ended and forked again). It replaces the template after
+``ISOLATION_TEMPLATE_FORKS`` forks (right after the attempt, so the new one sets up
+while the worker waits for its next message) and when it is found dead (the attempt at
+hand asks the new one: no attempt is lost to a template's death). Code or settings that
+change come with a worker restart, which ends the pool processes and, with them, their
+templates and spare children (the end of its socket ends a template, the end of its
+stdin a spare child).
 
 The child is the template's; the template says when it ended and how (``Forked``), and
 the supervisor stops its process group as it would a spawned child's. Its orphans come
@@ -25,11 +33,13 @@ import select
 import socket
 import subprocess
 import sys
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from django.conf import settings
 
 from ...core.conf import get_settings
+from ...core.registry import registry
+from ...core.states import Isolation
 from .reaper import Orphans
 from .template import RELEASE, TEMPLATE_FD_ENV
 
@@ -40,6 +50,8 @@ TEMPLATE_MODULE = "batchtasks.worker.isolation.template"
 ANSWER_SECONDS = 60.0
 #: Exit code of a child whose pid could not be waited for (it was not re-parented).
 UNKNOWN_EXIT = 255
+#: Seconds a pool process's start leaves before Celery's ``worker_proc_alive_timeout``.
+BOOT_MARGIN = 1.0
 
 
 class Forked:
@@ -95,6 +107,29 @@ class Forked:
             self.returncode = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
 
+class _Spare:
+    """A child asked for before its attempt: the pool process's ends of its pipes, and
+    the environment and working directory it was forked with."""
+
+    def __init__(self, stdin: int, events: int, place: tuple[dict[str, str], str]) -> None:
+        self.stdin = stdin
+        self.events = events
+        self.place = place
+        #: Its pid, once the template answered (``None``: not read yet).
+        self.pid: int | None = None
+
+    def close(self) -> None:
+        """Let it go: the end of its stdin ends it (it waits for its attempt there)."""
+        for fd in (self.stdin, self.events):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _place() -> tuple[dict[str, str], str]:
+    """The environment and working directory a child gets (the pool process's now)."""
+    return {**os.environ, "DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE}, os.getcwd()
+
+
 class Template:
     """One template process and the socket to it."""
 
@@ -124,30 +159,89 @@ class Template:
         self.forks = 0
         #: Its socket closed while a child ran (it died or ended).
         self.dead = False
+        #: The next attempt's child, asked for ahead of it (``request``).
+        self.spare: _Spare | None = None
 
-    def fork(self, stdin: int, events: int) -> int:
-        """Ask for a child reading ``stdin`` and writing ``events``; return its pid (its
-        exit comes later on the same socket, ``Forked``)."""
-        self.forks += 1
-        env = {**os.environ, "DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE}
-        request = json.dumps({"env": env, "cwd": os.getcwd()}).encode()
+    def request(self) -> None:
+        """Ask for the next attempt's child now: the template forks it (after its own
+        setup, the first time) and the child waits on its stdin for the attempt, so
+        neither is on the way of the attempt when it comes (``take``)."""
+        assert self.spare is None
+        stdin_read, stdin_write = os.pipe()
+        events_read, events_write = os.pipe()
+        place = _place()
+        request = json.dumps({"env": place[0], "cwd": place[1]}).encode()
         try:
-            socket.send_fds(self.socket, [request], [stdin, events])
-            if not select.select([self.socket], [], [], ANSWER_SECONDS)[0]:
+            socket.send_fds(self.socket, [request], [stdin_read, events_write])
+        except BaseException:
+            os.close(stdin_write)
+            os.close(events_read)
+            self.dead = True
+            raise
+        finally:
+            os.close(stdin_read)
+            os.close(events_write)
+        self.forks += 1
+        self.spare = _Spare(stdin_write, events_read, place)
+
+    def ready(self, timeout: float) -> bool:
+        """Whether the spare child was forked (its pid came), waiting ``timeout`` seconds
+        at most; ``OSError`` if the template failed."""
+        assert self.spare is not None
+        if self.spare.pid is None:
+            if not select.select([self.socket], [], [], timeout)[0]:
+                return False
+            self.spare.pid = self._pid()
+        return True
+
+    def take(self) -> tuple[Forked, int]:
+        """The spare child for the attempt at hand, and the read end of its event pipe
+        (one forked with another environment or working directory is replaced)."""
+        try:
+            if self.spare is not None and self.spare.place != _place():
+                self._drop_spare()
+            if self.spare is None:
+                self.request()
+            if not self.ready(ANSWER_SECONDS):
                 raise TimeoutError(f"the template gave no answer in {ANSWER_SECONDS} s")
-            answer = self.socket.recv(4096)
         except BaseException:
             # Its answers are out of step now (Celery's soft limit can strike here too).
             self.dead = True
             raise
+        spare, self.spare = self.spare, None
+        assert spare is not None and spare.pid is not None
+        return Forked(spare.pid, os.fdopen(spare.stdin, "wb"), self), spare.events
+
+    def _answer(self, timeout: float = 0.0) -> dict[str, Any]:
+        """The template's next answer, waiting ``timeout`` seconds at most for it."""
+        if timeout and not select.select([self.socket], [], [], timeout)[0]:
+            raise TimeoutError(f"the template gave no answer in {timeout} s")
+        answer = self.socket.recv(4096)
         if not answer:
             raise ConnectionError(f"the template pid={self.process.pid} exited")
-        reply = json.loads(answer)
+        reply: dict[str, Any] = json.loads(answer)
         if "error" in reply:
             raise OSError(f"the template could not fork: {reply['error']}")
-        return int(reply["pid"])
+        return reply
+
+    def _pid(self) -> int:
+        return int(self._answer()["pid"])
+
+    def _drop_spare(self) -> None:
+        """End the spare child (the end of its stdin), take the template's word that it
+        exited, and let the template reap it."""
+        spare, self.spare = self.spare, None
+        assert spare is not None
+        spare.close()
+        if spare.pid is None:
+            self._answer(ANSWER_SECONDS)
+        self._answer(ANSWER_SECONDS)  # its exit
+        self.socket.send(RELEASE)
 
     def close(self) -> None:
+        if self.spare is not None:
+            self.spare.close()
+            self.spare = None
         self.socket.close()
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
@@ -163,27 +257,12 @@ def enabled() -> bool:
 
 
 def fork(orphans: Orphans) -> tuple[Forked, int]:
-    """A child from the template and the read end of its event pipe; a dead template is
-    replaced once (``OSError`` if the new one fails too)."""
-    stdin_read, stdin_write = os.pipe()
-    events_read, events_write = os.pipe()
-    try:
-        pid, template = _fork_pid(orphans, stdin_read, events_write)
-    except BaseException:
-        os.close(stdin_write)
-        os.close(events_read)
-        raise
-    finally:
-        os.close(stdin_read)
-        os.close(events_write)
-    return Forked(pid, os.fdopen(stdin_write, "wb"), template), events_read
-
-
-def _fork_pid(orphans: Orphans, stdin: int, events: int) -> tuple[int, Template]:
+    """The attempt's child (the spare one, forked ahead) and the read end of its event
+    pipe; a dead template is replaced once (``OSError`` if the new one fails too)."""
     for tries_left in (1, 0):
         template = _living(orphans)
         try:
-            pid = template.fork(stdin, events)
+            return template.take()
         except OSError:  # socket.timeout and a closed socket too
             logger.warning(
                 "batchtasks template failed pid=%s forks=%s",
@@ -194,8 +273,6 @@ def _fork_pid(orphans: Orphans, stdin: int, events: int) -> tuple[int, Template]
             retire()
             if not tries_left:
                 raise
-            continue
-        return pid, template
     raise AssertionError("unreachable")
 
 
@@ -213,18 +290,61 @@ def _living(orphans: Orphans) -> Template:
     return _template
 
 
-def replace_if_worn() -> None:
-    """After an attempt: a template that forked ``ISOLATION_TEMPLATE_FORKS`` children is
-    replaced by a fresh one, which sets up while the worker waits for its next message."""
+def prepare(wait: float = 0.0) -> None:
+    """Between attempts: a template that forked ``ISOLATION_TEMPLATE_FORKS`` children (or
+    died) is replaced, and the next attempt's child is asked for, so the template's setup
+    and the fork happen while the worker waits for its next message. ``wait``: seconds
+    to wait at most for that child (a pool process's start: see ``start``)."""
     global _template
+    limit = get_settings().ISOLATION_TEMPLATE_FORKS
     if _template is not None and (
-        _template.dead or _template.forks >= get_settings().ISOLATION_TEMPLATE_FORKS
+        _template.owner != os.getpid()
+        or _template.dead
+        or (_template.spare is None and _template.forks >= limit)
+        or _template.process.poll() is not None
     ):
         retire()
-        try:
+    try:
+        if _template is None:
             _template = Template()
-        except OSError:  # the next attempt starts one
-            logger.warning("batchtasks could not start a template", exc_info=True)
+        if _template.spare is None:
+            _template.request()
+        if wait > 0 and not _template.ready(wait):
+            logger.warning(
+                "batchtasks template not set up after %.1f s pid=%s: the first attempt waits",
+                wait,
+                _template.process.pid,
+            )
+    except OSError:  # the next attempt starts one
+        logger.warning("batchtasks could not start a template", exc_info=True)
+        retire()
+
+
+def start() -> None:
+    """A pool process's start: when this worker serves ``process`` types, its template sets
+    up and forks the first attempt's child before the pool process takes any work, so no
+    attempt pays the setup within its time limits. Celery kills a pool process that is
+    not up within ``worker_proc_alive_timeout`` (4 s by default): the wait stops before."""
+    if not enabled() or not _has_process_types():
+        return
+    from celery import current_app
+
+    alive_timeout = float(current_app.conf.worker_proc_alive_timeout or 4.0)
+    prepare(wait=max(alive_timeout - BOOT_MARGIN, 0.0))
+
+
+def _has_process_types() -> bool:
+    """Whether this worker consumes the queue of a type whose code (or settings) declare
+    ``isolation="process"``; a worker of other queues starts no template."""
+    from celery import current_app
+
+    consumed = set(current_app.amqp.queues.consume_from or ())
+    types = get_settings().TYPES
+    for spec in registry:
+        values = spec.definition_values(types.get(spec.name))
+        if values["isolation"] == Isolation.PROCESS and values["queue"] in consumed:
+            return True
+    return False
 
 
 def retire() -> None:

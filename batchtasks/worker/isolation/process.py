@@ -134,7 +134,7 @@ def run(claim: Claim, facts: TypeFacts, context: TaskContext) -> Any:
                     child.stdin.close()
                 os.close(read_fd)
     if isinstance(child, Forked):
-        forkserver.replace_if_worn()
+        forkserver.prepare()
     else:
         _start_spare()
     assert child.returncode is not None

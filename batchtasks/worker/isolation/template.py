@@ -1,14 +1,16 @@
 """The template of process-isolated runs: ``python -m batchtasks.worker.isolation.template``.
 
-A pool process starts one (``forkserver``) the first time it runs a ``process`` attempt.
+A pool process starts one (``forkserver``) when it starts (or the first time it runs a
+``process`` attempt).
 It sets Django up and imports the plugins once, closes every database connection, starts
 no thread, and then waits on a Unix socket (``SOCK_SEQPACKET``, its fd named by
 ``BATCHTASKS_TEMPLATE_FD``) for requests: one JSON object (the pool process's environment
 and working directory for this attempt) with two fds attached (``SCM_RIGHTS``), the read
 end of the child's stdin and the write end of its event pipe. For each it forks the
 child and answers ``{"pid": …}`` (or ``{"error": …}``), waits for the child to end and
-answers ``{"exit": returncode}``. A pool process runs one attempt at a time, so the
-template has nothing else to do meanwhile. The child stays a zombie until the pool
+answers ``{"exit": returncode}``. The pool process asks for a child ahead of its
+attempt (the child waits for it on stdin), and for one at a time, so the template has
+nothing else to do meanwhile. The child stays a zombie until the pool
 process says ``release`` (or sends the next request, or closes the socket): while its
 supervisor finishes the attempt, the child's process group id cannot be taken by
 another process.
@@ -69,6 +71,7 @@ def _preload() -> None:
     import batchtasks.core.codecs
     import batchtasks.core.retries
     import batchtasks.models
+    import batchtasks.worker.isolation.child
     import batchtasks.worker.isolation.results  # noqa: F401
 
 

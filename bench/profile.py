@@ -109,8 +109,15 @@ def main() -> None:
     import psutil
 
     from bench.cpu import celery_main
-    from bench.run import NO_MESSAGE_BATCH, OUR_TRANSPORT, all_done, bench_settings, configure
-    from bench.run import reset, wait_until
+    from bench.run import (
+        NO_MESSAGE_BATCH,
+        OUR_TRANSPORT,
+        all_done,
+        bench_settings,
+        configure,
+        reset,
+        wait_until,
+    )
     from bench.run import worker as bench_worker
 
     configure()

@@ -50,6 +50,15 @@ def _seconds(proc: psutil.Process, children: bool = False) -> float:
     return t.user + t.system
 
 
+def _reaped(proc: psutil.Process) -> float:
+    """CPU seconds of ``proc``'s reaped children; 0 if it is gone since listed (a
+    redis-server RDB fork is named as its parent and ends on its own)."""
+    try:
+        return _seconds(proc, children=True)
+    except psutil.Error:
+        return 0.0
+
+
 def _key(proc: psutil.Process) -> Key:
     return (proc.pid, proc.create_time())
 
@@ -135,7 +144,7 @@ class CpuMeter:
         snap.reaped["postgres"] = _seconds(postmaster, children=True) if postmaster else 0.0
         redis = self._by_name("redis-server")
         add("redis", redis)
-        snap.reaped["redis"] = sum(_seconds(p, children=True) for p in redis)  # its RDB forks
+        snap.reaped["redis"] = sum(_reaped(p) for p in redis)  # its RDB forks
         add("submitter", [psutil.Process(os.getpid())])
         return snap
 

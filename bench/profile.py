@@ -7,6 +7,10 @@ last is done; twice (see ``MODES``). Writes one SVG per process and pass to
 ``.run/profile/`` and prints the paths, each with the functions with the most samples of
 their own (not counting their callees).
 
+``PROFILE_ONE_TASK=1`` forces one task per message, as the throughput step's row with
+small tasks per message off does (``BATCHTASKS_MESSAGE_BATCH_SECONDS=0``, for the worker
+and for this process's dispatch alike); ``PROFILE_MODES`` picks passes (``active,gil``).
+
 ``PROFILE_RATE`` (default 250) sets the samples per second; ``PROFILE_ARGS`` adds
 py-spy options (``--nonblocking`` samples without pausing the process: less overhead,
 sometimes torn stacks; ``--native`` adds C frames; ``--idle`` keeps waiting threads).
@@ -31,6 +35,7 @@ RATE = os.environ.get("PROFILE_RATE", "250")
 EXTRA = shlex.split(os.environ.get("PROFILE_ARGS", ""))
 TOP = int(os.environ.get("PROFILE_TOP", "12"))
 N_TASKS = int(os.environ.get("BENCH_TASKS", "10000"))
+ONE_TASK = os.environ.get("PROFILE_ONE_TASK", "") not in ("", "0")
 
 
 def py_spy() -> str:
@@ -42,6 +47,7 @@ def py_spy() -> str:
 #: waits in C: a woken thread not yet scheduled, psycopg waiting for PostgreSQL), then
 #: only stacks holding the GIL, i.e. Python running (C code that releases it is missed).
 MODES = [("active", []), ("gil", ["--gil"])]
+CHOSEN = os.environ.get("PROFILE_MODES", "active,gil").split(",")
 DESCRIBE = {
     "active": "stacks py-spy takes for not idle (includes some waits: psycopg, locks, epoll)",
     "gil": "stacks holding the GIL only (Python running; waits and GIL-free C left out)",
@@ -103,23 +109,43 @@ def main() -> None:
     import psutil
 
     from bench.cpu import celery_main
-    from bench.run import OUR_TRANSPORT, all_done, configure, reset, wait_until
+    from bench.run import (
+        NO_MESSAGE_BATCH,
+        OUR_TRANSPORT,
+        all_done,
+        bench_settings,
+        configure,
+        reset,
+        wait_until,
+    )
     from bench.run import worker as bench_worker
 
     configure()
     from batchtasks import BatchTask
 
     OUT.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = time.strftime("%Y%m%d-%H%M%S") + ("-one" if ONE_TASK else "")
+    settings = NO_MESSAGE_BATCH if ONE_TASK else {}
     reset()
-    with bench_worker(["batch.examples.noop"], env=OUR_TRANSPORT) as w:
+    with (
+        bench_settings(settings),
+        bench_worker(["batch.examples.noop"], env={**OUR_TRANSPORT, **settings}) as w,
+    ):
         BatchTask.submit("examples.noop")  # the definition, warm connections
         wait_until(all_done, 60)
         parent = celery_main(w.pid)
-        pool = [p for p in parent.children() if p.status() != psutil.STATUS_ZOMBIE]
+
+        def pool_processes() -> list[psutil.Process]:
+            return [p for p in parent.children() if p.status() != psutil.STATUS_ZOMBIE]
+
+        # On a loaded machine the worker answers pings before its pool is up.
+        wait_until(lambda: len(pool_processes()) >= 2, 60)
+        pool = pool_processes()
         targets = [("parent", parent.pid, True)]
         targets += [(f"pool{i + 1}", p.pid, False) for i, p in enumerate(pool)]
         for mode, flags in MODES:
+            if mode not in CHOSEN:
+                continue
             reset()
             recorders = []
             for label, pid, threads in targets:

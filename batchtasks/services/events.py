@@ -36,6 +36,8 @@ def submitted(tasks: Iterable[BatchTask], type_name: str) -> None:
 
 def started(task_id: int, type_name: str, attempt: int, *, using: str) -> None:
     """Send ``task_started`` for the attempt just claimed."""
+    if not signals.task_started.receivers:  # none connected: not even the type's lookup
+        return
     sender = plugin_of(type_name)
     if signals.task_started.has_listeners(sender):
         task = _load(task_id, using)
@@ -45,6 +47,8 @@ def started(task_id: int, type_name: str, attempt: int, *, using: str) -> None:
 
 def finished(task_id: int, type_name: str, *, using: str) -> None:
     """Send ``task_finished`` for a task just made final."""
+    if not signals.task_finished.receivers:
+        return
     sender = plugin_of(type_name)
     if signals.task_finished.has_listeners(sender):
         task = _load(task_id, using)

@@ -160,8 +160,10 @@ def touch_activity() -> None:
 
 
 def _start_activity(fence: Fence, limit: int | None) -> Path | None:
+    if limit is None:  # most types: no look at the environment for the folder
+        return None
     folder = identity.stop_dir()
-    if limit is None or not folder:
+    if not folder:
         return None
     path = Path(folder, f"{os.getpid()}.active")
     path.write_text(f"{fence.task_id} {fence.attempt} {limit}")

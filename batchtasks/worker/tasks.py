@@ -59,7 +59,11 @@ def run_batch_task(
     db = state_db(router.db_for_write(BatchTask))
     with process_completions(db).message():
         ended = runner.execute(
-            int(task_id), int(attempt), worker=self.request.hostname or "unknown", hold=True
+            int(task_id),
+            int(attempt),
+            worker=self.request.hostname or "unknown",
+            using=db,  # the state connection's alias: not looked up and checked again
+            hold=True,
         )
     if ended is not None:
         report_outcome(self, int(task_id), int(attempt), ended.state)

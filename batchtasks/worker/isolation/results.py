@@ -22,6 +22,8 @@ def error_type(exc: BaseException) -> str:
 
 def check_result(type_name: str, result: object) -> None:
     """Raise if ``result`` cannot be stored: not JSON, or larger than the limit."""
+    if result is None:  # most plugins return nothing
+        return
     try:
         text = json.dumps(result, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:

@@ -38,8 +38,8 @@ from .models import (
     BatchWorker,
     ScheduleSource,
 )
-from .services import tokens
 from .models.queries import BatchTaskQuerySet, owners_share_database
+from .services import tokens
 from .services.definitions import ensure_queue
 from .services.schedule_rows import DECLARED_FIELDS, check_type, retime
 

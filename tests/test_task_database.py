@@ -113,9 +113,7 @@ def test_an_api_token_of_a_user_of_the_application_database_opens_the_api() -> N
     user = get_user_model().objects.create_user("tokenholder")
     plaintext = tokens.issue(user, "ci", "submit", None).plaintext
 
-    listed = Client().get(
-        reverse("batchtasks:api-tasks"), HTTP_AUTHORIZATION=f"Bearer {plaintext}"
-    )
+    listed = Client().get(reverse("batchtasks:api-tasks"), HTTP_AUTHORIZATION=f"Bearer {plaintext}")
 
     assert listed.status_code == 200, listed.content
 

@@ -4,7 +4,8 @@ Put ``"batchtasks.db.router.TaskDatabaseRouter"`` in ``DATABASE_ROUTERS`` (befor
 that claim every model, after ones that route other apps' models more precisely). It
 sends every read and write of batchtasks' models to that alias, lets their migrations run
 there and nowhere else, and lets nothing else migrate there: the task database holds the
-task tables alone. API tokens are not task tables: they stay with the users. Without the setting it has no opinion.
+task tables alone. API tokens are not task tables: they stay with the users. Without the
+setting it has no opinion.
 
 A task's owner is a user of the application's database: the relation is allowed across
 the two, and a user reached from a task (``task.owner``) is read from "default", not

@@ -10,7 +10,13 @@ TEST_ENV := DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/bat
             REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} \
             DJANGO_SETTINGS_MODULE=tests.settings
 
-.PHONY: all run test test-django6 test-rabbitmq test-pgbouncer lint format typecheck bench bench-scale profile services browser requirements clean docker-smoke
+# The languages of batchtasks/locale next to English; their compiled catalogs (.mo) are
+# built from the .po files, never committed.
+LANGUAGES := nb nl de
+MO := $(foreach lang,$(LANGUAGES),$(foreach domain,django djangojs,\
+        batchtasks/locale/$(lang)/LC_MESSAGES/$(domain).mo))
+
+.PHONY: all run test messages compilemessages test-django6 test-rabbitmq test-pgbouncer lint format typecheck bench bench-scale profile services browser requirements clean docker-smoke
 
 all: test
 
@@ -23,11 +29,28 @@ $(STAMP): requirements/base.txt requirements/dev.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
-venv: $(STAMP)
+venv: $(STAMP) $(MO)
+
+## messages: update the catalogs (batchtasks/locale/*/LC_MESSAGES/*.po) from the code
+##           and templates (-d django) and the static scripts (-d djangojs).
+messages: $(STAMP)
+	mkdir -p batchtasks/locale
+	cd batchtasks && ../$(BIN)/python ../manage.py makemessages --no-obsolete --no-location \
+	    $(addprefix -l ,$(LANGUAGES)) -d django
+	cd batchtasks && ../$(BIN)/python ../manage.py makemessages --no-obsolete --no-location \
+	    $(addprefix -l ,$(LANGUAGES)) -d djangojs --ignore 'static/admin/*'
+
+## compilemessages: the .mo files Django reads, from the .po files (GNU gettext's msgfmt,
+##                  installed by .ci/gettext if missing); make venv, run and test do it too.
+compilemessages: $(MO)
+
+%.mo: %.po
+	@command -v msgfmt >/dev/null || .ci/gettext
+	msgfmt --check-format -o $@ $<
 
 ## run: the web server and one worker for every batch queue (SQLite + filesystem broker
 ##      unless DATABASE_URL / REDIS_URL are set); Ctrl-C stops both.
-run: $(STAMP)
+run: $(STAMP) $(MO)
 	$(BIN)/python -m project.dev
 
 ## test: checks, lint (with the layers contract), types and the whole test suite on
@@ -35,7 +58,7 @@ run: $(STAMP)
 ##       the worker-process tests) and the broker tests on RabbitMQ (.ci/second-legs);
 ##       then the worker, sweeper and chaos tests through PgBouncer (.ci/pgbouncer);
 ##       then the Docker smoke test.
-test: $(STAMP) services browser
+test: $(STAMP) $(MO) services browser
 	$(TEST_ENV) $(BIN)/python manage.py check --fail-level WARNING
 	$(TEST_ENV) $(BIN)/python manage.py makemigrations --check --dry-run
 	$(MAKE) --no-print-directory lint

@@ -26,6 +26,7 @@ from django.urls import reverse
 from django.utils import translation
 
 from batchtasks import BatchTask
+from batchtasks.core.exceptions import InvalidParameters, InvalidTaskOption
 
 LOCALE = Path(__file__).resolve().parent.parent / "batchtasks" / "locale"
 LANGUAGES = ["nb", "nl", "de"]
@@ -205,3 +206,12 @@ def test_the_command_line_follows_the_environments_language(
 def test_the_reference_project_offers_the_four_languages() -> None:
     assert [code for code, _ in settings.LANGUAGES] == ["en", "nb", "nl", "de"]
     assert "django.middleware.locale.LocaleMiddleware" in settings.MIDDLEWARE
+
+
+def test_the_errors_of_a_submit_are_in_the_active_language(db: None) -> None:
+    with translation.override("de"), pytest.raises(InvalidTaskOption) as refused:
+        BatchTask.submit("examples.progress", {}, priority=500)
+    assert "liegt außerhalb des Bereichs" in str(refused.value)
+    with pytest.raises(InvalidParameters) as bad:
+        BatchTask.submit("examples.progress", {"steps": "many", "colour": 1})
+    assert "unknown parameter" in str(bad.value)  # English outside a translation

@@ -40,7 +40,7 @@ class Cursor:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         except (binascii.Error, UnicodeError, ValueError):
             return None
-        when, _, number = raw.partition("|")
+        when, _sep, number = raw.partition("|")
         created_at = parse_timestamp(when)
         if created_at is None or not NUMBER.fullmatch(number) or int(number) > BIGINT_MAX:
             return None

@@ -119,7 +119,7 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
 def identify(request: HttpRequest, *, bearer: bool = True) -> Caller:
     """The caller, or the not-authenticated problem; a token or Basic credentials win over
     a session. ``bearer=False``: a token is refused (the views of signed-in pages)."""
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    scheme, _sep, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer":
         return _by_token(request, value, allowed=bearer)
     if scheme.lower() == "basic":

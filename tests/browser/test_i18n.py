@@ -26,9 +26,7 @@ def test_the_indicator_speaks_norwegian(
 
     expect(page.locator(LABEL)).to_have_text("2 oppgaver")
     expect(task_row(page, first).locator(".batchtasks-indicator__state")).to_have_text("Ny")
-    expect(task_row(page, first).locator(".batchtasks-indicator__percent")).to_have_text(
-        "0\u00a0%"
-    )
+    expect(task_row(page, first).locator(".batchtasks-indicator__percent")).to_have_text("0\u00a0%")
     button = page.locator(f"{INDICATOR} .batchtasks-indicator__button")
     expect(button).to_have_attribute("title", "Bakgrunnsoppgavene dine")
     assert page.console_errors == []

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.template import Context, Template
 from django.test import Client, RequestFactory
 from django.urls import reverse
@@ -196,6 +196,11 @@ def test_the_command_line_follows_the_environments_language(
     monkeypatch.delenv("LC_MESSAGES", raising=False)
     call_command("batchtasks", "list", stdout=out)
     assert "Ingen oppgaver passer." in out.getvalue()
+    with pytest.raises(CommandError) as unknown:
+        call_command("batchtasks", "list", "--type", "examples.progres", stdout=out)
+    said = str(unknown.value)
+    assert said.startswith("Ukjent oppgavetype 'examples.progres'. Mente du 'examples.progress'")
+    assert " eller " in said and said.endswith("? `manage.py batchtasks workers` viser typene.")
 
     monkeypatch.setenv("LANG", "C.UTF-8")
     out = StringIO()

@@ -411,7 +411,7 @@ def check_type(name: str) -> str:
 def unknown_type(exc: UnknownTaskType) -> str:
     """The registry's message with its close-name hint, but without the list of every
     type (one line on a terminal); ``workers`` lists them."""
-    message = one_line(exc).split(" Registered types:")[0]
+    message = one_line(exc.summary)
     return _("%(error)s `manage.py batchtasks workers` lists the types.") % {"error": message}
 
 

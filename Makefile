@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements/base.txt requirements/dev.txt pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat requirements/base.txt requirements/dev.txt requirements/docs.txt pyproject.toml | sha1sum | cut -c1-12)
 
 # Tests and benchmarks use the real PostgreSQL and Redis of this machine.
 TEST_ENV := DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/batchtasks} \
@@ -16,16 +16,17 @@ LANGUAGES := nb nl de
 MO := $(foreach lang,$(LANGUAGES),$(foreach domain,django djangojs,\
         batchtasks/locale/$(lang)/LC_MESSAGES/$(domain).mo))
 
-.PHONY: all run test messages compilemessages test-django6 test-rabbitmq test-pgbouncer lint format typecheck bench bench-scale profile services browser requirements clean docker-smoke
+.PHONY: all run test messages compilemessages docs docs-serve test-django6 test-rabbitmq test-pgbouncer test-taskdb lint format typecheck bench bench-scale profile services browser requirements clean docker-smoke chaos
 
 all: test
 
 # The project itself is installed too (editable), so that its entry points (the pytest
 # plugin) are live; built with the pinned setuptools of dev.txt: nothing more is fetched.
-$(STAMP): requirements/base.txt requirements/dev.txt pyproject.toml
+$(STAMP): requirements/base.txt requirements/dev.txt requirements/docs.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements/base.txt -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet -r requirements/base.txt -r requirements/dev.txt \
+	    -r requirements/docs.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
@@ -53,20 +54,24 @@ compilemessages: $(MO)
 run: $(STAMP) $(MO)
 	$(BIN)/python -m project.dev
 
-## test: checks, lint (with the layers contract), types and the whole test suite on
+## test: checks, lint (with the layers contract), types, the docs (strict) and the whole test suite on
 ##       PostgreSQL and Redis; then side by side the suite on the newest Django (without
 ##       the worker-process tests) and the broker tests on RabbitMQ (.ci/second-legs);
 ##       then the worker, sweeper and chaos tests through PgBouncer (.ci/pgbouncer);
-##       then the Docker smoke test.
+##       then with the task tables in a database of their own (.ci/taskdb);
+##       then the Docker smoke test and the quick chaos test (.ci/docker-chaos --quick).
 test: $(STAMP) $(MO) services browser
 	$(TEST_ENV) $(BIN)/python manage.py check --fail-level WARNING
 	$(TEST_ENV) $(BIN)/python manage.py makemigrations --check --dry-run
 	$(MAKE) --no-print-directory lint
 	$(BIN)/mypy
+	$(MAKE) --no-print-directory docs
 	$(TEST_ENV) $(BIN)/python -m pytest
 	$(TEST_ENV) .ci/second-legs
 	$(TEST_ENV) .ci/pgbouncer -q
+	$(TEST_ENV) .ci/taskdb -q
 	.ci/docker-smoke
+	.ci/docker-chaos --quick
 
 ## test-rabbitmq: the broker-specific tests on RabbitMQ (skipped without it; see .ci/rabbitmq).
 test-rabbitmq: $(STAMP) services
@@ -77,9 +82,22 @@ test-rabbitmq: $(STAMP) services
 test-pgbouncer: $(STAMP) services
 	$(TEST_ENV) .ci/pgbouncer
 
+## test-taskdb: the task database leg alone: the task tables in a database of their own
+##              (tests/settings_taskdb.py; see .ci/taskdb).
+test-taskdb: $(STAMP) services
+	$(TEST_ENV) .ci/taskdb
+
 ## test-django6: the suite on the newest Django only (skipped without Python >= 3.12).
 test-django6: services
 	$(TEST_ENV) .ci/django6
+
+## docs: the documentation site (docs/, mkdocs.yml) into site/, in strict mode: a broken
+##       link, reference or docstring warning fails it. `make docs-serve` serves it live.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 ## lint: ruff, ruff format, and import-linter: imports point down the layers, no circles.
 lint: $(STAMP)
@@ -112,6 +130,14 @@ bench-scale: $(STAMP) services
 docker-smoke: $(STAMP)
 	.ci/docker-smoke
 
+## chaos: faults under a steady load on a container stack of three workers (crash, PostgreSQL
+##        restart, Redis restarted empty or frozen, a worker frozen past its lease, every
+##        backend terminated); a row per scenario from a ledger outside the task table;
+##        fails if a task is lost, completed twice, ran beside itself or broke its limit.
+##        SCENARIOS=crash_recovery,broker_pause runs those only (see .ci/docker-chaos).
+chaos: $(STAMP)
+	.ci/docker-chaos $(if $(SCENARIOS),--scenarios $(SCENARIOS))
+
 services:
 	@.ci/services
 
@@ -124,6 +150,8 @@ requirements:
 	    --allow-unsafe -o requirements/base.txt requirements/base.in
 	$(BIN)/pip-compile --quiet --no-emit-index-url --no-emit-find-links --strip-extras \
 	    --allow-unsafe -o requirements/dev.txt requirements/dev.in
+	$(BIN)/pip-compile --quiet --no-emit-index-url --no-emit-find-links --strip-extras \
+	    --allow-unsafe -o requirements/docs.txt requirements/docs.in
 
 clean:
-	rm -rf $(VENV) .venv-django6 .run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) site .venv-django6 .run .pytest_cache .mypy_cache .ruff_cache

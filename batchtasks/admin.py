@@ -12,6 +12,8 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import flatten_fieldsets
+from django.contrib.auth import get_user_model
+from django.db import router
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.defaultfilters import filesizeformat
@@ -37,6 +39,7 @@ from .models import (
     BatchWorker,
     ScheduleSource,
 )
+from .models.queries import BatchTaskQuerySet, owners_share_database
 from .services import tokens
 from .services.definitions import ensure_queue
 from .services.schedule_rows import DECLARED_FIELDS, check_type, retime
@@ -213,7 +216,8 @@ def set_priority(
 @admin.action(permissions=["submit"], description=_("Run selected tasks again as new tasks"))
 def run_again_tasks(modeladmin: BatchTaskAdmin, request: HttpRequest, queryset: QuerySet) -> None:
     made, errors = [], Counter[str]()
-    for task in queryset.select_related("definition", "owner", "parameters"):
+    tasks: BatchTaskQuerySet = queryset.select_related("definition", "parameters")  # type: ignore[assignment]
+    for task in tasks.with_owner():
         try:
             made.append(run_again(task))
         except BatchTasksError as exc:
@@ -228,6 +232,23 @@ def run_again_tasks(modeladmin: BatchTaskAdmin, request: HttpRequest, queryset: 
             "%(count)d could not be submitted:", "%(count)d could not be submitted:", count
         ) % {"count": count}
         messages.error(request, f"{could_not} {error}")
+
+
+#: Most users whose names match a search, with a task database of its own.
+SEARCHED_OWNERS = 1000
+
+
+class OwnerFilter(admin.RelatedOnlyFieldListFilter):
+    """The owners of the tasks listed, read from the users' database (which may be
+    another than the tasks': no subquery across the two)."""
+
+    def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> Any:
+        tasks = model_admin.get_queryset(request).order_by().exclude(owner_id=None)
+        ids = list(tasks.values_list("owner_id", flat=True).distinct())
+        ordering = self.field_admin_ordering(field, request, model_admin)
+        return field.get_choices(
+            include_blank=False, limit_choices_to={"pk__in": ids}, ordering=ordering
+        )
 
 
 class PriorityFilter(admin.SimpleListFilter):
@@ -305,11 +326,11 @@ class BatchTaskAdmin(admin.ModelAdmin):
         "created_at", "duration_display",
     )  # fmt: skip
     list_filter = (
-        "state", "definition", PriorityFilter, ("owner", admin.RelatedOnlyFieldListFilter),
+        "state", "definition", PriorityFilter, ("owner", OwnerFilter),
         "finalize_state",
     )  # fmt: skip
     search_fields = ("=id", "description", "definition__name", "owner__username", "unique_key")
-    list_select_related = ("definition", "owner")
+    list_select_related = ("definition",)  # the owner: get_queryset
     show_full_result_count = False
     date_hierarchy = "created_at"
     actions = (cancel_tasks, retry_tasks, set_priority, run_again_tasks)
@@ -335,6 +356,28 @@ class BatchTaskAdmin(admin.ModelAdmin):
     class Media:
         js = ("batchtasks/admin.js",)
         css = {"all": ("batchtasks/admin.css",)}
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[BatchTask]:
+        tasks: BatchTaskQuerySet = super().get_queryset(request)  # type: ignore[assignment]
+        return tasks.with_owner()
+
+    def get_search_fields(self, request: HttpRequest) -> Any:
+        fields = super().get_search_fields(request)
+        if owners_share_database(router.db_for_read(BatchTask)):
+            return fields
+        return tuple(f for f in fields if not f.startswith("owner__"))
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[BatchTask], search_term: str
+    ) -> tuple[QuerySet[BatchTask], bool]:
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        if not search_term or owners_share_database(queryset.db):
+            return found, duplicates
+        # A task database of its own: the owners whose names match, read from theirs.
+        users = get_user_model()._default_manager
+        match = {f"{users.model.USERNAME_FIELD}__icontains": search_term}
+        ids = list(users.filter(**match).values_list("pk", flat=True)[:SEARCHED_OWNERS])
+        return found | queryset.filter(owner_id__in=ids), duplicates
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return flatten_fieldsets(self.fieldsets)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
+from django.conf import settings
+from django.db.models.signals import post_delete, post_migrate
 from django.utils.translation import gettext_lazy as _
 
 
@@ -24,12 +25,14 @@ class BatchTasksConfig(AppConfig):
         from .core.conf import get_settings
         from .core.registry import registry
         from .models import install_operations
+        from .models.owners import forget_owner
         from .services.operations import operations
         from .worker import signals  # noqa: F401  (connects the Celery signal handlers)
 
         install_operations(operations)
         registry.load(get_settings().PLUGINS)
         post_migrate.connect(_sync_definitions, sender=self)
+        post_delete.connect(forget_owner, sender=settings.AUTH_USER_MODEL)
 
 
 def _sync_definitions(*, using: str, plan: Any = None, **kwargs: Any) -> None:

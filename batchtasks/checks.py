@@ -115,3 +115,44 @@ def check_isolation_level(databases: Any = None, **kwargs: Any) -> list[checks.C
                 )
             )
     return errors
+
+
+ROUTER = "batchtasks.db.router.TaskDatabaseRouter"
+
+
+@checks.register()
+def check_task_database(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """``BATCHTASKS["DATABASE"]`` names a configured alias, and the routers send the task
+    tables there (``TaskDatabaseRouter`` installed)."""
+    from django.db import router
+
+    from .core.conf import get_settings
+    from .models import BatchTask
+
+    try:
+        alias = get_settings().DATABASE
+    except BatchTasksError:
+        return []  # check_settings reports it
+    if alias is None:
+        return []
+    if alias not in connections.settings:
+        return [
+            checks.Error(
+                f"BATCHTASKS['DATABASE'] is {alias!r}, which is not a key of DATABASES "
+                f"({', '.join(map(repr, connections.settings))}).",
+                hint=f"Add a DATABASES[{alias!r}] entry for the task tables, or fix the name.",
+                id="batchtasks.E006",
+            )
+        ]
+    routed = router.db_for_write(BatchTask), router.db_for_read(BatchTask)
+    if routed != (alias, alias):
+        return [
+            checks.Error(
+                f"BATCHTASKS['DATABASE'] is {alias!r}, but the database routers send the "
+                f"task tables to {routed[0]!r}.",
+                hint=f"Add {ROUTER!r} to DATABASE_ROUTERS, before any router that claims "
+                "every model.",
+                id="batchtasks.E007",
+            )
+        ]
+    return []

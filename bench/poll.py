@@ -21,22 +21,20 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from bench.poll_sql import Plan, explain_users, time_polls
-from bench.run import percentile, wait_until
+from bench.run import percentile
 from bench.scratch import scratch_database
+from bench.server import ROOT, free_port, serving
 
 USERS = int(os.environ.get("BENCH_POLL_USERS", "200"))
 TASKS = int(os.environ.get("BENCH_POLL_TASKS", "100000"))
@@ -45,7 +43,6 @@ SATURATION_SECONDS = float(os.environ.get("BENCH_POLL_SATURATION_SECONDS", "10")
 WORKERS = int(os.environ.get("BENCH_POLL_WORKERS", "4"))
 SAMPLES = int(os.environ.get("BENCH_POLL_SAMPLES", "500"))
 POLL_PATH = "/batchtasks/api/tasks/active/"
-ROOT = Path(__file__).resolve().parent.parent
 PROGRESS_APP = "bench-poll-progress"
 Row = tuple[str, str]
 
@@ -192,33 +189,11 @@ def progress_reports(url: str) -> Iterator[None]:
 def gunicorn(env: dict[str, str]) -> Iterator[tuple[int, Any]]:
     """gunicorn with sync workers on a free port of 127.0.0.1; yields (port, master)."""
     import psutil
-    import urllib3
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    argv = ["-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--log-level", "warning"]
-    with tempfile.TemporaryFile("w+") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "project.wsgi", *argv],
-            env=env, cwd=ROOT, stdout=log, stderr=log,
-        )  # fmt: skip
-
-        def answers() -> bool:
-            if server.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"gunicorn exited:\n{log.read()[-3000:]}")
-            try:
-                return bool(urllib3.request("GET", f"http://127.0.0.1:{port}/", retries=False))
-            except urllib3.exceptions.HTTPError:
-                return False
-
-        try:
-            wait_until(answers, 60, interval=0.1)
-            yield port, psutil.Process(server.pid)
-        finally:
-            server.terminate()
-            server.wait(30)
+    port = free_port()
+    argv = ["gunicorn", "project.wsgi", "-w", str(WORKERS), "-b", f"127.0.0.1:{port}"]
+    with serving([*argv, "--log-level", "warning"], port, env) as server:
+        yield port, psutil.Process(server.pid)
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from bench.poll import ROOT, configure, cpu_seconds, fill, progress_reports
-from bench.run import wait_until
+from bench.poll import configure, cpu_seconds, fill, progress_reports
 from bench.scratch import scratch_database
+from bench.server import free_port, serving
 
 USERS = int(os.environ.get("BENCH_PUSH_USERS", "200"))
 TASKS = int(os.environ.get("BENCH_PUSH_TASKS", "20000"))
@@ -40,38 +37,11 @@ PATH = "/batchtasks/api/tasks/active/events/"
 @contextmanager
 def uvicorn(env: dict[str, str]) -> Iterator[tuple[int, int]]:
     """One uvicorn process on a free port of 127.0.0.1; yields (port, pid)."""
-    import urllib3
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    argv = ["project.asgi:application", "--port", str(port), "--log-level", "warning"]
+    port = free_port()
+    argv = ["uvicorn", "project.asgi:application", "--port", str(port), "--log-level", "warning"]
     argv += ["--no-access-log", "--timeout-graceful-shutdown", "1"]
-    with tempfile.TemporaryFile("w+") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", *argv],
-            env={**env, "BATCHTASKS_INDICATOR_PUSH": "1"}, cwd=ROOT, stdout=log, stderr=log,
-        )  # fmt: skip
-
-        def answers() -> bool:
-            if server.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"uvicorn exited:\n{log.read()[-3000:]}")
-            try:
-                return bool(urllib3.request("GET", f"http://127.0.0.1:{port}/", retries=False))
-            except urllib3.exceptions.HTTPError:
-                return False
-
-        try:
-            wait_until(answers, 60, interval=0.1)
-            yield port, server.pid
-        finally:
-            server.terminate()
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+    with serving(argv, port, {**env, "BATCHTASKS_INDICATOR_PUSH": "1"}) as server:
+        yield port, server.pid
 
 
 class Listener(threading.Thread):

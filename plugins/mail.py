@@ -15,13 +15,18 @@ from typing import IO, Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.core.mail import EmailMultiAlternatives, get_connection
+from django.core.mail import EmailMultiAlternatives
 from django.core.validators import validate_email
 from django.template import Context, TemplateDoesNotExist, TemplateSyntaxError, VariableDoesNotExist
 from django.template.loader import get_template
 
 from batchtasks import BatchTaskPlugin, Priority, batchtask
 from batchtasks.core.exceptions import InvalidParameters, PermanentFailure
+
+try:  # Django >= 6.1: the mailers of settings.MAILERS
+    from django.core.mail import mailers
+except ImportError:  # Django 5.2 to 6.0: the backend of settings.EMAIL_BACKEND
+    mailers = None
 
 TEMPLATE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 PARAMS = ("template", "recipients", "users", "context", "batch_size", "from_email")
@@ -309,6 +314,15 @@ class Mailing:
         return None
 
 
+def _connection() -> Any:
+    """A new connection of the default mailer (not yet open: ``with`` opens and closes it)."""
+    if mailers is not None:
+        return mailers.default  # a new backend instance at each access
+    from django.core.mail import get_connection  # deprecated since Django 6.1
+
+    return get_connection()
+
+
 def _batches(items: list[Recipient], size: int) -> Iterator[list[Recipient]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -370,7 +384,7 @@ class MailMerge(BatchTaskPlugin):
         # One connection for the whole batch, one message at a time within it: a refused
         # recipient is then known by name, and each sent one is journalled at once.
         tally = mailing.tally
-        with get_connection() as connection:
+        with _connection() as connection:
             for recipient in batch:
                 mailing.send(connection, recipient)
                 self.progress(

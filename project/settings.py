@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
+import django
 from django.core.exceptions import ImproperlyConfigured
 
 from .env import env_flag, env_list, env_origins, env_proxy_header, env_seconds
@@ -121,8 +122,20 @@ else:
             },
         }
     }
+# TASKS_DATABASE_URL: the task tables in a database of their own (README, A task
+# database of its own); its alias "tasks" is set as BATCHTASKS["DATABASE"] below.
+if os.environ.get("TASKS_DATABASE_URL"):
+    DATABASES["tasks"] = dj_database_url.parse(
+        os.environ["TASKS_DATABASE_URL"],
+        conn_max_age=int(os.environ.get("DB_CONN_MAX_AGE", "600")),
+    )
+    DATABASE_ROUTERS = ["batchtasks.db.router.TaskDatabaseRouter"]
 if os.environ.get("BATCHTASKS_TEST_DB_NAME"):
     DATABASES["default"].setdefault("TEST", {})["NAME"] = os.environ["BATCHTASKS_TEST_DB_NAME"]
+    if "tasks" in DATABASES:
+        DATABASES["tasks"].setdefault("TEST", {})["NAME"] = (
+            os.environ["BATCHTASKS_TEST_DB_NAME"] + "_tasks"
+        )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -146,6 +159,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+# The reference project's own files (its favicon); the app's come from batchtasks/static.
+STATICFILES_DIRS = [BASE_DIR / "project" / "static"]
 # collectstatic's output, which WhiteNoise serves (the Docker image collects at build time);
 # made here when missing, so that WhiteNoise has no missing directory to warn about.
 STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", BASE_DIR / ".run" / "static"))
@@ -154,16 +169,26 @@ MEDIA_URL = "media/"
 MEDIA_ROOT = Path(os.environ.get("DJANGO_MEDIA_ROOT", BASE_DIR / "media"))
 
 # --- Mail (mail.merge) --------------------------------------------------------
-# Development prints mail on the console; production sends by SMTP (Django's EMAIL_HOST
-# and friends, localhost:25 unless set). DJANGO_EMAIL_BACKEND overrides both: the tests
-# point workers at the filebased backend and DJANGO_EMAIL_FILE_PATH to read their mail.
-EMAIL_BACKEND = os.environ.get("DJANGO_EMAIL_BACKEND") or (
+# Development prints mail on the console; production sends by SMTP to localhost:25.
+# DJANGO_EMAIL_BACKEND overrides both: the tests point workers at the filebased backend and
+# DJANGO_EMAIL_FILE_PATH to read their mail. Django 6.1 configures mail as MAILERS (its
+# EMAIL_* settings are deprecated there, and refused beside MAILERS); older Djangos as
+# EMAIL_BACKEND and friends.
+_mail_backend = os.environ.get("DJANGO_EMAIL_BACKEND") or (
     "django.core.mail.backends.console.EmailBackend"
     if DEBUG
     else "django.core.mail.backends.smtp.EmailBackend"
 )
-if os.environ.get("DJANGO_EMAIL_FILE_PATH"):
-    EMAIL_FILE_PATH = os.environ["DJANGO_EMAIL_FILE_PATH"]
+_mail_file_path = os.environ.get("DJANGO_EMAIL_FILE_PATH")
+if django.VERSION >= (6, 1):
+    _mail_options: dict[str, Any] = {"file_path": _mail_file_path} if _mail_file_path else {}
+    if _mail_backend == "django.core.mail.backends.smtp.EmailBackend":
+        _mail_options["host"] = "localhost"  # EMAIL_HOST's default; MAILERS has none
+    MAILERS = {"default": {"BACKEND": _mail_backend, "OPTIONS": _mail_options}}
+else:
+    EMAIL_BACKEND = _mail_backend
+    if _mail_file_path:
+        EMAIL_FILE_PATH = _mail_file_path
 DEFAULT_FROM_EMAIL = os.environ.get("DJANGO_DEFAULT_FROM_EMAIL", "webmaster@localhost")
 
 # --- Celery -------------------------------------------------------------------
@@ -224,6 +249,11 @@ BATCHTASKS: dict[str, Any] = {
         "plugins.finalizers",
     ],
 }
+# The chaos test's task type (docker/compose.chaos.yaml) exists only where its ledger does.
+if os.environ.get("CHAOS_LEDGER_URL"):
+    BATCHTASKS["PLUGINS"].append("plugins.chaos")
+if "tasks" in DATABASES:
+    BATCHTASKS["DATABASE"] = "tasks"
 
 # LOG_FORMAT=json: one JSON object a line (python-json-logger); otherwise readable text.
 # Either way a record written while a task runs carries its task_id, task_type, attempt.

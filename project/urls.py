@@ -8,6 +8,7 @@ from project import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("favicon.ico", views.favicon),
     path("reports/<int:pk>/download/", views.report_download, name="report-download"),
     # Where reports.users_csv says its file is (result["url"]): served by the same view,
     # so only its owner gets it and MEDIA_ROOT need not be public.

@@ -1,4 +1,5 @@
-"""Pages of the reference project: a home page that runs an export and hands out the file."""
+"""Pages of the reference project: a home page that runs an export and hands out the file,
+and the icon browsers ask for."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
+from django.templatetags.static import static
 from django.views.decorators.http import require_safe
 
 from batchtasks import BatchTask, TaskState
@@ -27,6 +29,13 @@ def home(request: HttpRequest) -> HttpResponse:
         "export_permission": EXPORT_PERMISSION,
     }
     return render(request, "home.html", context)
+
+
+@require_safe
+def favicon(request: HttpRequest) -> HttpResponseRedirect:
+    """The icon that browsers ask for on their own, for the pages that name none (the
+    project's pages name it with ``<link rel="icon">``)."""
+    return HttpResponseRedirect(static("favicon.svg"))
 
 
 @require_safe

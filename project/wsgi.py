@@ -1,4 +1,5 @@
-"""WSGI entry point of the reference project."""
+"""WSGI entry point of the reference project: Django, with the indicator's unchanged poll
+answered ahead of it (batchtasks.web.fastpoll)."""
 
 import os
 
@@ -7,3 +8,7 @@ from django.core.wsgi import get_wsgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
 application = get_wsgi_application()
+
+from batchtasks.web.fastpoll import FastPoll  # noqa: E402 - it needs the apps loaded
+
+application = FastPoll(application)

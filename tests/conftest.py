@@ -4,16 +4,20 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from django.db import connection
+from django.test import Client
 
 from batchtasks.db.connections import close_state_connections
 from batchtasks.models import BatchTaskDefinition
 from batchtasks.services.definitions import get_definition, sync_definitions
 from batchtasks.transport.depth import queue_depth
 from tests import pgbouncer, rabbitmq
+from tests.accounts import make_user
+from tests.openapi import ApiClient
 from tests.workers import Worker
 
 ALL_QUEUES = [
@@ -177,3 +181,46 @@ def start_worker(
     for worker in started:
         worker.kill()
     connection.close()
+
+
+# --- users of the API tests (tests/accounts.py) ----------------------------------------------
+@pytest.fixture
+def fast_passwords(settings: Any) -> None:
+    """A cheap password hasher: Basic auth checks the password on every request, and the
+    default hasher takes ~0.3 s."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def alice(fast_passwords: None) -> Any:
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(fast_passwords: None) -> Any:
+    return make_user("bob")
+
+
+@pytest.fixture
+def api(client: Client, alice: Any) -> ApiClient:
+    """A client signed in as alice (session) whose every response is checked."""
+    api = ApiClient(client)
+    api.force_login(alice)
+    return api
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """On the task-database leg (.ci/taskdb, tests/settings_taskdb.py) every database test
+    may use both databases: the application's ("default") and the tasks' ("tasks")."""
+    from django.conf import settings
+
+    if "tasks" not in settings.DATABASES:
+        return
+    for item in items:
+        marker = item.get_closest_marker("django_db")
+        fixtures = getattr(item, "fixturenames", ())
+        if marker is None and "db" not in fixtures and "transactional_db" not in fixtures:
+            continue
+        kwargs = {**marker.kwargs} if marker is not None else {}
+        kwargs["databases"] = "__all__"
+        item.add_marker(pytest.mark.django_db(*(marker.args if marker else ()), **kwargs), False)

@@ -15,6 +15,7 @@ from django.urls import reverse
 
 from batchtasks import BatchTask, TaskState
 from batchtasks.models import BatchQueue, BatchTaskDefinition, BatchTaskOutcome
+from tests.taskdb import TASK_DB
 
 pytestmark = pytest.mark.django_db
 
@@ -402,7 +403,7 @@ def test_workers_are_listed(admin_client: Client) -> None:
     from batchtasks.services.workers import Identity, register_worker
 
     boot = Identity("w1@host", "c" * 32, 123, "", 0.0)
-    register_worker(boot, queues=["batch.x"], concurrency=4, using="default")
+    register_worker(boot, queues=["batch.x"], concurrency=4, using=TASK_DB)
 
     html = admin_client.get(reverse("admin:batchtasks_batchworker_changelist")).content.decode()
 

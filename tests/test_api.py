@@ -3,7 +3,6 @@ paging, the indicator's poll; every response checked against the OpenAPI documen
 
 from __future__ import annotations
 
-import base64
 import json
 from datetime import timedelta
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
-from django.db import connection
+from django.db import connections
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -22,11 +21,13 @@ from batchtasks.core.plugin import BatchTaskPlugin
 from batchtasks.core.registry import batchtask, registry
 from batchtasks.models import BatchTaskDefinition
 from batchtasks.services.definitions import get_definition
+from tests.accounts import basic, make_user
 from tests.openapi import ApiClient
 from tests.openapi import check as check_openapi
+from tests.taskdb import TASK_DB
 from tests.workers import wait_for
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_passwords")]
 
 TASKS = reverse("batchtasks:api-tasks")
 ACTIVE = reverse("batchtasks:api-active")
@@ -45,45 +46,6 @@ def cancel(pk: int) -> str:
 
 def retry(pk: int) -> str:
     return reverse("batchtasks:api-retry", args=[pk])
-
-
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings: Any) -> None:
-    # Basic auth checks the password on every request; the default hasher takes ~0.3 s.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-def make_user(username: str, *perms: str, staff: bool = False, active: bool = True) -> Any:
-    user = get_user_model().objects.create_user(
-        username, password=f"pw-{username}", is_staff=staff, is_active=active
-    )
-    for perm in perms:
-        user.user_permissions.add(Permission.objects.get(codename=perm.split(".")[1]))
-    return user
-
-
-def basic(user: Any, password: str | None = None) -> dict[str, str]:
-    """Headers with the user's HTTP Basic credentials."""
-    secret = f"{user.username}:{password or 'pw-' + user.username}".encode()
-    return {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(secret).decode()}
-
-
-@pytest.fixture
-def alice() -> Any:
-    return make_user("alice")
-
-
-@pytest.fixture
-def bob() -> Any:
-    return make_user("bob")
-
-
-@pytest.fixture
-def api(client: Client, alice: Any) -> ApiClient:
-    """A client signed in as alice (session) whose every response is checked."""
-    api = ApiClient(client)
-    api.force_login(alice)
-    return api
 
 
 def problem(response: Any, status: int, slug: str) -> dict[str, Any]:
@@ -715,11 +677,11 @@ def test_active_answers_304_until_a_task_changes(api: ApiClient, alice: Any) -> 
     task = BatchTask.submit("examples.progress", {}, owner=alice)
     BatchTask.objects.filter(pk=task.pk).update(state=TaskState.QUEUED, queue="batch.x")
     fence = transitions.Fence(task.pk, 1, "a" * 32)
-    transitions.claim(fence, worker="w@host", pid=1, lease_seconds=30, using="default")
+    transitions.claim(fence, worker="w@host", pid=1, lease_seconds=30, using=TASK_DB)
     first = api.get(ACTIVE)
 
     unchanged = api.get(ACTIVE, HTTP_IF_NONE_MATCH=first["ETag"])
-    transitions.record_progress(fence, 40, "40 %", using="default")  # as a worker reports
+    transitions.record_progress(fence, 40, "40 %", using=TASK_DB)  # as a worker reports
     changed = api.get(ACTIVE, HTTP_IF_NONE_MATCH=first["ETag"])
 
     assert first["ETag"].startswith('W/"') and first["Cache-Control"] == "private, no-cache"
@@ -736,7 +698,7 @@ def test_active_reads_the_tasks_in_one_query_on_the_database_clock(
         BatchTask.submit("examples.sleep", {"seconds": i}, owner=alice)
 
     # The session, its user and the tasks: no permission or per-task queries.
-    with django_assert_max_num_queries(3), CaptureQueriesContext(connection) as queries:
+    with django_assert_max_num_queries(3), CaptureQueriesContext(connections[TASK_DB]) as queries:
         response = api.get(ACTIVE)
 
     assert len(response.json()["tasks"]) == 5

@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.test import Client
 from django.urls import reverse
 
 from batchtasks import BatchTask, TaskState
@@ -15,18 +14,6 @@ from tests.openapi import ApiClient
 pytestmark = pytest.mark.django_db
 
 TASKS = reverse("batchtasks:api-tasks")
-
-
-@pytest.fixture
-def alice() -> Any:
-    return get_user_model().objects.create_user("alice", password="pw-alice")
-
-
-@pytest.fixture
-def api(client: Client, alice: Any) -> ApiClient:
-    api = ApiClient(client)
-    api.force_login(alice)
-    return api
 
 
 def submit(api: ApiClient, **body: Any) -> Any:

@@ -397,7 +397,14 @@ def test_dockerfiles_pass_hadolint() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("files", [["compose.yaml"], ["compose.yaml", "compose.smoke.yaml"]])
+@pytest.mark.parametrize(
+    "files",
+    [
+        ["compose.yaml"],
+        ["compose.yaml", "compose.smoke.yaml"],
+        ["compose.yaml", "compose.smoke.yaml", "compose.chaos.yaml"],
+    ],
+)
 def test_compose_files_pass_docker_compose_config(files: list[str]) -> None:
     if shutil.which("docker-compose") is None:
         pytest.skip("docker-compose is not installed (Debian: docker-compose)")

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.core import signing
 from django.db import connection, connections
 from django.test import Client
@@ -24,41 +23,13 @@ from django.utils import timezone
 from batchtasks import BatchTask, TaskState, transitions
 from batchtasks.web import indicator
 from batchtasks.web import push as push_module
+from tests.accounts import basic, make_user
 from tests.openapi import ApiClient
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_passwords")]
 
 ACTIVE = reverse("batchtasks:api-active")
 TOKEN = indicator.TOKEN_COOKIE
-
-
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings: Any) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-def make_user(username: str, *perms: str, staff: bool = False) -> Any:
-    user = get_user_model().objects.create_user(username, password="pw", is_staff=staff)
-    for perm in perms:
-        user.user_permissions.add(Permission.objects.get(codename=perm))
-    return user
-
-
-@pytest.fixture
-def alice() -> Any:
-    return make_user("alice")
-
-
-@pytest.fixture
-def bob() -> Any:
-    return make_user("bob")
-
-
-@pytest.fixture
-def api(client: Client, alice: Any) -> ApiClient:
-    api = ApiClient(client)
-    api.force_login(alice)
-    return api
 
 
 class Tab:
@@ -146,7 +117,7 @@ def test_a_deleted_task_changes_the_etag(api: ApiClient, alice: Any) -> None:
 
 
 def test_who_may_view_all_tasks_still_polls_only_their_own(client: Client, bob: Any) -> None:
-    boss = make_user("boss", "view_all_batchtasks", staff=True)
+    boss = make_user("boss", "batchtasks.view_all_batchtasks", staff=True)
     api = ApiClient(client)
     api.force_login(boss)
     own = BatchTask.submit("examples.sleep", {}, owner=boss)
@@ -214,10 +185,7 @@ def test_with_the_token_an_unchanged_answer_costs_one_query(
 
 
 def test_basic_callers_get_no_token(client: Client, alice: Any) -> None:
-    import base64
-
-    credentials = base64.b64encode(b"alice:pw").decode()
-    response = client.get(ACTIVE, HTTP_AUTHORIZATION=f"Basic {credentials}")
+    response = client.get(ACTIVE, **basic(alice))
 
     assert response.status_code == 200 and TOKEN not in response.cookies
 

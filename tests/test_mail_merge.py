@@ -8,6 +8,7 @@ import smtplib
 from pathlib import Path
 from typing import Any, ClassVar
 
+import django
 import pytest
 from django.contrib.auth import get_user_model
 from django.core import mail
@@ -26,6 +27,15 @@ from tests.workers import wait_for
 def media(settings, tmp_path: Path) -> Path:
     settings.MEDIA_ROOT = tmp_path / "media"
     return settings.MEDIA_ROOT
+
+
+def send_through(settings: Any, backend: str) -> None:
+    """Send this test's mail through ``backend``: the default mailer of MAILERS on Django
+    6.1 (where EMAIL_BACKEND is deprecated), EMAIL_BACKEND before."""
+    if django.VERSION >= (6, 1):
+        settings.MAILERS = {"default": {"BACKEND": backend}}
+    else:
+        settings.EMAIL_BACKEND = backend
 
 
 def people(count: int) -> list[dict[str, Any]]:
@@ -77,7 +87,7 @@ class RecordingBackend(LocmemBackend):
 
 
 def test_each_batch_goes_through_one_connection(settings) -> None:
-    settings.EMAIL_BACKEND = "tests.test_mail_merge.RecordingBackend"
+    send_through(settings, "tests.test_mail_merge.RecordingBackend")
     RecordingBackend.per_connection = []
 
     MailMerge(LocalContext()).run({"template": "welcome", "recipients": people(5), "batch_size": 2})
@@ -137,7 +147,7 @@ def test_bad_addresses_are_reported_and_the_others_sent() -> None:
 
 
 def test_an_address_the_mail_server_refuses_is_reported(settings) -> None:
-    settings.EMAIL_BACKEND = "tests.test_mail_merge.RefusingBackend"
+    send_through(settings, "tests.test_mail_merge.RefusingBackend")
     recipients = [{"email": "a@example.com"}, {"email": "b@refused.example"}]
 
     result = MailMerge(LocalContext(task_id=3)).run(

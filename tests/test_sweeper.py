@@ -15,7 +15,7 @@ from io import StringIO
 import psycopg
 import pytest
 from django.core.management import call_command
-from django.db import connection, transaction
+from django.db import connections, transaction
 from django.db import connections as db_connections
 from django.db.models import F
 from django.utils import timezone
@@ -37,7 +37,8 @@ from batchtasks.services.sweeper import sweep
 from batchtasks.services.workers import Identity, register_worker
 from batchtasks.transport.depth import queue_depth
 from tests.conftest import purge_queues, set_limit
-from tests.workers import ROOT, database_url, wait_for
+from tests.taskdb import TASK_DB
+from tests.workers import ROOT, database_url, task_database_env, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -62,7 +63,7 @@ def running_task(lease_ago: float = 5, instance: str = GONE) -> BatchTask:
     """A task a worker "w1@gone" claimed, whose lease ran out ``lease_ago`` s ago."""
     task = BatchTask.submit("examples.sleep", {"seconds": 1})
     fence = transitions.Fence(task.pk, task.attempt, instance)
-    assert transitions.claim(fence, worker="w1@gone", pid=1, lease_seconds=30, using="default")
+    assert transitions.claim(fence, worker="w1@gone", pid=1, lease_seconds=30, using=TASK_DB)
     BatchTask.objects.filter(pk=task.pk).update(
         lease_expires_at=timezone.now() - timedelta(seconds=lease_ago)
     )
@@ -74,7 +75,7 @@ def test_an_expired_lease_is_a_lost_run_that_runs_again_at_once() -> None:
     define_sleep(max_attempts=1)  # a lost run does not count as an attempt
     task = running_task()
 
-    report = sweep(using="default")
+    report = sweep(using=TASK_DB)
 
     assert report is not None and report.requeued == 1
     task.refresh_from_db()
@@ -89,7 +90,7 @@ def test_past_max_lost_runs_an_expired_lease_fails_naming_the_worker() -> None:
     define_sleep(max_lost_runs=0)
     task = running_task()
 
-    sweep(using="default")
+    sweep(using=TASK_DB)
 
     task.refresh_from_db()
     assert task.state == TaskState.FAILED
@@ -101,7 +102,7 @@ def test_an_expired_lease_of_a_cancelled_task_ends_it_cancelled() -> None:
     task = running_task()
     assert task.cancel()
 
-    report = sweep(using="default")
+    report = sweep(using=TASK_DB)
 
     task.refresh_from_db()
     assert report is not None and report.cancelled == 1
@@ -112,7 +113,7 @@ def test_an_expired_lease_of_a_cancelled_task_ends_it_cancelled() -> None:
 def test_a_live_lease_is_left_alone() -> None:
     task = running_task(lease_ago=-30)
 
-    sweep(using="default")
+    sweep(using=TASK_DB)
 
     task.refresh_from_db()
     assert task.state == TaskState.RUNNING
@@ -126,12 +127,12 @@ def test_queued_tasks_are_published_again_by_age_with_backoff(settings) -> None:
     queued = BatchTask.objects.filter(pk__in=ids)
     queued.update(queued_at=timezone.now() - timedelta(seconds=11))
 
-    first = sweep(using="default")
-    second = sweep(using="default")
+    first = sweep(using=TASK_DB)
+    second = sweep(using=TASK_DB)
     queued.update(republished_at=F("republished_at") - timedelta(seconds=11))
-    third = sweep(using="default")  # once: 10 s since; after one republish it waits 20 s
+    third = sweep(using=TASK_DB)  # once: 10 s since; after one republish it waits 20 s
     queued.update(republished_at=F("republished_at") - timedelta(seconds=10))
-    fourth = sweep(using="default")
+    fourth = sweep(using=TASK_DB)
 
     counts = [r.republished for r in (first, second, third, fourth) if r is not None]
     assert counts == [3, 0, 0, 3]
@@ -143,7 +144,7 @@ def test_a_recent_queued_task_is_not_published_again(settings) -> None:
     settings.BATCHTASKS = {**settings.BATCHTASKS, "REPUBLISH_AFTER": 30}
     BatchTask.submit_many("examples.noop", [{}] * 3)
 
-    report = sweep(using="default")
+    report = sweep(using=TASK_DB)
 
     assert report is not None and report.republished == 0
     assert depth("batch.examples.noop") == 3
@@ -198,7 +199,7 @@ def test_one_purge_deletes_more_expired_tasks_than_a_chunk_with_their_records(
     monkeypatch.setattr(sweeper, "PURGE_CHUNK", 2)
     ids = expired_tasks(5)
 
-    purged = sweeper.purge(using="default")
+    purged = sweeper.purge(using=TASK_DB)
 
     assert purged == 5
     assert left_of(ids) == (0, 0, 0)
@@ -209,11 +210,11 @@ def test_a_purge_stops_when_its_time_budget_is_spent(settings, monkeypatch) -> N
     monkeypatch.setattr(sweeper, "PURGE_CHUNK", 2)
     ids = expired_tasks(5)
 
-    first = sweeper.purge(using="default")
+    first = sweeper.purge(using=TASK_DB)
 
     assert first == 2  # one chunk, then the budget is spent
     assert left_of(ids) == (3, 3, 3)
-    assert sweeper.purge(using="default", budget=60) == 3  # the next sweep goes on
+    assert sweeper.purge(using=TASK_DB, budget=60) == 3  # the next sweep goes on
 
 
 def test_the_purge_command_goes_on_until_nothing_expired_is_left(settings, monkeypatch) -> None:
@@ -238,7 +239,7 @@ def test_a_purge_keeps_recent_tasks_and_those_whose_finalizers_are_pending(
     BatchTask.objects.filter(pk__in=recent).update(finished_at=timezone.now())
     waiting = BatchTask.submit("examples.noop", {})
 
-    purged = sweeper.purge(using="default")
+    purged = sweeper.purge(using=TASK_DB)
 
     assert purged == 3
     assert left_of(doomed) == (0, 0, 0)
@@ -251,18 +252,18 @@ def test_a_purge_skips_a_task_another_transaction_holds_instead_of_waiting() -> 
 
     def hold() -> None:
         try:
-            with transaction.atomic():
+            with transaction.atomic(using=TASK_DB):
                 BatchTask.objects.select_for_update().get(pk=held)
                 locked.set()
                 release.wait(10)
         finally:
-            connection.close()
+            connections.close_all()
 
     holder = threading.Thread(target=hold)
     holder.start()
     try:
         assert locked.wait(10)
-        purged = sweeper.purge(using="default", budget=5)
+        purged = sweeper.purge(using=TASK_DB, budget=5)
     finally:
         release.set()
         holder.join()
@@ -278,8 +279,8 @@ def boot(name: str, instance: str, pid: int = 1, space: str = "") -> Identity:
 
 
 def test_silent_workers_are_marked_offline() -> None:
-    register_worker(boot("quiet@host", "1" * 32), queues=[QUEUE], concurrency=2, using="default")
-    register_worker(boot("chatty@host", "2" * 32), queues=[QUEUE], concurrency=2, using="default")
+    register_worker(boot("quiet@host", "1" * 32), queues=[QUEUE], concurrency=2, using=TASK_DB)
+    register_worker(boot("chatty@host", "2" * 32), queues=[QUEUE], concurrency=2, using=TASK_DB)
     BatchWorker.objects.filter(name="quiet@host").update(
         last_seen_at=timezone.now() - timedelta(minutes=5)
     )
@@ -298,10 +299,10 @@ def test_a_dead_worker_boot_on_this_machine_gives_back_its_attempts_at_once() ->
     here = process_space()
     assert here, "the tests run on Linux"
     register_worker(boot("w1@gone", GONE, pid=2**22 + 7, space=here), queues=[QUEUE],
-                    concurrency=1, using="default")  # fmt: skip
+                    concurrency=1, using=TASK_DB)  # fmt: skip
     task = running_task(lease_ago=-600)  # its lease is far from running out
 
-    report = sweep(using="default")
+    report = sweep(using=TASK_DB)
 
     task.refresh_from_db()
     assert report is not None and report.reaped == 1
@@ -313,11 +314,11 @@ def test_a_live_worker_boot_keeps_its_attempts() -> None:
     from batchtasks.services.workers import process_space
 
     alive = boot("w1@here", GONE, pid=os.getpid(), space=process_space())
-    register_worker(alive, queues=[QUEUE], concurrency=1, using="default")
+    register_worker(alive, queues=[QUEUE], concurrency=1, using=TASK_DB)
     BatchWorker.objects.filter(instance=GONE).update(process_started=None)
     task = running_task(lease_ago=-600)
 
-    report = sweep(using="default")
+    report = sweep(using=TASK_DB)
 
     task.refresh_from_db()
     assert report is not None and report.reaped == 0
@@ -360,7 +361,7 @@ def in_a_thread(action: Callable[[], object]) -> object:
 
 def sweep_lock_holders() -> int:
     """Sessions of this database that hold the sweep's advisory lock now."""
-    with connection.cursor() as cursor:
+    with connections[TASK_DB].cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
             "AND (classid::bigint << 32) + objid::bigint = %s "
@@ -373,22 +374,22 @@ def sweep_lock_holders() -> int:
 def test_a_sweep_begun_while_another_sweeps_sweeps_nothing(monkeypatch) -> None:
     # Behind a PgBouncer in transaction mode a session lock went to whichever server
     # connection ran its statement, and the second sweeper, handed the same one, got it too.
-    seen = sweep_meanwhile(monkeypatch, lambda: in_a_thread(lambda: sweep(using="default")))
+    seen = sweep_meanwhile(monkeypatch, lambda: in_a_thread(lambda: sweep(using=TASK_DB)))
 
-    assert sweep(using="default") is not None
+    assert sweep(using=TASK_DB) is not None
     assert seen == [None], "a second sweeper swept"
-    assert in_a_thread(lambda: sweep(using="default")) is not None  # free again after it
+    assert in_a_thread(lambda: sweep(using=TASK_DB)) is not None  # free again after it
 
 
 def test_a_finished_sweep_leaves_no_lock_behind(monkeypatch) -> None:
     # Another client's transaction, begun during the sweep, takes the server connection
     # that the sweep's statements just gave back (a pooler reuses the last one first); a
     # session lock taken there was then never released: its unlock ran on another one.
-    other = psycopg.connect(database_url())
+    other = psycopg.connect(database_url(TASK_DB))
     try:
         seen = sweep_meanwhile(monkeypatch, lambda: other.execute("SELECT 1").fetchone())
 
-        assert sweep(using="default") is not None
+        assert sweep(using=TASK_DB) is not None
         other.commit()
 
         assert seen == [(1,)]
@@ -401,22 +402,27 @@ def test_a_sweeper_killed_while_sweeping_leaves_the_lock_at_once(tmp_path) -> No
     script = (
         "import django, sys, time; django.setup()\n"
         "from batchtasks.services.sweeper import cluster_lock\n"
-        "with cluster_lock('default') as locked:\n"
+        f"with cluster_lock({TASK_DB!r}) as locked:\n"
         "    print('locked' if locked else 'busy', flush=True)\n"
         "    time.sleep(120)\n"
     )
-    env = {**os.environ, "DATABASE_URL": database_url(), "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        **task_database_env(),
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+    }
     holder = subprocess.Popen(
         [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, cwd=ROOT
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
-        assert sweep(using="default") is None
+        assert sweep(using=TASK_DB) is None
     finally:
         holder.kill()
         holder.wait()
 
-    assert wait_for(lambda: sweep(using="default"), timeout=30) is not None
+    assert wait_for(lambda: sweep(using=TASK_DB), timeout=30) is not None
 
 
 def test_a_sweeper_frozen_while_sweeping_leaves_the_lock_after_a_lease(tmp_path) -> None:
@@ -426,7 +432,7 @@ def test_a_sweeper_frozen_while_sweeping_leaves_the_lock_after_a_lease(tmp_path)
     script = (
         "import django, time; django.setup()\n"
         "from batchtasks.services.sweeper import cluster_lock\n"
-        "with cluster_lock('default') as locked:\n"
+        f"with cluster_lock({TASK_DB!r}) as locked:\n"
         "    print('locked' if locked else 'busy', flush=True)\n"
         "    time.sleep(1)\n"
         "print('done', flush=True)\n"
@@ -434,6 +440,7 @@ def test_a_sweeper_frozen_while_sweeping_leaves_the_lock_after_a_lease(tmp_path)
     env = {
         **os.environ,
         "DATABASE_URL": database_url(),
+        **task_database_env(),
         "DJANGO_SETTINGS_MODULE": "tests.settings",
         "BATCHTASKS_LEASE_SECONDS": "2",
     }
@@ -443,9 +450,9 @@ def test_a_sweeper_frozen_while_sweeping_leaves_the_lock_after_a_lease(tmp_path)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
         holder.send_signal(signal.SIGSTOP)
-        assert sweep(using="default") is None
+        assert sweep(using=TASK_DB) is None
 
-        assert wait_for(lambda: sweep(using="default"), timeout=30) is not None
+        assert wait_for(lambda: sweep(using=TASK_DB), timeout=30) is not None
     finally:
         holder.send_signal(signal.SIGCONT)
     # Resumed, it finds its lock gone and ends its sweep quietly.
@@ -456,7 +463,7 @@ def test_a_sweeper_frozen_while_sweeping_leaves_the_lock_after_a_lease(tmp_path)
 def test_retry_runs_a_failed_task_again_as_its_next_attempt() -> None:
     task = running_task()
     failed = transitions.Outcome(AttemptOutcome.FAILED, error_type="X")
-    transitions.end_attempt(transitions.Fence(task.pk, 1, GONE), failed, using="default")
+    transitions.end_attempt(transitions.Fence(task.pk, 1, GONE), failed, using=TASK_DB)
 
     assert task.retry()
 
@@ -477,7 +484,7 @@ def test_concurrent_submits_with_one_unique_key_create_one_task() -> None:
         try:
             ids.append(BatchTask.submit("examples.noop", unique_key="nightly").pk)
         finally:
-            connection.close()
+            connections.close_all()
             close_state_connections()
 
     threads = [threading.Thread(target=submit) for _ in range(8)]
@@ -516,7 +523,7 @@ def test_a_heartbeat_ends_attempts_no_pool_process_holds() -> None:
     me = boot("w@x", "e" * 32)
     for task in (overran, vanished):
         fence = transitions.Fence(task.pk, 1, me.instance)
-        assert transitions.claim(fence, worker="w@x", pid=1, lease_seconds=30, using="default")
+        assert transitions.claim(fence, worker="w@x", pid=1, lease_seconds=30, using=TASK_DB)
     BatchTask.objects.filter(pk=overran.pk).update(
         started_at=timezone.now() - timedelta(seconds=61)
     )
@@ -524,10 +531,10 @@ def test_a_heartbeat_ends_attempts_no_pool_process_holds() -> None:
     # This process holds no Celery requests: whatever the database says w@x runs is lost,
     # at the second beat that misses it (a held finish is missed by one beat at most).
     heart = Heartbeat(me, Stopper(lambda fence: False))
-    assert heart.beat("default") == set()
+    assert heart.beat(TASK_DB) == set()
     assert BatchTask.objects.filter(pk__in=[overran.pk, vanished.pk], state="running").count() == 2
 
-    freed = heart.beat("default")
+    freed = heart.beat(TASK_DB)
 
     assert freed == {QUEUE}
     overran.refresh_from_db()
@@ -548,7 +555,7 @@ def test_a_heartbeat_that_cannot_see_its_requests_loses_nothing(monkeypatch) -> 
     me = boot("w@x", "f" * 32)
     task = BatchTask.submit("examples.sleep", {})
     fence = transitions.Fence(task.pk, 1, me.instance)
-    transitions.claim(fence, worker="w@x", pid=1, lease_seconds=1, using="default")
+    transitions.claim(fence, worker="w@x", pid=1, lease_seconds=1, using=TASK_DB)
     task.refresh_from_db()
     before = task.lease_expires_at
 
@@ -557,7 +564,7 @@ def test_a_heartbeat_that_cannot_see_its_requests_loses_nothing(monkeypatch) -> 
             raise RuntimeError("Set changed size during iteration")
 
     monkeypatch.setattr(heartbeat.celery_state, "active_requests", Unreadable())
-    heartbeat.Heartbeat(me, Stopper(lambda fence: False)).beat("default")
+    heartbeat.Heartbeat(me, Stopper(lambda fence: False)).beat(TASK_DB)
 
     task.refresh_from_db()
     assert task.state == TaskState.RUNNING

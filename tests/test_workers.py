@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import connection, transaction
+from django.db import connections, transaction
 from django_celery_results.models import TaskResult
 
 from batchtasks import BatchTask, Priority, TaskState
 from batchtasks.models import BatchTaskAttempt
 from batchtasks.transport.publish import Run, publish
 from tests.conftest import runs_of, set_limit
+from tests.taskdb import TASK_DB
 from tests.workers import wait_for
 
 pytestmark = pytest.mark.worker
@@ -237,7 +238,7 @@ def test_workers_survive_lost_database_connections(start_worker) -> None:
     set_limit("examples.sleep", 1)  # through the dispatcher, not only direct admission
     start_worker(queues=["batch.examples.sleep"])
     (first,) = wait_final(BatchTask.submit("examples.sleep", {"seconds": 0.1}))
-    with connection.cursor() as cursor:  # as a PostgreSQL restart would
+    with connections[TASK_DB].cursor() as cursor:  # as a PostgreSQL restart would
         cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,13 +29,20 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
         time.sleep(interval)
 
 
-def database_url() -> str:
-    """A URL of the database the tests use (the test database, once created)."""
-    s = connection.settings_dict
+def database_url(alias: str = DEFAULT_DB_ALIAS) -> str:
+    """A URL of a database the tests use (the test database, once created)."""
+    s = connections[alias].settings_dict
     user = s.get("USER") or ""
     password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
     auth = f"{user}{password}@" if user else ""
     return f"postgres://{auth}{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+def task_database_env() -> dict[str, str]:
+    """The task database of its own, on its leg (.ci/taskdb): the run's test one."""
+    if "tasks" not in connections.settings:
+        return {}
+    return {"TASKS_DATABASE_URL": database_url("tasks")}
 
 
 class Worker:
@@ -90,6 +97,7 @@ class Worker:
             **os.environ,
             "DJANGO_SETTINGS_MODULE": self.settings_module,
             "DATABASE_URL": database_url(),
+            **task_database_env(),
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }

@@ -80,6 +80,10 @@ class BatchTasksSettings:
     #: Children a pool process's template forks for ``isolation="process"`` attempts before
     #: it is replaced by a fresh one (0: no template, a fresh interpreter per attempt).
     ISOLATION_TEMPLATE_FORKS: int = 1000
+    #: The database alias of the task tables, apart from the application's (README, A task
+    #: database of its own); needs ``batchtasks.db.router.TaskDatabaseRouter`` in
+    #: ``DATABASE_ROUTERS``. ``None``: wherever the routers send them (usually "default").
+    DATABASE: str | None = None
     #: Keep database connections between tasks (Celery's Django fixup closes them).
     KEEP_DB_CONNECTIONS: bool = True
     #: Worker state writes wait for PostgreSQL's WAL flush (see batchtasks.db).
@@ -197,6 +201,11 @@ class BatchTasksSettings:
         ):
             raise ConfigurationError(
                 "BATCHTASKS['WEBHOOK_SECRET'] must be a non-empty string, or None."
+            )
+        if self.DATABASE is not None and (not isinstance(self.DATABASE, str) or not self.DATABASE):
+            raise ConfigurationError(
+                f"BATCHTASKS['DATABASE'] must be a database alias (a key of DATABASES), "
+                f"or None, not {self.DATABASE!r}."
             )
         self._validate_metrics()
         for name in ("TYPES", "QUEUES"):

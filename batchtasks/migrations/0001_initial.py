@@ -57,7 +57,7 @@ class Migration(migrations.Migration):
                 ('queued_at', models.DateTimeField(blank=True, null=True, verbose_name='queued')),
                 ('started_at', models.DateTimeField(blank=True, null=True, verbose_name='started')),
                 ('finished_at', models.DateTimeField(blank=True, null=True, verbose_name='finished')),
-                ('owner', models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='batch_tasks', to=settings.AUTH_USER_MODEL, verbose_name='owner')),
+                ('owner', models.ForeignKey(blank=True, db_constraint=False, db_index=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='batch_tasks', to=settings.AUTH_USER_MODEL, verbose_name='owner')),
             ],
             options={
                 'verbose_name': 'batch task',

@@ -39,7 +39,8 @@ def insert_tasks(tasks: list[BatchTask], encoded: list[Encoded], *, using: str) 
 
 
 def insert_task(task: BatchTask, encoded: Encoded, *, using: str) -> None:
-    """Insert one task and its parameters (one round trip on PostgreSQL); set its pk."""
+    """Insert one task and its parameters (one round trip on PostgreSQL); set its pk
+    unless it has one (taken before, ``services.deferred``)."""
     connection = connections[using]
     if connection.vendor != "postgresql":
         task.save(using=using, force_insert=True)
@@ -48,8 +49,12 @@ def insert_task(task: BatchTask, encoded: Encoded, *, using: str) -> None:
         ).save(using=using, force_insert=True)
         return
     quote = connection.ops.quote_name
-    fields = [f for f in BatchTask._meta.concrete_fields if not f.primary_key]
-    values = _row(task, fields, connection)
+    given = task.pk is not None
+    fields = [f for f in BatchTask._meta.concrete_fields if given or not f.primary_key]
+    values = [
+        task.pk if f.primary_key else v
+        for f, v in zip(fields, _row(task, fields, connection), strict=True)
+    ]
     sql = (
         f"WITH task AS (INSERT INTO {quote(BatchTask._meta.db_table)} "
         f"({', '.join(quote(f.column) for f in fields)}) "
@@ -59,7 +64,10 @@ def insert_task(task: BatchTask, encoded: Encoded, *, using: str) -> None:
     )
     with connection.cursor() as cursor:
         prepared.execute(
-            cursor, "insert", sql, [*values, encoded.data, encoded.codec, encoded.size]
+            cursor,
+            "insert_with_id" if given else "insert",
+            sql,
+            [*values, encoded.data, encoded.codec, encoded.size],
         )
         task.pk = cursor.fetchone()[0]
     task._state.adding = False

@@ -32,16 +32,28 @@ def check_policy(on_parent_failure: Any) -> str:
     return str(on_parent_failure)
 
 
-def parent_ids(depends_on: Iterable[Any] | None, db: str) -> list[int]:
-    """The ids of ``depends_on`` (tasks or ids), in order without repeats, each an
-    existing task of database ``db``; ``InvalidTaskOption`` otherwise."""
-    if depends_on is None:
-        return []
+def _check_shape(depends_on: Iterable[Any]) -> None:
     if isinstance(depends_on, BatchTask | int | str | bytes | dict):
         raise InvalidTaskOption(
             "depends_on takes a list of tasks or task ids, not a single "
             f"{type(depends_on).__name__}; write depends_on=[task]."
         )
+
+
+def later(depends_on: Iterable[Any]) -> list[Any]:
+    """``depends_on`` as a list, its shape checked: the rest is checked when the task is
+    inserted after the application's transaction (its parents may be inserted just
+    before it, ``services.deferred``)."""
+    _check_shape(depends_on)
+    return list(depends_on)
+
+
+def parent_ids(depends_on: Iterable[Any] | None, db: str) -> list[int]:
+    """The ids of ``depends_on`` (tasks or ids), in order without repeats, each an
+    existing task of database ``db``; ``InvalidTaskOption`` otherwise."""
+    if depends_on is None:
+        return []
+    _check_shape(depends_on)
     ids: dict[int, None] = {}
     for item in depends_on:
         if isinstance(item, BatchTask):

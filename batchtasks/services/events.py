@@ -61,7 +61,8 @@ def finished_many(tasks: Iterable[tuple[int, str]], *, using: str) -> None:
 def _load(task_id: int, using: str) -> BatchTask | None:
     return (
         BatchTask.objects.using(using)
-        .select_related("definition", "owner")
+        .select_related("definition")
+        .with_owner()
         .filter(pk=task_id)
         .first()
     )

@@ -94,7 +94,7 @@ def run(task_id: int, *, attempt: int | None = None, using: str) -> str | None:
 def outcome_of(claimed: transitions.FinalizeRun, *, using: str) -> BatchTask | None:
     """The task as it was at the outcome ``claimed`` is for, even if a retry has replaced
     that outcome since (then kept as a ``BatchTaskOutcome``)."""
-    tasks = BatchTask.objects.using(using).select_related("definition", "owner")
+    tasks = BatchTask.objects.using(using).select_related("definition").with_owner()
     task = tasks.filter(pk=claimed.task_id).first()
     if task is None or task.attempt == claimed.attempt:
         return task

@@ -31,6 +31,7 @@ from ..models import (
     BatchWorker,
     WorkerState,
 )
+from ..models.queries import owner_names
 from .schedule_rows import ScheduleLine, schedule_lines
 
 HOUR = timedelta(hours=1)
@@ -349,19 +350,21 @@ def running_tasks(now: datetime, using: str) -> tuple[RunningTask, ...]:
         .order_by("started_at", "id")
         .annotate(linked=Exists(BatchTaskDependency.objects.filter(child_id=OuterRef("pk"))))
         .values_list(
-            "id", "definition__name", "description", "owner__username", "progress_percent",
+            "id", "definition__name", "description", "owner_id", "progress_percent",
             "progress_message", "worker", "started_at", "cancel_requested", "child_count",
             "linked",
         )[:RUNNING_SHOWN]
     )  # fmt: skip
     rows = [row[:-1] for row in shown]
     parents = _parents_of([row[0] for row in shown if row[-1]], using)
+    # Read apart, not joined: the users may be in another database (a task database).
+    names = owner_names({row[3] for row in shown if row[3] is not None})
     return tuple(
         RunningTask(
             id=pk,
             type_name=type_name,
             description=description,
-            owner_name=owner or "",
+            owner_name=names.get(owner, ""),
             progress_percent=percent,
             progress_message=message,
             worker=worker,

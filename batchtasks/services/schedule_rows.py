@@ -75,10 +75,10 @@ def retime(row: BatchTaskSchedule, *, using: str | None = None) -> None:
     row.next_run_at = next_tick(row.timing, database_now(_db(using))) if row.enabled else None
 
 
-def _owner_id(name: str, owner: Any, db: str) -> int | None:
+def _owner_id(name: str, owner: Any) -> int | None:
     if owner is None:
         return None
-    users = get_user_model()._default_manager.db_manager(db)
+    users = get_user_model()._default_manager  # routed: may be another database than db
     key = "pk" if isinstance(owner, int) else get_user_model().USERNAME_FIELD
     pk = users.filter(**{key: owner}).values_list("pk", flat=True).first()
     if pk is None:
@@ -100,7 +100,7 @@ def _declared_values(name: str, options: dict[str, Any], db: str) -> dict[str, A
         "catch_up": values["catch_up"],
         "catch_up_limit": values["catch_up_limit"],
         "overlap": values["overlap"],
-        "owner_id": _owner_id(name, values["owner"], db),
+        "owner_id": _owner_id(name, values["owner"]),
         "priority": values["priority"],
         "description": values["description"],
     }

@@ -20,7 +20,7 @@ from ..core.plugin import BatchTaskPlugin
 from ..core.registry import registry
 from ..core.states import UNFINISHED_STATES, TaskState
 from ..models import BatchTask, BatchTaskDefinition, BatchTaskParameters, TaskGroup
-from . import depends, events, line
+from . import deferred, depends, events, line
 from .batching import per_message
 from .bulk import insert_task, insert_tasks
 from .definitions import get_definition
@@ -284,18 +284,46 @@ def submit(
         keys=Keys.checked(concurrency_key, rate_key),
     )
     policy = depends.check_policy(on_parent_failure)
+    app_db = deferred.waiting_for(options.db)
+    if app_db is not None:
+        return _insert_after_commit(
+            app_db,
+            options,
+            encoded,
+            unique=unique,
+            on_conflict=on_conflict,
+            depends_on=depends_on,
+            policy=policy,
+        )
     parents = depends.parent_ids(depends_on, options.db)
+    return _insert_one(
+        options, encoded, unique=unique, on_conflict=on_conflict, parents=parents, policy=policy
+    )
+
+
+def _insert_one(
+    options: Options,
+    encoded: Encoded,
+    *,
+    unique: str | None,
+    on_conflict: str,
+    parents: list[int],
+    policy: Any,
+    pk: int | None = None,
+) -> BatchTask:
+    """Insert the task (with id ``pk``, if given) and publish it after commit."""
     connection = connections[options.db]
     if (
         unique is None
         and not parents
+        and pk is None
         and connection.vendor == "postgresql"
         and not isinstance(options.run_after, timedelta)
     ):
         # One statement reads the line and inserts, atomic on its own: outside a
         # transaction, no BEGIN and COMMIT round trips either (4 round trips became 1).
         task = _join(options, encoded)
-        events.submitted([task], type_name)
+        events.submitted([task], options.type_name)
         _after_insert([task], task.definition, options.db)
         return task
     request = _prepare(options)
@@ -303,6 +331,7 @@ def submit(
     # the last of them is final.
     queued = not parents and request.admissible() > 0
     task = request.new_task(request.first_round, unique, queued=queued)
+    task.pk = pk
     if parents:
         depends.blocked(task, parents, policy)
     # No savepoint of our own inside the caller's transaction: a failed insert fails it.
@@ -315,10 +344,47 @@ def submit(
                 return existing
             _parameters(task, encoded).save(using=request.db, force_insert=True)
         settled = depends.attach([task.pk], parents, request.db) if parents else None
-    events.submitted([task], type_name)
+    events.submitted([task], options.type_name)
     _after_insert([task], request.definition, request.db)
     if settled is not None:
         _settled_at_submit([task], settled, request.db)
+    return task
+
+
+def _insert_after_commit(
+    app_db: str,
+    options: Options,
+    encoded: Encoded,
+    *,
+    unique: str | None,
+    on_conflict: str,
+    depends_on: Iterable[Any] | None,
+    policy: Any,
+) -> BatchTask:
+    """Inside a transaction of the application's database (a task database of its own):
+    the task, not yet saved but with its id taken, inserted once that transaction
+    commits, and then the same object as saved (``services.deferred``)."""
+    request = _prepare(options)
+    task = request.new_task(request.first_round, unique)
+    task.pk = deferred.take_ids(1, options.db)[0]
+    if depends_on is not None:
+        depends_on = depends.later(depends_on)
+        task.state = TaskState.BLOCKED if depends_on else task.state
+
+    def insert() -> None:
+        parents = depends.parent_ids(depends_on, options.db)
+        saved = _insert_one(
+            options,
+            encoded,
+            unique=unique,
+            on_conflict=on_conflict,
+            parents=parents,
+            policy=policy,
+            pk=task.pk,
+        )
+        task.__dict__.update(saved.__dict__)
+
+    deferred.after_commit(app_db, options.db, insert, f"type={options.type_name} task={task.pk}")
     return task
 
 
@@ -428,23 +494,41 @@ def submit_many(
         _checked(type_name, p, index=i, plugin=plugin, limit=limit)
         for i, p in enumerate(params_list)
     ]
-    request = _prepare(
-        _check(
-            type_name,
-            owner=owner,
-            priority=priority,
-            description=description,
-            run_after=run_after,
-            fairness_key=fairness_key,
-            using=using,
-            keys=Keys.checked(concurrency_key, rate_key),
-        )
+    options = _check(
+        type_name,
+        owner=owner,
+        priority=priority,
+        description=description,
+        run_after=run_after,
+        fairness_key=fairness_key,
+        using=using,
+        keys=Keys.checked(concurrency_key, rate_key),
     )
     policy = depends.check_policy(on_parent_failure)
-    parents = depends.parent_ids(depends_on, request.db)
-    group_id = uuid.uuid4()
+    group = TaskGroup((), uuid.uuid4(), using=options.db)
+    app_db = deferred.waiting_for(options.db)
+    if app_db is None:
+        parents = depends.parent_ids(depends_on, options.db)
+        group[:] = _insert_many(_prepare(options), encoded, parents, policy, group.id)
+        return group
+    # Inside the application's transaction (a task database of its own): inserted once it
+    # commits, and then the group holds its tasks; its id is known at once.
+    _prepare(options)  # the type may take tasks
+    later = None if depends_on is None else depends.later(depends_on)
+
+    def insert() -> None:
+        parents = depends.parent_ids(later, options.db)
+        group[:] = _insert_many(_prepare(options), encoded, parents, policy, group.id)
+
+    deferred.after_commit(app_db, options.db, insert, f"type={type_name} group={group.id}")
+    return group
+
+
+def _insert_many(
+    request: Request, encoded: list[Encoded], parents: list[int], policy: Any, group_id: Any
+) -> list[BatchTask]:
     if not encoded:
-        return TaskGroup((), group_id, using=request.db)
+        return []
     with transaction.atomic(using=request.db, savepoint=False):
         first = request.first_round
         at_once = 0 if parents else min(len(encoded), request.admissible())
@@ -457,8 +541,8 @@ def submit_many(
         tasks += [_copy_with_round(waiting, first + i) for i in range(at_once, len(encoded))]
         insert_tasks(tasks, encoded, using=request.db)
         settled = depends.attach([t.pk for t in tasks], parents, request.db) if parents else None
-    events.submitted(tasks, type_name)
+    events.submitted(tasks, request.definition.name)
     _after_insert(tasks, request.definition, request.db)
     if settled is not None:
         _settled_at_submit(tasks, settled, request.db)
-    return TaskGroup(tasks, group_id, using=request.db)
+    return tasks

@@ -125,7 +125,7 @@ def active(request: HttpRequest) -> HttpResponse:
     if "If-None-Match" in request.headers and indicator.CHANGED not in request.META:
         watcher = indicator.Watcher.of(request.user)
         tag = indicator.etag(watcher, indicator.digest(watcher.user_id, recent), recent)
-        if indicator.matches(request, tag):
+        if indicator.matches(request.headers["If-None-Match"], tag):
             response = indicator.not_modified(tag)
             indicator.issue_token(request, response)
             return response

@@ -8,7 +8,6 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.contrib.auth import get_user_model
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, QueryDict
 from django.utils.translation import gettext as _
@@ -167,8 +166,7 @@ def select(query: ListQuery, viewer: Viewer) -> QuerySet[BatchTask]:
             _("owner= and all= need the permission batchtasks.view_all_batchtasks."),
         )
     if query.owner is not None:
-        username = f"owner__{get_user_model().USERNAME_FIELD}"
-        tasks = viewer.rows().filter(**{username: query.owner})
+        tasks: QuerySet[BatchTask] = viewer.rows().owned_by_username(query.owner)
     else:
         tasks = viewer.rows() if query.all else viewer.own_tasks()
     if query.states:

@@ -195,6 +195,12 @@ def admit(request: HttpRequest, *, bearer: bool = True) -> None:
         check_json_body(request)
 
 
+def mark_private(response: HttpResponse) -> None:
+    """Say that ``response`` depends on who asks and must be revalidated before reuse."""
+    patch_vary_headers(response, ("Cookie", "Authorization"))
+    patch_cache_control(response, private=True, no_cache=True)
+
+
 def api_view(
     *methods: str,
     public: bool = False,
@@ -229,8 +235,7 @@ def api_view(
             except Problem as problem:
                 response = problem.response()
             if not public:
-                patch_vary_headers(response, ("Cookie", "Authorization"))
-                patch_cache_control(response, private=True, no_cache=True)
+                mark_private(response)
             return response
 
         return csrf_exempt(wrapper)

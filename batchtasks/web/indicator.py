@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -117,9 +117,9 @@ def etag(watcher: Watcher, rows: str, recent: int) -> str:
     return f'W/"{hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:32]}"'
 
 
-def matches(request: HttpRequest, tag: str) -> bool:
-    """Whether the request's ``If-None-Match`` names ``tag`` (weak comparison) or ``*``."""
-    wanted = {t.removeprefix("W/") for t in parse_etags(request.headers.get("If-None-Match", ""))}
+def matches(if_none_match: str, tag: str) -> bool:
+    """Whether an ``If-None-Match`` value names ``tag`` (weak comparison) or ``*``."""
+    wanted = {t.removeprefix("W/") for t in parse_etags(if_none_match)}
     return tag.removeprefix("W/") in wanted or "*" in wanted
 
 
@@ -180,17 +180,17 @@ def _binding(session_key: str, auth_hash: str) -> str:
     return salted_hmac(TOKEN_SALT, f"{session_key}:{auth_hash}", algorithm="sha256").hexdigest()
 
 
-def _by_session(request: HttpRequest) -> str | None:
+def _by_session(meta: Mapping[str, Any], cookies: Mapping[str, str]) -> str | None:
     """The session key of a caller signed in by session, not by an Authorization header."""
-    if "HTTP_AUTHORIZATION" in request.META:
+    if "HTTP_AUTHORIZATION" in meta:
         return None
-    return request.COOKIES.get(settings.SESSION_COOKIE_NAME) or None
+    return cookies.get(settings.SESSION_COOKIE_NAME) or None
 
 
 def issue_token(request: HttpRequest, response: HttpResponse) -> None:
     """Set the poll token of the session's caller on ``response`` (when tokens are on)."""
     seconds = _token_seconds()
-    session_key = _by_session(request) and request.session.session_key
+    session_key = _by_session(request.META, request.COOKIES) and request.session.session_key
     if not seconds or not session_key:
         return
     user = request.user
@@ -265,10 +265,16 @@ def binding_of(session_key: str, user: Any) -> str:
     return _binding(session_key, user.get_session_auth_hash())
 
 
-def answer_by_token(request: HttpRequest) -> HttpResponse | None:
-    """A 304 decided by the poll token in one query, or ``None``: ask the session."""
-    raw, session_key = request.COOKIES.get(TOKEN_COOKIE), _by_session(request)
-    if not raw or not session_key or "HTTP_IF_NONE_MATCH" not in request.META:
+def token_etag(meta: Mapping[str, Any], cookies: Mapping[str, str]) -> tuple[str, bool] | None:
+    """The answer's ETag decided by the poll token in one query, and whether the request's
+    ``If-None-Match`` names it; ``None``: ask the session (no, a bad or an expired token,
+    no session cookie, an Authorization header, no ``If-None-Match``, signed out since).
+
+    ``meta`` and ``cookies`` are a request's ``META`` and ``COOKIES``, or a WSGI environ
+    and its parsed cookies (batchtasks.web.fastpoll).
+    """
+    raw, session_key = cookies.get(TOKEN_COOKIE), _by_session(meta, cookies)
+    if not raw or not session_key or "HTTP_IF_NONE_MATCH" not in meta:
         return None
     seconds = _token_seconds()
     value = _token_user(raw, seconds) if seconds else None
@@ -280,7 +286,18 @@ def answer_by_token(request: HttpRequest) -> HttpResponse | None:
     if seen.watcher is None:
         return None
     tag = etag(seen.watcher, seen.digest, recent)
-    if matches(request, tag):
+    return tag, matches(meta["HTTP_IF_NONE_MATCH"], tag)
+
+
+def answer_by_token(request: HttpRequest) -> HttpResponse | None:
+    """A 304 decided by the poll token in one query, or ``None``: ask the session."""
+    if CHANGED in request.META:  # the fast path's query saw it changed (fastpoll)
+        return None
+    decided = token_etag(request.META, request.COOKIES)
+    if decided is None:
+        return None
+    tag, unchanged = decided
+    if unchanged:
         return not_modified(tag)
     request.META[CHANGED] = True  # the view need not ask again
     return None

@@ -8,12 +8,13 @@ from functools import cached_property
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 
 from ..core.states import STATE_CODES, UNFINISHED_STATES, WRITES, TaskState
 from ..models import BatchTask, BatchTaskDependency
+from ..models.queries import BatchTaskQuerySet, owners_share_database
 
 VIEW_ALL = "batchtasks.view_all_batchtasks"
 CANCEL_ANY = "batchtasks.cancel_batchtask"
@@ -70,12 +71,18 @@ class Viewer:
     def retry_any(self) -> bool:
         return bool(self.user.has_perm(RETRY_ANY))
 
-    def rows(self) -> QuerySet[BatchTask]:
+    def rows(self) -> BatchTaskQuerySet:
         """All tasks, with only the columns (and joins) the JSON needs: one query a page."""
-        columns = [*TASK_COLUMNS, f"owner__{get_user_model().USERNAME_FIELD}"]
-        if self.staff:
-            columns.append("error_traceback")
-        return BatchTask.objects.select_related("definition", "owner").only(*columns)
+        extra = ["error_traceback"] if self.staff else []
+        users = get_user_model()
+        rows = BatchTask.objects.select_related("definition")
+        if owners_share_database(rows.db):
+            username = f"owner__{users.USERNAME_FIELD}"
+            return rows.select_related("owner").only(*TASK_COLUMNS, username, *extra)
+        # A task database of its own: the owners' names from theirs, one query a page.
+        names = users._default_manager.only("pk", users.USERNAME_FIELD)
+        owners = Prefetch("owner", queryset=names)
+        return rows.only(*TASK_COLUMNS, "owner_id", *extra).prefetch_related(owners)
 
     def tasks(self) -> QuerySet[BatchTask]:
         """The tasks this caller may see at all."""

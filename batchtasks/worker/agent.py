@@ -22,7 +22,7 @@ import threading
 import time
 
 import psutil
-from django.db import close_old_connections, connection, connections, router
+from django.db import close_old_connections, connections, router
 
 from ..core.conf import get_settings
 from ..core.states import TaskState
@@ -114,7 +114,7 @@ class WorkerAgent:
                 workers.worker_stopped(self.identity.instance, using=self.db)
             except Exception:
                 logger.warning("batchtasks could not mark worker=%s stopped", self.identity.name)
-            connection.close()
+            connections.close_all()  # this thread's, to each database (tasks, app)
             close_state_connections()
 
     def _startup(self) -> None:
@@ -345,7 +345,7 @@ class WorkerAgent:
                     logger.exception("batchtasks finalizers failed worker=%s", self.identity.name)
                     connections[self.db].close()  # a fresh connection next time
         finally:
-            connection.close()
+            connections.close_all()  # this thread's, to each database (tasks, app)
             close_state_connections()
 
     def _usage(self) -> tuple[float | None, int | None]:

@@ -88,7 +88,8 @@ class RunnerContext:
         return progress.cancel
 
     def load_task(self) -> BatchTask:
-        return BatchTask.objects.select_related("owner", "definition").get(pk=self.fence.task_id)
+        tasks = BatchTask.objects.select_related("definition").with_owner()
+        return tasks.get(pk=self.fence.task_id)
 
     def take_pending(self) -> tuple[int, str] | None:
         return None if self.progress is None else self.progress.take_pending()

@@ -77,8 +77,9 @@ def live_url(live_server: Any) -> str:
 def page(
     browser: Any, live_url: str, request: pytest.FixtureRequest, transactional_db: None
 ) -> Iterator[Any]:
-    """A fresh context and page; ``page.dialogs`` and ``page.console_errors`` record what
-    the page showed (dialogs are dismissed); a failed test leaves a screenshot.
+    """A fresh context and page; ``page.dialogs``, ``page.console_errors`` and
+    ``page.not_found`` (the URLs answered 404) record what the page showed and asked for
+    (dialogs are dismissed); a failed test leaves a screenshot.
 
     It asks for the database itself so that it is closed before the database is emptied:
     a page still polling (the monitor, the indicator) would otherwise have the live
@@ -89,10 +90,9 @@ def page(
     context = browser.new_context(base_url=live_url, **({"locale": locale} if locale else {}))
     context.set_default_timeout(15_000)
     new_page = context.new_page()
-    # The browser asks for /favicon.ico on its own: answered, a console error means our page.
-    new_page.route("**/favicon.ico", lambda route: route.fulfill(status=204))
     new_page.dialogs = []
     new_page.console_errors = []
+    new_page.not_found = []
 
     def on_dialog(dialog: Any) -> None:
         new_page.dialogs.append(f"{dialog.type}: {dialog.message}")
@@ -105,6 +105,10 @@ def page(
     new_page.on("dialog", on_dialog)
     new_page.on("console", on_console)
     new_page.on("pageerror", lambda error: new_page.console_errors.append(str(error)))
+    new_page.on(
+        "response",
+        lambda response: response.status == 404 and new_page.not_found.append(response.url),
+    )
     yield new_page
     report = getattr(request.node, "report_call", None)
     if report is not None and report.failed:

@@ -18,6 +18,8 @@ from batchtasks import BatchTask
 
 INDICATOR = "#batchtasks-indicator"
 LABEL = f"{INDICATOR} .batchtasks-indicator__label"
+TOOLTIP = "#batchtasks-indicator-popup"
+STATUS = "#batchtasks-indicator-status"
 HOSTILE = "<img src=x onerror=alert(1)>"
 
 # Registered before the page's own scripts run, so no event is missed.
@@ -162,6 +164,59 @@ def test_markup_in_a_description_progress_and_an_error_shows_as_text_and_runs_no
     expect(home.locator(f"{INDICATOR} img")).to_have_count(0)
     assert home.dialogs == []
     BatchTask.objects.get(pk=running["id"]).cancel()  # the worker then stops at once
+
+
+def test_the_tooltip_shows_on_keyboard_focus_describes_the_button_and_escape_hides_it(
+    home: Page,
+) -> None:
+    submit(home, "examples.progress", params={"steps": 1}, description="Nightly", run_after=3600)
+    expect(home.locator(LABEL)).to_have_text("Nightly")
+    button = home.locator(f"{INDICATOR} button")
+    tooltip = home.locator(TOOLTIP)
+    expect(tooltip).to_be_hidden()
+
+    home.keyboard.press("Tab")  # the indicator is the first thing in the page to focus
+    expect(button).to_be_focused()
+    expect(tooltip).to_be_visible()
+    expect(tooltip).to_have_attribute("role", "tooltip")
+    expect(button).to_have_accessible_name("Your background tasks: Nightly")
+    expect(button).to_have_accessible_description(re.compile(r"^Nightly\s+New\s+0 %"))
+
+    home.keyboard.press("Escape")
+    expect(tooltip).to_be_hidden()
+    expect(button).to_be_focused()
+    # Back with the focus: shown again.
+    home.keyboard.press("Tab")
+    expect(button).not_to_be_focused()
+    home.keyboard.press("Shift+Tab")
+    expect(button).to_be_focused()
+    expect(tooltip).to_be_visible()
+
+    # Shown by the pointer (the focus elsewhere): Escape hides it too.
+    home.locator("main h2").click()
+    button.hover()
+    expect(tooltip).to_be_visible()
+    home.keyboard.press("Escape")
+    expect(tooltip).to_be_hidden()
+
+
+def test_a_task_that_appears_and_its_end_are_announced_politely(home: Page) -> None:
+    status = home.locator(STATUS)
+    expect(status).to_have_attribute("aria-live", "polite")
+    expect(status).to_have_attribute("role", "status")
+    # There, and rendered, while the indicator itself is hidden: a live region must be
+    # present before the text it is to announce.
+    expect(home.locator(INDICATOR)).to_be_hidden()
+    assert status.evaluate("element => element.checkVisibility()")
+    expect(status).to_have_text("")
+
+    task = submit(
+        home, "examples.progress", params={"steps": 1}, description="Nightly", run_after=3600
+    )
+    expect(status).to_have_text("Nightly: New")
+    BatchTask.objects.get(pk=task["id"]).cancel()
+    expect(status).to_have_text("Nightly: Cancelled")
+    expect(home.locator(LABEL)).to_have_text("Nightly: Cancelled")
 
 
 def test_a_page_whose_session_ended_stops_polling_without_a_word(home: Page) -> None:

@@ -185,7 +185,7 @@ def list_tasks(
     limit: str,
     **options: Any,
 ) -> None:
-    tasks = BatchTask.objects.select_related("definition", "owner").order_by("-id")
+    tasks = BatchTask.objects.select_related("definition").with_owner().order_by("-id")
     if states:
         tasks = tasks.filter(state__in=[parse_state(s) for s in states])
     if type_name is not None:
@@ -426,7 +426,7 @@ def find_user(username: str) -> Any:
 def tasks_by_id(texts: list[str]) -> list[BatchTask]:
     """The tasks with these ids, in the order given; ``CommandError`` if any is not one."""
     ids = list(dict.fromkeys(parse_int("ID", t, low=1, high=MAX_ID) for t in texts))
-    found = BatchTask.objects.select_related("definition", "owner").in_bulk(ids)
+    found = BatchTask.objects.select_related("definition").with_owner().in_bulk(ids)
     missing = [str(i) for i in ids if i not in found]
     if missing:
         raise CommandError(

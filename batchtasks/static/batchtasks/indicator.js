@@ -21,8 +21,13 @@
  *                       (tasks announced by `batchtask:submitted` with an id always count).
  * Every user string is rendered with textContent, every URL checked before setAttribute.
  * Its own words come from the app's JavaScript catalog (the script before this one, at
- * batchtasks:jsi18n), numbers by Intl in the indicator's language (its lang); without the catalog it
- * speaks English.
+ * batchtasks:jsi18n), its numbers from Intl in the indicator's language (its lang);
+ * without the catalog it speaks English.
+ *
+ * For screen readers: a polite live region (#batchtasks-indicator-status) says when one of
+ * the user's tasks appears and when one ends ("Export users as CSV: Succeeded"), not each
+ * step of progress; the button is described by the tooltip, which shows on keyboard focus
+ * as on hover, and Escape hides it until the pointer or the focus leaves the indicator.
  */
 (function () {
   "use strict";
@@ -55,6 +60,7 @@
   const button = root.querySelector(".batchtasks-indicator__button");
   const label = root.querySelector(".batchtasks-indicator__label");
   const list = root.querySelector(".batchtasks-indicator__list");
+  const status = document.getElementById("batchtasks-indicator-status");
 
   const state = {
     etag: null,
@@ -223,9 +229,13 @@
     const first = state.firstPoll;
     const updated = [];
     const finished = [];
+    const appeared = [];
     state.firstPoll = false;
     for (const task of tasks) {
       const text = JSON.stringify(task);
+      if (!first && !state.seen.has(task.id) && !isFinal(task)) {
+        appeared.push(task);
+      }
       if (state.seen.get(task.id) !== text) {
         state.seen.set(task.id, text);
         updated.push(task);
@@ -238,6 +248,7 @@
     state.tasks = tasks;
     root.dataset.polled = "true";
     render();
+    announce(appeared.concat(finished));
     // After render: a listener that looks at the indicator sees what the event says.
     updated.forEach((task) => dispatch("batchtask:update", task));
     finished.forEach((task) => dispatch("batchtask:finished", task));
@@ -334,6 +345,12 @@
     return item;
   }
 
+  function stateLine(task) {
+    // TRANSLATORS: a task in the indicator's button or a screen reader's announcement:
+    // its name and its state.
+    return format(gettext("%(name)s: %(state)s"), { name: nameOf(task), state: task.state_label });
+  }
+
   function labelOf(running, done) {
     if (running.length === 1) {
       return nameOf(running[0]);
@@ -343,11 +360,7 @@
       return format(ngettext("%(count)s task", "%(count)s tasks", running.length), { count });
     }
     if (done.length === 1) {
-      // TRANSLATORS: a finished task in the indicator's button: its name and its state.
-      return format(gettext("%(name)s: %(state)s"), {
-        name: nameOf(done[0]),
-        state: done[0].state_label,
-      });
+      return stateLine(done[0]);
     }
     const count = countFormat.format(done.length);
     return format(
@@ -375,15 +388,41 @@
     root.hidden = false;
   }
 
+  function announce(tasks) {
+    // Only what is new: a live region reads out every change of its text.
+    if (status && tasks.length) {
+      status.textContent = tasks.map(stateLine).join("; ");
+    }
+  }
+
   // --- wiring -------------------------------------------------------------------------
 
-  button.addEventListener("click", () => {
-    const open = root.classList.toggle("is-open");
+  function setOpen(open) {
+    root.classList.toggle("is-open", open);
     button.setAttribute("aria-expanded", open ? "true" : "false");
+  }
+
+  button.addEventListener("click", () => {
+    root.classList.remove("is-dismissed");
+    setOpen(!root.classList.contains("is-open"));
   });
-  root.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && root.classList.contains("is-open")) {
-      button.click();
+  // Escape hides the tooltip however it was shown (hover, focus or click), wherever the
+  // focus is; it shows again once the pointer or the focus has left and come back.
+  document.addEventListener("keydown", (event) => {
+    const shown = root.classList.contains("is-open") || root.matches(":hover, :focus-within");
+    if (event.key === "Escape" && shown && !root.classList.contains("is-dismissed")) {
+      root.classList.add("is-dismissed");
+      setOpen(false);
+    }
+  });
+  root.addEventListener("mouseleave", () => {
+    if (!root.matches(":focus-within")) {
+      root.classList.remove("is-dismissed");
+    }
+  });
+  root.addEventListener("focusout", (event) => {
+    if (!root.contains(event.relatedTarget) && !root.matches(":hover")) {
+      root.classList.remove("is-dismissed");
     }
   });
   document.addEventListener("batchtask:submitted", (event) => {

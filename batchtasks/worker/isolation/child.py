@@ -61,7 +61,7 @@ class ChildContext:
         from batchtasks.models import BatchTask
 
         assert self.task_id is not None
-        return BatchTask.objects.select_related("owner", "definition").get(pk=self.task_id)
+        return BatchTask.objects.select_related("definition").with_owner().get(pk=self.task_id)
 
     def listen(self) -> None:
         """Follow the pool process's stdin lines; its end means the pool process is gone."""

@@ -1,0 +1,99 @@
+"""The chaos stack's containers, as .ci/docker-chaos started them, and the database the
+driver measures with (its own connections, named ``chaos-driver``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from plugins.chaos import SCHEMA
+
+DRIVER = "chaos-driver"
+
+
+class Stack:
+    """Containers by service name (``CHAOS_CONTAINERS``: ``service=id,...``) and the
+    ledger's database (``CHAOS_LEDGER_URL``)."""
+
+    def __init__(self) -> None:
+        pairs = (item.split("=", 1) for item in os.environ["CHAOS_CONTAINERS"].split(","))
+        self.containers = dict(pairs)
+        self.url = os.environ["CHAOS_LEDGER_URL"]
+        self.workers = sorted(s for s in self.containers if s.startswith("chaos-"))
+        self._db: psycopg.Connection[Any] | None = None
+
+    def docker(self, *args: str, service: str) -> None:
+        """``docker ARGS CONTAINER`` for the container of ``service``."""
+        subprocess.run(
+            ["docker", *args, self.containers[service]],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def running(self, service: str) -> bool:
+        """Whether the container of ``service`` runs (paused counts as running)."""
+        out = subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Running}}", self.containers[service]],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return out.stdout.strip() == "true"
+
+    def alive(self, service: str, pid: int) -> bool:
+        """Whether process ``pid`` (as the container sees it) still exists in ``service``."""
+        out = subprocess.run(
+            ["docker", "exec", self.containers[service], "test", "-d", f"/proc/{pid}"],
+            capture_output=True,
+            check=False,
+        )
+        return out.returncode == 0
+
+    def db(self, patience: float = 120.0) -> psycopg.Connection[Any]:
+        """The driver's connection, opened again (for up to ``patience`` seconds) if it
+        broke."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                if self._db is None or self._db.closed or self._db.broken:
+                    self._db = psycopg.connect(
+                        self.url,
+                        autocommit=True,
+                        connect_timeout=3,
+                        application_name=DRIVER,
+                        client_encoding="utf8",
+                    )
+                self._db.execute("SELECT 1")
+                return self._db
+            except psycopg.OperationalError:
+                self._db = None
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of ``sql``, retried on a new connection if the old one broke."""
+        for _ in range(100):
+            try:
+                return self.db().execute(sql, args).fetchall()
+            except psycopg.OperationalError:
+                self._db = None
+        raise RuntimeError(f"the ledger's database did not answer {sql!r}")
+
+    def now(self) -> datetime:
+        """The database's clock."""
+        value: datetime = self.query("SELECT clock_timestamp()")[0][0]
+        return value
+
+    def create_ledger(self) -> None:
+        """The ledger's schema, emptied (in a UTF-8 database, as an application's is)."""
+        encoding = self.query("SHOW server_encoding")[0][0]
+        if encoding != "UTF8":
+            raise RuntimeError(f"The stack's database is encoded {encoding!r}, not 'UTF8'.")
+        self.db().execute(SCHEMA)
+        self.db().execute("TRUNCATE chaos.runs, chaos.finals")

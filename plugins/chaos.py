@@ -1,0 +1,149 @@
+"""The task type of the chaos test (``make chaos``): it sleeps a short while and records
+every run in a ledger that is not the task table, so that lost tasks, double
+completions, a task running beside itself and a broken concurrency limit are measured
+from outside the engine.
+
+The ledger is two tables in the schema ``chaos`` of the database at
+``$CHAOS_LEDGER_URL`` (the reference project registers this module only when that is
+set), written on a connection of its own, in autocommit, with the database's clock:
+
+- ``chaos.runs``: one row when a run starts (task, attempt, container hostname, pid,
+  ``started_at``), ``ended_at`` and ``outcome`` set when its body ends (``done``, or the
+  exception that stopped it; a killed process sets nothing);
+- ``chaos.finals``: one row each time the task's finalizer is called (once per final
+  outcome), with the state it saw.
+
+A ledger write that fails (PostgreSQL restarting, its backend terminated) is retried
+on a new connection for up to ``LEDGER_PATIENCE`` seconds: the ledger must miss no run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from batchtasks import BatchTaskPlugin, batchtask, finalizer
+
+if TYPE_CHECKING:
+    from batchtasks.models import BatchTask
+
+TYPE = "chaos.work"
+#: The limit the ledger is checked against (``CHAOS_MAX_CONCURRENCY``, 4 by default).
+MAX_CONCURRENCY = int(os.environ.get("CHAOS_MAX_CONCURRENCY", "4"))
+#: Seconds a ledger write is retried for before the run fails.
+LEDGER_PATIENCE = 60.0
+
+SCHEMA = """
+CREATE SCHEMA IF NOT EXISTS chaos;
+CREATE TABLE IF NOT EXISTS chaos.runs (
+    id bigserial PRIMARY KEY,
+    token uuid NOT NULL UNIQUE,
+    task_id bigint NOT NULL,
+    attempt int NOT NULL,
+    host text NOT NULL,
+    pid int NOT NULL,
+    started_at timestamptz NOT NULL,
+    ended_at timestamptz,
+    outcome text
+);
+CREATE TABLE IF NOT EXISTS chaos.finals (
+    id bigserial PRIMARY KEY,
+    token uuid NOT NULL UNIQUE,
+    task_id bigint NOT NULL,
+    attempt int NOT NULL,
+    state text NOT NULL,
+    host text NOT NULL,
+    pid int NOT NULL,
+    at timestamptz NOT NULL
+);
+"""
+
+_connection: psycopg.Connection[Any] | None = None
+_connection_pid = 0
+
+
+def ledger_url() -> str:
+    """The ledger's database (``CHAOS_LEDGER_URL``)."""
+    return os.environ["CHAOS_LEDGER_URL"]
+
+
+def _ledger() -> psycopg.Connection[Any]:
+    """This process's own ledger connection (a forked pool process opens its own)."""
+    global _connection, _connection_pid
+    if _connection is None or _connection.closed or _connection_pid != os.getpid():
+        _connection = psycopg.connect(
+            ledger_url(), autocommit=True, connect_timeout=5, application_name="chaos-ledger"
+        )
+        _connection_pid = os.getpid()
+    return _connection
+
+
+def ledger_write(sql: str, args: tuple[Any, ...]) -> None:
+    """Run one ledger statement, reconnecting until it succeeds or patience runs out.
+    Statements are idempotent (keyed by a token of the caller's): one that did commit
+    before its connection broke may run again."""
+    global _connection
+    deadline = time.monotonic() + LEDGER_PATIENCE
+    while True:
+        try:
+            _ledger().execute(sql, args)
+            return
+        except psycopg.OperationalError:
+            if _connection is not None:
+                _connection.close()
+            _connection = None
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+@batchtask(
+    TYPE,
+    max_concurrency=MAX_CONCURRENCY,
+    max_lost_runs=10,
+    description="Sleep params['seconds'] (0.2 by default), recording the run in a ledger.",
+)
+class Work(BatchTaskPlugin):
+    """Sleep in small steps, checking for cancel; each run is a row in ``chaos.runs``."""
+
+    def run(self, params: dict[str, Any] | None) -> dict[str, Any]:
+        seconds = float((params or {}).get("seconds", 0.2))
+        token = uuid.uuid4()
+        ledger_write(
+            "INSERT INTO chaos.runs (token, task_id, attempt, host, pid, started_at) "
+            "VALUES (%s, %s, %s, %s, %s, clock_timestamp()) ON CONFLICT (token) DO NOTHING",
+            (token, self.task_id, self.attempt, socket.gethostname(), os.getpid()),
+        )
+        try:
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                time.sleep(min(left, 0.05))
+                self.check_cancelled()
+        except BaseException as exc:  # stopped mid-body: when, and by what
+            _end(token, type(exc).__name__)
+            raise
+        _end(token, "done")
+        return {"run": str(token)}
+
+
+def _end(token: uuid.UUID, outcome: str) -> None:
+    ledger_write(
+        "UPDATE chaos.runs SET ended_at = clock_timestamp(), outcome = %s "
+        "WHERE token = %s AND ended_at IS NULL",
+        (outcome, token),
+    )
+
+
+@finalizer(TYPE)
+def record_final(task: BatchTask) -> None:
+    """Note the final outcome in ``chaos.finals`` (a second row is a second completion)."""
+    ledger_write(
+        "INSERT INTO chaos.finals (token, task_id, attempt, state, host, pid, at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, clock_timestamp()) ON CONFLICT (token) DO NOTHING",
+        (uuid.uuid4(), task.pk, task.attempt, str(task.state), socket.gethostname(), os.getpid()),
+    )

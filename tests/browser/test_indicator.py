@@ -180,7 +180,7 @@ def test_the_tooltip_shows_on_keyboard_focus_describes_the_button_and_escape_hid
     expect(tooltip).to_be_visible()
     expect(tooltip).to_have_attribute("role", "tooltip")
     expect(button).to_have_accessible_name("Your background tasks: Nightly")
-    expect(button).to_have_accessible_description(re.compile(r"^Nightly\s+New\s+0 %"))
+    expect(button).to_have_accessible_description(re.compile(r"^Nightly\s+New\s+0\s?%"))
 
     home.keyboard.press("Escape")
     expect(tooltip).to_be_hidden()

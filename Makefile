@@ -10,7 +10,13 @@ TEST_ENV := DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/bat
             REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} \
             DJANGO_SETTINGS_MODULE=tests.settings
 
-.PHONY: all run test docs docs-serve test-django6 test-rabbitmq test-pgbouncer test-taskdb lint format typecheck bench bench-scale profile services browser requirements clean docker-smoke chaos
+# The languages of batchtasks/locale next to English; their compiled catalogs (.mo) are
+# built from the .po files, never committed.
+LANGUAGES := nb nl de
+MO := $(foreach lang,$(LANGUAGES),$(foreach domain,django djangojs,\
+        batchtasks/locale/$(lang)/LC_MESSAGES/$(domain).mo))
+
+.PHONY: all run test messages compilemessages docs docs-serve test-django6 test-rabbitmq test-pgbouncer test-taskdb lint format typecheck bench bench-scale profile services browser requirements clean docker-smoke chaos
 
 all: test
 
@@ -24,11 +30,28 @@ $(STAMP): requirements/base.txt requirements/dev.txt requirements/docs.txt pypro
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
-venv: $(STAMP)
+venv: $(STAMP) $(MO)
+
+## messages: update the catalogs (batchtasks/locale/*/LC_MESSAGES/*.po) from the code
+##           and templates (-d django) and the static scripts (-d djangojs).
+messages: $(STAMP)
+	mkdir -p batchtasks/locale
+	cd batchtasks && ../$(BIN)/python ../manage.py makemessages --no-obsolete --no-location \
+	    $(addprefix -l ,$(LANGUAGES)) -d django
+	cd batchtasks && ../$(BIN)/python ../manage.py makemessages --no-obsolete --no-location \
+	    $(addprefix -l ,$(LANGUAGES)) -d djangojs --ignore 'static/admin/*'
+
+## compilemessages: the .mo files Django reads, from the .po files (GNU gettext's msgfmt,
+##                  installed by .ci/gettext if missing); make venv, run and test do it too.
+compilemessages: $(MO)
+
+%.mo: %.po
+	@command -v msgfmt >/dev/null || .ci/gettext
+	msgfmt --check-format -o $@ $<
 
 ## run: the web server and one worker for every batch queue (SQLite + filesystem broker
 ##      unless DATABASE_URL / REDIS_URL are set); Ctrl-C stops both.
-run: $(STAMP)
+run: $(STAMP) $(MO)
 	$(BIN)/python -m project.dev
 
 ## test: checks, lint (with the layers contract), types, the docs (strict) and the whole test suite on
@@ -37,7 +60,7 @@ run: $(STAMP)
 ##       then the worker, sweeper and chaos tests through PgBouncer (.ci/pgbouncer);
 ##       then with the task tables in a database of their own (.ci/taskdb);
 ##       then the Docker smoke test and the quick chaos test (.ci/docker-chaos --quick).
-test: $(STAMP) services browser
+test: $(STAMP) $(MO) services browser
 	$(TEST_ENV) $(BIN)/python manage.py check --fail-level WARNING
 	$(TEST_ENV) $(BIN)/python manage.py makemigrations --check --dry-run
 	$(MAKE) --no-print-directory lint

@@ -20,9 +20,10 @@ from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.cache import patch_cache_control
+from django.utils.formats import number_format
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext, ngettext, ngettext_lazy
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext, ngettext_lazy
 
 from .core.exceptions import BatchTasksError, UniqueKeyConflict
 from .core.registry import OPTIONS
@@ -155,7 +156,7 @@ def _linked_states(tasks: QuerySet[BatchTask]) -> str:
     )
     if len(shown) > LINKS_SHOWN:
         more = tasks.count() - LINKS_SHOWN
-        return format_html("{} and {} more", links, more)
+        return format_html("{}{}", links, gettext(" and %(count)s more") % {"count": more})
     return links
 
 
@@ -428,13 +429,18 @@ class BatchTaskAdmin(admin.ModelAdmin):
     @admin.display(description=_("duration"))
     def duration_display(self, task: BatchTask) -> str:
         duration = task.duration
-        return "-" if duration is None else f"{duration.total_seconds():.1f} s"
+        if duration is None:
+            return "-"
+        return gettext("%(seconds)s s") % {"seconds": number_format(duration.total_seconds(), 1)}
 
     @admin.display(description=_("parameters"))
     def parameters_display(self, task: BatchTask) -> str:
         params = task.params
         if isinstance(params, bytes):
-            return _pre(f"{len(params):,} bytes: {params[:256].hex(' ')}")
+            size = number_format(len(params), force_grouping=True)
+            return _pre(
+                gettext("%(size)s bytes: %(hex)s") % {"size": size, "hex": params[:256].hex(" ")}
+            )
         return _json(params)
 
     @admin.display(description=_("result"))

@@ -2,6 +2,7 @@
 ``path("batchtasks/", include("batchtasks.urls"))``."""
 
 from django.urls import path
+from django.views.i18n import JavaScriptCatalog
 
 from .web import api, metrics, monitor, push, token_page
 
@@ -23,4 +24,6 @@ urlpatterns = [
     path("monitor/", monitor.page, name="monitor"),
     # --- Prometheus endpoint (batchtasks.web.metrics) ---
     path("metrics/", metrics.scrape, name="metrics"),
+    # --- the words of the indicator's script, in the request's language ---
+    path("jsi18n/", JavaScriptCatalog.as_view(packages=["batchtasks"]), name="jsi18n"),
 ]

@@ -65,6 +65,9 @@ MIDDLEWARE = [
     # Static files from STATIC_ROOT, by the web process itself (docker/: no other server).
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # The language of each answer: the browser's Accept-Language among LANGUAGES (after
+    # sessions, before CommonMiddleware, as Django asks).
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -144,6 +147,13 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
+# The languages batchtasks speaks (batchtasks/locale; README "Languages").
+LANGUAGES = [
+    ("en", "English"),
+    ("nb", "Norsk bokmål"),
+    ("nl", "Nederlands"),
+    ("de", "Deutsch"),
+]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

@@ -149,7 +149,7 @@ def test_the_command_line_revokes_by_id_or_by_prefix(alice: Any, api: ApiClient)
     by_id = cli("revoke", str(one.pk))[0]
     by_prefix = cli("revoke", f"bt_{two.prefix}")[0]
 
-    assert "Revoked 1 token(s)" in by_id and "Revoked 1 token(s)" in by_prefix
+    assert "Tokens revoked: 1;" in by_id and "Tokens revoked: 1;" in by_prefix
     for plaintext in (first, second):
         problem(api.get(TASKS, **bearer(plaintext)), 401, "not-authenticated")
     assert "revoked" in cli("list", "--user", "alice")[0]

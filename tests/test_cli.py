@@ -287,7 +287,7 @@ def table_rows(out: str) -> list[list[str]]:
 # A command line (as a shell splits it) and what its one-line refusal says.
 BAD_INPUT = {
     "submit examples.progres": "Unknown task type 'examples.progres'. Did you mean "
-    "'examples.progress' or 'examples.program' or 'examples.process_progress'? `manage.py "
+    "'examples.progress', 'examples.program' or 'examples.process_progress'? `manage.py "
     "batchtasks workers` lists the types.",
     "submit examples.progress --params '{steps: 1}'": "--params is not valid JSON: Expecting "
     "property name enclosed in double quotes at line 1 column 2.",
@@ -299,7 +299,7 @@ BAD_INPUT = {
     'submit reports.users_csv --params \'{"active": "yes"}\'': "Invalid parameters for "
     "task type 'reports.users_csv': active: ",
     "list --state done": "Unknown state 'done'; use one of new, queued, running, succeeded, ",
-    "list --type examples.sleeep": "Did you mean 'examples.sleep' or ",
+    "list --type examples.sleeep": "Did you mean 'examples.sleep', ",
     "list --owner nobody": "No user called 'nobody'.",
     "list --limit 0": "--limit must be a whole number from 1 to 10000, not '0'.",
     "show 123456789": "No task with id 123456789; `manage.py batchtasks list` shows tasks.",
@@ -343,7 +343,7 @@ def test_a_refusal_from_the_shell_is_one_line_on_stderr_and_a_non_zero_exit() ->
     assert done.returncode != 0
     assert done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1
-    assert "Did you mean 'examples.progress' or " in done.stderr
+    assert "Did you mean 'examples.progress', " in done.stderr
 
 
 @pytest.mark.django_db(transaction=True)

@@ -87,4 +87,4 @@ def test_dispatch_refuses_unknown_queues() -> None:
     run("sync")
     with pytest.raises(CommandError, match=r"'batch\.nope'"):
         run("dispatch", "batch.nope")
-    assert "Dispatched 0 task(s)." in run("dispatch", "batch.reports")
+    assert "Dispatched 0 tasks." in run("dispatch", "batch.reports")

@@ -199,7 +199,7 @@ def test_the_cli_runs_due_ticks_and_lists_next_and_last_run_with_the_task() -> N
     call_command("batchtasks", "schedules", "--run-due", stdout=out)
     [task] = BatchTask.objects.all()
     text = out.getvalue()
-    assert "Submitted 1 task(s)" in text
+    assert "Submitted: 1;" in text
     assert "hourly-noop" in text and "every 3600 s" in text
     assert f"{task.pk} {task.state}" in text
     listed = StringIO()

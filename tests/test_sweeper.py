@@ -164,7 +164,7 @@ def test_retention_purges_old_finished_tasks_and_keeps_the_rest() -> None:
     out = StringIO()
     call_command("batchtasks", "purge", stdout=out)
 
-    assert "Purged 1 finished task(s)." in out.getvalue()
+    assert "Purged 1 finished task." in out.getvalue()
     assert set(BatchTask.objects.values_list("pk", flat=True)) == {recent.pk, waiting.pk}
 
 
@@ -225,7 +225,7 @@ def test_the_purge_command_goes_on_until_nothing_expired_is_left(settings, monke
     out = StringIO()
     call_command("batchtasks", "purge", stdout=out)
 
-    assert "Purged 5 finished task(s)." in out.getvalue()
+    assert "Purged 5 finished tasks." in out.getvalue()
     assert left_of(ids) == (0, 0, 0)
 
 

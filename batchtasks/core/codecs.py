@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple
 
+from django.utils.formats import number_format
+from django.utils.translation import gettext as _
+
 from .exceptions import InvalidParameters
 
 JSON = "json"
@@ -37,22 +40,35 @@ def encode(params: Any, *, type_name: str, limit: int) -> Encoded:
             text = _ENCODER.encode(params)
         except (TypeError, ValueError) as exc:
             raise InvalidParameters(
-                f"Parameters for {type_name!r} cannot be stored as JSON: {exc}. "
-                "Pass only dicts, lists, strings, numbers, booleans and None "
-                "(convert dates and decimals to strings), or pass bytes."
+                _(
+                    "Parameters for %(type)s cannot be stored as JSON: %(error)s. Pass only "
+                    "dicts, lists, strings, numbers, booleans and None (convert dates and "
+                    "decimals to strings), or pass bytes."
+                )
+                % {"type": repr(type_name), "error": exc}
             ) from exc
         try:
             encoded = Encoded(text.encode(), JSON)
         except UnicodeEncodeError as exc:
             raise InvalidParameters(
-                f"Parameters for {type_name!r} cannot be stored as JSON: {exc.reason} at "
-                f"character {exc.start} (a lone surrogate is no text); pass valid Unicode."
+                _(
+                    "Parameters for %(type)s cannot be stored as JSON: %(error)s at character "
+                    "%(position)s (a lone surrogate is no text); pass valid Unicode."
+                )
+                % {"type": repr(type_name), "error": exc.reason, "position": exc.start}
             ) from exc
     if encoded.size > limit:
         raise InvalidParameters(
-            f"Parameters for {type_name!r} are {encoded.size:,} bytes; the limit is {limit:,} "
-            "(BATCHTASKS['MAX_PARAMS_BYTES']). Store large data elsewhere (a file or a model) "
-            "and pass a reference to it."
+            _(
+                "Parameters for %(type)s are %(size)s bytes; the limit is %(limit)s "
+                "(BATCHTASKS['MAX_PARAMS_BYTES']). Store large data elsewhere (a file or a "
+                "model) and pass a reference to it."
+            )
+            % {
+                "type": repr(type_name),
+                "size": number_format(encoded.size, force_grouping=True),
+                "limit": number_format(limit, force_grouping=True),
+            }
         )
     return encoded
 

@@ -19,6 +19,12 @@ class UnsafeStopFolder(ConfigurationError):
 class UnknownTaskType(BatchTasksError, LookupError):
     """Raised when a task type name is not registered."""
 
+    def __init__(self, message: str, *, summary: str = "") -> None:
+        super().__init__(message)
+        #: The first sentences of the message (the name and close matches), without the
+        #: list of every registered type.
+        self.summary = summary or message
+
 
 class FunctionModuleNotImported(UnknownTaskType):
     """Raised when a worker cannot import the module of a ``django.tasks`` function type

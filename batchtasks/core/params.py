@@ -17,6 +17,8 @@ import types
 import typing
 from typing import Any
 
+from django.utils.translation import gettext as _
+
 from .exceptions import ConfigurationError, InvalidParameters
 
 #: The key of ``param()``'s rule in a dataclass field's metadata.
@@ -63,7 +65,7 @@ def code_only(params_class: type | None, params: Any) -> dict[str, str]:
     if params_class is None or not isinstance(params, dict):
         return {}
     return {
-        field.name: "only code may set this parameter, not a request over HTTP"
+        field.name: _("only code may set this parameter, not a request over HTTP")
         for field in dataclasses.fields(params_class)
         if field.name in params and not _rule(field).web
     }
@@ -78,16 +80,16 @@ def check_declared(params_class: type, params: Any, *, type_name: str) -> None:
     """Raise ``InvalidParameters`` naming every field of ``params`` that does not fit."""
     if not isinstance(params, dict):
         raise InvalidParameters(
-            f"Task type {type_name!r} takes its parameters as a JSON object (a dict), "
-            f"not {type(params).__name__}.",
-            fields={"": f"expected an object, got {type(params).__name__}"},
+            _("Task type %(type)s takes its parameters as a JSON object (a dict), not %(got)s.")
+            % {"type": repr(type_name), "got": type(params).__name__},
+            fields={"": _("expected an object, got %(got)s") % {"got": type(params).__name__}},
         )
     fields = {f.name: f for f in dataclasses.fields(params_class) if f.init}
     hints = _hints(params_class)
     errors: dict[str, str] = {}
     for name in params:
         if name not in fields:
-            errors[str(name)] = "unknown parameter"
+            errors[str(name)] = _("unknown parameter")
     for name, field in fields.items():
         if name not in params:
             required = (
@@ -95,13 +97,15 @@ def check_declared(params_class: type, params: Any, *, type_name: str) -> None:
                 and field.default_factory is dataclasses.MISSING
             )
             if required:
-                errors[name] = "required"
+                errors[name] = _("required")
         elif (problem := _problem(params[name], hints.get(name, Any), field)) is not None:
             errors[name] = problem
     if errors:
         listed = "; ".join(f"{name}: {why}" for name, why in sorted(errors.items()))
         raise InvalidParameters(
-            f"Invalid parameters for task type {type_name!r}: {listed}.", fields=errors
+            _("Invalid parameters for task type %(type)s: %(errors)s.")
+            % {"type": repr(type_name), "errors": listed},
+            fields=errors,
         )
 
 
@@ -151,15 +155,22 @@ def _out_of_bounds(value: Any, rule: ParamRule) -> str | None:
     low, high = rule.minimum, rule.maximum
     if _finite_number(value):
         if low is not None and high is not None and not low <= value <= high:
-            return f"must be from {low} to {high}, got {value!r}"
+            bounds = {"low": low, "high": high, "value": repr(value)}
+            return _("must be from %(low)s to %(high)s, got %(value)s") % bounds
         if low is not None and value < low:
-            return f"must be at least {low}, got {value!r}"
+            return _("must be at least %(low)s, got %(value)s") % {"low": low, "value": repr(value)}
         if high is not None and value > high:
-            return f"must be at most {high}, got {value!r}"
+            return _("must be at most %(high)s, got %(value)s") % {
+                "high": high,
+                "value": repr(value),
+            }
     limit = rule.max_length
     if limit is not None and isinstance(value, str | list | dict) and len(value) > limit:
-        unit = "characters" if isinstance(value, str) else "items"
-        return f"must be at most {limit} {unit} long, got {len(value)}"
+        if isinstance(value, str):
+            text = _("must be at most %(limit)s characters long, got %(length)s")
+        else:
+            text = _("must be at most %(limit)s items long, got %(length)s")
+        return text % {"limit": limit, "length": len(value)}
     return None
 
 

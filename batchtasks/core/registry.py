@@ -11,6 +11,9 @@ from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from django.utils.text import get_text_list
+from django.utils.translation import gettext as _
+
 from .exceptions import (
     ConfigurationError,
     DuplicateTaskType,
@@ -275,16 +278,23 @@ class Registry:
         try:
             return self._types[name]
         except (KeyError, TypeError):
-            raise UnknownTaskType(self._unknown_message(name)) from None
+            summary = self._unknown_summary(name)
+            raise UnknownTaskType(f"{summary} {self._registered()}", summary=summary) from None
 
-    def _unknown_message(self, name: object) -> str:
+    def _unknown_summary(self, name: object) -> str:
         close = difflib.get_close_matches(str(name), self._types, n=3, cutoff=0.6)
-        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-        return (
-            f"Unknown task type {name!r}.{hint} Registered types: "
-            f"{', '.join(sorted(self._types)) or 'none'}. A type is registered by a "
-            "@batchtask class in a module listed in BATCHTASKS['PLUGINS']."
-        )
+        if not close:
+            return _("Unknown task type %(type)s.") % {"type": repr(name)}
+        return _("Unknown task type %(type)s. Did you mean %(close)s?") % {
+            "type": repr(name),
+            "close": get_text_list([repr(c) for c in close], _("or")),
+        }
+
+    def _registered(self) -> str:
+        return _(
+            "Registered types: %(types)s. A type is registered by a @batchtask class in a "
+            "module listed in BATCHTASKS['PLUGINS']."
+        ) % {"types": ", ".join(sorted(self._types)) or _("none")}
 
     def _import_function(self, name: str, module: str) -> None:
         """Import the module of the function type ``name``, whose ``@task`` registers it."""

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db import connections
+from django.utils.translation import gettext as _
 
 from .. import transitions
 from ..core.exceptions import InvalidTaskOption
@@ -91,8 +92,11 @@ def missing(ids: list[int], found: set[int]) -> None:
     if absent:
         shown = ", ".join(str(pk) for pk in absent[:10]) + (" …" if len(absent) > 10 else "")
         raise InvalidTaskOption(
-            f"depends_on names tasks that do not exist (or were purged): {shown}. A task "
-            "may only depend on tasks submitted before it."
+            _(
+                "depends_on names tasks that do not exist (or were purged): %(ids)s. A task "
+                "may only depend on tasks submitted before it."
+            )
+            % {"ids": shown}
         )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from django.db import router
 from django.db.models import Count, Exists, Min, OuterRef, Q, QuerySet
 from django.db.models.functions import Coalesce, Left, TruncMinute
+from django.utils.translation import gettext as _
 
 from ..core.conf import get_settings
 from ..core.states import FINAL_STATES, IN_FLIGHT_STATES, TaskState
@@ -49,10 +50,10 @@ def duration_text(seconds: float | None) -> str:
         return "-"
     whole = int(seconds)
     if whole < 60:
-        return f"{whole} s"
+        return _("%(s)d s") % {"s": whole}
     if whole < 3600:
-        return f"{whole // 60} min {whole % 60:02d} s"
-    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+        return _("%(m)d min %(s)02d s") % {"m": whole // 60, "s": whole % 60}
+    return _("%(h)d h %(m)02d min") % {"h": whole // 3600, "m": whole % 3600 // 60}
 
 
 @dataclass(frozen=True)

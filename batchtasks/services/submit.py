@@ -10,6 +10,7 @@ from typing import Any
 
 from django.db import IntegrityError, connections, router, transaction
 from django.db.models.base import ModelState
+from django.utils.translation import gettext as _
 
 from .. import transitions
 from ..core.codecs import Encoded, encode
@@ -111,7 +112,11 @@ def _delay_from(now: datetime, delay: timedelta) -> datetime:
         return now + delay
     except OverflowError:
         raise InvalidTaskOption(
-            f"run_after={delay!r} from now falls outside the years 1 to 9999; pass a shorter delay."
+            _(
+                "run_after=%(delay)s from now falls outside the years 1 to 9999; pass a "
+                "shorter delay."
+            )
+            % {"delay": repr(delay)}
         ) from None
 
 
@@ -167,8 +172,11 @@ def _prepare(options: Options) -> Request:
 def _check_enabled(definition: BatchTaskDefinition) -> None:
     if not definition.enabled:
         raise TaskTypeDisabled(
-            f"Task type {definition.name!r} is disabled; enable its definition in the admin "
-            "(Batch task definitions) before submitting."
+            _(
+                "Task type %(type)s is disabled; enable its definition in the admin (Batch task "
+                "definitions) before submitting."
+            )
+            % {"type": repr(definition.name)}
         )
 
 
@@ -227,7 +235,10 @@ def _checked(
         fields = {
             f"[{index}].{name}" if name else f"[{index}]": why for name, why in exc.fields.items()
         }
-        raise InvalidParameters(f"Parameter set {index}: {exc}", fields=fields) from None
+        raise InvalidParameters(
+            _("Parameter set %(index)s: %(error)s") % {"index": index, "error": exc},
+            fields=fields,
+        ) from None
     limit = get_settings().MAX_PARAMS_BYTES if limit is None else limit
     return encode(params, type_name=type_name, limit=limit)
 
@@ -414,10 +425,10 @@ def _insert_unique(task: BatchTask, request: Request, *, supersede: bool) -> Bat
     """
     db, key = request.db, task.unique_key
     assert key is not None
-    for _ in range(3):
+    for _attempt in range(3):
         if supersede:
             skipped, settled = transitions.skip_waiting(request.definition.pk, key, using=db)
-            for queue in {queue for _, queue in skipped if queue}:
+            for queue in {queue for _pk, queue in skipped if queue}:
                 dispatch_on_commit(queue, using=db)
             events.finished_many([(pk, request.definition.name) for pk, _ in skipped], using=db)
             depends.act_on(settled, db)

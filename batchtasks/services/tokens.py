@@ -22,6 +22,7 @@ from django.db import router
 from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
 from django.db.models.functions import Now
 from django.utils.crypto import constant_time_compare, salted_hmac
+from django.utils.translation import gettext as _
 
 from ..core.exceptions import InvalidTokenOption
 from ..models import ApiToken, TokenScope
@@ -55,8 +56,11 @@ def parse_lifetime(text: str) -> timedelta | None:
     lifetime = timedelta(**{_UNITS[match[2]]: int(match[1])}) if match else None
     if lifetime is None or not timedelta(0) < lifetime <= LIFETIME_MAX:
         raise InvalidTokenOption(
-            f"The lifetime must be a number of days, hours or minutes (90d, 12h, 30m) up to "
-            f"{LIFETIME_MAX.days}d, or never; not {text!r}."
+            _(
+                "The lifetime must be a number of days, hours or minutes (90d, 12h, 30m) up "
+                "to %(max)sd, or never; not %(text)s."
+            )
+            % {"max": LIFETIME_MAX.days, "text": repr(text)}
         )
     return lifetime
 
@@ -65,7 +69,8 @@ def parse_scope(text: str) -> TokenScope:
     """The scope named ``text``, or InvalidTokenOption naming the scopes."""
     if text not in TokenScope.values:
         raise InvalidTokenOption(
-            f"The scope must be {' or '.join(TokenScope.values)}, not {text!r}."
+            _("The scope must be %(scopes)s, not %(text)s.")
+            % {"scopes": " / ".join(TokenScope.values), "text": repr(text)}
         )
     return TokenScope(text)
 
@@ -82,7 +87,9 @@ def _digests(plaintext: str) -> list[str]:
 def issue(user: Any, name: str, scope: str, lifetime: timedelta | None) -> Issued:
     """Make a token for ``user``; it expires ``lifetime`` from now by the database's clock."""
     if not name.strip() or len(name) > 100 or "\x00" in name:
-        raise InvalidTokenOption(f"A token needs a name of 1 to 100 characters, not {name!r}.")
+        raise InvalidTokenOption(
+            _("A token needs a name of 1 to 100 characters, not %(name)s.") % {"name": repr(name)}
+        )
     prefix = secrets.token_hex(6)
     plaintext = f"{PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
     token = ApiToken(

@@ -8,6 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from ..core.exceptions import InvalidTaskOption
 from ..core.states import PRIORITY_MAX, PRIORITY_MIN
@@ -17,13 +18,19 @@ def check_priority(priority: Any) -> int:
     """The priority as an int, or ``InvalidTaskOption`` if it is not one from -100 to 100."""
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise InvalidTaskOption(
-            f"priority={priority!r} must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX} "
-            "(see batchtasks.Priority)."
+            _(
+                "priority=%(value)s must be an integer from %(min)s to %(max)s "
+                "(see batchtasks.Priority)."
+            )
+            % {"value": repr(priority), "min": PRIORITY_MIN, "max": PRIORITY_MAX}
         )
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         raise InvalidTaskOption(
-            f"priority={priority!r} is out of range; use {PRIORITY_MIN} to {PRIORITY_MAX} "
-            "(Priority.UNIMPORTANT=-50, NORMAL=0, IMPORTANT=50, IMMEDIATE=100)."
+            _(
+                "priority=%(value)s is out of range; use %(min)s to %(max)s "
+                "(Priority.UNIMPORTANT=-50, NORMAL=0, IMPORTANT=50, IMMEDIATE=100)."
+            )
+            % {"value": repr(priority), "min": PRIORITY_MIN, "max": PRIORITY_MAX}
         )
     return int(priority)
 
@@ -34,18 +41,25 @@ def check_text(name: str, value: Any, limit: int, *, optional: bool) -> str | No
     if value is None and optional:
         return None
     if not isinstance(value, str):
-        raise InvalidTaskOption(f"{name}={value!r} must be a string.")
+        raise InvalidTaskOption(
+            _("%(name)s=%(value)s must be a string.") % {"name": name, "value": repr(value)}
+        )
     if len(value) > limit:
-        raise InvalidTaskOption(f"{name} is {len(value)} characters; the limit is {limit}.")
+        raise InvalidTaskOption(
+            _("%(name)s is %(length)s characters; the limit is %(limit)s.")
+            % {"name": name, "length": len(value), "limit": limit}
+        )
     if "\x00" in value:
         raise InvalidTaskOption(
-            f"{name}={value!r} holds a NUL character, which no text column can."
+            _("%(name)s=%(value)s holds a NUL character, which no text column can.")
+            % {"name": name, "value": repr(value)}
         )
     try:
         value.encode()
     except UnicodeEncodeError as exc:
         raise InvalidTaskOption(
-            f"{name}={value!r} is not valid Unicode ({exc.reason} at character {exc.start})."
+            _("%(name)s=%(value)s is not valid Unicode (%(error)s at character %(position)s).")
+            % {"name": name, "value": repr(value), "error": exc.reason, "position": exc.start}
         ) from exc
     return value
 
@@ -57,11 +71,17 @@ def check_run_after(run_after: Any) -> datetime | timedelta | None:
     if isinstance(run_after, datetime):
         if settings.USE_TZ and timezone.is_naive(run_after):
             raise InvalidTaskOption(
-                f"run_after={run_after!r} is a naive datetime; pass an aware one "
-                "(django.utils.timezone.now() + timedelta(...)) or a timedelta."
+                _(
+                    "run_after=%(value)s is a naive datetime; pass an aware one "
+                    "(django.utils.timezone.now() + timedelta(...)) or a timedelta."
+                )
+                % {"value": repr(run_after)}
             )
         return run_after
-    raise InvalidTaskOption(f"run_after={run_after!r} must be a datetime, a timedelta or None.")
+    raise InvalidTaskOption(
+        _("run_after=%(value)s must be a datetime, a timedelta or None.")
+        % {"value": repr(run_after)}
+    )
 
 
 def check_owner(owner: Any) -> int | None:
@@ -71,6 +91,7 @@ def check_owner(owner: Any) -> int | None:
     pk = getattr(owner, "pk", None)
     if pk is None:
         raise InvalidTaskOption(
-            f"owner={owner!r} must be a saved user (an instance of the user model) or None."
+            _("owner=%(value)s must be a saved user (an instance of the user model) or None.")
+            % {"value": repr(owner)}
         )
     return int(pk)

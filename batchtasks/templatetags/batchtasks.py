@@ -6,6 +6,7 @@ from typing import Any
 
 from django import template
 from django.urls import reverse
+from django.utils.translation import get_language
 
 from ..web import push
 
@@ -20,4 +21,10 @@ def batchtasks_indicator(context: template.Context) -> dict[str, Any]:
     if user is None or not user.is_authenticated:
         return {"signed_in": False}
     events = reverse("batchtasks:api-active-events") if push.enabled(request) else ""
-    return {"signed_in": True, "poll_url": reverse("batchtasks:api-active"), "events_url": events}
+    return {
+        "signed_in": True,
+        "poll_url": reverse("batchtasks:api-active"),
+        "events_url": events,
+        # Its words are in the request's language, whatever the page around it speaks.
+        "language": get_language(),
+    }

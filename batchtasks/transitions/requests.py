@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from django.db import IntegrityError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.utils.translation import gettext as _
 
 from ..core.exceptions import UniqueKeyConflict
 from ..core.states import WRITES, FinalizeState, TaskState
@@ -108,8 +109,11 @@ def retry(task_id: int, *, using: str) -> bool:
             return cursor.rowcount == 1
     except IntegrityError as exc:
         raise UniqueKeyConflict(
-            f"Task {task_id} cannot run again: another unfinished task of its type holds "
-            "its unique_key. Cancel that one first, or wait until it has finished."
+            _(
+                "Task %(id)s cannot run again: another unfinished task of its type holds its "
+                "unique_key. Cancel that one first, or wait until it has finished."
+            )
+            % {"id": task_id}
         ) from exc
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
+from django.utils.translation import gettext as _
 
 from ..core.conf import get_settings
 from ..core.exceptions import UniqueKeyConflict
@@ -33,7 +34,7 @@ def _visible(viewer: Viewer, pk: int | str) -> BatchTask:
     valid = api_query.NUMBER.fullmatch(text) and 0 < int(text) <= BIGINT_MAX
     task = viewer.tasks().filter(pk=int(text)).first() if valid else None
     if task is None:
-        raise Problem("not-found", "There is no such task that you can see.")
+        raise Problem("not-found", _("There is no such task that you can see."))
     return task
 
 
@@ -79,12 +80,16 @@ def cancel(request: HttpRequest, pk: int | str) -> HttpResponse:
     viewer = Viewer(request.user)
     target = _visible(viewer, pk)
     if not viewer.may_cancel(target):
-        raise Problem("permission-denied", "Cancelling others' tasks needs cancel_batchtask.")
+        raise Problem("permission-denied", _("Cancelling others' tasks needs cancel_batchtask."))
     cascade = request.GET.get("cascade", "").lower() in ("1", "true", "yes")
     applied = target.state not in FINAL and target.cancel(cascade=cascade)
     # Not applied to an unfinished task: it runs and was already asked to stop.
     if not applied and target.state in FINAL:
-        raise Problem("wrong-state", f"Task {target.pk} has already finished ({target.state}).")
+        raise Problem(
+            "wrong-state",
+            _("Task %(id)s has already finished (%(state)s).")
+            % {"id": target.pk, "state": target.state},
+        )
     return _json(task_json(_visible(viewer, pk), viewer))
 
 
@@ -94,7 +99,7 @@ def retry(request: HttpRequest, pk: int | str) -> HttpResponse:
     viewer = Viewer(request.user)
     target = _visible(viewer, pk)
     if not viewer.may_retry(target):
-        raise Problem("permission-denied", "Retrying others' tasks needs retry_batchtask.")
+        raise Problem("permission-denied", _("Retrying others' tasks needs retry_batchtask."))
     try:
         applied = target.retry()
     except UniqueKeyConflict as exc:
@@ -102,7 +107,8 @@ def retry(request: HttpRequest, pk: int | str) -> HttpResponse:
     if not applied:
         raise Problem(
             "wrong-state",
-            f"Task {target.pk} is {target.state}; only failed or cancelled tasks retry.",
+            _("Task %(id)s is %(state)s; only failed or cancelled tasks retry.")
+            % {"id": target.pk, "state": target.state},
         )
     return _json(task_json(_visible(viewer, pk), viewer))
 

@@ -10,6 +10,7 @@ from datetime import datetime
 
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, QueryDict
+from django.utils.translation import gettext as _
 
 from ..core.states import TaskState
 from ..models import BatchTask
@@ -38,7 +39,7 @@ class Cursor:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         except (binascii.Error, UnicodeError, ValueError):
             return None
-        when, _, number = raw.partition("|")
+        when, _sep, number = raw.partition("|")
         created_at = parse_timestamp(when)
         if created_at is None or not NUMBER.fullmatch(number) or int(number) > BIGINT_MAX:
             return None
@@ -68,7 +69,9 @@ def _one(query: QueryDict, name: str, errors: list[FieldError]) -> str | None:
     """The parameter's value; empty counts as not given."""
     value = query.get(name) or None
     if value is not None and "\x00" in value:
-        errors.append(FieldError(name, f"{name} must not contain NUL characters."))
+        errors.append(
+            FieldError(name, _("%(field)s must not contain NUL characters.") % {"field": name})
+        )
         return None
     return value
 
@@ -78,7 +81,11 @@ def _states(query: QueryDict, errors: list[FieldError]) -> tuple[str, ...]:
     bad = [s for s in states if s not in TaskState.values]
     if bad:
         errors.append(
-            FieldError("state", f"Unknown state(s) {bad!r}; use {', '.join(TaskState.values)}.")
+            FieldError(
+                "state",
+                _("Unknown state(s) %(states)s; use %(known)s.")
+                % {"states": repr(bad), "known": ", ".join(TaskState.values)},
+            )
         )
     return tuple(states)
 
@@ -86,10 +93,14 @@ def _states(query: QueryDict, errors: list[FieldError]) -> tuple[str, ...]:
 def _ids(query: QueryDict, errors: list[FieldError]) -> tuple[int, ...]:
     items = [i for i in _items(query, "id") if i]
     if not all(NUMBER.fullmatch(i) and 1 <= int(i) <= BIGINT_MAX for i in items):
-        errors.append(FieldError("id", "id must be task ids (positive integers)."))
+        errors.append(FieldError("id", _("id must be task ids (positive integers).")))
         return ()
     if len(items) > IDS_MAX:
-        errors.append(FieldError("id", f"At most {IDS_MAX} ids at once; ask for the rest next."))
+        errors.append(
+            FieldError(
+                "id", _("At most %(max)s ids at once; ask for the rest next.") % {"max": IDS_MAX}
+            )
+        )
     return tuple(int(i) for i in items)
 
 
@@ -98,7 +109,11 @@ def _limit(query: QueryDict, errors: list[FieldError]) -> int:
     if not text:
         return LIMIT_DEFAULT
     if not re.fullmatch(r"[0-9]{1,3}", text) or not 1 <= int(text) <= LIMIT_MAX:
-        errors.append(FieldError("limit", f"limit must be an integer from 1 to {LIMIT_MAX}."))
+        errors.append(
+            FieldError(
+                "limit", _("limit must be an integer from 1 to %(max)s.") % {"max": LIMIT_MAX}
+            )
+        )
         return LIMIT_DEFAULT
     return int(text)
 
@@ -106,7 +121,7 @@ def _limit(query: QueryDict, errors: list[FieldError]) -> int:
 def _flag(query: QueryDict, name: str, errors: list[FieldError]) -> bool:
     text = (query.get(name) or "0").lower()
     if text not in ("0", "1", "true", "false"):
-        errors.append(FieldError(name, f"{name} must be 1 or 0."))
+        errors.append(FieldError(name, _("%(field)s must be 1 or 0.") % {"field": name}))
     return text in ("1", "true")
 
 
@@ -119,13 +134,15 @@ def parse_list_query(query: QueryDict) -> ListQuery:
         errors.append(
             FieldError(
                 "since",
-                "since must be an ISO 8601 time with an offset, such as "
-                "2026-11-30T13:00:00Z (in a URL, write + as %2B).",
+                _(
+                    "since must be an ISO 8601 time with an offset, such as "
+                    "2026-11-30T13:00:00Z (in a URL, write + as %2B)."
+                ),
             )
         )
     token = _one(query, "cursor", errors)
     if token is not None and (cursor := Cursor.parse(token)) is None:
-        errors.append(FieldError("cursor", "cursor must be a 'next' link's cursor, unchanged."))
+        errors.append(FieldError("cursor", _("cursor must be a 'next' link's cursor, unchanged.")))
     parsed = ListQuery(
         states=_states(query, errors),
         type=_one(query, "type", errors),
@@ -146,7 +163,7 @@ def select(query: ListQuery, viewer: Viewer) -> QuerySet[BatchTask]:
     if (query.owner is not None or query.all) and not viewer.view_all:
         raise Problem(
             "permission-denied",
-            "owner= and all= need the permission batchtasks.view_all_batchtasks.",
+            _("owner= and all= need the permission batchtasks.view_all_batchtasks."),
         )
     if query.owner is not None:
         tasks: QuerySet[BatchTask] = viewer.rows().owned_by_username(query.owner)

@@ -10,6 +10,8 @@ from typing import Any
 from django.core.exceptions import RequestDataTooBig
 from django.db import router, transaction
 from django.http import HttpRequest
+from django.utils.formats import number_format
+from django.utils.translation import gettext as _
 
 from ..core.conf import get_settings
 from ..core.exceptions import (
@@ -100,12 +102,17 @@ def check_type(name: str, user: Any) -> TaskTypeSpec:
     try:
         spec = registry.get(name)
     except UnknownTaskType:
-        names = ", ".join(s.name for s in submittable_types(user)) or "none"
+        names = ", ".join(s.name for s in submittable_types(user)) or _("none")
         raise Problem(
-            "unknown-type", f"Unknown task type {name!r}. Types you may submit: {names}."
+            "unknown-type",
+            _("Unknown task type %(type)s. Types you may submit: %(types)s.")
+            % {"type": repr(name), "types": names},
         ) from None
     if not may_submit(spec, user):
-        raise Problem("not-submittable", f"Tasks of type {name!r} cannot be submitted over HTTP.")
+        raise Problem(
+            "not-submittable",
+            _("Tasks of type %(type)s cannot be submitted over HTTP.") % {"type": repr(name)},
+        )
     return spec
 
 
@@ -118,10 +125,15 @@ def check_raised_priority(submission: Submission, user: Any) -> None:
     default = get_definition(submission.type).priority
     if submission.priority <= default or user.has_perm(RAISE_PRIORITY):
         return
-    message = (
-        f"priority {submission.priority} is above the default of {submission.type!r} "
-        f"({default}); a higher one needs the permission {RAISE_PRIORITY}."
-    )
+    message = _(
+        "priority %(priority)s is above the default of %(type)s (%(default)s); a higher "
+        "one needs the permission %(permission)s."
+    ) % {
+        "priority": submission.priority,
+        "type": repr(submission.type),
+        "default": default,
+        "permission": RAISE_PRIORITY,
+    }
     raise Problem("permission-denied", message, [FieldError("priority", message)])
 
 
@@ -134,8 +146,11 @@ def read_body(request: HttpRequest) -> dict[str, Any]:
     limit = get_settings().MAX_PARAMS_BYTES + ENVELOPE_BYTES
     too_large = Problem(
         "params-too-large",
-        f"The body is larger than {limit:,} bytes; store large data elsewhere and pass "
-        "a reference to it in params.",
+        _(
+            "The body is larger than %(limit)s bytes; store large data elsewhere and pass "
+            "a reference to it in params."
+        )
+        % {"limit": number_format(limit, force_grouping=True)},
     )
     length = request.META.get("CONTENT_LENGTH") or "0"
     if length.isdigit() and int(length) > limit:
@@ -151,9 +166,11 @@ def read_body(request: HttpRequest) -> dict[str, Any]:
         # A lone surrogate ("\ud800") decodes, but no database can store it.
         json.dumps(data, ensure_ascii=False).encode("utf-8")
     except (UnicodeError, ValueError, RecursionError) as exc:
-        raise Problem("bad-json", f"The body is not valid UTF-8 JSON: {exc}") from None
+        raise Problem(
+            "bad-json", _("The body is not valid UTF-8 JSON: %(error)s") % {"error": exc}
+        ) from None
     if not isinstance(data, dict):
-        raise Problem("invalid-request", "The body must be a JSON object.")
+        raise Problem("invalid-request", _("The body must be a JSON object."))
     return data
 
 
@@ -163,11 +180,19 @@ def _text(data: dict[str, Any], name: str, errors: list[FieldError]) -> str | No
     if value is None:
         return None
     if not isinstance(value, str):
-        errors.append(FieldError(name, f"{name} must be a string."))
+        errors.append(FieldError(name, _("%(field)s must be a string.") % {"field": name}))
     elif len(value) > limit:
-        errors.append(FieldError(name, f"{name} is {len(value)} characters; the limit is {limit}."))
+        errors.append(
+            FieldError(
+                name,
+                _("%(field)s is %(length)s characters; the limit is %(limit)s.")
+                % {"field": name, "length": len(value), "limit": limit},
+            )
+        )
     elif "\x00" in value:
-        errors.append(FieldError(name, f"{name} must not contain NUL characters."))
+        errors.append(
+            FieldError(name, _("%(field)s must not contain NUL characters.") % {"field": name})
+        )
     else:
         return value
     return None
@@ -177,10 +202,14 @@ def _priority(value: Any, errors: list[FieldError]) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        errors.append(FieldError("priority", "priority must be an integer."))
+        errors.append(FieldError("priority", _("priority must be an integer.")))
     elif not PRIORITY_MIN <= value <= PRIORITY_MAX:
         errors.append(
-            FieldError("priority", f"priority must be from {PRIORITY_MIN} to {PRIORITY_MAX}.")
+            FieldError(
+                "priority",
+                _("priority must be from %(min)s to %(max)s.")
+                % {"min": PRIORITY_MIN, "max": PRIORITY_MAX},
+            )
         )
     else:
         return value
@@ -203,8 +232,11 @@ def _run_after(value: Any, errors: list[FieldError]) -> datetime | timedelta | N
     errors.append(
         FieldError(
             "run_after",
-            "run_after must be an ISO 8601 time with an offset (2026-11-30T14:00:00Z) or a "
-            f"delay in seconds from 0 to {RUN_AFTER_MAX_SECONDS}.",
+            _(
+                "run_after must be an ISO 8601 time with an offset (2026-11-30T14:00:00Z) "
+                "or a delay in seconds from 0 to %(max)s."
+            )
+            % {"max": RUN_AFTER_MAX_SECONDS},
         )
     )
     return None
@@ -222,8 +254,8 @@ def _depends_on(value: Any, errors: list[FieldError]) -> tuple[int, ...]:
     errors.append(
         FieldError(
             "depends_on",
-            f"depends_on must be a list of at most {DEPENDS_ON_MAX:,} task ids "
-            "(positive integers).",
+            _("depends_on must be a list of at most %(max)s task ids (positive integers).")
+            % {"max": number_format(DEPENDS_ON_MAX, force_grouping=True)},
         )
     )
     return ()
@@ -232,7 +264,7 @@ def _depends_on(value: Any, errors: list[FieldError]) -> tuple[int, ...]:
 def _on_parent_failure(value: Any, errors: list[FieldError]) -> str:
     if value is None or value in ("skip", "run"):
         return value or "skip"
-    errors.append(FieldError("on_parent_failure", 'on_parent_failure must be "skip" or "run".'))
+    errors.append(FieldError("on_parent_failure", _('on_parent_failure must be "skip" or "run".')))
     return "skip"
 
 
@@ -246,23 +278,29 @@ def check_parents(submission: Submission, visible: Any) -> None:
     unknown = [pk for pk in submission.depends_on if pk not in seen]
     if unknown:
         shown = ", ".join(str(pk) for pk in unknown[:10])
-        message = f"depends_on names tasks that you cannot see or that do not exist: {shown}."
+        message = _("depends_on names tasks that you cannot see or that do not exist: %(ids)s.") % {
+            "ids": shown
+        }
         raise Problem("invalid-request", message, [FieldError("depends_on", message)])
 
 
 def parse_submission(data: dict[str, Any]) -> Submission:
     """The checked fields of a submit body, or invalid-request naming every bad field."""
     errors = [
-        FieldError(key, f"Unknown field {key!r}; the fields are {', '.join(FIELDS)}.")
+        FieldError(
+            key,
+            _("Unknown field %(field)s; the fields are %(fields)s.")
+            % {"field": repr(key), "fields": ", ".join(FIELDS)},
+        )
         for key in data
         if key not in FIELDS
     ]
     if "type" not in data:
-        errors.append(FieldError("type", "type is required."))
+        errors.append(FieldError("type", _("type is required.")))
     type_name = _text(data, "type", errors)
     params = data.get("params")
     if params is not None and not isinstance(params, dict):
-        errors.append(FieldError("params", "params must be a JSON object."))
+        errors.append(FieldError("params", _("params must be a JSON object.")))
     submission = Submission(
         type=type_name or "",
         params=params or {},
@@ -342,7 +380,8 @@ def submit(submission: Submission, user: Any) -> tuple[BatchTask, bool]:
             raise _params_problem(exc, submission) from None
         except TaskTypeDisabled:
             raise Problem(
-                "not-submittable", f"Task type {submission.type!r} is disabled for now."
+                "not-submittable",
+                _("Task type %(type)s is disabled for now.") % {"type": repr(submission.type)},
             ) from None
         except (InvalidTaskOption, UnknownTaskType) as exc:
             raise Problem("invalid-request", str(exc)) from None
@@ -351,8 +390,10 @@ def submit(submission: Submission, user: Any) -> tuple[BatchTask, bool]:
             # (it raises a waiting task's priority to the newcomer's).
             raise Problem(
                 "unique-key-conflict",
-                "Another user's unfinished task of this type holds this unique_key; "
-                "choose another key or wait until that task has finished.",
+                _(
+                    "Another user's unfinished task of this type holds this unique_key; "
+                    "choose another key or wait until that task has finished."
+                ),
             )
     # A task that held the key before this submit is the caller's own: not new. (Two
     # concurrent submits of one key by one user may both be told 201.)

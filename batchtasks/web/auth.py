@@ -20,6 +20,7 @@ from django.contrib.auth import authenticate
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils.cache import patch_cache_control, patch_vary_headers
+from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 
 from ..models import TokenScope
@@ -63,7 +64,7 @@ def check_csrf(request: HttpRequest) -> None:
     reason = check.process_view(request, None, (), {})  # type: ignore[arg-type]
     if reason:
         logger.warning("api csrf_failed path=%s reason=%s", request.path, reason)
-        raise Problem("csrf-failed", f"CSRF verification failed: {reason}")
+        raise Problem("csrf-failed", _("CSRF verification failed: %(reason)s") % {"reason": reason})
 
 
 def challenge(request: HttpRequest) -> Problem:
@@ -71,7 +72,7 @@ def challenge(request: HttpRequest) -> Problem:
     scheme = "Session" if request.headers.get("X-Requested-With") == "XMLHttpRequest" else "Basic"
     return Problem(
         "not-authenticated",
-        "Sign in first, or send HTTP Basic credentials (Authorization: Basic …).",
+        _("Sign in first, or send HTTP Basic credentials (Authorization: Basic …)."),
         headers={"WWW-Authenticate": f'{scheme} realm="{REALM}"'},
     )
 
@@ -89,12 +90,12 @@ def _by_token(request: HttpRequest, value: str, *, allowed: bool) -> Caller:
     """The caller of an ``Authorization: Bearer`` header, or the not-authenticated problem."""
     if not allowed:
         raise bearer_challenge(
-            "API tokens are not accepted here (this URL serves signed-in pages); sign in.",
+            _("API tokens are not accepted here (this URL serves signed-in pages); sign in."),
             error="invalid_request",
         )
     token = tokens.authenticate(value.strip())
     if token is None:
-        raise bearer_challenge("The API token is unknown, expired or revoked.")
+        raise bearer_challenge(_("The API token is unknown, expired or revoked."))
     return Caller(token.user, basic=False, scope=token.scope)
 
 
@@ -118,7 +119,7 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
 def identify(request: HttpRequest, *, bearer: bool = True) -> Caller:
     """The caller, or the not-authenticated problem; a token or Basic credentials win over
     a session. ``bearer=False``: a token is refused (the views of signed-in pages)."""
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    scheme, _sep, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer":
         return _by_token(request, value, allowed=bearer)
     if scheme.lower() == "basic":
@@ -163,7 +164,8 @@ def check_json_body(request: HttpRequest) -> None:
         return
     raise Problem(
         "unsupported-media-type",
-        f"The body must be JSON sent as Content-Type: {JSON}, not {declared or 'none'!r}.",
+        _("The body must be JSON sent as Content-Type: %(expected)s, not %(declared)s.")
+        % {"expected": JSON, "declared": repr(declared or "none")},
     )
 
 
@@ -173,8 +175,10 @@ def check_scope(caller: Caller) -> None:
     if caller.scope == TokenScope.READ:
         raise Problem(
             "insufficient-scope",
-            "This API token may only read (scope read); submitting, cancelling and "
-            "retrying need a token of scope submit.",
+            _(
+                "This API token may only read (scope read); submitting, cancelling and "
+                "retrying need a token of scope submit."
+            ),
             headers={"WWW-Authenticate": f'Bearer realm="{REALM}", error="insufficient_scope"'},
         )
 
@@ -218,7 +222,8 @@ def api_view(
                 if request.method not in methods:
                     raise Problem(
                         "method-not-allowed",
-                        f"{request.method} is not allowed here; use {' or '.join(methods)}.",
+                        _("%(method)s is not allowed here; use %(allowed)s.")
+                        % {"method": request.method, "allowed": " / ".join(methods)},
                         headers={"Allow": ", ".join(methods)},
                     )
                 answer = None

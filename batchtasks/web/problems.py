@@ -6,28 +6,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.http import HttpResponse
+from django.utils.functional import Promise
+from django.utils.translation import gettext_lazy as _
 
 from .serialize import dumps
 
 CONTENT_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:batchtasks:problem:"
+StrOrPromise = str | Promise
 
 #: Every problem the API answers: slug → (status, title). The OpenAPI document lists them.
-PROBLEMS: dict[str, tuple[int, str]] = {
-    "not-authenticated": (401, "Authentication required"),
-    "csrf-failed": (403, "CSRF check failed"),
-    "permission-denied": (403, "Permission denied"),
-    "insufficient-scope": (403, "API token scope too narrow"),
-    "not-found": (404, "Not found"),
-    "method-not-allowed": (405, "Method not allowed"),
-    "bad-json": (400, "Malformed JSON body"),
-    "invalid-request": (400, "Invalid request"),
-    "unknown-type": (400, "Unknown task type"),
-    "not-submittable": (403, "Task type not submittable"),
-    "params-too-large": (413, "Parameters too large"),
-    "unsupported-media-type": (415, "Unsupported media type"),
-    "unique-key-conflict": (409, "Unique key held by another task"),
-    "wrong-state": (409, "Task is in the wrong state"),
+PROBLEMS: dict[str, tuple[int, StrOrPromise]] = {
+    "not-authenticated": (401, _("Authentication required")),
+    "csrf-failed": (403, _("CSRF check failed")),
+    "permission-denied": (403, _("Permission denied")),
+    "insufficient-scope": (403, _("API token scope too narrow")),
+    "not-found": (404, _("Not found")),
+    "method-not-allowed": (405, _("Method not allowed")),
+    "bad-json": (400, _("Malformed JSON body")),
+    "invalid-request": (400, _("Invalid request")),
+    "unknown-type": (400, _("Unknown task type")),
+    "not-submittable": (403, _("Task type not submittable")),
+    "params-too-large": (413, _("Parameters too large")),
+    "unsupported-media-type": (415, _("Unsupported media type")),
+    "unique-key-conflict": (409, _("Unique key held by another task")),
+    "wrong-state": (409, _("Task is in the wrong state")),
 }
 
 
@@ -61,7 +64,7 @@ class Problem(Exception):
         status, title = PROBLEMS[self.slug]
         body: dict[str, Any] = {
             "type": TYPE_PREFIX + self.slug,
-            "title": title,
+            "title": str(title),  # in the request's language; "type" says it for machines
             "status": status,
             "detail": self.detail,
         }

@@ -30,6 +30,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.db import close_old_connections
 from django.http import HttpRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
+from django.utils.translation import gettext as _
 
 from ..core.conf import get_settings
 from . import indicator
@@ -80,9 +81,13 @@ async def events(request: HttpRequest) -> HttpResponseBase:
     """The indicator's stream of answers (server-sent events); see the module's text."""
     try:
         if request.method != "GET":
-            raise Problem("method-not-allowed", f"{request.method} is not allowed here; use GET.")
+            raise Problem(
+                "method-not-allowed",
+                _("%(method)s is not allowed here; use %(allowed)s.")
+                % {"method": request.method, "allowed": "GET"},
+            )
         if not await sync_to_async(enabled)(request):
-            raise Problem("not-found", "Push is off here (INDICATOR_PUSH, an ASGI server).")
+            raise Problem("not-found", _("Push is off here (INDICATOR_PUSH, an ASGI server)."))
         user = await _in_thread(_signed_in)(request)
         session_key = request.session.session_key
         if not user.is_authenticated or not user.is_active or not session_key:

@@ -83,8 +83,11 @@ def page(
 
     It asks for the database itself so that it is closed before the database is emptied:
     a page still polling (the monitor, the indicator) would otherwise have the live
-    server read tables while the flush truncates them, and the two deadlock."""
-    context = browser.new_context(base_url=live_url)
+    server read tables while the flush truncates them, and the two deadlock.
+
+    Parametrized indirectly, its parameter is the browser's locale (its Accept-Language)."""
+    locale = getattr(request, "param", None)
+    context = browser.new_context(base_url=live_url, **({"locale": locale} if locale else {}))
     context.set_default_timeout(15_000)
     new_page = context.new_page()
     new_page.dialogs = []

@@ -7,6 +7,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import router
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 
 def add(sub: Any) -> None:
@@ -47,11 +49,14 @@ def dispatch(command: BaseCommand, *, queues: list[str], **options: Any) -> None
         missing = sorted(set(queues) - known)
         if missing:
             raise CommandError(
-                f"Unknown queue(s) {', '.join(map(repr, missing))}; "
-                "`manage.py batchtasks workers` lists the queues."
+                _("Unknown queue(s) %(queues)s; `manage.py batchtasks workers` lists the queues.")
+                % {"queues": ", ".join(map(repr, missing))}
             )
     count = dispatch_all(queues or None)
-    command.stdout.write(f"Dispatched {count} task(s).")
+    command.stdout.write(
+        ngettext("Dispatched %(count)s task.", "Dispatched %(count)s tasks.", count)
+        % {"count": count}
+    )
 
 
 def sweep(command: BaseCommand, **options: Any) -> None:
@@ -59,8 +64,8 @@ def sweep(command: BaseCommand, **options: Any) -> None:
 
     report = sweep_once(using=database())
     if report is None:
-        raise CommandError("Another process is sweeping right now; try again in a moment.")
-    command.stdout.write(f"Swept: {report}.")
+        raise CommandError(_("Another process is sweeping right now; try again in a moment."))
+    command.stdout.write(_("Swept: %(report)s.") % {"report": report})
 
 
 def purge(command: BaseCommand, **options: Any) -> None:
@@ -69,14 +74,25 @@ def purge(command: BaseCommand, **options: Any) -> None:
     # To the end, unlike a sweep's purge (``PURGE_SECONDS``); still pausing after each
     # chunk as long as it took, so that submits meanwhile keep their pace.
     purged = purge_finished(using=database(), budget=math.inf)
-    command.stdout.write(f"Purged {purged} finished task(s).")
+    command.stdout.write(
+        ngettext("Purged %(count)s finished task.", "Purged %(count)s finished tasks.", purged)
+        % {"count": purged}
+    )
 
 
 def sync(command: BaseCommand, **options: Any) -> None:
     from batchtasks.services.definitions import sync_definitions
 
     definitions = sync_definitions()
-    command.stdout.write(f"{len(definitions)} task type definition(s) in the database.")
+    count = len(definitions)
+    command.stdout.write(
+        ngettext(
+            "%(count)s task type definition in the database.",
+            "%(count)s task type definitions in the database.",
+            count,
+        )
+        % {"count": count}
+    )
 
 
 def database() -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand
+from django.utils.translation import gettext as _
 from rich.table import Table
 from rich.text import Text
 
@@ -32,16 +33,27 @@ def list_schedules(command: BaseCommand, *, run_due: bool = False, **options: An
         sync_schedules()
         done = schedules.run_due()
         console.print(
-            f"Submitted {len(done.submitted)} task(s); {done.skipped} tick(s) skipped "
-            f"(overlap), {done.failed} failed, {done.dropped} missed tick(s) not run."
+            _(
+                "Submitted: %(submitted)s; ticks skipped (overlap): %(skipped)s; failed: "
+                "%(failed)s; missed ticks not run: %(dropped)s."
+            )
+            % {
+                "submitted": len(done.submitted),
+                "skipped": done.skipped,
+                "failed": done.failed,
+                "dropped": done.dropped,
+            }
         )
-    table = Table("Name", "Type", "When", "Enabled", "From", "Next run", "Last run", "Last task")
+    table = Table(
+        _("Name"), _("Type"), _("When"), _("Enabled"), _("From"), _("Next run"), _("Last run"),
+        _("Last task"),
+    )  # fmt: skip
     for line in schedule_lines():
         last = "-" if line.last_task_id is None else f"{line.last_task_id} {line.last_task_state}"
         table.add_row(
             *cells(
-                line.name, line.type_name, line.timing, "yes" if line.enabled else "no",
+                line.name, line.type_name, line.timing, _("yes") if line.enabled else _("no"),
                 line.source, local_time(line.next_run_at), local_time(line.last_run_at), last,
             )
         )  # fmt: skip
-    console.print(table if table.row_count else Text("No schedules."))
+    console.print(table if table.row_count else Text(_("No schedules.")))

@@ -14,6 +14,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import router
+from django.utils.translation import gettext as _
 from rich.table import Table
 from rich.text import Text
 
@@ -95,16 +96,22 @@ def submit(
         command.stdout.write(str(task.pk))
         return
     command.stdout.write(
-        f"Task {task.pk} ({type_name}) submitted; waiting for it to end "
-        "(Ctrl-C stops the waiting, not the task)."
+        _(
+            "Task %(id)s (%(type)s) submitted; waiting for it to end "
+            "(Ctrl-C stops the waiting, not the task)."
+        )
+        % {"id": task.pk, "type": type_name}
     )
     command.stdout.flush()
     try:
         watch(console_for(command), command, task)
     except KeyboardInterrupt:
         raise CommandError(
-            f"Stopped waiting; task {task.pk} goes on ({task.state}): "
-            f"`manage.py batchtasks show {task.pk}` tells how it ends.",
+            _(
+                "Stopped waiting; task %(id)s goes on (%(state)s): "
+                "`manage.py batchtasks show %(id)s` tells how it ends."
+            )
+            % {"id": task.pk, "state": task.state},
             returncode=130,
         ) from None
     report_outcome(command, task)
@@ -121,18 +128,27 @@ def parse_params(text: str | None) -> dict[str, Any]:
             text = path.read_text(encoding="utf-8")
         except (OSError, ValueError) as exc:
             why = getattr(exc, "strerror", None) or exc
-            raise CommandError(f"Cannot read parameters from {str(path)!r}: {why}.") from None
-        source = f"The file {str(path)!r}"
+            raise CommandError(
+                _("Cannot read parameters from %(path)s: %(error)s.")
+                % {"path": repr(str(path)), "error": why}
+            ) from None
+        source = _("The file %(path)s") % {"path": repr(str(path))}
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CommandError(
-            f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}."
+            _("%(source)s is not valid JSON: %(error)s at line %(line)s column %(column)s.")
+            % {"source": source, "error": exc.msg, "line": exc.lineno, "column": exc.colno}
         ) from None
     if not isinstance(value, dict):
         raise CommandError(
-            f"{source} must hold a JSON object such as '{{\"steps\": 10}}', "
-            f"not {type(value).__name__} {value!r}."
+            _("%(source)s must hold a JSON object such as %(example)s, not %(type)s %(value)s.")
+            % {
+                "source": source,
+                "example": """'{"steps": 10}'""",
+                "type": type(value).__name__,
+                "value": repr(value),
+            }
         )
     return value
 
@@ -144,11 +160,19 @@ def report_outcome(command: BaseCommand, task: BatchTask) -> None:
         if len(result) > RESULT_CHARS:
             result = result[:RESULT_CHARS] + "…"
         took = monitor.duration_text(seconds_between(task.started_at, task.finished_at))
-        command.stdout.write(f"Task {task.pk} succeeded in {took}; result: {result}")
+        command.stdout.write(
+            _("Task %(id)s succeeded in %(took)s; result: %(result)s")
+            % {"id": task.pk, "took": took, "result": result}
+        )
         return
     error = task.error
-    why = f"{error.type}: {error.message}" if error else "no error recorded"
-    raise CommandError(one_line(f"Task {task.pk} {task.state}: {why}"))
+    why = f"{error.type}: {error.message}" if error else _("no error recorded")
+    line = _("Task %(id)s %(state)s: %(error)s") % {
+        "id": task.pk,
+        "state": task.state,
+        "error": why,
+    }
+    raise CommandError(one_line(line))
 
 
 # --- list and show ----------------------------------------------------------------------
@@ -169,7 +193,10 @@ def list_tasks(
     if owner is not None:
         tasks = tasks.for_owner(find_user(owner))
     count = parse_int("--limit", limit, low=1, high=10_000)
-    table = Table("ID", "Type", "State", "Progress", "Owner", "Prio", "Created", "Description")
+    table = Table(
+        _("ID"), _("Type"), _("State"), _("Progress"), _("Owner"), _("Prio"), _("Created"),
+        _("Description"),
+    )  # fmt: skip
     for task in tasks[:count]:
         table.add_row(
             *cells(
@@ -179,7 +206,7 @@ def list_tasks(
             )
         )  # fmt: skip
     console = console_for(command)
-    console.print(table if table.row_count else Text("No tasks match."))
+    console.print(table if table.row_count else Text(_("No tasks match.")))
 
 
 def show(command: BaseCommand, *, task_id: str, **options: Any) -> None:
@@ -189,52 +216,70 @@ def show(command: BaseCommand, *, task_id: str, **options: Any) -> None:
     facts = Table.grid(padding=(0, 2))
     for name, value in describe(task, now):
         facts.add_row(Text(name, style="bold"), Text(value))
-    console.print(Text(f"Task {task.pk}: {task.type_name}, {task.state}", style="bold"))
+    title = _("Task %(id)s: %(type)s, %(state)s")
+    console.print(
+        Text(title % {"id": task.pk, "type": task.type_name, "state": task.state}, style="bold")
+    )
     console.print(facts)
-    attempts = Table("#", "Outcome", "Worker", "Started", "Finished", "Error", title="Attempts")
+    attempts = Table(
+        "#", _("Outcome"), _("Worker"), _("Started"), _("Finished"), _("Error"),
+        title=_("Attempts"),
+    )  # fmt: skip
     for a in task.attempts.order_by("number"):
         error = f"{a.error_type}: {a.error_message}" if a.error_type else ""
         attempts.add_row(
             *cells(a.number, a.outcome, a.worker, local_time(a.started_at),
                    local_time(a.finished_at), error)
         )  # fmt: skip
-    console.print(attempts if attempts.row_count else Text("Attempts: none ended yet."))
+    console.print(attempts if attempts.row_count else Text(_("Attempts: none ended yet.")))
 
 
 def describe(task: BatchTask, now: Any) -> list[tuple[str, str]]:
     """The facts of ``show``, as (name, value) pairs; ages measured at ``now``."""
     end = task.finished_at or (now if task.state == TaskState.RUNNING else None)
     facts = [
-        ("description", task.description or "-"),
-        ("owner", task.owner.get_username() if task.owner else "-"),
-        ("priority", str(task.priority)),
-        ("queue", task.queue or task.definition.queue),
-        ("attempt", f"{task.attempt} (runs lost with their worker: {task.lost_runs})"),
-        ("worker", task.worker or "-"),
-        ("created", f"{local_time(task.created_at)} ({ago(now, task.created_at)} ago)"),
-        ("run after", local_time(task.run_after)),
-        ("queued", local_time(task.queued_at)),
-        ("started", local_time(task.started_at)),
-        ("finished", local_time(task.finished_at)),
-        ("ran for", monitor.duration_text(seconds_between(task.started_at, end))),
-        ("progress", f"{task.progress_percent}% {task.progress_message}".rstrip()),
-        ("cancel requested", "yes" if task.cancel_requested else "no"),
-        ("unique key", task.unique_key or "-"),
-        ("concurrency key", task.concurrency_key or "-"),
-        ("rate key", task.rate_key or "-"),
-        ("params", pretty(task.params)),
-        ("result", pretty(task.result)),
+        (_("description"), task.description or "-"),
+        (_("owner"), task.owner.get_username() if task.owner else "-"),
+        (_("priority"), str(task.priority)),
+        (_("queue"), task.queue or task.definition.queue),
+        (
+            _("attempt"),
+            _("%(attempt)s (runs lost with their worker: %(lost)s)")
+            % {"attempt": task.attempt, "lost": task.lost_runs},
+        ),
+        (_("worker"), task.worker or "-"),
+        (
+            _("created"),
+            _("%(time)s (%(age)s ago)")
+            % {"time": local_time(task.created_at), "age": ago(now, task.created_at)},
+        ),
+        (_("run after"), local_time(task.run_after)),
+        (_("queued"), local_time(task.queued_at)),
+        (_("started"), local_time(task.started_at)),
+        (_("finished"), local_time(task.finished_at)),
+        (_("ran for"), monitor.duration_text(seconds_between(task.started_at, end))),
+        (_("progress"), f"{task.progress_percent}% {task.progress_message}".rstrip()),
+        (_("cancel requested"), _("yes") if task.cancel_requested else _("no")),
+        (_("unique key"), task.unique_key or "-"),
+        (_("concurrency key"), task.concurrency_key or "-"),
+        (_("rate key"), task.rate_key or "-"),
+        (_("params"), pretty(task.params)),
+        (_("result"), pretty(task.result)),
     ]
     parents, children = _linked(task.parents()), _linked(task.children())
     if parents:
-        facts.append(("depends on", f"{parents} (on failure: {task.on_parent_failure})"))
+        on_failure = _("%(parents)s (on failure: %(policy)s)")
+        facts.append(
+            (_("depends on"), on_failure % {"parents": parents, "policy": task.on_parent_failure})
+        )
         if task.state == TaskState.BLOCKED:
-            facts.append(("waiting for", f"{task.pending_parents} of them"))
+            pending = _("%(count)s of them") % {"count": task.pending_parents}
+            facts.append((_("waiting for"), pending))
     if children:
-        facts.append(("children", children))
+        facts.append((_("children"), children))
     if task.error is not None:
-        facts.append(("error", f"{task.error.type}: {task.error.message}"))
-        facts.append(("traceback", task.error.traceback.rstrip() or "-"))
+        facts.append((_("error"), f"{task.error.type}: {task.error.message}"))
+        facts.append((_("traceback"), task.error.traceback.rstrip() or "-"))
     return facts
 
 
@@ -247,22 +292,26 @@ def _linked(tasks: Any) -> str:
     rows = list(tasks.values_list("pk", "state")[: LINKS_SHOWN + 1])
     text = ", ".join(f"#{pk} {state}" for pk, state in rows[:LINKS_SHOWN])
     if len(rows) > LINKS_SHOWN:
-        text += f" and {tasks.count() - LINKS_SHOWN} more"
+        text += _(" and %(count)s more") % {"count": tasks.count() - LINKS_SHOWN}
     return text
 
 
 # --- cancel and retry -----------------------------------------------------------------
 def cancel(command: BaseCommand, *, ids: list[str], **options: Any) -> None:
     for task in tasks_by_id(ids):
+        already = _("Task %(id)s: already %(state)s; nothing to cancel.")
         if task.state in FINAL_STATES:
-            line = f"already {task.state}; nothing to cancel."
+            line = already
         elif task.cancel() and task.state == TaskState.CANCELLED:
-            line = "cancelled."
+            line = _("Task %(id)s: cancelled.")
         elif task.state == TaskState.RUNNING:
-            line = "running; asked to stop (it ends as cancelled once its worker sees it)."
+            line = _(
+                "Task %(id)s: running; asked to stop (it ends as cancelled once its worker "
+                "sees it)."
+            )
         else:
-            line = f"already {task.state}; nothing to cancel."
-        command.stdout.write(f"Task {task.pk}: {line}")
+            line = already
+        command.stdout.write(line % {"id": task.pk, "state": task.state})
 
 
 def retry(command: BaseCommand, *, ids: list[str], **options: Any) -> None:
@@ -271,13 +320,19 @@ def retry(command: BaseCommand, *, ids: list[str], **options: Any) -> None:
         try:
             applied = task.retry()
         except UniqueKeyConflict as exc:
-            refused.append(f"Task {task.pk} not retried: {one_line(exc)}")
+            refused.append(
+                _("Task %(id)s not retried: %(error)s") % {"id": task.pk, "error": one_line(exc)}
+            )
             continue
         if applied:
-            command.stdout.write(f"Task {task.pk}: will run again as attempt {task.attempt}.")
+            command.stdout.write(
+                _("Task %(id)s: will run again as attempt %(attempt)s.")
+                % {"id": task.pk, "attempt": task.attempt}
+            )
         else:
             refused.append(
-                f"Task {task.pk} is {task.state}; only failed or cancelled tasks can be retried."
+                _("Task %(id)s is %(state)s; only failed or cancelled tasks can be retried.")
+                % {"id": task.pk, "state": task.state}
             )
     if refused:
         raise CommandError(" ".join(refused))
@@ -290,21 +345,26 @@ def stats(command: BaseCommand, **options: Any) -> None:
     queues = monitor.queue_loads(now, db, monitor.finished_by_minute(now, db))
     online = sum(1 for w in monitor.workers(now, db) if w.state == WorkerState.ONLINE)
     table = Table(
-        "Queue", "Limit", "Running", "Queued", "Waiting", "Oldest wait", "Ended 1 h",
-        "Failed 1 h", title=f"Queues at {local_time(now)}; workers online: {online}",
+        _("Queue"), _("Limit"), _("Running"), _("Queued"), _("Waiting"), _("Oldest wait"),
+        _("Ended 1 h"), _("Failed 1 h"),
+        title=_("Queues at %(time)s; workers online: %(online)s")
+        % {"time": local_time(now), "online": online},
     )  # fmt: skip
     for queue in queues:
         table.add_row(*load_cells(queue.name, queue.max_concurrency, queue.load))
     total = sum((q.load for q in queues), monitor.Load())
     table.add_section()
-    table.add_row(*load_cells("all queues", None, total, limit_text="-"))
+    table.add_row(*load_cells(_("all queues"), None, total, limit_text="-"))
     console_for(command).print(table)
 
 
 def load_cells(
-    name: str, limit: int | None, load: monitor.Load, *, limit_text: str = "unlimited"
+    name: str, limit: int | None, load: monitor.Load, *, limit_text: str = ""
 ) -> list[Text]:
-    waiting = f"{load.waiting} ({load.delayed} later)" if load.delayed else str(load.waiting)
+    limit_text = limit_text or _("unlimited")
+    later = _("%(waiting)s (%(later)s later)")
+    waiting = later % {"waiting": load.waiting, "later": load.delayed} if load.delayed else ""
+    waiting = waiting or str(load.waiting)
     return cells(
         name, limit_text if limit is None else limit, load.running, load.queued, waiting,
         load.oldest_wait_text, load.finished_hour, load.failed_hour,
@@ -319,14 +379,21 @@ def parse_int(option: str, text: str, *, low: int | None = None, high: int | Non
     except ValueError:
         value = None
     if value is None or (low is not None and value < low) or (high is not None and value > high):
-        bounds = f" from {low} to {high}" if low is not None else ""
-        raise CommandError(f"{option} must be a whole number{bounds}, not {text!r}.")
+        values = {"option": option, "low": low, "high": high, "text": repr(text)}
+        if low is not None:
+            message = _("%(option)s must be a whole number from %(low)s to %(high)s, not %(text)s.")
+        else:
+            message = _("%(option)s must be a whole number, not %(text)s.")
+        raise CommandError(message % values)
     return value
 
 
 def parse_state(text: str) -> str:
     if text not in TaskState.values:
-        raise CommandError(f"Unknown state {text!r}; use one of {', '.join(TaskState.values)}.")
+        raise CommandError(
+            _("Unknown state %(state)s; use one of %(states)s.")
+            % {"state": repr(text), "states": ", ".join(TaskState.values)}
+        )
     return text
 
 
@@ -344,8 +411,8 @@ def check_type(name: str) -> str:
 def unknown_type(exc: UnknownTaskType) -> str:
     """The registry's message with its close-name hint, but without the list of every
     type (one line on a terminal); ``workers`` lists them."""
-    message = one_line(exc).split(" Registered types:")[0]
-    return f"{message} `manage.py batchtasks workers` lists the types."
+    message = one_line(exc.summary)
+    return _("%(error)s `manage.py batchtasks workers` lists the types.") % {"error": message}
 
 
 def find_user(username: str) -> Any:
@@ -353,7 +420,7 @@ def find_user(username: str) -> Any:
     try:
         return model._default_manager.get_by_natural_key(username)
     except model.DoesNotExist:
-        raise CommandError(f"No user called {username!r}.") from None
+        raise CommandError(_("No user called %(name)s.") % {"name": repr(username)}) from None
 
 
 def tasks_by_id(texts: list[str]) -> list[BatchTask]:
@@ -363,6 +430,7 @@ def tasks_by_id(texts: list[str]) -> list[BatchTask]:
     missing = [str(i) for i in ids if i not in found]
     if missing:
         raise CommandError(
-            f"No task with id {', '.join(missing)}; `manage.py batchtasks list` shows tasks."
+            _("No task with id %(ids)s; `manage.py batchtasks list` shows tasks.")
+            % {"ids": ", ".join(missing)}
         )
     return [found[i] for i in ids]

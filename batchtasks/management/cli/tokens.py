@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Q
+from django.utils.translation import gettext as _
 from rich.table import Table
 from rich.text import Text
 
@@ -59,10 +60,18 @@ def create(
     except InvalidTokenOption as exc:
         raise CommandError(str(exc)) from None
     command.stdout.write(issued.plaintext)
-    until = local_time(issued.token.expires_at) if issued.token.expires_at else "never"
+    until = local_time(issued.token.expires_at) if issued.token.expires_at else _("never")
     command.stderr.write(
-        f"Token {issued.token.pk} of {owner.get_username()} (scope {issued.token.scope}, "
-        f"expires {until}). It is shown this once: store it now."
+        _(
+            "Token %(id)s of %(user)s (scope %(scope)s, expires %(until)s). It is shown this "
+            "once: store it now."
+        )
+        % {
+            "id": issued.token.pk,
+            "user": owner.get_username(),
+            "scope": issued.token.scope,
+            "until": until,
+        }
     )
 
 
@@ -71,19 +80,20 @@ def list_tokens(command: BaseCommand, *, user: str | None, **options: Any) -> No
     if user is not None:
         rows = rows.filter(user=find_user(user))
     table = Table(
-        "ID", "User", "Name", "Token", "Scope", "Created", "Expires", "Last used", "State"
-    )
+        _("ID"), _("User"), _("Name"), _("Token"), _("Scope"), _("Created"), _("Expires"),
+        _("Last used"), _("State"),
+    )  # fmt: skip
     for token in rows:
         table.add_row(
             *cells(
                 token.pk, token.user.get_username(), token.name, f"bt_{token.prefix}…",
                 token.scope, local_time(token.created_at),
-                local_time(token.expires_at) if token.expires_at else "never",
+                local_time(token.expires_at) if token.expires_at else _("never"),
                 local_time(token.last_used_at) if token.last_used_at else "-",
                 tokens.state(token),
             )
         )  # fmt: skip
-    console_for(command).print(table if table.row_count else Text("No API tokens."))
+    console_for(command).print(table if table.row_count else Text(_("No API tokens.")))
 
 
 def revoke(command: BaseCommand, *, refs: list[str], **options: Any) -> None:
@@ -96,6 +106,9 @@ def revoke(command: BaseCommand, *, refs: list[str], **options: Any) -> None:
             wanted |= Q(pk=parse_int("ID", text, low=1, high=MAX_ID))
     matched = ApiToken.objects.filter(wanted)
     if matched.count() == 0:
-        raise CommandError("No such token; `manage.py batchtasks token list` lists them.")
+        raise CommandError(_("No such token; `manage.py batchtasks token list` lists them."))
     count = tokens.revoke(matched)
-    command.stdout.write(f"Revoked {count} token(s); {matched.count() - count} already were.")
+    command.stdout.write(
+        _("Tokens revoked: %(count)s; already revoked: %(before)s.")
+        % {"count": count, "before": matched.count() - count}
+    )

@@ -20,6 +20,9 @@
  *                       tasks already final in the first poll after the page loaded
  *                       (tasks announced by `batchtask:submitted` with an id always count).
  * Every user string is rendered with textContent, every URL checked before setAttribute.
+ * Its own words come from the app's JavaScript catalog (the script before this one, at
+ * batchtasks:jsi18n), its numbers from Intl in the indicator's language (its lang);
+ * without the catalog it speaks English.
  *
  * For screen readers: a polite live region (#batchtasks-indicator-status) says when one of
  * the user's tasks appears and when one ends ("Export users as CSV: Succeeded"), not each
@@ -35,11 +38,23 @@
   const SUCCEEDED = 4;
   const FINISHED = 5;
 
+  const i18n = window.django || {};
+  const gettext = i18n.gettext || ((text) => text);
+  const ngettext = i18n.ngettext || ((one, many, count) => (count === 1 ? one : many));
+
+  // "%(name)s" placeholders filled from `values` (what django.interpolate does, named).
+  function format(text, values) {
+    return text.replace(/%\((\w+)\)s/g, (whole, key) => (key in values ? values[key] : whole));
+  }
+
   const root = document.getElementById("batchtasks-indicator");
   if (!root || root.dataset.started) {
     return;
   }
   root.dataset.started = "true";
+  const lang = root.lang || document.documentElement.lang || navigator.language || "en";
+  const percentFormat = new Intl.NumberFormat(lang, { style: "percent" });
+  const countFormat = new Intl.NumberFormat(lang);
   const pollUrl = root.dataset.pollUrl;
   const eventsUrl = root.dataset.eventsUrl;
   const button = root.querySelector(".batchtasks-indicator__button");
@@ -296,7 +311,8 @@
     bar.className = "batchtasks-indicator__bar";
     bar.max = 100;
     bar.value = Number(task.progress_percent) || 0;
-    const nodes = [bar, element("span", "batchtasks-indicator__percent", bar.value + " %")];
+    const percent = percentFormat.format(bar.value / 100);
+    const nodes = [bar, element("span", "batchtasks-indicator__percent", percent)];
     if (task.progress_message) {
       nodes.push(element("span", "batchtasks-indicator__message", task.progress_message));
     }
@@ -310,7 +326,7 @@
     }
     const href = resultUrl(task);
     if (href) {
-      const text = task.state_code === SUCCEEDED ? "Result" : "Details";
+      const text = task.state_code === SUCCEEDED ? gettext("Result") : gettext("Details");
       const link = element("a", "batchtasks-indicator__link", text);
       link.setAttribute("href", href);
       nodes.push(link);
@@ -329,17 +345,28 @@
     return item;
   }
 
+  function stateLine(task) {
+    // TRANSLATORS: a task in the indicator's button or a screen reader's announcement:
+    // its name and its state.
+    return format(gettext("%(name)s: %(state)s"), { name: nameOf(task), state: task.state_label });
+  }
+
   function labelOf(running, done) {
     if (running.length === 1) {
       return nameOf(running[0]);
     }
     if (running.length > 1) {
-      return running.length + " tasks";
+      const count = countFormat.format(running.length);
+      return format(ngettext("%(count)s task", "%(count)s tasks", running.length), { count });
     }
     if (done.length === 1) {
-      return nameOf(done[0]) + ": " + done[0].state_label;
+      return stateLine(done[0]);
     }
-    return done.length + " tasks finished";
+    const count = countFormat.format(done.length);
+    return format(
+      ngettext("%(count)s task finished", "%(count)s tasks finished", done.length),
+      { count },
+    );
   }
 
   function render() {
@@ -364,7 +391,7 @@
   function announce(tasks) {
     // Only what is new: a live region reads out every change of its text.
     if (status && tasks.length) {
-      status.textContent = tasks.map((task) => nameOf(task) + ": " + task.state_label).join("; ");
+      status.textContent = tasks.map(stateLine).join("; ");
     }
   }
 

@@ -1,7 +1,7 @@
 """``make bench``: batch tasks against plain Celery on this machine's PostgreSQL and Redis.
 
 Runs on its own database (``<DATABASE_URL name>_bench``) and Redis key prefix, with
-real worker processes, and prints a Markdown table for the README.
+real worker processes, and prints a Markdown table for docs/figures/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -122,8 +122,8 @@ else:
             },
         }
     }
-# TASKS_DATABASE_URL: the task tables in a database of their own (README, A task
-# database of its own); its alias "tasks" is set as BATCHTASKS["DATABASE"] below.
+# TASKS_DATABASE_URL: the task tables in a database of their own
+# (docs/how-to/task-database.md); its alias "tasks" is set as BATCHTASKS["DATABASE"] below.
 if os.environ.get("TASKS_DATABASE_URL"):
     DATABASES["tasks"] = dj_database_url.parse(
         os.environ["TASKS_DATABASE_URL"],

@@ -147,15 +147,36 @@ def test_env_example_lists_every_environment_variable_the_project_reads() -> Non
 
 #: The settings of BATCHTASKS that the environment sets beside numbers and flags.
 ENVIRONMENT_LISTS_AND_SECRETS = ("WEBHOOK_SECRET", "METRICS_TOKEN", "METRICS_AUTH", "METRICS_ALLOW")
-#: How the README names environment variables (and Django settings that look alike).
+#: How the README and the documentation name environment variables (and Django settings
+#: that look alike).
 README_NAME = re.compile(
     r"\b(?:(?:DJANGO|BATCHTASKS|CELERY|LOG|WEB|DB|BASE|POSTGRES)_[A-Z0-9_]*[A-Z0-9]|[A-Z]+_URL)\b"
 )
 
 
-def test_env_example_lists_every_environment_variable_the_readme_names() -> None:
-    named = set(README_NAME.findall((ROOT / "README.md").read_text()))
-    # Names the README gives that are settings, not environment variables...
+def documented_pages() -> list[Path]:
+    """README.md and every page of the documentation site (docs/) but the tutorial's,
+    whose variables are those of the new project it builds, not the reference project's."""
+    pages = sorted((ROOT / "docs").rglob("*.md"))
+    return [ROOT / "README.md", *(page for page in pages if "tutorial" not in page.parts)]
+
+
+def test_the_documentation_pages_are_where_the_check_reads_them() -> None:
+    pages = {path.relative_to(ROOT).as_posix() for path in documented_pages()}
+    # The pages that name most of the variables: deploying, settings, the task database.
+    assert {
+        "docs/how-to/deploy-compose.md",
+        "docs/reference/settings.md",
+        "docs/how-to/task-database.md",
+    } <= pages
+
+
+def test_env_example_lists_every_environment_variable_the_docs_name() -> None:
+    named: dict[str, str] = {}
+    for path in documented_pages():
+        for name in README_NAME.findall(path.read_text()):
+            named.setdefault(name, path.relative_to(ROOT).as_posix())
+    # Names the pages give that are settings, not environment variables...
     settings_py = (ROOT / "project" / "settings.py").read_text()
     conf = (ROOT / "batchtasks" / "core" / "conf.py").read_text()
     assigned = set(re.findall(r"^\s*([A-Z_]+) = ", settings_py, re.M))
@@ -165,9 +186,10 @@ def test_env_example_lists_every_environment_variable_the_readme_names() -> None
     for_programs = {"BATCHTASKS_TASK_ID", "BATCHTASKS_ATTEMPT"}
     example = (DOCKER / ".env.example").read_text()
 
-    missing = named - settings_only - for_programs - set(EXAMPLE_VARIABLE.findall(example))
+    missing = set(named) - settings_only - for_programs - set(EXAMPLE_VARIABLE.findall(example))
 
-    assert missing == set(), f"README.md names these; docker/.env.example lacks them: {missing}"
+    where = {name: named[name] for name in sorted(missing)}
+    assert missing == set(), f"These pages name these; docker/.env.example lacks them: {where}"
 
 
 def test_every_variable_of_env_example_has_a_comment_line_above_it() -> None:

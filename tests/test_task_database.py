@@ -1,5 +1,5 @@
-"""A task database of its own (README): the router, the checks, and submit's semantics
-inside and outside the application's transaction.
+"""A task database of its own (docs/how-to/task-database.md): the router, the checks, and
+submit's semantics inside and outside the application's transaction.
 
 The router and check tests run everywhere; the ones that need two databases run on the
 task-database leg (.ci/taskdb, tests/settings_taskdb.py) and are skipped elsewhere.

@@ -26,8 +26,8 @@ class BatchTasksSettings:
     TYPES: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Per queue: ``{"max_concurrency": n}`` used when the queue row is created.
     QUEUES: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: Schedules by name: ``{"type": ..., "cron": ... or "every": seconds, ...}`` (README,
-    #: Schedules); their rows follow these at each sync.
+    #: Schedules by name: ``{"type": ..., "cron": ... or "every": seconds, ...}``
+    #: (docs/how-to/schedules.md); their rows follow these at each sync.
     SCHEDULES: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Seconds between a worker's passes over the due schedules (it also wakes at the
     #: earliest next tick).
@@ -80,8 +80,8 @@ class BatchTasksSettings:
     #: Children a pool process's template forks for ``isolation="process"`` attempts before
     #: it is replaced by a fresh one (0: no template, a fresh interpreter per attempt).
     ISOLATION_TEMPLATE_FORKS: int = 1000
-    #: The database alias of the task tables, apart from the application's (README, A task
-    #: database of its own); needs ``batchtasks.db.router.TaskDatabaseRouter`` in
+    #: The database alias of the task tables, apart from the application's
+    #: (docs/how-to/task-database.md); needs ``batchtasks.db.router.TaskDatabaseRouter`` in
     #: ``DATABASE_ROUTERS``. ``None``: wherever the routers send them (usually "default").
     DATABASE: str | None = None
     #: Keep database connections between tasks (Celery's Django fixup closes them).

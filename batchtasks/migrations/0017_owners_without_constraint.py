@@ -1,5 +1,5 @@
 """The owner columns lose their foreign key constraint: the users may live in another
-database than the tasks (README, A task database of its own).
+database than the tasks (docs/how-to/task-database.md).
 
 0001 and 0012 now create the columns without it, so that ``migrate --database tasks``
 works on a database without the user table; databases made before lose the

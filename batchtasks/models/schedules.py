@@ -63,8 +63,8 @@ class BatchTaskSchedule(models.Model):
     params = models.JSONField(_("parameters"), default=dict, blank=True)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
-        # The users may live in another database than the tasks (README, A task database
-        # of its own): no constraint, and a deleted user's rows are unowned by
+        # The users may live in another database than the tasks
+        # (docs/how-to/task-database.md): no constraint, and a deleted user's rows are unowned by
         # ``owners.forget_owner`` on the task database, not by Django's collector.
         on_delete=models.DO_NOTHING,
         db_constraint=False,

@@ -52,7 +52,7 @@ BATCH = 1000
 PURGE_CHUNK = 1000
 #: Pause after each purge chunk, as a multiple of the chunk's own time. Purging without
 #: pauses, concurrent submits ran at 3-8x their p50 without a purge; with 1.0 at 1.3-2.3x
-#: (``make bench-scale``, step e; see the README's Scale section).
+#: (``make bench-scale``, step e; see docs/figures/benchmarks.md, Scale).
 PURGE_PAUSE = 1.0
 #: Republishing waits at most ``REPUBLISH_AFTER`` times this between two publishes.
 REPUBLISH_BACKOFF_MAX = 64

@@ -119,6 +119,21 @@ def test_an_unchanged_poll_gets_the_full_paths_304_without_django(tab: Tab) -> N
     assert fast["Cache-Control"] == "private, no-cache" and "Cookie" in fast["Vary"]
 
 
+def test_the_language_of_the_request_is_part_of_the_answer(tab: Tab, settings: Any) -> None:
+    assert "django.middleware.locale.LocaleMiddleware" in settings.MIDDLEWARE
+    english = tab.etag
+    assert tab.poll(HTTP_ACCEPT_LANGUAGE="en") == 304 and tab.fast
+    assert tab.headers["Content-Language"] == "en" and "Accept-Language" in tab.headers["Vary"]
+
+    # The same tab asking in Norwegian: the English ETag does not answer it.
+    assert tab.poll(HTTP_ACCEPT_LANGUAGE="nb") == 200 and tab.etag != english
+    assert tab.headers["Content-Language"] == "nb"
+    assert tab.poll(HTTP_ACCEPT_LANGUAGE="nb") == 304 and tab.fast
+    fast = tab.headers
+    assert tab.poll(app=tab.server.django, HTTP_ACCEPT_LANGUAGE="nb") == 304
+    assert fast == tab.headers
+
+
 def test_the_fast_path_leaves_no_transaction_and_keeps_the_connection(tab: Tab) -> None:
     tab.poll()
     opened = connection.connection

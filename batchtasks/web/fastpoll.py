@@ -46,6 +46,9 @@ logger = logging.getLogger(__name__)
 #: Middleware whose hooks the fast path runs, as Django would, on the request and the 304.
 REPLAYED = (
     "django.middleware.security.SecurityMiddleware",
+    # Activates the request's language (which the ETag names) and adds Content-Language
+    # and Vary: Accept-Language to the 304.
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 )

@@ -22,6 +22,7 @@ from batchtasks.core.registry import batchtask, registry
 from batchtasks.models import BatchTaskDefinition
 from batchtasks.services.definitions import get_definition
 from tests.accounts import basic, make_user
+from tests.apitools import PROBLEM, cancel, detail, retry
 from tests.openapi import ApiClient
 from tests.openapi import check as check_openapi
 from tests.taskdb import TASK_DB
@@ -33,19 +34,6 @@ TASKS = reverse("batchtasks:api-tasks")
 ACTIVE = reverse("batchtasks:api-active")
 TYPES = reverse("batchtasks:api-types")
 SCHEMA = reverse("batchtasks:api-schema")
-PROBLEM = "urn:batchtasks:problem:"
-
-
-def detail(pk: int) -> str:
-    return reverse("batchtasks:api-task", args=[pk])
-
-
-def cancel(pk: int) -> str:
-    return reverse("batchtasks:api-cancel", args=[pk])
-
-
-def retry(pk: int) -> str:
-    return reverse("batchtasks:api-retry", args=[pk])
 
 
 def problem(response: Any, status: int, slug: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from django.utils import timezone
 from batchtasks import BatchTask, TaskState
 from batchtasks.models import ApiToken
 from batchtasks.services import tokens
+from tests.apitools import PROBLEM, cancel, detail, retry
 from tests.openapi import ApiClient
 from tests.openapi import schema as openapi_schema
 
@@ -34,21 +35,8 @@ TASKS = reverse("batchtasks:api-tasks")
 ACTIVE = reverse("batchtasks:api-active")
 TYPES = reverse("batchtasks:api-types")
 PAGE = reverse("batchtasks:tokens")
-PROBLEM = "urn:batchtasks:problem:"
 PLAINTEXT = re.compile(r"bt_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
 SUBMIT_BODY = {"type": "examples.progress", "params": {"steps": 1}}
-
-
-def detail(pk: int) -> str:
-    return reverse("batchtasks:api-task", args=[pk])
-
-
-def cancel(pk: int) -> str:
-    return reverse("batchtasks:api-cancel", args=[pk])
-
-
-def retry(pk: int) -> str:
-    return reverse("batchtasks:api-retry", args=[pk])
 
 
 def bearer(plaintext: str) -> dict[str, str]:

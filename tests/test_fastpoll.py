@@ -18,9 +18,10 @@ from django.test import Client, RequestFactory
 from django.urls import reverse
 from psycopg.pq import TransactionStatus
 
-from batchtasks import BatchTask, TaskState, transitions
+from batchtasks import BatchTask, transitions
 from batchtasks.web import fastpoll, indicator
 from tests.accounts import basic
+from tests.apitools import running
 
 # The wrapper sends request_started/finished and so closes connections as a server's
 # requests do: the rows must be committed, not inside a test's transaction.
@@ -97,15 +98,6 @@ def tab(server: Server, client: Client, alice: Any) -> Tab:
     tab = Tab(server, client)
     assert tab.poll() == 200 and not tab.fast and TOKEN in tab.cookies
     return tab
-
-
-def running(owner: Any) -> tuple[BatchTask, transitions.Fence]:
-    """A task of ``owner`` claimed by a worker, and the fence of its attempt."""
-    task = BatchTask.submit("examples.progress", {}, owner=owner)
-    BatchTask.objects.filter(pk=task.pk).update(state=TaskState.QUEUED, queue="batch.x")
-    fence = transitions.Fence(task.pk, 1, "a" * 32)
-    assert transitions.claim(fence, worker="w@h", pid=1, lease_seconds=30, using="default")
-    return task, fence
 
 
 def test_an_unchanged_poll_gets_the_full_paths_304_without_django(tab: Tab) -> None:

@@ -20,10 +20,11 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from batchtasks import BatchTask, TaskState, transitions
+from batchtasks import BatchTask, transitions
 from batchtasks.web import indicator
 from batchtasks.web import push as push_module
 from tests.accounts import basic, make_user
+from tests.apitools import running
 from tests.openapi import ApiClient
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_passwords")]
@@ -50,15 +51,6 @@ class Tab:
         status = self.poll().status_code
         assert status in (200, 304)
         return status == 200
-
-
-def running(owner: Any) -> tuple[BatchTask, transitions.Fence]:
-    """A task of ``owner`` claimed by a worker, and the fence of its attempt."""
-    task = BatchTask.submit("examples.progress", {}, owner=owner)
-    BatchTask.objects.filter(pk=task.pk).update(state=TaskState.QUEUED, queue="batch.x")
-    fence = transitions.Fence(task.pk, 1, "a" * 32)
-    assert transitions.claim(fence, worker="w@h", pid=1, lease_seconds=30, using="default")
-    return task, fence
 
 
 # --- the ETag -------------------------------------------------------------------------------

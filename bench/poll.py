@@ -41,6 +41,10 @@ TASKS = int(os.environ.get("BENCH_POLL_TASKS", "100000"))
 PACED_SECONDS = float(os.environ.get("BENCH_POLL_SECONDS", "20"))
 SATURATION_SECONDS = float(os.environ.get("BENCH_POLL_SATURATION_SECONDS", "10"))
 WORKERS = int(os.environ.get("BENCH_POLL_WORKERS", "4"))
+#: gunicorn's worker class and threads per worker: "sync" (one request per connection)
+#: or "gthread" (connections kept alive between a tab's polls).
+WORKER_CLASS = os.environ.get("BENCH_POLL_WORKER_CLASS", "sync")
+THREADS = int(os.environ.get("BENCH_POLL_THREADS", "4"))
 SAMPLES = int(os.environ.get("BENCH_POLL_SAMPLES", "500"))
 POLL_PATH = "/batchtasks/api/tasks/active/"
 PROGRESS_APP = "bench-poll-progress"
@@ -187,11 +191,15 @@ def progress_reports(url: str) -> Iterator[None]:
 # --- the server and the load --------------------------------------------------------------
 @contextmanager
 def gunicorn(env: dict[str, str]) -> Iterator[tuple[int, Any]]:
-    """gunicorn with sync workers on a free port of 127.0.0.1; yields (port, master)."""
+    """gunicorn with ``WORKER_CLASS`` workers on a free port of 127.0.0.1; yields (port,
+    master)."""
     import psutil
 
     port = free_port()
     argv = ["gunicorn", "project.wsgi", "-w", str(WORKERS), "-b", f"127.0.0.1:{port}"]
+    argv += ["--worker-class", WORKER_CLASS]
+    if WORKER_CLASS == "gthread":
+        argv += ["--threads", str(THREADS), "--keep-alive", "5"]
     with serving([*argv, "--log-level", "warning"], port, env) as server:
         yield port, psutil.Process(server.pid)
 

@@ -8,27 +8,35 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.db import router
 from django.utils.translation import gettext as _
-from django.utils.translation import ngettext
+from django.utils.translation import gettext_lazy, ngettext
 
 
 def add(sub: Any) -> None:
     sub.add_parser(
         "workers",
-        help="Print queues, types, limits and the celery worker lines that serve them.",
+        help=gettext_lazy(
+            "Print queues, types, limits and the celery worker lines that serve them."
+        ),
     ).set_defaults(handler=workers)
-    dispatch_parser = sub.add_parser("dispatch", help="Run one dispatch pass for queues.")
-    dispatch_parser.add_argument("queues", nargs="*", help="Queue names (default: all).")
+    dispatch_parser = sub.add_parser(
+        "dispatch", help=gettext_lazy("Run one dispatch pass for queues.")
+    )
+    dispatch_parser.add_argument(
+        "queues", nargs="*", help=gettext_lazy("Queue names (default: all).")
+    )
     dispatch_parser.set_defaults(handler=dispatch)
     sub.add_parser(
-        "sync", help="Create missing definition and queue rows from the registry."
+        "sync", help=gettext_lazy("Create missing definition and queue rows from the registry.")
     ).set_defaults(handler=sync)
     sub.add_parser(
         "sweep",
-        help="Once: recover attempts with expired leases, republish lost messages, "
-        "purge past retention, mark silent workers offline.",
+        help=gettext_lazy(
+            "Once: recover attempts with expired leases, republish lost messages, "
+            "purge past retention, mark silent workers offline."
+        ),
     ).set_defaults(handler=sweep)
     sub.add_parser(
-        "purge", help="Delete all finished tasks older than their type's retention."
+        "purge", help=gettext_lazy("Delete all finished tasks older than their type's retention.")
     ).set_defaults(handler=purge)
 
 

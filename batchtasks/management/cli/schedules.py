@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from rich.table import Table
 from rich.text import Text
 
@@ -19,10 +20,13 @@ from .terminal import cells, console_for, local_time
 
 def add(sub: Any) -> None:
     p = sub.add_parser(
-        "schedules", help="List schedules with their next and last run and the task each made."
+        "schedules",
+        help=gettext_lazy("List schedules with their next and last run and the task each made."),
     )
     p.add_argument(
-        "--run-due", action="store_true", help="First claim and submit the due ticks (once)."
+        "--run-due",
+        action="store_true",
+        help=gettext_lazy("First claim and submit the due ticks (once)."),
     )
     p.set_defaults(handler=list_schedules)
 

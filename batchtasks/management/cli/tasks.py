@@ -14,7 +14,9 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import router
+from django.utils.text import format_lazy
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from rich.table import Table
 from rich.text import Text
 
@@ -42,35 +44,52 @@ SUBMIT_ERRORS = (InvalidParameters, InvalidTaskOption, TaskTypeDisabled)
 
 
 def add(sub: Any) -> None:
-    p = sub.add_parser("submit", help="Submit a task; --wait shows its progress until it ends.")
-    p.add_argument("type_name", metavar="TYPE", help="The task type, e.g. examples.progress.")
-    p.add_argument("--params", metavar="JSON|@FILE", help="A JSON object, or @file holding one.")
-    p.add_argument("--priority", metavar="N", help="-100 to 100, higher first.")
-    p.add_argument("--description", default="", help="Shown in lists and the admin.")
-    p.add_argument("--wait", action="store_true", help="Show progress until the task ends.")
+    p = sub.add_parser(
+        "submit", help=gettext_lazy("Submit a task; --wait shows its progress until it ends.")
+    )
+    p.add_argument(
+        "type_name", metavar="TYPE", help=gettext_lazy("The task type, e.g. examples.progress.")
+    )
+    p.add_argument(
+        "--params", metavar="JSON|@FILE", help=gettext_lazy("A JSON object, or @file holding one.")
+    )
+    p.add_argument("--priority", metavar="N", help=gettext_lazy("-100 to 100, higher first."))
+    p.add_argument("--description", default="", help=gettext_lazy("Shown in lists and the admin."))
+    p.add_argument(
+        "--wait", action="store_true", help=gettext_lazy("Show progress until the task ends.")
+    )
     p.set_defaults(handler=submit)
-    p = sub.add_parser("list", help="List tasks, newest first.")
+    p = sub.add_parser("list", help=gettext_lazy("List tasks, newest first."))
     p.add_argument(
         "--state", dest="states", action="append", default=[], metavar="STATE",
-        help=f"Only tasks in this state (repeat for several): {', '.join(TaskState.values)}.",
+        help=format_lazy(
+            gettext_lazy("Only tasks in this state (repeat for several): {states}."),
+            states=", ".join(TaskState.values),
+        ),
     )  # fmt: skip
-    p.add_argument("--type", dest="type_name", metavar="TYPE", help="Only tasks of this type.")
-    p.add_argument("--owner", metavar="USERNAME", help="Only tasks this user submitted.")
-    p.add_argument("--limit", default=str(DEFAULT_LIMIT), metavar="N", help="At most N rows.")
+    p.add_argument(
+        "--type", dest="type_name", metavar="TYPE", help=gettext_lazy("Only tasks of this type.")
+    )
+    p.add_argument(
+        "--owner", metavar="USERNAME", help=gettext_lazy("Only tasks this user submitted.")
+    )
+    p.add_argument(
+        "--limit", default=str(DEFAULT_LIMIT), metavar="N", help=gettext_lazy("At most N rows.")
+    )
     p.set_defaults(handler=list_tasks)
-    p = sub.add_parser("show", help="Everything about one task, with its attempts.")
+    p = sub.add_parser("show", help=gettext_lazy("Everything about one task, with its attempts."))
     p.add_argument("task_id", metavar="ID")
     p.set_defaults(handler=show)
     for name, handler, text in (
-        ("cancel", cancel, "Cancel waiting tasks; ask running ones to stop."),
-        ("retry", retry, "Run failed or cancelled tasks again."),
+        ("cancel", cancel, gettext_lazy("Cancel waiting tasks; ask running ones to stop.")),
+        ("retry", retry, gettext_lazy("Run failed or cancelled tasks again.")),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("ids", nargs="+", metavar="ID")
         p.set_defaults(handler=handler)
-    sub.add_parser("stats", help="Per queue: limit, load, waits, the last hour.").set_defaults(
-        handler=stats
-    )
+    sub.add_parser(
+        "stats", help=gettext_lazy("Per queue: limit, load, waits, the last hour.")
+    ).set_defaults(handler=stats)
 
 
 # --- submit ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import IO, Any, cast
 
 from django.core.management.base import BaseCommand, OutputWrapper
 from django.utils import timezone
+from django.utils.translation import gettext as _
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
@@ -31,7 +32,13 @@ def watch(console: Console, command: BaseCommand, task: BatchTask) -> None:
     while True:
         seen = (task.state, task.progress_percent, task.progress_message)
         if seen != shown:
-            command.stdout.write(f"Task {task.pk}: {seen[0]} {seen[1]}% {seen[2]}".rstrip())
+            line = _("Task %(id)s: %(state)s %(percent)s%% %(message)s") % {
+                "id": task.pk,
+                "state": seen[0],
+                "percent": seen[1],
+                "message": seen[2],
+            }
+            command.stdout.write(line.rstrip())
             command.stdout.flush()
             shown = seen
         if task.state in FINAL_STATES:
@@ -43,7 +50,7 @@ def watch(console: Console, command: BaseCommand, task: BatchTask) -> None:
 def watch_with_bar(console: Console, task: BatchTask) -> None:
     """A live bar: percent, state, time elapsed and the progress message."""
     columns = (
-        TextColumn(f"Task {task.pk}"),
+        TextColumn(_("Task %(id)s") % {"id": task.pk}, markup=False),
         BarColumn(),
         TaskProgressColumn(),
         TextColumn("{task.fields[state]}", markup=False),

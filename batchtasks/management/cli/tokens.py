@@ -9,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Q
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from rich.table import Table
 from rich.text import Text
 
@@ -24,25 +25,37 @@ SHOWN_PREFIX = re.compile(r"bt_([0-9a-f]{12})")
 
 
 def add(sub: Any) -> None:
-    token = sub.add_parser("token", help="Create, list and revoke API tokens of users.")
+    token = sub.add_parser(
+        "token", help=gettext_lazy("Create, list and revoke API tokens of users.")
+    )
     actions = token.add_subparsers(dest="token_action", metavar="ACTION")
     actions.required = True
-    p = actions.add_parser("create", help="Create a token; it is printed once, never again.")
-    p.add_argument("--user", required=True, metavar="USERNAME", help="Whose token it is.")
+    p = actions.add_parser(
+        "create", help=gettext_lazy("Create a token; it is printed once, never again.")
+    )
+    p.add_argument(
+        "--user", required=True, metavar="USERNAME", help=gettext_lazy("Whose token it is.")
+    )
     p.add_argument(
         "--scope", default=TokenScope.READ.value, choices=TokenScope.values,
-        help="read: list and view tasks; submit: also submit, cancel, retry (default: read).",
+        help=gettext_lazy(
+            "read: list and view tasks; submit: also submit, cancel, retry (default: read)."
+        ),
     )  # fmt: skip
     p.add_argument(
         "--expires", default="90d", metavar="90d|12h|30m|never",
-        help="Lifetime in days, hours or minutes, or never (default: 90d).",
+        help=gettext_lazy("Lifetime in days, hours or minutes, or never (default: 90d)."),
     )  # fmt: skip
-    p.add_argument("--name", default="command line", help="What the token is for.")
+    p.add_argument("--name", default="command line", help=gettext_lazy("What the token is for."))
     p.set_defaults(handler=create)
-    p = actions.add_parser("list", help="List tokens (never their secret), newest first.")
-    p.add_argument("--user", metavar="USERNAME", help="Only this user's tokens.")
+    p = actions.add_parser(
+        "list", help=gettext_lazy("List tokens (never their secret), newest first.")
+    )
+    p.add_argument("--user", metavar="USERNAME", help=gettext_lazy("Only this user's tokens."))
     p.set_defaults(handler=list_tokens)
-    p = actions.add_parser("revoke", help="Revoke tokens, by id or by bt_ prefix as listed.")
+    p = actions.add_parser(
+        "revoke", help=gettext_lazy("Revoke tokens, by id or by bt_ prefix as listed.")
+    )
     p.add_argument("refs", nargs="+", metavar="ID|PREFIX")
     p.set_defaults(handler=revoke)
 

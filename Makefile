@@ -10,11 +10,11 @@ TEST_ENV := DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/bat
             REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} \
             DJANGO_SETTINGS_MODULE=tests.settings
 
-# The languages of batchtasks/locale next to English; their compiled catalogs (.mo) are
-# built from the .po files, never committed.
+# The languages of batchtasks/locale (and of the reference project's pages, project/locale)
+# next to English; their compiled catalogs (.mo) are built from the .po files, never committed.
 LANGUAGES := nb nl de
 MO := $(foreach lang,$(LANGUAGES),$(foreach domain,django djangojs,\
-        batchtasks/locale/$(lang)/LC_MESSAGES/$(domain).mo))
+        batchtasks/locale/$(lang)/LC_MESSAGES/$(domain).mo) project/locale/$(lang)/LC_MESSAGES/django.mo)
 
 .PHONY: all run test messages compilemessages docs docs-serve test-django6 test-rabbitmq test-pgbouncer test-taskdb lint format typecheck bench bench-scale profile services browser requirements clean docker-smoke chaos
 
@@ -33,8 +33,12 @@ $(STAMP): requirements/base.txt requirements/dev.txt requirements/docs.txt pypro
 venv: $(STAMP) $(MO)
 
 ## messages: update the catalogs (batchtasks/locale/*/LC_MESSAGES/*.po) from the code
-##           and templates (-d django) and the static scripts (-d djangojs).
+##           and templates (-d django) and the static scripts (-d djangojs), and the
+##           reference project's (project/locale, -d django).
 messages: $(STAMP)
+	mkdir -p project/locale
+	cd project && ../$(BIN)/python ../manage.py makemessages --no-obsolete --no-location \
+	    $(addprefix -l ,$(LANGUAGES)) -d django
 	mkdir -p batchtasks/locale
 	cd batchtasks && ../$(BIN)/python ../manage.py makemessages --no-obsolete --no-location \
 	    $(addprefix -l ,$(LANGUAGES)) -d django

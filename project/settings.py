@@ -154,6 +154,8 @@ LANGUAGES = [
     ("nl", "Nederlands"),
     ("de", "Deutsch"),
 ]
+# The reference project's own pages (home, sign-in): project/locale, next to the app's.
+LOCALE_PATHS = [BASE_DIR / "project" / "locale"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

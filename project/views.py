@@ -11,6 +11,8 @@ from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.templatetags.static import static
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 from django.views.decorators.http import require_safe
 
 from batchtasks import BatchTask, TaskState
@@ -27,8 +29,32 @@ def home(request: HttpRequest) -> HttpResponse:
     context = {
         "may_export": request.user.has_perm(EXPORT_PERMISSION),
         "export_permission": EXPORT_PERMISSION,
+        "export_texts": export_texts(),
     }
     return render(request, "home.html", context)
+
+
+def export_texts() -> dict[str, str]:
+    """What the export button's script says, in the request's language; ``%(name)s``
+    placeholders are filled in by the script."""
+    return {
+        "description": _("Export users as CSV"),
+        "submitting": _("Submitting the export…"),
+        "refused": _("The export could not be submitted (HTTP %(status)s)."),
+        "failed": _("The export could not be submitted: %(error)s"),
+        "state": _("Export #%(id)s: %(state)s"),
+        "progress": _("Export #%(id)s: %(state)s, %(percent)s"),
+        # The script picks by rows == 1: every language here has English's two forms.
+        "ready_one": ngettext(
+            "Export #%(id)s is ready: %(rows)s user.", "Export #%(id)s is ready: %(rows)s users.", 1
+        ),
+        "ready_other": ngettext(
+            "Export #%(id)s is ready: %(rows)s user.", "Export #%(id)s is ready: %(rows)s users.", 2
+        ),
+        "ready": _("Export #%(id)s is ready."),
+        "ended": _("Export #%(id)s: %(state)s: %(error)s"),
+        "no_result": _("no result"),
+    }
 
 
 @require_safe
@@ -54,7 +80,7 @@ def report_download(request: HttpRequest, pk: int) -> FileResponse:
     )
     path = report_path(task.result)
     if path is None:
-        raise Http404("The report file is gone.")
+        raise Http404(_("The report file is gone."))
     return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)
 
 

@@ -1,12 +1,14 @@
 """The languages batchtasks speaks: with Accept-Language nb the indicator, the monitor, the
-API's problems, the admin and the command line answer in Norwegian, while the API's machine
-fields stay English; the catalogs of every language are complete and keep their placeholders.
+API's problems, the admin, the reference project's pages and the command line (its --help
+too) answer in Norwegian, while the API's machine fields stay English; the catalogs of every
+language, the app's and the reference project's, are complete and keep their placeholders.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +21,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.core.management import CommandError, call_command
 from django.template import Context, Template
 from django.test import Client, RequestFactory
@@ -27,8 +30,18 @@ from django.utils import translation
 
 from batchtasks import BatchTask
 from batchtasks.core.exceptions import InvalidParameters, InvalidTaskOption
+from batchtasks.management.commands.batchtasks import Command
 
-LOCALE = Path(__file__).resolve().parent.parent / "batchtasks" / "locale"
+ROOT = Path(__file__).resolve().parent.parent
+LOCALE = ROOT / "batchtasks" / "locale"
+#: The reference project's own catalogs (its pages), in LOCALE_PATHS.
+PROJECT_LOCALE = ROOT / "project" / "locale"
+#: Every catalog, as (its locale folder, domain).
+CATALOGS = {
+    "batchtasks/django": (LOCALE, "django"),
+    "batchtasks/djangojs": (LOCALE, "djangojs"),
+    "project/django": (PROJECT_LOCALE, "django"),
+}
 LANGUAGES = ["nb", "nl", "de"]
 NB = {"HTTP_ACCEPT_LANGUAGE": "nb-NO,nb;q=0.9,en;q=0.5"}
 PLACEHOLDER = re.compile(r"%\((\w+)\)[-#0 +]*\d*(?:\.\d+)?[sdifr]|%[sd]")
@@ -66,26 +79,28 @@ def entries(path: Path) -> list[dict[str, Any]]:
     return found
 
 
-def catalog(lang: str, domain: str) -> list[dict[str, Any]]:
-    return entries(LOCALE / lang / "LC_MESSAGES" / f"{domain}.po")
+def catalog(lang: str, domain: str, locale: Path = LOCALE) -> list[dict[str, Any]]:
+    return entries(locale / lang / "LC_MESSAGES" / f"{domain}.po")
 
 
 # --- the catalogs ---------------------------------------------------------------------------
-@pytest.mark.parametrize("domain", ["django", "djangojs"])
+@pytest.mark.parametrize("which", CATALOGS)
 @pytest.mark.parametrize("lang", LANGUAGES)
-def test_every_message_is_translated_and_none_is_fuzzy(lang: str, domain: str) -> None:
-    listed = catalog(lang, domain)
-    assert listed, f"{lang}/{domain}.po is empty"
+def test_every_message_is_translated_and_none_is_fuzzy(lang: str, which: str) -> None:
+    locale, domain = CATALOGS[which]
+    listed = catalog(lang, domain, locale)
+    assert listed, f"{lang}/{which}.po is empty"
     untranslated = [e["msgid"] for e in listed if not all(e["msgstr"])]
     fuzzy = [e["msgid"] for e in listed if "fuzzy" in e["flags"]]
     assert untranslated == [] and fuzzy == []
 
 
-@pytest.mark.parametrize("domain", ["django", "djangojs"])
+@pytest.mark.parametrize("which", CATALOGS)
 @pytest.mark.parametrize("lang", LANGUAGES)
-def test_every_translation_keeps_the_placeholders_of_its_message(lang: str, domain: str) -> None:
+def test_every_translation_keeps_the_placeholders_of_its_message(lang: str, which: str) -> None:
+    locale, domain = CATALOGS[which]
     wrong = []
-    for e in catalog(lang, domain):
+    for e in catalog(lang, domain, locale):
         # Every language here has English's two forms: the singular's translation holds
         # the singular's placeholders, the plural's the plural's.
         sources = [e["msgid"], e.get("msgid_plural", e["msgid"])]
@@ -96,20 +111,23 @@ def test_every_translation_keeps_the_placeholders_of_its_message(lang: str, doma
 
 
 @pytest.mark.skipif(shutil.which("xgettext") is None, reason="GNU gettext is not installed")
-def test_the_catalogs_hold_every_message_of_the_code_and_templates(tmp_path: Path) -> None:
+@pytest.mark.parametrize("which", CATALOGS)
+def test_the_catalogs_hold_every_message_of_the_code_and_templates(
+    tmp_path: Path, which: str
+) -> None:
     """What `make messages` would find now is what the catalogs hold: nothing new that
     lacks a translation, nothing stale."""
-    copy = tmp_path / "batchtasks"
-    shutil.copytree(LOCALE.parent, copy, ignore=shutil.ignore_patterns("__pycache__", "*.mo"))
-    for domain in ("django", "djangojs"):
-        subprocess.run(
-            [sys.executable, str(LOCALE.parent.parent / "manage.py"), "makemessages",
-             "-l", "nb", "-d", domain, "--no-obsolete", "--no-location"],
-            cwd=copy, check=True, capture_output=True,
-        )  # fmt: skip
-        fresh = {e["msgid"] for e in entries(copy / "locale/nb/LC_MESSAGES" / f"{domain}.po")}
-        held = {e["msgid"] for e in catalog("nb", domain)}
-        assert fresh == held, f"{domain}: run `make messages` and translate the new messages"
+    locale, domain = CATALOGS[which]
+    copy = tmp_path / locale.parent.name
+    shutil.copytree(locale.parent, copy, ignore=shutil.ignore_patterns("__pycache__", "*.mo"))
+    subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "makemessages",
+         "-l", "nb", "-d", domain, "--no-obsolete", "--no-location"],
+        cwd=copy, check=True, capture_output=True,
+    )  # fmt: skip
+    fresh = {e["msgid"] for e in entries(copy / "locale/nb/LC_MESSAGES" / f"{domain}.po")}
+    held = {e["msgid"] for e in catalog("nb", domain, locale)}
+    assert fresh == held, f"{which}: run `make messages` and translate the new messages"
 
 
 # --- the web in Norwegian -------------------------------------------------------------------
@@ -208,6 +226,30 @@ def test_the_command_line_follows_the_environments_language(
     assert "No tasks match." in out.getvalue()
 
 
+def help_text(*args: str) -> str:
+    """What ``manage.py batchtasks ARGS --help`` prints in a Norwegian terminal."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LC_ALL", "LC_MESSAGES")}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "batchtasks", *args, "--help"],
+        env={**env, "LANG": "nb_NO.UTF-8"}, cwd=ROOT, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return " ".join(done.stdout.split())  # argparse wraps lines to the terminal's width
+
+
+def test_the_command_lines_help_is_in_the_terminals_language() -> None:
+    top = help_text()
+    assert top.startswith("bruk: manage.py batchtasks")
+    assert "Betjen batchoppgaver; `manage.py batchtasks ACTION --help` beskriver" in top
+    assert "Kjør feilede eller avbrutte oppgaver på nytt." in top  # retry
+    assert "Vis denne hjelpeteksten og avslutt." in top and " valg: -h, --help " in top
+    assert "Run failed" not in top and "Verbosity level" not in top
+    listing = help_text("list")
+    assert "Bare oppgaver av denne typen." in listing
+    assert "Bare oppgaver med denne tilstanden (gjenta for flere): new, queued," in listing
+    english = Command().create_parser("manage.py", "batchtasks").format_help()
+    assert "Run failed or cancelled tasks again." in english and "usage: " in english
+
+
 def test_the_reference_project_offers_the_four_languages() -> None:
     assert [code for code, _ in settings.LANGUAGES] == ["en", "nb", "nl", "de"]
     assert "django.middleware.locale.LocaleMiddleware" in settings.MIDDLEWARE
@@ -220,3 +262,33 @@ def test_the_errors_of_a_submit_are_in_the_active_language(db: None) -> None:
     with pytest.raises(InvalidParameters) as bad:
         BatchTask.submit("examples.progress", {"steps": "many", "colour": 1})
     assert "unknown parameter" in str(bad.value)  # English outside a translation
+
+
+# --- the reference project's pages ----------------------------------------------------------
+def test_the_sign_in_page_speaks_norwegian(client: Client, alice: Any) -> None:
+    page = client.get(reverse("login"), **NB).content.decode()
+    assert '<html lang="nb">' in page
+    for text in ("<title>Logg inn · batchtasks</title>", ">Brukernavn</label>", ">Passord</label>"):
+        assert text in page
+    assert "Sign in" not in page and "Username" not in page
+    wrong = client.post(reverse("login"), {"username": "alice", "password": "no"}, **NB)
+    assert "Brukernavnet og passordet ditt stemte ikke. Prøv igjen." in wrong.content.decode()
+
+
+def test_the_home_page_speaks_norwegian(client: Client, alice: Any) -> None:
+    client.force_login(alice)
+    page = client.get(reverse("home"), **NB).content.decode()
+    assert '<html lang="nb">' in page
+    for text in (">API-tokener</a>", ">Logg ut</button>", "<h2>Brukere</h2>"):
+        assert text in page
+    assert "krever tillatelsen til å se brukere (<code>auth.view_user</code>)" in page
+
+    alice.user_permissions.add(Permission.objects.get_by_natural_key("view_user", "auth", "user"))
+    client.force_login(get_user_model().objects.get(pk=alice.pk))
+    page = client.get(reverse("home"), **NB).content.decode()
+    assert ">Eksporter brukere som CSV</button>" in page
+    assert "Eksporten kjører i bakgrunnen" in page and ">Last ned CSV-filen</a>" in page
+    texts = json.loads(page.split('id="export-texts" type="application/json">')[1].split("<")[0])
+    assert texts["submitting"] == "Sender inn eksporten …"
+    assert texts["ready_other"] == "Eksport #%(id)s er klar: %(rows)s brukere."
+    assert "The export runs" not in page and "Log out" not in page

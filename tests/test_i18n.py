@@ -239,7 +239,7 @@ def help_text(*args: str) -> str:
 def test_the_command_lines_help_is_in_the_terminals_language() -> None:
     top = help_text()
     assert top.startswith("bruk: manage.py batchtasks")
-    assert "Betjen batchoppgaver; `manage.py batchtasks ACTION --help` beskriver" in top
+    assert "Håndter batchoppgaver; `manage.py batchtasks ACTION --help` beskriver" in top
     assert "Kjør feilede eller avbrutte oppgaver på nytt." in top  # retry
     assert "Vis denne hjelpeteksten og avslutt." in top and " valg: -h, --help " in top
     assert "Run failed" not in top and "Verbosity level" not in top

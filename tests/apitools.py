@@ -3,6 +3,7 @@ of problem types, and a task a worker has claimed."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.urls import reverse
@@ -22,6 +23,15 @@ def cancel(pk: int) -> str:
 
 def retry(pk: int) -> str:
     return reverse("batchtasks:api-retry", args=[pk])
+
+
+def problem(response: Any, status: int, slug: str) -> dict[str, Any]:
+    """The problem+json body of ``response``, checked to be of ``status`` and ``slug``."""
+    assert response.status_code == status, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    body = json.loads(response.content)
+    assert body["type"] == PROBLEM + slug and body["status"] == status
+    return body
 
 
 def running(owner: Any) -> tuple[BatchTask, transitions.Fence]:

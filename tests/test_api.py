@@ -22,7 +22,7 @@ from batchtasks.core.registry import batchtask, registry
 from batchtasks.models import BatchTaskDefinition
 from batchtasks.services.definitions import get_definition
 from tests.accounts import basic, make_user
-from tests.apitools import PROBLEM, cancel, detail, retry
+from tests.apitools import cancel, detail, problem, retry
 from tests.openapi import ApiClient
 from tests.openapi import check as check_openapi
 from tests.taskdb import TASK_DB
@@ -34,14 +34,6 @@ TASKS = reverse("batchtasks:api-tasks")
 ACTIVE = reverse("batchtasks:api-active")
 TYPES = reverse("batchtasks:api-types")
 SCHEMA = reverse("batchtasks:api-schema")
-
-
-def problem(response: Any, status: int, slug: str) -> dict[str, Any]:
-    assert response.status_code == status, response.content
-    assert response["Content-Type"] == "application/problem+json"
-    body = json.loads(response.content)
-    assert body["type"] == PROBLEM + slug and body["status"] == status
-    return body
 
 
 def raw(fields: bytes) -> bytes:

@@ -25,7 +25,7 @@ from django.utils import timezone
 from batchtasks import BatchTask, TaskState
 from batchtasks.models import ApiToken
 from batchtasks.services import tokens
-from tests.apitools import PROBLEM, cancel, detail, retry
+from tests.apitools import PROBLEM, cancel, detail, problem, retry
 from tests.openapi import ApiClient
 from tests.openapi import schema as openapi_schema
 
@@ -41,14 +41,6 @@ SUBMIT_BODY = {"type": "examples.progress", "params": {"steps": 1}}
 
 def bearer(plaintext: str) -> dict[str, str]:
     return {"HTTP_AUTHORIZATION": f"Bearer {plaintext}"}
-
-
-def problem(response: Any, status: int, slug: str) -> dict[str, Any]:
-    assert response.status_code == status, response.content
-    assert response["Content-Type"] == "application/problem+json"
-    body = json.loads(response.content)
-    assert body["type"] == PROBLEM + slug and body["status"] == status
-    return body
 
 
 def cli(*args: str) -> tuple[str, str]:

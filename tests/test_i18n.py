@@ -26,7 +26,7 @@ from django.core.management import CommandError, call_command
 from django.template import Context, Template
 from django.test import Client, RequestFactory
 from django.urls import reverse
-from django.utils import translation
+from django.utils import formats, timezone, translation
 
 from batchtasks import BatchTask
 from batchtasks.core.exceptions import InvalidParameters, InvalidTaskOption
@@ -202,6 +202,20 @@ def test_the_admin_lists_tasks_in_norwegian(admin_client: Client, alice: Any) ->
     assert "Avbryt valgte oppgaver" in page  # an action
     assert "Batchoppgaver" in page  # the app and the model
     assert ">Ny<" in page or "Ny</span>" in page  # the task's state
+
+
+def test_the_admin_writes_dates_the_languages_way(admin_client: Client, alice: Any) -> None:
+    task = BatchTask.submit("examples.progress", {}, owner=alice)
+    change = reverse("admin:batchtasks_batchtask_change", args=[task.pk])
+    created = timezone.localtime(task.created_at)
+
+    for lang in ("nb", "en"):
+        page = admin_client.get(change, HTTP_ACCEPT_LANGUAGE=lang).content.decode()
+        with translation.override(lang):
+            written = formats.date_format(created, "DATETIME_FORMAT")
+        assert written in page, (lang, written)
+    with translation.override("nb"):
+        assert "desember" in formats.date_format(created.replace(month=12), "DATETIME_FORMAT")
 
 
 # --- the command line -----------------------------------------------------------------------

@@ -10,7 +10,7 @@ from django.db import close_old_connections, connection, transaction
 
 from batchtasks import BatchTask, TaskState, transitions
 from batchtasks.core.states import FINAL_STATES, AttemptOutcome
-from batchtasks.transitions import Fence, Outcome
+from batchtasks.transitions import Fence, Outcome, Succeeded
 from tests.workers import wait_for
 
 ME = "a" * 32
@@ -192,3 +192,87 @@ def test_a_child_submitted_while_its_parent_ends_sees_the_parent_final(definitio
     child.refresh_from_db()
     # Due at once: dispatched (queued) when its submit committed.
     assert (child.state, child.pending_parents) == (TaskState.QUEUED, 0)
+
+
+def _end_both(tasks: list[BatchTask]) -> None:
+    runs = [Succeeded(Fence(t.pk, 1, ME), None, None) for t in tasks]
+    transitions.end_succeeded(runs, using="default")
+
+
+def _renew_both(tasks: list[BatchTask]) -> None:
+    transitions.renew_leases(ME, None, 30, using="default")
+
+
+@pytest.mark.parametrize("write", [_end_both, _renew_both], ids=["batched_end", "renewal"])
+@pytest.mark.django_db(transaction=True)
+def test_a_workers_write_of_many_tasks_locks_them_in_id_order_whatever_the_plan(
+    definitions, write
+) -> None:
+    """A batch large enough gets a hash join over the running rows, which meets them in
+    heap order, and a lease renewal moves a row behind later ones. A write of many tasks
+    must still lock them in id order, as a child's submit locks its parents, or the two
+    deadlock."""
+    first, second = _running(), _running()
+    BatchTask.objects.filter(pk=first.pk).update(lease_expires_at=None)  # now behind second
+    BatchTask.objects.filter(pk=first.pk).update(lease_expires_at=second.lease_expires_at)
+    started = threading.Event()
+    errors: list[BaseException] = []
+
+    def write_both() -> None:
+        try:
+            with connection.cursor() as cursor:  # the plan of a batch of hundreds
+                cursor.execute("SET enable_nestloop = off")
+                cursor.execute("SET enable_mergejoin = off")
+            started.set()
+            write([first, second])
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            connection.close()
+
+    with transaction.atomic():  # a child's submit that has locked the first parent
+        BatchTask.objects.select_for_update(no_key=True).get(pk=first.pk)
+        thread = threading.Thread(target=write_both)
+        thread.start()
+        started.wait()
+        wait_for(_blocked_on_lock, timeout=10)
+        child = BatchTask.submit("examples.noop", depends_on=[first, second])
+    thread.join(10)
+
+    assert errors == []
+    child.refresh_from_db()
+    running = BatchTask.objects.filter(pk__in=[first.pk, second.pk], state=TaskState.RUNNING)
+    assert child.pending_parents == running.count()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_childs_submit_caught_in_a_deadlock_links_again(definitions) -> None:
+    """Another writer of several tasks (the dispatcher, a countdown) may still lock them
+    out of id order: when PostgreSQL picks the child's submit to break the circle, the
+    submit takes its parents' locks again instead of failing."""
+    first, second = _running(), _running()
+    done = threading.Event()
+    result: list[BatchTask] = []
+    errors: list[BaseException] = []
+
+    def submit() -> None:
+        try:
+            result.append(BatchTask.submit("examples.noop", depends_on=[first, second]))
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            done.set()
+            connection.close()
+
+    with transaction.atomic():  # the other writer: second, then first
+        with connection.cursor() as cursor:  # the submit, not this, finds the deadlock
+            cursor.execute("SET LOCAL deadlock_timeout = '30s'")
+        BatchTask.objects.select_for_update(no_key=True).get(pk=second.pk)
+        thread = threading.Thread(target=submit)
+        thread.start()
+        wait_for(_blocked_on_lock, timeout=10)  # the submit holds first, waits for second
+        BatchTask.objects.select_for_update(no_key=True).get(pk=first.pk)
+    thread.join(10)
+
+    assert errors == []
+    assert result[0].pending_parents == 2

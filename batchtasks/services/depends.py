@@ -3,10 +3,12 @@ children did (dispatch the queues of children made due, tell the app of those en
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Iterable
 from typing import Any
 
-from django.db import connections
+from django.db import OperationalError, connections, transaction
 from django.utils.translation import gettext as _
 
 from .. import transitions
@@ -103,10 +105,32 @@ def missing(ids: list[int], found: set[int]) -> None:
 def attach(children: list[int], parents: list[int], db: str) -> transitions.Settled:
     """Link ``children`` (inserted ``blocked``, waiting for every parent) to ``parents``
     and count the parents already final, in the caller's transaction."""
-    states = transitions.link(children, parents, using=db)
+    states = _link(children, parents, db)
     missing(parents, {pk for pk, _ in states})
     final = [(pk, state) for pk, state in states if state in FINAL_STATES]
     return transitions.settle(final, using=db) if final else transitions.Settled()
+
+
+#: Times a child's submit takes its parents' locks before a deadlock fails it.
+LINK_TRIES = 5
+
+
+def _link(children: list[int], parents: list[int], db: str) -> list[tuple[int, str]]:
+    """``transitions.link`` in a savepoint, taken again when PostgreSQL ends it to break a
+    deadlock: the link locks its parents in id order, as the engine's batched writes lock
+    theirs, but a writer that locks several tasks in another order (a countdown of
+    children, a dispatch) can still close a circle with it, and the submit is the caller's
+    to keep, not to fail."""
+    for attempt in range(1, LINK_TRIES):
+        try:
+            with transaction.atomic(using=db):
+                return transitions.link(children, parents, using=db)
+        except OperationalError as error:
+            if getattr(error.__cause__, "sqlstate", "") != "40P01":
+                raise
+            time.sleep(random.uniform(0, 0.05 * attempt))  # the other side goes first
+    with transaction.atomic(using=db):
+        return transitions.link(children, parents, using=db)
 
 
 def act_on(settled: transitions.Settled | None, db: str) -> None:

@@ -159,17 +159,28 @@ def renew_leases(
         return []
     connection = connections[using]
     t, clock = Tables(connection), Clock(connection)
-    sql = (
-        f"UPDATE {t.task} SET lease_expires_at = {clock.after} WHERE worker_instance = %s "
-        f"AND state IN ({states_sql(*WRITES['renew_lease'].sources)})"
-    )
-    params: list[Any] = [clock.param(seconds), instance]
+    where = f"worker_instance = %s AND state IN ({states_sql(*WRITES['renew_lease'].sources)})"
+    params: list[Any] = [instance]
     if held is not None:
         match, values = attempts_in(held)
-        sql += f" AND {match}"
+        where += f" AND {match}"
         params += values
+    returning = " RETURNING id, attempt, cancel_requested, worker_pid"
+    if connection.vendor == "postgresql":
+        # Locked in id order, as the batched ends and a child's submit lock theirs: the
+        # update's own plan meets rows in heap order, and renewals move them in the heap.
+        sql = (
+            f"WITH locked AS MATERIALIZED (SELECT id FROM {t.task} WHERE {where} ORDER BY id "
+            f"FOR NO KEY UPDATE) UPDATE {t.task} SET lease_expires_at = {clock.after} "
+            f"FROM locked WHERE {t.task}.id = locked.id"
+        )
+        returning = returning.replace(" id,", f" {t.task}.id,")
+        params = [*params, clock.param(seconds)]
+    else:  # SQLite: one writer at a time
+        sql = f"UPDATE {t.task} SET lease_expires_at = {clock.after} WHERE {where}"
+        params = [clock.param(seconds), *params]
     with connection.cursor() as cursor:
-        cursor.execute(sql + " RETURNING id, attempt, cancel_requested, worker_pid", params)
+        cursor.execute(sql + returning, params)
         return [Renewed(row[0], row[1], bool(row[2]), row[3]) for row in cursor.fetchall()]
 
 

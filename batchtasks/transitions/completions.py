@@ -48,14 +48,14 @@ def end_succeeded(runs: list[Succeeded], *, using: str) -> dict[int, Ended]:
         return end_attempts_with_children([(run.fence, _outcome(run)) for run in runs], using=using)
     columns = _columns(runs)
     with connection.cursor() as cursor:
-        cursor.execute(_end_sql(connection, "AND child_count = 0 "), columns)
+        cursor.execute(_end_sql(connection, "AND child_count = 0 ", len(runs)), columns)
         ended = {row[0]: Ended(row[1], row[2], row[3]) for row in cursor.fetchall()}
     if len(ended) == len(runs):
         return ended
     # Not ours any more, or children wait for them.
     rest = _columns([run for run in runs if run.fence.task_id not in ended])
     with transaction.atomic(using=using), connection.cursor() as cursor:
-        cursor.execute(_end_sql(connection, ""), rest)
+        cursor.execute(_end_sql(connection, "", len(rest[0])), rest)
         more = {row[0]: Ended(row[1], row[2], row[3]) for row in cursor.fetchall()}
         parents = [(pk, e.state) for pk, e in more.items() if e.children]
         if parents:  # succeeded: final; their settled facts ride on the first of them
@@ -65,8 +65,7 @@ def end_succeeded(runs: list[Succeeded], *, using: str) -> dict[int, Ended]:
 
 
 def _columns(runs: list[Succeeded]) -> list[list[Any]]:
-    """The statement's arrays, by task id: rows are locked in id order, as a child's
-    submit locks its parents (``dependents.link``), so the two never deadlock."""
+    """The statement's arrays, by task id (the order the statement locks them in)."""
     columns: list[list[Any]] = [[], [], [], [], [], []]
     for run in sorted(runs, key=lambda run: run.fence.task_id):
         f = run.fence
@@ -80,25 +79,37 @@ def _columns(runs: list[Succeeded]) -> list[list[Any]]:
     return columns
 
 
-def _end_sql(connection: Any, guard: str) -> str:
+def _end_sql(connection: Any, guard: str, rows: int) -> str:
     t, clock = Tables(connection), Clock(connection)
     succeeded = f"'{AttemptOutcome.SUCCEEDED}'"
+    fenced = (
+        f"{t.task}.id = v.id AND {t.task}.attempt = v.attempt AND worker_instance = v.instance "
+        f"AND state IN ({states_sql(*WRITES['end_attempt'].sources)}) {guard}"
+    )
+    # Several rows are locked in id order before any is written, as a child's submit
+    # locks its parents (``dependents.link``): the update's own join meets rows in the
+    # order its plan gives (a hash join over the running rows: heap order), and two
+    # writers that lock in different orders deadlock. One row needs no order.
+    locked = (
+        f"locked AS MATERIALIZED (SELECT {t.task}.id FROM {t.task} JOIN v ON {fenced}"
+        f"ORDER BY {t.task}.id FOR NO KEY UPDATE OF {t.task}), "
+        if rows > 1
+        else ""
+    )
     # Arrays, not a VALUES list: one statement text whatever the batch's size, so that it
     # is prepared once on the worker's state connection.
     return (
         "WITH v AS (SELECT * FROM UNNEST(%s::bigint[], %s::integer[], %s::text[], "
         "%s::jsonb[], %s::text[], %s::float8[]) "
         "AS v (id, attempt, instance, result, message, waited)), "
-        f"done AS (UPDATE {t.task} SET state = {succeeded}, "
+        f"{locked}done AS (UPDATE {t.task} SET state = {succeeded}, "
         "started_at = started_at + MAKE_INTERVAL(secs => v.waited), "
         f"finished_at = {clock.now}, updated_at = {clock.now}, result = v.result, "
         "error_type = '', error_message = '', error_traceback = '', "
         "lease_expires_at = NULL, worker_pid = NULL, progress_percent = 100, "
         f"progress_message = COALESCE(v.message, progress_message)"
         f"{finalize_marks('TRUE', t, clock)} "
-        f"FROM v WHERE {t.task}.id = v.id AND {t.task}.attempt = v.attempt "
-        f"AND worker_instance = v.instance "
-        f"AND state IN ({states_sql(*WRITES['end_attempt'].sources)}) {guard}"
+        f"FROM v {'JOIN locked ON locked.id = v.id ' if locked else ''}WHERE {fenced}"
         f"RETURNING {t.task}.id AS id, {t.task}.attempt AS number, worker, started_at, "
         f"{clock.now} AS now, state, queue, child_count), "
         f"recorded AS (INSERT INTO {t.attempt} ({ATTEMPT_COLUMNS}) SELECT id, number, "

@@ -156,8 +156,11 @@ TASK_COLUMNS = (
     "progress_percent, progress_message, error_type, error_message, error_traceback, "
     "worker, cancel_requested, created_at, updated_at, owner_id, definition_id, lost_runs, "
     "republish_count, worker_instance, finalize_attempts, finalize_error, finalize_state, "
-    "queued_at, started_at, finished_at"
+    "queued_at, started_at, finished_at, concurrency_key, rate_key, child_count, "
+    "on_parent_failure, pending_parents"
 )
+#: The values of the last five columns (no per-key rules, no dependencies).
+NO_KEYS_NO_PARENTS = "'', '', 0, 'skip', 0"
 
 
 def make_owners(n: int) -> list[int]:
@@ -214,7 +217,7 @@ def fill(
         f"INSERT INTO batchtasks_batchtask ({TASK_COLUMNS}) "
         f"SELECT {state}, 0, '', COALESCE('user:' || o.id, ''), {turn}, {queue}, 1, 0, '', "
         f"'', '', '', {worker}, false, {created}, {created}, o.id, d.id, 0, 0, '', 0, '', '', "
-        f"{times} FROM generate_series(0, %(n)s - 1) g "
+        f"{times}, {NO_KEYS_NO_PARENTS} FROM generate_series(0, %(n)s - 1) g "
         # Joins, not array subscripts: a parameter array is parsed again on every row.
         "JOIN unnest(%(definitions)s::bigint[]) WITH ORDINALITY d(id, i) "
         f"ON d.i = mod(g, {k}) + 1 "

@@ -21,6 +21,8 @@ then ``VACUUM ANALYZE`` (the state autovacuum would leave). Steps (all by defaul
 - ``purge``: the sweeper's ``purge`` called in another process until ``SCALE_FINISHED``
   expired tasks are gone, with submits going on here; submit latency with and without.
 - ``rss``: the worker's resident memory before and after ``SCALE_RSS_TASKS`` no-op tasks.
+- ``fleet``: a dispatch pass, a sweep and a heartbeat with ``FLEET_WORKERS`` (50) workers
+  registered and beating, simulated (bench/fleet.py), against none.
 
 ``SCALE_EXPLAIN=1`` prints the plans (EXPLAIN ANALYZE, rolled back) of the statements of
 one pass and one submit at each size to stderr. Progress goes to stderr, the Markdown
@@ -40,6 +42,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from bench.fleet import step_fleet
 from bench.run import percentile, wait_until
 
 SIZES = [int(s) for s in os.environ.get("SCALE_SIZES", "1000,100000,1000000").split(",")]
@@ -686,6 +689,7 @@ STEPS: dict[str, Callable[[], list[Row]]] = {
     "throughput": step_throughput,
     "purge": step_purge,
     "rss": step_rss,
+    "fleet": step_fleet,
 }
 
 

@@ -30,6 +30,7 @@ stderr, the Markdown table to stdout.
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import subprocess
@@ -265,11 +266,12 @@ class Stack:
         return seconds
 
 
-def online_workers() -> int:
+def workers_online(n: int) -> bool:
+    """Whether ``n`` workers have registered (the containers' agents are up)."""
     from batchtasks.models import BatchWorker
     from batchtasks.models.workers import WorkerState
 
-    return BatchWorker.objects.filter(state=WorkerState.ONLINE).count()
+    return BatchWorker.objects.filter(state=WorkerState.ONLINE).count() >= n
 
 
 def reset() -> None:
@@ -350,7 +352,7 @@ def main() -> None:
         for i in range(1, workers + 1):
             stack.start(f"scale-{i}")
         log(f"{workers} worker container(s) ...")
-        wait_until(lambda n=workers: online_workers() >= n, timeout=120, interval=0.5)
+        wait_until(functools.partial(workers_online, workers), timeout=120, interval=0.5)
         tier = [drain(stack, shape, workers) for shape in SHAPES]
         idle = idle_cpu(stack, workers)  # after the drains: the workers' start-up is over
         idles.append(

@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 TASKS = int(os.environ.get("SCALEOUT_TASKS", "20000"))
 PROCESS_TASKS = int(os.environ.get("SCALEOUT_PROCESS_TASKS", "500"))
@@ -137,7 +138,8 @@ def peak_connections(
 
 
 class ConnectionSampler(threading.Thread):
-    """Counts of the database's client backends by client address, twice a second."""
+    """Counts of the database's client backends by client address, twice a second and
+    at the end."""
 
     SQL = (
         "SELECT host(client_addr), count(*) FROM pg_stat_activity "
@@ -155,9 +157,14 @@ class ConnectionSampler(threading.Thread):
         import psycopg
 
         with psycopg.connect(self.url, autocommit=True) as conn:
-            while not self._halt.wait(0.5):
-                rows = conn.execute(self.SQL).fetchall()
-                self.samples.append({str(address): int(n) for address, n in rows})
+            while not self._halt.is_set():  # from the start to the end, however short
+                self._sample(conn)
+                self._halt.wait(0.5)
+            self._sample(conn)
+
+    def _sample(self, conn: Any) -> None:
+        rows = conn.execute(self.SQL).fetchall()
+        self.samples.append({str(address): int(n) for address, n in rows})
 
     def stop(self) -> list[dict[str, int]]:
         self._halt.set()

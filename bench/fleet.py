@@ -179,6 +179,57 @@ def measure() -> dict[str, list[float]]:
     }
 
 
+def backend_cpu() -> dict[int, float]:
+    """CPU seconds so far of each backend of this database (psutil: PostgreSQL runs on
+    this host); this process's connections and the beats' are long-lived."""
+    import psutil
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+        pids = [row[0] for row in cursor.fetchall()]
+    seconds = {}
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        seconds[pid] = times.user + times.system
+    return seconds
+
+
+def server_ms(call: Any) -> tuple[float, float]:
+    """PostgreSQL's CPU milliseconds (this database's backends) while ``call`` runs, and
+    the seconds it took."""
+    before, start = backend_cpu(), time.perf_counter()
+    call()
+    elapsed, after = time.perf_counter() - start, backend_cpu()
+    return sum(t - before.get(pid, t) for pid, t in after.items()) * 1000, elapsed
+
+
+def server_costs() -> dict[str, float]:
+    """With the fleet beating: PostgreSQL's CPU milliseconds a second of the beats alone,
+    and a pass with the window full and a sweep, each less the beats' share meanwhile."""
+    from batchtasks.core.conf import get_settings
+    from batchtasks.services import sweeper
+    from batchtasks.services.dispatch import dispatch_queue
+    from bench.scale import NOOP_QUEUE, PASSES, put_back
+
+    window = 2 * get_settings().HEARTBEAT_SECONDS
+    ms, elapsed = server_ms(lambda: time.sleep(window))
+    beats = ms / elapsed  # a second
+    dispatch_queue(NOOP_QUEUE, using="default")  # the window full
+
+    def each(call: Any) -> float:
+        ms, elapsed = server_ms(lambda: [call() for _ in range(PASSES)])
+        return max(0.0, ms - beats * elapsed) / PASSES
+
+    full = each(lambda: dispatch_queue(NOOP_QUEUE, using="default"))
+    put_back(NOOP_QUEUE)
+    sweep = each(lambda: sweeper.sweep(using="default", finalize_due=False))
+    return {"beats a second": beats, "full pass": full, "sweep": sweep}
+
+
 def p50_p95(values: list[float]) -> str:
     return f"{percentile(values, 50):.2f} / {percentile(values, 95):.2f} ms"
 
@@ -233,6 +284,8 @@ def step_fleet() -> list[Row]:
         time.sleep(get_settings().HEARTBEAT_SECONDS)  # every worker has beaten once
         log(f"passes with {FLEET_WORKERS} workers beating ...")
         crowded = measure()
+        log("PostgreSQL's CPU of the beats, a pass and a sweep ...")
+        server = server_costs()
     finally:
         heartbeats.stop()
     forget_fleet()
@@ -263,5 +316,34 @@ def step_fleet() -> list[Row]:
             f"attempts every {conf.SWEEP_INTERVAL:g} s), from the medians",
             fleet,
             f"{total:.0f} ms of statements a second",
+        ),
+        *server_rows(server, fleet),
+    ]
+
+
+def server_rows(server: dict[str, float], fleet: str) -> list[Row]:
+    """The rows of PostgreSQL's CPU (``server_costs``), and the idle fleet's from them."""
+    from batchtasks.core.conf import get_settings
+
+    conf = get_settings()
+    beats = server["beats a second"]
+    idle = FLEET_WORKERS * 2 * server["full pass"] / conf.DISPATCH_INTERVAL
+    idle += beats + server["sweep"] / conf.SWEEP_INTERVAL
+    label = "g. PostgreSQL CPU (this database's backends, psutil)"
+    return [
+        (
+            f"{label}: the beats alone, a second (one beat)",
+            fleet,
+            f"{beats:.1f} ms ({beats * conf.HEARTBEAT_SECONDS / FLEET_WORKERS:.2f} ms)",
+        ),
+        (
+            f"{label}: a pass with the window full / a sweep",
+            fleet,
+            f"{server['full pass']:.2f} ms / {server['sweep']:.2f} ms",
+        ),
+        (
+            f"{label}: the idle fleet's housekeeping, as above (lock attempts left out)",
+            fleet,
+            f"{idle:.0f} ms a second ({idle / 10:.1f} % of a core)",
         ),
     ]

@@ -16,7 +16,7 @@ LANGUAGES := nb nl de
 MO := $(foreach lang,$(LANGUAGES),$(foreach domain,django djangojs,\
         batchtasks/locale/$(lang)/LC_MESSAGES/$(domain).mo) project/locale/$(lang)/LC_MESSAGES/django.mo)
 
-.PHONY: all run test messages compilemessages docs docs-serve test-django6 test-rabbitmq test-pgbouncer test-taskdb lint format typecheck bench bench-scale profile services browser requirements clean docker-smoke chaos
+.PHONY: all run test messages compilemessages docs docs-serve test-django6 test-rabbitmq test-pgbouncer test-taskdb lint format typecheck bench bench-scale bench-scaleout profile services browser requirements clean docker-smoke chaos
 
 all: test
 
@@ -136,6 +136,12 @@ profile: $(STAMP) services
 ##              rows in the table (up to 1,000,000; SCALE_SIZES=1000,100000 for a quick run).
 bench-scale: $(STAMP) services
 	$(TEST_ENV) $(BIN)/python -m bench.scale
+
+## bench-scaleout: throughput and the CPU per task of the worker containers, PostgreSQL and
+##                 Redis, and the connections, with 1, 2 and 3 worker containers, for each
+##                 task shape (a container stack of its own; see .ci/docker-scaleout).
+bench-scaleout: $(STAMP)
+	.ci/docker-scaleout
 
 ## docker-smoke: build docker/'s image, bring its compose file up, run a task through the
 ##               web on a worker container, take it all down (skipped without an engine).

@@ -21,6 +21,8 @@ then ``VACUUM ANALYZE`` (the state autovacuum would leave). Steps (all by defaul
 - ``purge``: the sweeper's ``purge`` called in another process until ``SCALE_FINISHED``
   expired tasks are gone, with submits going on here; submit latency with and without.
 - ``rss``: the worker's resident memory before and after ``SCALE_RSS_TASKS`` no-op tasks.
+- ``fleet``: a dispatch pass, a sweep and a heartbeat with ``FLEET_WORKERS`` (50) workers
+  registered and beating, simulated (bench/fleet.py), against none.
 
 ``SCALE_EXPLAIN=1`` prints the plans (EXPLAIN ANALYZE, rolled back) of the statements of
 one pass and one submit at each size to stderr. Progress goes to stderr, the Markdown
@@ -40,6 +42,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from bench.fleet import step_fleet
 from bench.run import percentile, wait_until
 
 SIZES = [int(s) for s in os.environ.get("SCALE_SIZES", "1000,100000,1000000").split(",")]
@@ -156,8 +159,11 @@ TASK_COLUMNS = (
     "progress_percent, progress_message, error_type, error_message, error_traceback, "
     "worker, cancel_requested, created_at, updated_at, owner_id, definition_id, lost_runs, "
     "republish_count, worker_instance, finalize_attempts, finalize_error, finalize_state, "
-    "queued_at, started_at, finished_at"
+    "queued_at, started_at, finished_at, concurrency_key, rate_key, child_count, "
+    "on_parent_failure, pending_parents"
 )
+#: The values of the last five columns (no per-key rules, no dependencies).
+NO_KEYS_NO_PARENTS = "'', '', 0, 'skip', 0"
 
 
 def make_owners(n: int) -> list[int]:
@@ -214,7 +220,7 @@ def fill(
         f"INSERT INTO batchtasks_batchtask ({TASK_COLUMNS}) "
         f"SELECT {state}, 0, '', COALESCE('user:' || o.id, ''), {turn}, {queue}, 1, 0, '', "
         f"'', '', '', {worker}, false, {created}, {created}, o.id, d.id, 0, 0, '', 0, '', '', "
-        f"{times} FROM generate_series(0, %(n)s - 1) g "
+        f"{times}, {NO_KEYS_NO_PARENTS} FROM generate_series(0, %(n)s - 1) g "
         # Joins, not array subscripts: a parameter array is parsed again on every row.
         "JOIN unnest(%(definitions)s::bigint[]) WITH ORDINALITY d(id, i) "
         f"ON d.i = mod(g, {k}) + 1 "
@@ -683,6 +689,7 @@ STEPS: dict[str, Callable[[], list[Row]]] = {
     "throughput": step_throughput,
     "purge": step_purge,
     "rss": step_rss,
+    "fleet": step_fleet,
 }
 
 

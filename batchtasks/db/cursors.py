@@ -30,7 +30,7 @@ def kept_cursor(connection: BaseDatabaseWrapper) -> CursorWrapper:
         and kept[0] is driver
         and driver is not None
         and not connection.queries_logged
-        and (connection.health_check_done or not connection.health_check_enabled)
+        and not _health_check_due(connection)
         and not kept[1].cursor.closed
     ):
         return kept[1]
@@ -38,3 +38,10 @@ def kept_cursor(connection: BaseDatabaseWrapper) -> CursorWrapper:
     if not connection.queries_logged:
         setattr(connection, KEPT, (connection.connection, cursor))
     return cursor
+
+
+def _health_check_due(connection: BaseDatabaseWrapper) -> bool:
+    """Whether Django would check the connection before handing out a cursor
+    (``CONN_HEALTH_CHECKS``; not in django-stubs)."""
+    enabled = getattr(connection, "health_check_enabled", False)
+    return bool(enabled and not getattr(connection, "health_check_done", False))

@@ -46,6 +46,25 @@ def db_now():
         return cursor.fetchone()[0]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_claims_go_on_after_the_connection_is_closed_and_opened_again() -> None:
+    """Claims share one cursor per connection; a reconnect (as after a PostgreSQL
+    restart) must not leave them on the closed connection's cursor."""
+    first, second, third = queued_task(), queued_task(), queued_task()
+    assert claim(first) is not None
+
+    connection.close()
+    connection.connect()
+    claimed = claim(second)
+    connection.close()  # a claim opens it again, as any statement does
+    again = claim(third)
+
+    assert claimed is not None and claimed.task_id == second.pk
+    assert again is not None and again.task_id == third.pk
+    states = BatchTask.objects.filter(pk__in=[first.pk, second.pk, third.pk])
+    assert set(states.values_list("state", flat=True)) == {TaskState.RUNNING}
+
+
 def test_claim_takes_a_queued_task_once_for_the_attempt_its_message_names() -> None:
     task = queued_task()
 

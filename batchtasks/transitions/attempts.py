@@ -14,6 +14,7 @@ from typing import Any
 from django.db import connections, transaction
 
 from ..core.states import FINAL_STATES, WRITES, AttemptOutcome, TaskState
+from ..db.cursors import kept_cursor
 from ..db.sql import Clock, Tables, attempts_in, states_sql
 from ..models import BatchTask
 from .dependents import Settled, settle
@@ -73,9 +74,9 @@ def claim_many(
     assert all(f.instance == instance for f in fences)
     params = [worker, instance, pid, clock.param(lease_seconds), *values]
     sql = _CLAIM_SQL.get((connection.vendor, match)) or _claim_sql(connection, match)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = {(row[0], row[1]): row for row in cursor.fetchall()}
+    cursor = kept_cursor(connection)  # a cursor per claim cost as much as its execute
+    cursor.execute(sql, params)
+    rows = {(row[0], row[1]): row for row in cursor.fetchall()}
     claims = []
     for fence in fences:
         row = rows.pop((fence.task_id, fence.attempt), None)

@@ -6,6 +6,7 @@ tasks, a schedule, dependencies) while the fault picker fires the chaos scenario
 random; then it stops the load, waits for every task to be final, judges the ledgers
 (``judge.py``) and writes the report (``report.py``). Exits 1 if an invariant broke.
 
+    python -m bench.soak --ledger     (first, before the workers start)
     python -m bench.soak [--minutes 30] [--seed N] [--scenarios a,b]
 """
 
@@ -43,6 +44,7 @@ def main() -> int:
 
     django.setup()
     from batchtasks.core.finalizers import webhook_of
+    from plugins.chaos import SCHEMA as LEDGER
     from plugins.soak import LIMITS, TYPES
     from plugins.soak_receiver import SCHEMA
 
@@ -51,9 +53,14 @@ def main() -> int:
 
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     stack = Stack()
-    stack.create_ledger()
+    if args.ledger:
+        # Before the workers start: the schedule ticks as soon as they run.
+        stack.create_ledger()
+        stack.db().execute(SCHEMA)
+        stack.db().execute("TRUNCATE soak.webhooks")
+        return 0
+    stack.db().execute(LEDGER)  # kept as they are, if --ledger made them
     stack.db().execute(SCHEMA)
-    stack.db().execute("TRUNCATE soak.webhooks")
     settings = Settings(
         lease=float(os.environ["BATCHTASKS_LEASE_SECONDS"]),
         sweep=float(os.environ["BATCHTASKS_SWEEP_INTERVAL"]),
@@ -233,6 +240,11 @@ def _arguments() -> argparse.Namespace:
         type=float,
         default=90.0,
         help="seconds after the last fault (or the load's end) by which every task is final",
+    )
+    parser.add_argument(
+        "--ledger",
+        action="store_true",
+        help="only make the ledger's tables, empty (before the workers start), and exit",
     )
     parser.add_argument("--out", default=".run/soak", help="where the report's folder goes")
     return parser.parse_args()

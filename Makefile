@@ -16,7 +16,7 @@ LANGUAGES := nb nl de
 MO := $(foreach lang,$(LANGUAGES),$(foreach domain,django djangojs,\
         batchtasks/locale/$(lang)/LC_MESSAGES/$(domain).mo) project/locale/$(lang)/LC_MESSAGES/django.mo)
 
-.PHONY: all run test messages compilemessages docs docs-serve test-django6 test-rabbitmq test-pgbouncer test-taskdb lint format typecheck bench bench-scale bench-scaleout profile services browser requirements clean docker-smoke chaos
+.PHONY: all run test messages compilemessages docs docs-serve test-django6 test-rabbitmq test-pgbouncer test-taskdb lint format typecheck bench bench-scale bench-scaleout profile services browser requirements clean docker-smoke chaos soak
 
 all: test
 
@@ -71,7 +71,8 @@ run: $(STAMP) $(MO)
 ##       the worker-process tests) and the broker tests on RabbitMQ (.ci/second-legs);
 ##       then the worker, sweeper and chaos tests through PgBouncer (.ci/pgbouncer);
 ##       then with the task tables in a database of their own (.ci/taskdb);
-##       then the Docker smoke test and the quick chaos test (.ci/docker-chaos --quick).
+##       then the Docker smoke test, the quick chaos test (.ci/docker-chaos --quick) and
+##       the 3-minute soak (.ci/docker-soak --minutes 3).
 test: $(STAMP) $(MO) services browser
 	$(TEST_ENV) $(BIN)/python manage.py check --fail-level WARNING
 	$(TEST_ENV) $(BIN)/python manage.py makemigrations --check --dry-run
@@ -84,6 +85,7 @@ test: $(STAMP) $(MO) services browser
 	$(TEST_ENV) .ci/taskdb -q
 	.ci/docker-smoke
 	.ci/docker-chaos --quick
+	.ci/docker-soak --minutes 3
 
 ## test-rabbitmq: the broker-specific tests on RabbitMQ (skipped without it; see .ci/rabbitmq).
 test-rabbitmq: $(STAMP) services
@@ -155,6 +157,18 @@ docker-smoke: $(STAMP)
 ##        SCENARIOS=crash_recovery,broker_pause runs those only (see .ci/docker-chaos).
 chaos: $(STAMP)
 	.ci/docker-chaos $(if $(SCENARIOS),--scenarios $(SCENARIOS))
+
+## soak: random faults, all features at once: for SOAK_MINUTES (30) a submitter and an API
+##       user keep a mixed load going on three worker containers and the web service while
+##       the chaos scenarios fire at random, one at a time; judged from the ledgers (lost,
+##       completed twice, overlaps, limits, finalizers and webhooks once per outcome, no
+##       cancelled or superseded task started, no 5xx outside faults); the report (counts,
+##       fault timeline, throughput PNG) in .run/soak/<timestamp>/; fails if one broke.
+##       SOAK_SEED=N repeats the random choices; SCENARIOS=a,b fires those only.
+SOAK_MINUTES ?= 30
+soak: $(STAMP)
+	.ci/docker-soak --minutes $(SOAK_MINUTES) $(if $(SOAK_SEED),--seed $(SOAK_SEED)) \
+	    $(if $(SCENARIOS),--scenarios $(SCENARIOS))
 
 services:
 	@.ci/services

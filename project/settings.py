@@ -254,6 +254,13 @@ BATCHTASKS: dict[str, Any] = {
 # The chaos test's task type (docker/compose.chaos.yaml) exists only where its ledger does.
 if os.environ.get("CHAOS_LEDGER_URL"):
     BATCHTASKS["PLUGINS"].append("plugins.chaos")
+# The soak's task types (docker/compose.soak.yaml, plugins/soak.py) write that ledger too,
+# post their outcomes to the soak's receiver, and one of them is on a schedule.
+if os.environ.get("CHAOS_LEDGER_URL") and os.environ.get("SOAK_WEBHOOK_URL"):
+    BATCHTASKS["PLUGINS"].append("plugins.soak")
+    BATCHTASKS["SCHEDULES"] = {"soak-tick": {"type": "soak.scheduled", "every": 5}}
+    # What the executor program soak.exec gets as $SOAK_LEDGER_URL.
+    SOAK_LEDGER_URL = os.environ["CHAOS_LEDGER_URL"]
 if "tasks" in DATABASES:
     BATCHTASKS["DATABASE"] = "tasks"
 

@@ -62,6 +62,8 @@ BATCHTASKS = {
         "tests.django_upstream.tasks",
         # Receivers of the app signals that note them in a file (tests/test_app_api.py).
         "tests.signal_receivers",
+        # A packed type whose finalizer notes whether it held the state lock.
+        "tests.held_finalizers",
         "tests.django_task_surface_functions",
         "tests.log_plugins",  # a type that logs while it runs (tests/test_logging.py)
     ],

@@ -319,3 +319,28 @@ def test_a_killed_pool_process_loses_no_held_single_finish(start_worker, record_
         else:
             assert (task.attempt, task.lost_runs, len(runs)) == (1, 0, 1)
             assert outcomes == [("succeeded",)]
+
+
+def test_the_finalizers_of_batched_finishes_run_holding_the_state_lock(
+    start_worker, settings, media_root: Path
+) -> None:
+    """The timer thread writes held finishes on the state connection it shares with the
+    pool process's main thread; the finalizers that follow them (their claims and records
+    on that connection) must hold the lock too, or the two threads' statements meet in
+    one transaction (the soak saw "can't change 'autocommit' now: connection in
+    transaction status INTRANS", and finalizers run twice for one outcome)."""
+    from tests.held_finalizers import TYPE, noted_folder
+
+    settings.MEDIA_ROOT = media_root  # the workers'
+    define(TYPE, run_seconds=0.001, tasks_per_message=5)
+    # Successes are held and written together; failures (every third) at once.
+    tasks = BatchTask.submit_many(TYPE, [{"fail": n % 3 == 0} for n in range(21)])
+    start_worker(
+        "w", [f"batch.{TYPE}"], concurrency=1, env={"BATCHTASKS_COMPLETION_WINDOW": "0.05"}
+    )
+    done = wait_final(*tasks)
+    assert {t.state for t in done} == {TaskState.SUCCEEDED, TaskState.FAILED}
+    wait_for(lambda: all((noted_folder() / str(t.pk)).exists() for t in tasks))
+
+    calls = [(noted_folder() / str(t.pk)).read_text().split() for t in tasks]
+    assert [call[2] for call in calls] == ["1"] * len(tasks), calls

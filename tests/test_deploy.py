@@ -426,6 +426,7 @@ def test_dockerfiles_pass_hadolint() -> None:
         ["compose.yaml", "compose.smoke.yaml"],
         ["compose.yaml", "compose.smoke.yaml", "compose.chaos.yaml"],
         ["compose.yaml", "compose.smoke.yaml", "compose.scaleout.yaml"],
+        ["compose.yaml", "compose.smoke.yaml", "compose.chaos.yaml", "compose.soak.yaml"],
     ],
 )
 def test_compose_files_pass_docker_compose_config(files: list[str]) -> None:

@@ -103,18 +103,23 @@ class Completions:
         self.follow_up()
 
     def follow_up(self) -> None:
-        """The app's signals and finalizers of the finishes written (by the timer)."""
+        """The app's signals and finalizers of the finishes written (by the timer).
+
+        Holding ``state_lock`` throughout: the finalizers' claims and records, the
+        children made due and the deletes go through the state connection, which the
+        timer thread shares; without the lock its writes of held finishes met these
+        statements in one transaction (found by the soak, ``make soak``)."""
         with state_lock:
             written, self._written = self._written, []
-        if not written:
-            return
-        gone = [
-            run.fence.task_id
-            for run, facts, ended in written
-            if after_end(run.fence, ended, facts, self.db)
-        ]
-        if gone:
-            transitions.delete_tasks(gone, using=self.db)
+            if not written:
+                return
+            gone = [
+                run.fence.task_id
+                for run, facts, ended in written
+                if after_end(run.fence, ended, facts, self.db)
+            ]
+            if gone:
+                transitions.delete_tasks(gone, using=self.db)
 
     def _write_due(self) -> None:
         """The window is up (timer thread): write what is held now; with no message in

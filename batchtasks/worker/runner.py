@@ -164,14 +164,14 @@ def write_outcome(
     fence: transitions.Fence, outcome: transitions.Outcome, facts: TypeFacts, db: str
 ) -> transitions.Ended | None:
     """Write the outcome, then tell the app and run the finalizers if the task is final."""
-    with state_lock:
+    with state_lock:  # and what follows too: the timer thread shares the connection
         ended = reconnecting(
             lambda: transitions.end_attempt(fence, outcome, using=db),
             db,
             patience=get_settings().LEASE_SECONDS,
         )
-    if after_end(fence, ended, facts, db):
-        transitions.delete_tasks([fence.task_id], using=db)
+        if after_end(fence, ended, facts, db):
+            transitions.delete_tasks([fence.task_id], using=db)
     return ended
 
 

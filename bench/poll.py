@@ -26,11 +26,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
 from typing import Any
 
+from bench.poll_fast import fast_path_cpu
 from bench.poll_sql import Plan, explain_users, time_polls
 from bench.run import percentile
 from bench.scratch import scratch_database
@@ -299,6 +301,14 @@ def quiet_rows(r: dict[str, Any], lines: list[str]) -> list[Row]:
     return rows
 
 
+def fast_path_rows(ms: float, statuses: Counter[str], lines: list[str]) -> list[Row]:
+    """The row of the fast path's own CPU per 304, in this process (bench/poll_fast.py)."""
+    lines.append(f"poll.in_process.fast_path_cpu_per_304: {ms:.3f} ms")
+    polls = sum(statuses.values())
+    return [(f"… of which the fast path's own, in process ({polls:,} polls, time.process_time)",
+             f"{ms:.3f} ms ({statuses['304']:,} 304s)")]  # fmt: skip
+
+
 def in_process_rows(samples: dict[str, list[float]], lines: list[str]) -> list[Row]:
     """The rows of the in-process timings; appends their metric lines to ``lines``."""
     mean = {kind: statistics.mean(values) for kind, values in samples.items()}
@@ -346,13 +356,14 @@ def measure() -> tuple[list[Row], list[str]]:
             with progress_reports(url):
                 paced = run_phase(port, sessions, master, PACED_SECONDS, paced=True)
                 saturated = run_phase(port, sessions, master, SATURATION_SECONDS, paced=False)
+        fast = fast_path_cpu(sessions)
         samples, timer = time_polls(POLL_PATH, sessions, SAMPLES)
         plans = explain_users(ids, timer)
     bounded = f"bounded, {USERS} users each polling 1 s after its last answer, {PACED_SECONDS:g} s"
     rows = phase_rows("bounded", bounded, paced, lines)
     closed = f"saturation, {USERS} users polling back to back, {SATURATION_SECONDS:g} s"
     rows += phase_rows("saturation", closed, saturated, lines)
-    rows += quiet_rows(quiet, lines)
+    rows += quiet_rows(quiet, lines) + fast_path_rows(*fast, lines)
     rows += in_process_rows(samples, lines) + plan_rows(plans, lines)
     lines.append(f"poll.total_time: {time.perf_counter() - started:.1f} s")
     return rows, lines

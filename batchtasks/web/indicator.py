@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -165,6 +166,7 @@ def _look_sql() -> tuple[str, Kept] | None:
 def _forget(**kwargs: Any) -> None:
     _look_sql.cache_clear()
     _expected_binding.cache_clear()
+    _signed.cache_clear()
 
 
 def can_look() -> bool:
@@ -229,11 +231,26 @@ def _token_sql(using: str, session_table: str) -> str:
 
 
 def _token_user(raw: str, seconds: int) -> str | None:
-    """The user id a token names, if its signature is ours and it is young enough."""
-    try:
-        return signing.TimestampSigner(salt=TOKEN_SALT).unsign(raw, max_age=seconds)
-    except signing.BadSignature:  # forged, or expired (SignatureExpired)
+    """The value of a token (the user id and the binding), if its signature is ours and it
+    is young enough."""
+    signed = _signed(raw)
+    if signed is None or time.time() - signed[1] > seconds:  # forged, or expired
         return None
+    return signed[0]
+
+
+@lru_cache(maxsize=4096)
+def _signed(raw: str) -> tuple[str, int] | None:
+    """The value of a token whose signature is ours and the time it was signed; ``None``
+    for any other. A tab sends one token for its lifetime, so its signature is checked
+    once (a key derivation and two HMACs a poll otherwise; forgotten when the settings
+    change, as the secret key may have)."""
+    signer = signing.TimestampSigner(salt=TOKEN_SALT)
+    try:
+        value = signer.unsign(raw)
+    except signing.BadSignature:
+        return None
+    return value, signing.b62_decode(raw.rsplit(signer.sep, 2)[1])
 
 
 @dataclass(frozen=True)

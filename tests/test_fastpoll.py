@@ -251,6 +251,17 @@ def test_a_missing_or_bad_token_reaches_django(
     assert tab.poll() == 304 and tab.fast  # with the token Django set again
 
 
+def test_a_token_whose_signature_was_checked_before_still_expires(
+    tab: Tab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert tab.poll() == 304 and tab.fast  # its signature checked once, and remembered
+    an_hour_later = time.time() + 3600
+    monkeypatch.setattr(time, "time", lambda: an_hour_later)
+
+    assert tab.poll() == 304 and not tab.fast  # expired: answered by the session
+    assert tab.poll() == 304 and tab.fast  # with the token Django set again
+
+
 @pytest.mark.parametrize("revoked", ["logout", "deactivated", "password changed"])
 def test_a_revoked_session_gets_no_more_304s(
     revoked: str, tab: Tab, client: Client, alice: Any

@@ -6,12 +6,14 @@ Command (repository root; ``make bench`` runs it too, ``python -m bench.run poll
         REDIS_URL=redis://127.0.0.1:6379/0 .venv/bin/python -m bench.poll
 
 Fills a scratch database (``<DATABASE_URL name>_poll_<pid>``, dropped at the end) with
-100,000 tasks of 200 users, serves it with gunicorn sync workers on 127.0.0.1 and polls
+100,000 tasks of 200 users, serves it with gunicorn on 127.0.0.1 (``gthread`` workers with
+keep-alive, as docs/how-to/web.md recommends; ``BENCH_POLL_WORKER_CLASS=sync``) and polls
 it from a load-generator process with each user's session cookie and ``If-None-Match``,
 as the indicator does (bench/poll_load.py, which keeps the cookies the server sets): first
 while nothing changes (every answer a 304: the row "gunicorn CPU per 304 answer"), then
-with progress reports; then times the SQL of single polls in this process and EXPLAINs
-the tasks query (bench/poll_sql.py). ``BENCH_POLL_*`` variables (below) set the sizes.
+with progress reports; then measures the fast path's own CPU per 304 in this process
+(bench/poll_fast.py), times the SQL of single polls and EXPLAINs the tasks query
+(bench/poll_sql.py). ``BENCH_POLL_*`` variables (below) set the sizes.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
 from typing import Any
 
+from bench.poll_fast import fast_path_cpu
 from bench.poll_sql import Plan, explain_users, time_polls
 from bench.run import percentile
 from bench.scratch import scratch_database
@@ -41,9 +45,10 @@ TASKS = int(os.environ.get("BENCH_POLL_TASKS", "100000"))
 PACED_SECONDS = float(os.environ.get("BENCH_POLL_SECONDS", "20"))
 SATURATION_SECONDS = float(os.environ.get("BENCH_POLL_SATURATION_SECONDS", "10"))
 WORKERS = int(os.environ.get("BENCH_POLL_WORKERS", "4"))
-#: gunicorn's worker class and threads per worker: "sync" (one request per connection)
-#: or "gthread" (connections kept alive between a tab's polls).
-WORKER_CLASS = os.environ.get("BENCH_POLL_WORKER_CLASS", "sync")
+#: gunicorn's worker class and threads per worker: "gthread" (connections kept alive
+#: between a tab's polls: what docs/how-to/web.md recommends) or "sync" (gunicorn's
+#: default: a connection per request).
+WORKER_CLASS = os.environ.get("BENCH_POLL_WORKER_CLASS", "gthread")
 THREADS = int(os.environ.get("BENCH_POLL_THREADS", "4"))
 SAMPLES = int(os.environ.get("BENCH_POLL_SAMPLES", "500"))
 POLL_PATH = "/batchtasks/api/tasks/active/"
@@ -294,9 +299,17 @@ def quiet_rows(r: dict[str, Any], lines: list[str]) -> list[Row]:
     rows = phase_rows("unchanged", label, r, lines)
     lines.append(f"poll.unchanged.gunicorn_cpu_per_304: {r['gunicorn_cpu']:.2f} ms")
     share = f"{r['not_modified']:.0f} % of answers 304"
-    rows.append(("gunicorn CPU per 304 answer (target <= 1.0 ms)",
+    rows.append((f"gunicorn CPU per 304 answer, {WORKER_CLASS} workers (target <= 1.0 ms)",
                  f"{r['gunicorn_cpu']:.2f} ms ({share})"))  # fmt: skip
     return rows
+
+
+def fast_path_rows(ms: float, statuses: Counter[str], lines: list[str]) -> list[Row]:
+    """The row of the fast path's own CPU per 304, in this process (bench/poll_fast.py)."""
+    lines.append(f"poll.in_process.fast_path_cpu_per_304: {ms:.3f} ms")
+    polls = sum(statuses.values())
+    return [(f"… of which the fast path's own, in process ({polls:,} polls, time.process_time)",
+             f"{ms:.3f} ms ({statuses['304']:,} 304s)")]  # fmt: skip
 
 
 def in_process_rows(samples: dict[str, list[float]], lines: list[str]) -> list[Row]:
@@ -339,20 +352,21 @@ def measure() -> tuple[list[Row], list[str]]:
         env = configure(url)
         ids, sessions = fill(USERS, TASKS)
         lines = [f"poll.setup_time: {time.perf_counter() - started:.1f} s"]
-        print(f"loading gunicorn -w {WORKERS} ...", file=sys.stderr, flush=True)
+        print(f"loading gunicorn -w {WORKERS} ({WORKER_CLASS}) ...", file=sys.stderr, flush=True)
         with gunicorn(env) as (port, master):
             # Nothing changes: every answer after each user's first is a 304.
             quiet = run_phase(port, sessions, master, SATURATION_SECONDS, paced=False)
             with progress_reports(url):
                 paced = run_phase(port, sessions, master, PACED_SECONDS, paced=True)
                 saturated = run_phase(port, sessions, master, SATURATION_SECONDS, paced=False)
+        fast = fast_path_cpu(sessions)
         samples, timer = time_polls(POLL_PATH, sessions, SAMPLES)
         plans = explain_users(ids, timer)
     bounded = f"bounded, {USERS} users each polling 1 s after its last answer, {PACED_SECONDS:g} s"
     rows = phase_rows("bounded", bounded, paced, lines)
     closed = f"saturation, {USERS} users polling back to back, {SATURATION_SECONDS:g} s"
     rows += phase_rows("saturation", closed, saturated, lines)
-    rows += quiet_rows(quiet, lines)
+    rows += quiet_rows(quiet, lines) + fast_path_rows(*fast, lines)
     rows += in_process_rows(samples, lines) + plan_rows(plans, lines)
     lines.append(f"poll.total_time: {time.perf_counter() - started:.1f} s")
     return rows, lines

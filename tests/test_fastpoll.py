@@ -15,6 +15,7 @@ from django.core import signing
 from django.core.handlers.wsgi import WSGIHandler
 from django.db import connection
 from django.test import Client, RequestFactory
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from psycopg.pq import TransactionStatus
 
@@ -153,6 +154,42 @@ def test_a_broken_connection_is_replaced_and_the_poll_still_answered(tab: Tab) -
     assert tab.poll() == 304 and tab.fast
 
 
+def prepared_token_queries() -> list[str]:
+    """The token's statements prepared on this thread's connection."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name FROM pg_prepared_statements WHERE name LIKE 'batchtasks_poll%'")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def test_the_token_query_is_planned_once_per_connection(tab: Tab) -> None:
+    assert tab.poll() == 304 and tab.fast
+    assert tab.poll() == 304 and tab.fast
+    assert len(prepared_token_queries()) == 1
+
+    connection.close()  # a new connection (CONN_MAX_AGE, a restarted server) has none
+
+    assert tab.poll() == 304 and tab.fast
+    assert len(prepared_token_queries()) == 1
+
+
+def test_without_prepared_statements_nothing_of_the_poll_stays_in_the_session(
+    tab: Tab, settings: Any
+) -> None:
+    settings.BATCHTASKS = {**settings.BATCHTASKS, "PREPARED_STATEMENTS": False}  # PgBouncer
+    connection.close()
+
+    assert tab.poll() == 304 and tab.fast
+    assert tab.poll() == 304 and tab.fast
+    assert prepared_token_queries() == []
+
+
+def test_a_query_log_sees_the_fast_paths_one_query(tab: Tab) -> None:
+    with CaptureQueriesContext(connection) as queries:
+        assert tab.poll() == 304 and tab.fast
+
+    assert len(queries) == 1 and "django_session" in queries[0]["sql"]
+
+
 def test_a_visible_change_is_answered_in_full_by_django(tab: Tab, alice: Any) -> None:
     _, fence = running(alice)
     assert tab.poll() == 200 and not tab.fast
@@ -211,6 +248,17 @@ def test_a_missing_or_bad_token_reaches_django(
         tab.cookies["sessionid"] = other.cookies["sessionid"].value
 
     assert tab.poll() == 304 and not tab.fast  # answered by the session: still unchanged
+    assert tab.poll() == 304 and tab.fast  # with the token Django set again
+
+
+def test_a_token_whose_signature_was_checked_before_still_expires(
+    tab: Tab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert tab.poll() == 304 and tab.fast  # its signature checked once, and remembered
+    an_hour_later = time.time() + 3600
+    monkeypatch.setattr(time, "time", lambda: an_hour_later)
+
+    assert tab.poll() == 304 and not tab.fast  # expired: answered by the session
     assert tab.poll() == 304 and tab.fast  # with the token Django set again
 
 

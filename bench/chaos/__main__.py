@@ -107,6 +107,7 @@ def _keep(name: str, runs: list[Any], finals: list[Any], faults: Faults, fault: 
         "paused": faults.paused,
         "killed": faults.killed,
         "gone": [[host, pid, at] for (host, pid), at in faults.gone.items()],
+        "hindered": faults.hindered,
         "runs": runs,
         "finals": finals,
     }
@@ -129,6 +130,7 @@ def _sleep_until(stack: Stack, when: datetime) -> None:
 COLUMNS = (
     ("scenario", 22), ("submitted", 9), ("succeeded", 9), ("lost", 4), ("twice", 5),
     ("overlaps", 8), ("limit breaks", 12), ("recovery s", 10), ("after %", 7), ("remnant s", 9),
+    ("rejoin s", 8),
 )  # fmt: skip
 
 
@@ -147,9 +149,12 @@ def _print_row(row: Row, s: Settings) -> None:
     after = "-" if row.after_percent is None else f"{row.after_percent:.0f}"
     if row.after_percent is not None and row.after_percent < 95:
         after += "!"
+    rejoin = "-" if row.rejoin is None else f"{row.rejoin:.1f}"
+    if row.stuck:
+        rejoin = f"{row.stuck} stuck!"
     values = (
         row.scenario, row.submitted, row.succeeded, row.lost, row.twice, row.overlaps,
-        row.limit_breaks, recovery, after, f"{row.remnant:.2f}",
+        row.limit_breaks, recovery, after, f"{row.remnant:.2f}", rejoin,
     )  # fmt: skip
     print(" | ".join(str(v).rjust(w) for v, (_, w) in zip(values, COLUMNS, strict=True)))
     sys.stdout.flush()

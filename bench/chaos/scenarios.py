@@ -5,6 +5,7 @@ The fault's end is when the harm is undone and the service answers again."""
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,12 @@ class Settings:
     lease: float
     sweep: float
     broker_pause: float = 20.0
+    #: How long PostgreSQL stays read-only (read_only_failover).
+    read_only: float = 20.0
+    #: How long an outside client holds the connections (pool_exhaustion).
+    pool_hold: float = 30.0
+    #: How long workers are killed at random (repeated_kills).
+    kills_for: float = 180.0
 
     @property
     def settle(self) -> float:
@@ -125,6 +132,117 @@ def pg_backend_kill(stack: Stack, faults: Faults, s: Settings) -> Span:
     return start, stack.now()
 
 
+def db_partition(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """Cut a worker with a run in hand off PostgreSQL, not Redis, for longer than a lease
+    (plus two sweeps): its runs are given to others meanwhile; it must work again after."""
+    return _partition(stack, faults, s, busy_worker(stack, "chaos-3"), "db")
+
+
+def broker_partition(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """Cut a worker with a run in hand off Redis, not PostgreSQL, for longer than a lease
+    (plus two sweeps); it must work again after."""
+    return _partition(stack, faults, s, busy_worker(stack, "chaos-1"), "broker")
+
+
+def _partition(stack: Stack, faults: Faults, s: Settings, worker: str, network: str) -> Span:
+    start = stack.now()
+    stack.network("disconnect", network, service=worker)
+    time.sleep(s.lease + 2 * s.sweep + 2)
+    stack.network("connect", network, service=worker)
+    end = stack.now()
+    faults.hindered[worker].append((start, end))
+    return start, end
+
+
+def read_only_failover(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """PostgreSQL read-only for ``read_only`` seconds, as a primary turned standby looks to
+    its clients (``default_transaction_read_only`` and a reload: every write fails with
+    SQLSTATE 25006); then writable again. Every worker must work again after."""
+    start = stack.now()
+    _set_read_only(stack, "on")
+    time.sleep(s.read_only)
+    _set_read_only(stack, "off")
+    end = stack.now()
+    for worker in stack.workers:
+        faults.hindered[worker].append((start, end))
+    return start, end
+
+
+def _set_read_only(stack: Stack, value: str) -> None:
+    stack.query(f"ALTER SYSTEM SET default_transaction_read_only = {value}")
+    stack.query("SELECT pg_reload_conf()")
+
+
+def pool_exhaustion(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """An outside client holds all but three of ``max_connections`` for ``pool_hold``
+    seconds; every worker must work again after."""
+    limit = int(stack.query("SHOW max_connections")[0][0])
+    used = int(
+        stack.query("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")[
+            0
+        ][0]
+    )
+    start = stack.now()
+    held = stack.hold_connections(limit - used - 3)
+    try:
+        time.sleep(s.pool_hold)
+    finally:
+        for connection in held:
+            connection.close()
+    end = stack.now()
+    for worker in stack.workers:
+        faults.hindered[worker].append((start, end))
+    return start, end
+
+
+def repeated_kills(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """SIGKILL a random worker every 10-20 s for ``kills_for`` seconds, each started again
+    two seconds later."""
+    chance = random.Random()
+    start = stack.now()
+    deadline = time.monotonic() + s.kills_for
+    while time.monotonic() < deadline:
+        time.sleep(chance.uniform(10, 20))
+        _kill_and_restart(stack, faults, chance.choice(stack.workers))
+    return start, stack.now()
+
+
+def leader_failover(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """SIGKILL the worker that is sweeping right now (it holds the sweeper's advisory lock:
+    ``pg_locks``, and the address of its session), started again two seconds later."""
+    worker = _sweeping_worker(stack, wait=4 * s.sweep + 5)
+    if worker is None:
+        raise RuntimeError("no worker was seen sweeping")
+    start = stack.now()
+    _kill_and_restart(stack, faults, worker)
+    return start, stack.now()
+
+
+def _sweeping_worker(stack: Stack, wait: float) -> str | None:
+    from batchtasks.services.sweeper import LOCK_KEY
+
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        rows = stack.query(
+            "SELECT host(a.client_addr) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE l.locktype = 'advisory' AND l.granted "
+            "AND ((l.classid::bigint << 32) | l.objid::bigint) = %s",
+            (LOCK_KEY,),
+        )
+        for (address,) in rows:
+            if address and (worker := stack.service_at(address)):
+                return worker
+        time.sleep(0.01)
+    return None
+
+
+def _kill_and_restart(stack: Stack, faults: Faults, worker: str) -> None:
+    stack.docker("kill", "--signal", "KILL", service=worker)
+    faults.killed[worker].append(stack.now())
+    time.sleep(2)
+    stack.docker("start", service=worker)
+
+
 SCENARIOS: dict[str, Scenario] = {
     "crash_recovery": crash_recovery,
     "postgres_restart": postgres_restart,
@@ -132,6 +250,12 @@ SCENARIOS: dict[str, Scenario] = {
     "broker_pause": broker_pause,
     "worker_paused": worker_paused,
     "pg_backend_kill": pg_backend_kill,
+    "db_partition": db_partition,
+    "broker_partition": broker_partition,
+    "read_only_failover": read_only_failover,
+    "pool_exhaustion": pool_exhaustion,
+    "repeated_kills": repeated_kills,
+    "leader_failover": leader_failover,
 }
 #: What `.ci/docker-chaos --quick` (make test) runs.
 QUICK = ("crash_recovery", "worker_paused", "pg_backend_kill")

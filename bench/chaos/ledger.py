@@ -60,6 +60,8 @@ class Faults:
     #: host -> the spans a fault kept it from its work while it ran on (cut off a
     #: server, its database read-only): it must start runs again after each
     hindered: dict[str, list[Span]] = field(default_factory=lambda: defaultdict(list))
+    #: What the scenario measured besides the ledger, a sentence each
+    notes: list[str] = field(default_factory=list)
 
 
 def executed(
@@ -156,6 +158,8 @@ class Row:
     after_percent: float | None
     #: The longest a frozen run went on after its thaw before it stopped (seconds).
     remnant: float = 0.0
+    #: Completions a second during the fault, as % of before it.
+    during_percent: float | None = None
     #: The longest a hindered worker took to start a run after its fault (seconds).
     rejoin: float | None = None
     #: Hindered workers that started no run after their fault by the end bound.
@@ -206,6 +210,7 @@ def judge(
         limit_breaks=limit_breaks(runs, faults, window.end_bound, limit),
         recovery=(min(after_fault) - window.fault[1]).total_seconds() if after_fault else None,
         after_percent=_ratio(finals, window.before, window.after),
+        during_percent=_ratio(finals, window.before, window.fault),
         remnant=longest_remnant(runs, faults, window.end_bound),
         **rejoins(runs, faults, window.end_bound),
     )

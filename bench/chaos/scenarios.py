@@ -28,6 +28,8 @@ class Settings:
     pool_hold: float = 30.0
     #: How long workers are killed at random (repeated_kills).
     kills_for: float = 180.0
+    #: How long a session holds a transaction or a read open (idle_in_tx, active_readers).
+    long_session: float = 180.0
 
     @property
     def settle(self) -> float:
@@ -155,22 +157,27 @@ def _partition(stack: Stack, faults: Faults, s: Settings, worker: str, network: 
 
 
 def read_only_failover(stack: Stack, faults: Faults, s: Settings) -> Span:
-    """PostgreSQL read-only for ``read_only`` seconds, as a primary turned standby looks to
-    its clients (``default_transaction_read_only`` and a reload: every write fails with
-    SQLSTATE 25006); then writable again. Every worker must work again after."""
+    """PostgreSQL read-only for ``read_only`` seconds, as a failover looks to its clients:
+    ``default_transaction_read_only`` on and a reload make every write of every session
+    fail with SQLSTATE 25006; then only new sessions may write again (a setting of the
+    database, read at connection), as only a new connection reaches the new primary.
+    Every worker must reconnect and work again."""
     start = stack.now()
-    _set_read_only(stack, "on")
+    stack.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+    stack.query("SELECT pg_reload_conf()")
     time.sleep(s.read_only)
-    _set_read_only(stack, "off")
+    stack.execute(f"ALTER DATABASE {stack.database} SET default_transaction_read_only = off")
     end = stack.now()
     for worker in stack.workers:
         faults.hindered[worker].append((start, end))
     return start, end
 
 
-def _set_read_only(stack: Stack, value: str) -> None:
-    stack.query(f"ALTER SYSTEM SET default_transaction_read_only = {value}")
+def writable_again(stack: Stack) -> None:
+    """Every session may write again (read_only_failover's settings undone)."""
+    stack.execute("ALTER SYSTEM RESET default_transaction_read_only")
     stack.query("SELECT pg_reload_conf()")
+    stack.execute(f"ALTER DATABASE {stack.database} RESET default_transaction_read_only")
 
 
 def pool_exhaustion(stack: Stack, faults: Faults, s: Settings) -> Span:
@@ -243,6 +250,35 @@ def _kill_and_restart(stack: Stack, faults: Faults, worker: str) -> None:
     stack.docker("start", service=worker)
 
 
+def idle_in_tx(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """A session idle in a transaction whose snapshot read the task table, for
+    ``long_session`` seconds: no row version dead since then can be removed meanwhile."""
+    return _long_session(stack, faults, s, "SELECT count(*) FROM {table}")
+
+
+def active_readers(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """A repeatable-read query on the task table that runs ``long_session`` seconds."""
+    return _long_session(
+        stack, faults, s, "SELECT count(*) FROM {table}, pg_sleep({seconds}) LIMIT 1"
+    )
+
+
+def _long_session(stack: Stack, faults: Faults, s: Settings, sql: str) -> Span:
+    from batchtasks.models import BatchTask
+
+    table = BatchTask._meta.db_table
+    before = stack.dead_tuples(table)
+    start = stack.now()
+    with stack.session() as session, session.transaction():
+        session.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        session.execute(sql.format(table=table, seconds=s.long_session))
+        time.sleep(max(0.0, s.long_session - (stack.now() - start).total_seconds()))
+        during = stack.dead_tuples(table)
+    end = stack.now()
+    faults.notes.append(f"dead tuples of {table}: {before} before, {during} at the end")
+    return start, end
+
+
 SCENARIOS: dict[str, Scenario] = {
     "crash_recovery": crash_recovery,
     "postgres_restart": postgres_restart,
@@ -256,6 +292,12 @@ SCENARIOS: dict[str, Scenario] = {
     "pool_exhaustion": pool_exhaustion,
     "repeated_kills": repeated_kills,
     "leader_failover": leader_failover,
+    "idle_in_tx": idle_in_tx,
+    "active_readers": active_readers,
+}
+#: What to undo once a scenario's tasks are final (the driver calls it).
+AFTERWARDS: dict[str, Callable[[Stack], None]] = {
+    "read_only_failover": writable_again,
 }
 #: What `.ci/docker-chaos --quick` (make test) runs.
 QUICK = ("crash_recovery", "worker_paused", "pg_backend_kill")

@@ -121,6 +121,25 @@ class Stack:
                 self._db = None
         raise RuntimeError(f"the ledger's database did not answer {sql!r}")
 
+    def session(self) -> psycopg.Connection[Any]:
+        """A connection of an outside client of its own (not in autocommit)."""
+        return psycopg.connect(self.url, connect_timeout=3, application_name="chaos-session")
+
+    def dead_tuples(self, table: str) -> int:
+        """``n_dead_tup`` of ``table`` (pg_stat_user_tables)."""
+        rows = self.query("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = %s", (table,))
+        return int(rows[0][0]) if rows else 0
+
+    @property
+    def database(self) -> str:
+        """The stack's database's name, quoted as an identifier."""
+        name = self.query("SELECT quote_ident(current_database())")[0][0]
+        return str(name)
+
+    def execute(self, sql: str) -> None:
+        """Run ``sql``, which returns no rows (``ALTER SYSTEM``), on the driver's connection."""
+        self.db().execute(sql)
+
     def now(self) -> datetime:
         """The database's clock."""
         value: datetime = self.query("SELECT clock_timestamp()")[0][0]

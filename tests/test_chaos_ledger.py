@@ -130,3 +130,10 @@ def test_a_run_after_the_end_bound_does_not_count_as_a_rejoin() -> None:
     faults.hindered["w1"].append((at(10), at(12)))
     row = verdict([1], [run(1, 41, 42, host="w1")], [final(1, 20)], faults)
     assert row.stuck == 1
+
+
+def test_throughput_during_the_fault_is_against_the_window_before_it() -> None:
+    finals = [final(i, i + 0.5) for i in range(10)]  # 1 a second before the fault
+    finals += [final(100, 11)]  # 1 in the fault's 2 s
+    row = verdict([f.task_id for f in finals], [], finals, Faults())
+    assert row.during_percent == 50.0

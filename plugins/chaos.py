@@ -147,6 +147,37 @@ class Work(BatchTaskPlugin):
         return {"run": str(token)}
 
 
+FLAKY = "chaos.flaky"
+
+
+class Flaky(RuntimeError):
+    """Raised by ``chaos.flaky`` on its first two attempts (the attempt fails, and retries)."""
+
+
+@batchtask(
+    FLAKY,
+    max_attempts=3,
+    retry_backoff=0,
+    max_lost_runs=10,
+    description="Fail attempts 1 and 2, succeed on the third, recording each run in a ledger.",
+)
+class FlakyWork(BatchTaskPlugin):
+    """A run in ``chaos.runs`` per attempt: the first two end ``Flaky``, the third ``done``."""
+
+    def run(self, params: dict[str, Any] | None) -> dict[str, Any]:
+        token = uuid.uuid4()
+        ledger_write(
+            "INSERT INTO chaos.runs (token, task_id, attempt, host, pid, started_at) "
+            "VALUES (%s, %s, %s, %s, %s, clock_timestamp()) ON CONFLICT (token) DO NOTHING",
+            (token, self.task_id, self.attempt, socket.gethostname(), os.getpid()),
+        )
+        if self.attempt < 3:
+            _end(token, Flaky.__name__)
+            raise Flaky(f"attempt {self.attempt} of task {self.task_id} fails on purpose")
+        _end(token, "done")
+        return {"run": str(token)}
+
+
 def _end(token: uuid.UUID, outcome: str) -> None:
     ended = time.monotonic()
     ledger_write(
@@ -156,7 +187,7 @@ def _end(token: uuid.UUID, outcome: str) -> None:
     )
 
 
-@finalizer(TYPE)
+@finalizer(TYPE, FLAKY)
 def record_final(task: BatchTask) -> None:
     """Note the final outcome in ``chaos.finals`` (a second row is a second completion)."""
     ledger_write(

@@ -137,3 +137,11 @@ def test_throughput_during_the_fault_is_against_the_window_before_it() -> None:
     finals += [final(100, 11)]  # 1 in the fault's 2 s
     row = verdict([f.task_id for f in finals], [], finals, Faults())
     assert row.during_percent == 50.0
+
+
+def test_runs_of_another_type_than_the_loads_do_not_count_against_its_limit() -> None:
+    runs = [run(1, 0, 5), run(2, 1, 5), run(3, 2, 5)]
+    assert verdict([1, 2, 3], runs, [], Faults(), limit=2).limit_breaks == 1
+    faults = Faults()
+    faults.other_type.add(3)
+    assert verdict([1, 2, 3], runs, [], faults, limit=2).limit_breaks == 0

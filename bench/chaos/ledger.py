@@ -62,6 +62,11 @@ class Faults:
     hindered: dict[str, list[Span]] = field(default_factory=lambda: defaultdict(list))
     #: What the scenario measured besides the ledger, a sentence each
     notes: list[str] = field(default_factory=list)
+    #: Tasks the scenario submitted itself, judged with the load's
+    submitted: list[int] = field(default_factory=list)
+    #: Those of them of another type than the load's, whose runs the load's limit does
+    #: not count
+    other_type: set[int] = field(default_factory=set)
 
 
 def executed(
@@ -207,7 +212,9 @@ def judge(
         lost=len(ids - per_task.keys()),
         twice=sum(1 for fs in per_task.values() if len(fs) > 1),
         overlaps=len(overlapping_tasks(runs, faults, window.end_bound)),
-        limit_breaks=limit_breaks(runs, faults, window.end_bound, limit),
+        limit_breaks=limit_breaks(
+            [r for r in runs if r.task_id not in faults.other_type], faults, window.end_bound, limit
+        ),
         recovery=(min(after_fault) - window.fault[1]).total_seconds() if after_fault else None,
         after_percent=_ratio(finals, window.before, window.after),
         during_percent=_ratio(finals, window.before, window.fault),

@@ -30,6 +30,10 @@ class Settings:
     kills_for: float = 180.0
     #: How long a session holds a transaction or a read open (idle_in_tx, active_readers).
     long_session: float = 180.0
+    #: How long the flood at priority 100 lasts (priority_starvation).
+    flood_for: float = 60.0
+    #: How many tasks fail twice, then succeed (retry_storm).
+    storm_tasks: int = 10_000
 
     @property
     def settle(self) -> float:
@@ -279,6 +283,69 @@ def _long_session(stack: Stack, faults: Faults, s: Settings, sql: str) -> Span:
     return start, end
 
 
+def priority_starvation(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """Five tasks at priority 0 wait while a flood at priority 100, kept 40 tasks deep,
+    lasts ``flood_for`` seconds: how long they wait (a note; the dispatcher admits by
+    priority first, so they may starve for as long as the flood lasts)."""
+    from batchtasks import BatchTask
+
+    from .load import Load
+
+    low = [int(BatchTask.submit("chaos.work", {"seconds": 0.4}, priority=0).pk) for _ in range(5)]
+    start = stack.now()
+    flood = Load(stack, backlog=40, seconds=0.4, priority=100)
+    flood.start()
+    time.sleep(s.flood_for)
+    faults.submitted += low + flood.stop()
+    end = stack.now()
+    rows = stack.query(
+        "SELECT count(DISTINCT task_id) FROM chaos.runs WHERE task_id = ANY(%s) "
+        "AND started_at < %s",
+        (low, end),
+    )
+    faults.notes.append(
+        f"priority 0: {rows[0][0]} of {len(low)} started during the {s.flood_for:g} s "
+        f"flood at priority 100 ({len(faults.submitted) - len(low)} tasks)"
+    )
+    return start, end
+
+
+def retry_storm(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """``storm_tasks`` tasks of ``chaos.flaky`` (attempts 1 and 2 fail, the third succeeds,
+    no backoff) submitted at once beside the load; the fault lasts until all are final.
+    None may be completed twice; each must run exactly three times."""
+    from batchtasks import BatchTask
+    from plugins.chaos import FLAKY
+
+    start = stack.now()
+    storm: list[int] = []
+    while len(storm) < s.storm_tasks:
+        batch = min(500, s.storm_tasks - len(storm))
+        storm += [int(t.pk) for t in BatchTask.submit_many(FLAKY, [{}] * batch)]
+    faults.submitted += storm
+    faults.other_type.update(storm)
+    deadline = time.monotonic() + 60 + s.storm_tasks
+    while time.monotonic() < deadline and _finals(stack, storm) < len(storm):
+        time.sleep(1)
+    end = stack.now()
+    runs = stack.query(
+        "SELECT count(*) FROM chaos.runs WHERE task_id = ANY(%s) GROUP BY task_id", (storm,)
+    )
+    off = sum(1 for (n,) in runs if n != 3) + len(storm) - len(runs)
+    faults.notes.append(
+        f"{len(storm)} tasks failing twice: {_finals(stack, storm)} final in "
+        f"{(end - start).total_seconds():.0f} s, {off} not run exactly three times"
+    )
+    return start, end
+
+
+def _finals(stack: Stack, ids: list[int]) -> int:
+    rows = stack.query(
+        "SELECT count(DISTINCT task_id) FROM chaos.finals WHERE task_id = ANY(%s)", (ids,)
+    )
+    return int(rows[0][0])
+
+
 SCENARIOS: dict[str, Scenario] = {
     "crash_recovery": crash_recovery,
     "postgres_restart": postgres_restart,
@@ -294,6 +361,8 @@ SCENARIOS: dict[str, Scenario] = {
     "leader_failover": leader_failover,
     "idle_in_tx": idle_in_tx,
     "active_readers": active_readers,
+    "priority_starvation": priority_starvation,
+    "retry_storm": retry_storm,
 }
 #: What to undo once a scenario's tasks are final (the driver calls it).
 AFTERWARDS: dict[str, Callable[[Stack], None]] = {

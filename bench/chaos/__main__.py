@@ -3,7 +3,7 @@ under a steady load, cause each scenario's fault and print a row per scenario fr
 ledger. Exits 1 if a task was lost, completed twice, ran beside itself or the
 concurrency limit broke.
 
-    python -m bench.chaos [--quick] [--scenarios crash_recovery,broker_pause]
+    python -m bench.chaos [--quick] [--scenarios crash_recovery,broker_pause] [--storm-tasks N]
 """
 
 from __future__ import annotations

@@ -15,6 +15,11 @@ set), written on a connection of its own, in autocommit, with the database's clo
 
 A ledger write that fails (PostgreSQL restarting, its backend terminated) is retried
 on a new connection for up to ``LEDGER_PATIENCE`` seconds: the ledger must miss no run.
+So that it can, its session writes whatever the server's default (a read-only
+failover), and a connection whose server stopped answering (a network partition) is
+given up within seconds (TCP keepalives and user timeout), not TCP's quarter of an hour.
+A run's end is written as the database's clock less the time since the body ended (by
+this process's monotonic clock), so a write that had to wait still says when it ended.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -77,21 +83,31 @@ def _ledger() -> psycopg.Connection[Any]:
     global _connection, _connection_pid
     if _connection is None or _connection.closed or _connection_pid != os.getpid():
         _connection = psycopg.connect(
-            ledger_url(), autocommit=True, connect_timeout=5, application_name="chaos-ledger"
+            ledger_url(),
+            autocommit=True,
+            connect_timeout=5,
+            application_name="chaos-ledger",
+            options="-c default_transaction_read_only=off",
+            keepalives=1,
+            keepalives_idle=2,
+            keepalives_interval=1,
+            keepalives_count=3,
+            tcp_user_timeout=5000,
         )
         _connection_pid = os.getpid()
     return _connection
 
 
-def ledger_write(sql: str, args: tuple[Any, ...]) -> None:
+def ledger_write(sql: str, args: Callable[[], tuple[Any, ...]] | tuple[Any, ...]) -> None:
     """Run one ledger statement, reconnecting until it succeeds or patience runs out.
     Statements are idempotent (keyed by a token of the caller's): one that did commit
-    before its connection broke may run again."""
+    before its connection broke may run again. ``args`` may be a function, called for
+    each try."""
     global _connection
     deadline = time.monotonic() + LEDGER_PATIENCE
     while True:
         try:
-            _ledger().execute(sql, args)
+            _ledger().execute(sql, args() if callable(args) else args)
             return
         except psycopg.OperationalError:
             if _connection is not None:
@@ -131,15 +147,47 @@ class Work(BatchTaskPlugin):
         return {"run": str(token)}
 
 
+FLAKY = "chaos.flaky"
+
+
+class Flaky(RuntimeError):
+    """Raised by ``chaos.flaky`` on its first two attempts (the attempt fails, and retries)."""
+
+
+@batchtask(
+    FLAKY,
+    max_attempts=3,
+    retry_backoff=0,
+    max_lost_runs=10,
+    description="Fail attempts 1 and 2, succeed on the third, recording each run in a ledger.",
+)
+class FlakyWork(BatchTaskPlugin):
+    """A run in ``chaos.runs`` per attempt: the first two end ``Flaky``, the third ``done``."""
+
+    def run(self, params: dict[str, Any] | None) -> dict[str, Any]:
+        token = uuid.uuid4()
+        ledger_write(
+            "INSERT INTO chaos.runs (token, task_id, attempt, host, pid, started_at) "
+            "VALUES (%s, %s, %s, %s, %s, clock_timestamp()) ON CONFLICT (token) DO NOTHING",
+            (token, self.task_id, self.attempt, socket.gethostname(), os.getpid()),
+        )
+        if self.attempt < 3:
+            _end(token, Flaky.__name__)
+            raise Flaky(f"attempt {self.attempt} of task {self.task_id} fails on purpose")
+        _end(token, "done")
+        return {"run": str(token)}
+
+
 def _end(token: uuid.UUID, outcome: str) -> None:
+    ended = time.monotonic()
     ledger_write(
-        "UPDATE chaos.runs SET ended_at = clock_timestamp(), outcome = %s "
-        "WHERE token = %s AND ended_at IS NULL",
-        (outcome, token),
+        "UPDATE chaos.runs SET ended_at = clock_timestamp() - make_interval(secs => %s), "
+        "outcome = %s WHERE token = %s AND ended_at IS NULL",
+        lambda: (time.monotonic() - ended, outcome, token),
     )
 
 
-@finalizer(TYPE)
+@finalizer(TYPE, FLAKY)
 def record_final(task: BatchTask) -> None:
     """Note the final outcome in ``chaos.finals`` (a second row is a second completion)."""
     ledger_write(

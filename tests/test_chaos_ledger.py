@@ -109,3 +109,39 @@ def test_what_a_run_executes_after_a_thaw_is_a_remnant_not_a_limit_break() -> No
     runs = [run(1, 10, 20.25, host="w1")] + [run(i, 19.5, 21, host="w2") for i in (2, 3)]
     row = verdict([1, 2, 3], runs, [], faults, limit=2)
     assert (row.limit_breaks, row.remnant) == (0, 0.25)
+
+
+def test_a_hindered_worker_that_starts_no_run_after_its_fault_is_stuck() -> None:
+    faults = Faults()
+    faults.hindered["w1"].append((at(10), at(12)))
+    faults.hindered["w2"].append((at(10), at(12)))
+    runs = [run(1, 11, 11.5, host="w1"), run(2, 14, 15, host="w2"), run(3, 13, 14, host="w3")]
+    row = verdict([1, 2, 3], runs, [final(i, 15) for i in (1, 2, 3)], faults)
+    assert (row.rejoin, row.stuck) == (2.0, 1)
+    assert not row.invariants_hold
+    runs.append(run(4, 12.5, 13, host="w1"))
+    row = verdict([1, 2, 3, 4], runs, [final(i, 15) for i in (1, 2, 3, 4)], faults)
+    assert (row.rejoin, row.stuck) == (2.0, 0)
+    assert row.invariants_hold
+
+
+def test_a_run_after_the_end_bound_does_not_count_as_a_rejoin() -> None:
+    faults = Faults()
+    faults.hindered["w1"].append((at(10), at(12)))
+    row = verdict([1], [run(1, 41, 42, host="w1")], [final(1, 20)], faults)
+    assert row.stuck == 1
+
+
+def test_throughput_during_the_fault_is_against_the_window_before_it() -> None:
+    finals = [final(i, i + 0.5) for i in range(10)]  # 1 a second before the fault
+    finals += [final(100, 11)]  # 1 in the fault's 2 s
+    row = verdict([f.task_id for f in finals], [], finals, Faults())
+    assert row.during_percent == 50.0
+
+
+def test_runs_of_another_type_than_the_loads_do_not_count_against_its_limit() -> None:
+    runs = [run(1, 0, 5), run(2, 1, 5), run(3, 2, 5)]
+    assert verdict([1, 2, 3], runs, [], Faults(), limit=2).limit_breaks == 1
+    faults = Faults()
+    faults.other_type.add(3)
+    assert verdict([1, 2, 3], runs, [], faults, limit=2).limit_breaks == 0

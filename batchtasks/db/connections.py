@@ -17,6 +17,11 @@ none of it and passes none of it on to another client.
 
 Elsewhere (web requests, shells, commands) nothing opens a second connection: the
 caller's own is used, so a web process holds no extra connection per thread.
+
+A session whose writes are refused as read-only (SQLSTATE 25006) is dropped like a broken
+one: after a failover its server is a standby (or a primary turned read-only), and only a
+new connection reaches the one that now takes writes. Kept, it would fail every write for
+as long as the worker lives.
 """
 
 from __future__ import annotations
@@ -28,14 +33,17 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from weakref import WeakSet
 
-from django.db import InterfaceError, OperationalError, connections
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.signals import connection_created
 from django.utils.connection import ConnectionDoesNotExist
 
 from ..core.conf import get_settings
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+#: SQLSTATE read_only_sql_transaction: a write on a server that takes none.
+READ_ONLY_SQLSTATE = "25006"
 SUFFIX = ":batchtasks"
 LOCK_SUFFIX = ":batchtasks-lock"
 _registered: set[str] = set()
@@ -44,9 +52,17 @@ _dedicated = False
 
 def use_dedicated_connections(enabled: bool = True) -> None:
     """Give this process (and the processes it forks) a state connection of its own per
-    database; worker processes do, at start."""
+    database; worker processes do, at start. Their ordinary connections (plugins',
+    submits', schedules') are dropped once read-only too."""
     global _dedicated
     _dedicated = enabled
+    if enabled:
+        connection_created.connect(_watch_read_only, dispatch_uid="batchtasks-read-only")
+
+
+def _watch_read_only(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
+    if connection.vendor == "postgresql" and drop_if_read_only not in connection.execute_wrappers:
+        connection.execute_wrappers.append(drop_if_read_only)
 
 
 def state_db(using: str) -> str:
@@ -86,6 +102,8 @@ def _add(base: BaseDatabaseWrapper, alias: str, *, tune: bool) -> None:
     # Persistent whatever CONN_MAX_AGE says (Django's default of 0 would mean a new
     # connection per task); a failed connection is still replaced, below.
     wrapper.settings_dict["CONN_MAX_AGE"] = None
+    if wrapper.vendor == "postgresql":
+        wrapper.execute_wrappers.append(drop_if_read_only)
     if tune and wrapper.vendor == "postgresql":
         _tune_postgresql(wrapper)
     connections[alias] = wrapper
@@ -99,16 +117,39 @@ def _replace_if_unusable(wrapper: BaseDatabaseWrapper) -> None:
         wrapper.close_if_unusable_or_obsolete()
 
 
+def read_only(error: BaseException) -> bool:
+    """Whether ``error`` is a write refused because the session is read-only (25006)."""
+    cause = error.__cause__ or error
+    return getattr(cause, "sqlstate", None) == READ_ONLY_SQLSTATE
+
+
+def drop_if_read_only(
+    execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
+) -> Any:
+    """Execute wrapper of the worker's own connections: a statement refused as read-only
+    makes its connection obsolete, so that it is closed before its next use (a new one
+    may reach the server that takes writes now)."""
+    try:
+        return execute(sql, params, many, context)
+    except DatabaseError as error:
+        if read_only(error):
+            context["connection"].close_at = time.monotonic()
+        raise
+
+
 def reconnecting(action: Callable[[], T], using: str, *, patience: float = 0.0) -> T:
     """Run ``action`` (guarded writes, or a whole transaction) on a fresh connection if
-    the old one died, as it does when PostgreSQL restarts: once more at once, then again
-    with growing pauses for up to ``patience`` seconds while the server is away."""
+    the old one died, as it does when PostgreSQL restarts, or turned read-only, as it
+    does in a failover: once more at once, then again with growing pauses for up to
+    ``patience`` seconds while the server is away."""
     deadline = time.monotonic() + patience
     pause = 0.1
     while True:
         try:
             return action()
-        except (OperationalError, InterfaceError):
+        except DatabaseError as error:
+            if not isinstance(error, OperationalError | InterfaceError) and not read_only(error):
+                raise
             connection = connections[using]
             if connection.in_atomic_block:
                 raise

@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 Span = tuple[datetime, datetime]
 #: (host, pid) -> the start times of its runs, in order
@@ -56,6 +57,16 @@ class Faults:
     killed: dict[str, list[datetime]] = field(default_factory=lambda: defaultdict(list))
     #: (host, pid) -> when the process was first seen gone (a run stopped mid-body)
     gone: dict[tuple[str, int], datetime] = field(default_factory=dict)
+    #: host -> the spans a fault kept it from its work while it ran on (cut off a
+    #: server, its database read-only): it must start runs again after each
+    hindered: dict[str, list[Span]] = field(default_factory=lambda: defaultdict(list))
+    #: What the scenario measured besides the ledger, a sentence each
+    notes: list[str] = field(default_factory=list)
+    #: Tasks the scenario submitted itself, judged with the load's
+    submitted: list[int] = field(default_factory=list)
+    #: Those of them of another type than the load's, whose runs the load's limit does
+    #: not count
+    other_type: set[int] = field(default_factory=set)
 
 
 def executed(
@@ -152,11 +163,18 @@ class Row:
     after_percent: float | None
     #: The longest a frozen run went on after its thaw before it stopped (seconds).
     remnant: float = 0.0
+    #: Completions a second during the fault, as % of before it.
+    during_percent: float | None = None
+    #: The longest a hindered worker took to start a run after its fault (seconds).
+    rejoin: float | None = None
+    #: Hindered workers that started no run after their fault by the end bound.
+    stuck: int = 0
 
     @property
     def invariants_hold(self) -> bool:
-        """No task lost, none completed twice, none beside itself, the limit kept."""
-        return not (self.lost or self.twice or self.overlaps or self.limit_breaks)
+        """No task lost, none completed twice, none beside itself, the limit kept, no
+        worker stuck after its fault."""
+        return not (self.lost or self.twice or self.overlaps or self.limit_breaks or self.stuck)
 
 
 @dataclass(frozen=True)
@@ -194,11 +212,31 @@ def judge(
         lost=len(ids - per_task.keys()),
         twice=sum(1 for fs in per_task.values() if len(fs) > 1),
         overlaps=len(overlapping_tasks(runs, faults, window.end_bound)),
-        limit_breaks=limit_breaks(runs, faults, window.end_bound, limit),
+        limit_breaks=limit_breaks(
+            [r for r in runs if r.task_id not in faults.other_type], faults, window.end_bound, limit
+        ),
         recovery=(min(after_fault) - window.fault[1]).total_seconds() if after_fault else None,
         after_percent=_ratio(finals, window.before, window.after),
+        during_percent=_ratio(finals, window.before, window.fault),
         remnant=longest_remnant(runs, faults, window.end_bound),
+        **rejoins(runs, faults, window.end_bound),
     )
+
+
+def rejoins(runs: Sequence[Run], faults: Faults, end_bound: datetime) -> dict[str, Any]:
+    """``rejoin`` and ``stuck`` of a row: how long after each fault a hindered worker
+    started a run again (the longest), and how many never did by ``end_bound``."""
+    waits: list[float] = []
+    stuck = 0
+    for host, spans in faults.hindered.items():
+        for _, fault_end in spans:
+            later = [r.started for r in runs if r.host == host and fault_end <= r.started]
+            later = [t for t in later if t <= end_bound]
+            if later:
+                waits.append((min(later) - fault_end).total_seconds())
+            else:
+                stuck += 1
+    return {"rejoin": max(waits) if waits else None, "stuck": stuck}
 
 
 def longest_remnant(runs: Sequence[Run], faults: Faults, end_bound: datetime) -> float:

@@ -18,9 +18,12 @@ logger = logging.getLogger("bench.chaos")
 class Load(threading.Thread):
     """Submit ``chaos.work`` tasks of ``seconds`` each, ``backlog`` ahead of the finals."""
 
-    def __init__(self, stack: Stack, *, backlog: int, seconds: float) -> None:
+    def __init__(
+        self, stack: Stack, *, backlog: int, seconds: float, priority: int | None = None
+    ) -> None:
         super().__init__(name="chaos-load", daemon=True)
         self.stack, self.backlog, self.seconds = stack, backlog, seconds
+        self.priority = priority
         self.submitted: list[int] = []
         self.errors = 0
         self._halt = threading.Event()
@@ -46,9 +49,9 @@ class Load(threading.Thread):
         if not self.submitted:
             return 0
         try:
-            done = self.stack.query(
-                "SELECT count(DISTINCT task_id) FROM chaos.finals WHERE task_id >= %s",
-                (self.submitted[0],),
+            done = self.stack.query(  # its own only: another load may run beside it
+                "SELECT count(DISTINCT task_id) FROM chaos.finals WHERE task_id = ANY(%s)",
+                (self.submitted,),
             )[0][0]
         except RuntimeError:
             return self.backlog
@@ -58,7 +61,7 @@ class Load(threading.Thread):
         from batchtasks import BatchTask
 
         try:
-            task = BatchTask.submit("chaos.work", {"seconds": self.seconds})
+            task = BatchTask.submit("chaos.work", {"seconds": self.seconds}, priority=self.priority)
         except Exception as exc:  # any fault of the stack: try again later
             self.errors += 1
             logger.debug("submit failed: %r", exc)

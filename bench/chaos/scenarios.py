@@ -5,6 +5,7 @@ The fault's end is when the harm is undone and the service answers again."""
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,18 @@ class Settings:
     lease: float
     sweep: float
     broker_pause: float = 20.0
+    #: How long PostgreSQL stays read-only (read_only_failover).
+    read_only: float = 20.0
+    #: How long an outside client holds the connections (pool_exhaustion).
+    pool_hold: float = 30.0
+    #: How long workers are killed at random (repeated_kills).
+    kills_for: float = 180.0
+    #: How long a session holds a transaction or a read open (idle_in_tx, active_readers).
+    long_session: float = 180.0
+    #: How long the flood at priority 100 lasts (priority_starvation).
+    flood_for: float = 60.0
+    #: How many tasks fail twice, then succeed (retry_storm).
+    storm_tasks: int = 10_000
 
     @property
     def settle(self) -> float:
@@ -125,6 +138,214 @@ def pg_backend_kill(stack: Stack, faults: Faults, s: Settings) -> Span:
     return start, stack.now()
 
 
+def db_partition(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """Cut a worker with a run in hand off PostgreSQL, not Redis, for longer than a lease
+    (plus two sweeps): its runs are given to others meanwhile; it must work again after."""
+    return _partition(stack, faults, s, busy_worker(stack, "chaos-3"), "db")
+
+
+def broker_partition(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """Cut a worker with a run in hand off Redis, not PostgreSQL, for longer than a lease
+    (plus two sweeps); it must work again after."""
+    return _partition(stack, faults, s, busy_worker(stack, "chaos-1"), "broker")
+
+
+def _partition(stack: Stack, faults: Faults, s: Settings, worker: str, network: str) -> Span:
+    start = stack.now()
+    stack.network("disconnect", network, service=worker)
+    time.sleep(s.lease + 2 * s.sweep + 2)
+    stack.network("connect", network, service=worker)
+    end = stack.now()
+    faults.hindered[worker].append((start, end))
+    return start, end
+
+
+def read_only_failover(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """PostgreSQL read-only for ``read_only`` seconds, as a failover looks to its clients:
+    ``default_transaction_read_only`` on and a reload make every write of every session
+    fail with SQLSTATE 25006; then only new sessions may write again (a setting of the
+    database, read at connection), as only a new connection reaches the new primary.
+    Every worker must reconnect and work again."""
+    start = stack.now()
+    stack.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+    stack.query("SELECT pg_reload_conf()")
+    time.sleep(s.read_only)
+    stack.execute(f"ALTER DATABASE {stack.database} SET default_transaction_read_only = off")
+    end = stack.now()
+    for worker in stack.workers:
+        faults.hindered[worker].append((start, end))
+    return start, end
+
+
+def writable_again(stack: Stack) -> None:
+    """Every session may write again (read_only_failover's settings undone)."""
+    stack.execute("ALTER SYSTEM RESET default_transaction_read_only")
+    stack.query("SELECT pg_reload_conf()")
+    stack.execute(f"ALTER DATABASE {stack.database} RESET default_transaction_read_only")
+
+
+def pool_exhaustion(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """An outside client holds all but three of ``max_connections`` for ``pool_hold``
+    seconds; every worker must work again after."""
+    limit = int(stack.query("SHOW max_connections")[0][0])
+    used = int(
+        stack.query("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")[
+            0
+        ][0]
+    )
+    start = stack.now()
+    held = stack.hold_connections(limit - used - 3)
+    try:
+        time.sleep(s.pool_hold)
+    finally:
+        for connection in held:
+            connection.close()
+    end = stack.now()
+    for worker in stack.workers:
+        faults.hindered[worker].append((start, end))
+    return start, end
+
+
+def repeated_kills(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """SIGKILL a random worker every 10-20 s for ``kills_for`` seconds, each started again
+    two seconds later."""
+    chance = random.Random()
+    start = stack.now()
+    deadline = time.monotonic() + s.kills_for
+    while time.monotonic() < deadline:
+        time.sleep(chance.uniform(10, 20))
+        _kill_and_restart(stack, faults, chance.choice(stack.workers))
+    return start, stack.now()
+
+
+def leader_failover(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """SIGKILL the worker that is sweeping right now (it holds the sweeper's advisory lock:
+    ``pg_locks``, and the address of its session), started again two seconds later."""
+    worker = _sweeping_worker(stack, wait=4 * s.sweep + 5)
+    if worker is None:
+        raise RuntimeError("no worker was seen sweeping")
+    start = stack.now()
+    _kill_and_restart(stack, faults, worker)
+    return start, stack.now()
+
+
+def _sweeping_worker(stack: Stack, wait: float) -> str | None:
+    from batchtasks.services.sweeper import LOCK_KEY
+
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        rows = stack.query(
+            "SELECT host(a.client_addr) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE l.locktype = 'advisory' AND l.granted "
+            "AND ((l.classid::bigint << 32) | l.objid::bigint) = %s",
+            (LOCK_KEY,),
+        )
+        for (address,) in rows:
+            if address and (worker := stack.service_at(address)):
+                return worker
+        time.sleep(0.01)
+    return None
+
+
+def _kill_and_restart(stack: Stack, faults: Faults, worker: str) -> None:
+    stack.docker("kill", "--signal", "KILL", service=worker)
+    faults.killed[worker].append(stack.now())
+    time.sleep(2)
+    stack.docker("start", service=worker)
+
+
+def idle_in_tx(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """A session idle in a transaction whose snapshot read the task table, for
+    ``long_session`` seconds: no row version dead since then can be removed meanwhile."""
+    return _long_session(stack, faults, s, "SELECT count(*) FROM {table}")
+
+
+def active_readers(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """A repeatable-read query on the task table that runs ``long_session`` seconds."""
+    return _long_session(
+        stack, faults, s, "SELECT count(*) FROM {table}, pg_sleep({seconds}) LIMIT 1"
+    )
+
+
+def _long_session(stack: Stack, faults: Faults, s: Settings, sql: str) -> Span:
+    from batchtasks.models import BatchTask
+
+    table = BatchTask._meta.db_table
+    before = stack.dead_tuples(table)
+    start = stack.now()
+    with stack.session() as session, session.transaction():
+        session.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        session.execute(sql.format(table=table, seconds=s.long_session))
+        time.sleep(max(0.0, s.long_session - (stack.now() - start).total_seconds()))
+        during = stack.dead_tuples(table)
+    end = stack.now()
+    faults.notes.append(f"dead tuples of {table}: {before} before, {during} at the end")
+    return start, end
+
+
+def priority_starvation(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """Five tasks at priority 0 wait while a flood at priority 100, kept 40 tasks deep,
+    lasts ``flood_for`` seconds: how long they wait (a note; the dispatcher admits by
+    priority first, so they may starve for as long as the flood lasts)."""
+    from batchtasks import BatchTask
+
+    from .load import Load
+
+    low = [int(BatchTask.submit("chaos.work", {"seconds": 0.4}, priority=0).pk) for _ in range(5)]
+    start = stack.now()
+    flood = Load(stack, backlog=40, seconds=0.4, priority=100)
+    flood.start()
+    time.sleep(s.flood_for)
+    faults.submitted += low + flood.stop()
+    end = stack.now()
+    rows = stack.query(
+        "SELECT count(DISTINCT task_id) FROM chaos.runs WHERE task_id = ANY(%s) "
+        "AND started_at < %s",
+        (low, end),
+    )
+    faults.notes.append(
+        f"priority 0: {rows[0][0]} of {len(low)} started during the {s.flood_for:g} s "
+        f"flood at priority 100 ({len(faults.submitted) - len(low)} tasks)"
+    )
+    return start, end
+
+
+def retry_storm(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """``storm_tasks`` tasks of ``chaos.flaky`` (attempts 1 and 2 fail, the third succeeds,
+    no backoff) submitted at once beside the load; the fault lasts until all are final.
+    None may be completed twice; each must run exactly three times."""
+    from batchtasks import BatchTask
+    from plugins.chaos import FLAKY
+
+    start = stack.now()
+    storm: list[int] = []
+    while len(storm) < s.storm_tasks:
+        batch = min(500, s.storm_tasks - len(storm))
+        storm += [int(t.pk) for t in BatchTask.submit_many(FLAKY, [{}] * batch)]
+    faults.submitted += storm
+    faults.other_type.update(storm)
+    deadline = time.monotonic() + 60 + s.storm_tasks
+    while time.monotonic() < deadline and _finals(stack, storm) < len(storm):
+        time.sleep(1)
+    end = stack.now()
+    runs = stack.query(
+        "SELECT count(*) FROM chaos.runs WHERE task_id = ANY(%s) GROUP BY task_id", (storm,)
+    )
+    off = sum(1 for (n,) in runs if n != 3) + len(storm) - len(runs)
+    faults.notes.append(
+        f"{len(storm)} tasks failing twice: {_finals(stack, storm)} final in "
+        f"{(end - start).total_seconds():.0f} s, {off} not run exactly three times"
+    )
+    return start, end
+
+
+def _finals(stack: Stack, ids: list[int]) -> int:
+    rows = stack.query(
+        "SELECT count(DISTINCT task_id) FROM chaos.finals WHERE task_id = ANY(%s)", (ids,)
+    )
+    return int(rows[0][0])
+
+
 SCENARIOS: dict[str, Scenario] = {
     "crash_recovery": crash_recovery,
     "postgres_restart": postgres_restart,
@@ -132,6 +353,20 @@ SCENARIOS: dict[str, Scenario] = {
     "broker_pause": broker_pause,
     "worker_paused": worker_paused,
     "pg_backend_kill": pg_backend_kill,
+    "db_partition": db_partition,
+    "broker_partition": broker_partition,
+    "read_only_failover": read_only_failover,
+    "pool_exhaustion": pool_exhaustion,
+    "repeated_kills": repeated_kills,
+    "leader_failover": leader_failover,
+    "idle_in_tx": idle_in_tx,
+    "active_readers": active_readers,
+    "priority_starvation": priority_starvation,
+    "retry_storm": retry_storm,
+}
+#: What to undo once a scenario's tasks are final (the driver calls it).
+AFTERWARDS: dict[str, Callable[[Stack], None]] = {
+    "read_only_failover": writable_again,
 }
 #: What `.ci/docker-chaos --quick` (make test) runs.
 QUICK = ("crash_recovery", "worker_paused", "pg_backend_kill")

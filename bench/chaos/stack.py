@@ -35,6 +35,30 @@ class Stack:
             stdout=subprocess.DEVNULL,
         )
 
+    def network(self, action: str, network: str, *, service: str) -> None:
+        """``docker network connect|disconnect`` of ``service``'s container and the
+        stack's network ``network`` (``db`` or ``broker``, docker/compose.chaos.yaml)."""
+        project = self.inspect(service, '{{index .Config.Labels "com.docker.compose.project"}}')
+        self.docker("network", action, f"{project}_{network}", service=service)
+
+    def inspect(self, service: str, template: str) -> str:
+        """``docker inspect -f TEMPLATE`` of ``service``'s container."""
+        out = subprocess.run(
+            ["docker", "inspect", "-f", template, self.containers[service]],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+
+    def service_at(self, address: str) -> str | None:
+        """The worker service whose container has ``address`` on one of its networks."""
+        template = "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
+        for service in self.workers:
+            if address in self.inspect(service, template).split():
+                return service
+        return None
+
     def running(self, service: str) -> bool:
         """Whether the container of ``service`` runs (paused counts as running)."""
         out = subprocess.run(
@@ -67,6 +91,8 @@ class Stack:
                         connect_timeout=3,
                         application_name=DRIVER,
                         client_encoding="utf8",
+                        # The driver writes while the scenarios make the server read-only.
+                        options="-c default_transaction_read_only=off",
                     )
                 self._db.execute("SELECT 1")
                 return self._db
@@ -76,6 +102,16 @@ class Stack:
                     raise
                 time.sleep(0.3)
 
+    def hold_connections(self, count: int) -> list[psycopg.Connection[Any]]:
+        """``count`` idle connections of an outside client (as many as the server gives)."""
+        held: list[psycopg.Connection[Any]] = []
+        for _ in range(max(count, 0)):
+            try:
+                held.append(psycopg.connect(self.url, connect_timeout=3, application_name="hog"))
+            except psycopg.OperationalError:
+                break
+        return held
+
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Rows of ``sql``, retried on a new connection if the old one broke."""
         for _ in range(100):
@@ -84,6 +120,25 @@ class Stack:
             except psycopg.OperationalError:
                 self._db = None
         raise RuntimeError(f"the ledger's database did not answer {sql!r}")
+
+    def session(self) -> psycopg.Connection[Any]:
+        """A connection of an outside client of its own (not in autocommit)."""
+        return psycopg.connect(self.url, connect_timeout=3, application_name="chaos-session")
+
+    def dead_tuples(self, table: str) -> int:
+        """``n_dead_tup`` of ``table`` (pg_stat_user_tables)."""
+        rows = self.query("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = %s", (table,))
+        return int(rows[0][0]) if rows else 0
+
+    @property
+    def database(self) -> str:
+        """The stack's database's name, quoted as an identifier."""
+        name = self.query("SELECT quote_ident(current_database())")[0][0]
+        return str(name)
+
+    def execute(self, sql: str) -> None:
+        """Run ``sql``, which returns no rows (``ALTER SYSTEM``), on the driver's connection."""
+        self.db().execute(sql)
 
     def now(self) -> datetime:
         """The database's clock."""

@@ -69,10 +69,10 @@ run: $(STAMP) $(MO)
 ## test: checks, lint (with the layers contract), types, the docs (strict) and the whole test suite on
 ##       PostgreSQL and Redis; then side by side the suite on the newest Django (without
 ##       the worker-process tests) and the broker tests on RabbitMQ (.ci/second-legs);
-##       then the worker, sweeper and chaos tests through PgBouncer (.ci/pgbouncer);
-##       then with the task tables in a database of their own (.ci/taskdb);
-##       then the Docker smoke test, the quick chaos test (.ci/docker-chaos --quick) and
-##       the 3-minute soak (.ci/docker-soak --minutes 3).
+##       then side by side (.ci/third-legs) the worker, sweeper and chaos tests through
+##       PgBouncer (.ci/pgbouncer) and with the task tables in a database of their own
+##       (.ci/taskdb), and the container tests: the Docker smoke test, the quick chaos
+##       test (.ci/docker-chaos --quick) and a 3-minute soak (.ci/docker-soak).
 test: $(STAMP) $(MO) services browser
 	$(TEST_ENV) $(BIN)/python manage.py check --fail-level WARNING
 	$(TEST_ENV) $(BIN)/python manage.py makemigrations --check --dry-run
@@ -81,11 +81,7 @@ test: $(STAMP) $(MO) services browser
 	$(MAKE) --no-print-directory docs
 	$(TEST_ENV) $(BIN)/python -m pytest
 	$(TEST_ENV) .ci/second-legs
-	$(TEST_ENV) .ci/pgbouncer -q
-	$(TEST_ENV) .ci/taskdb -q
-	.ci/docker-smoke
-	.ci/docker-chaos --quick
-	.ci/docker-soak --minutes 3
+	$(TEST_ENV) .ci/third-legs
 
 ## test-rabbitmq: the broker-specific tests on RabbitMQ (skipped without it; see .ci/rabbitmq).
 test-rabbitmq: $(STAMP) services

@@ -34,9 +34,20 @@ BACKLOG = 30
 PROGRESS = 15.0  # seconds between progress lines
 
 
+#: Scenarios the picker leaves out unless named: two bring tasks of the chaos test's own
+#: types, which the soak's workers do not consume (a load, not a fault), and a read-only
+#: failover leaves the web process's sessions read-only (only workers drop them: its
+#: answers would fail outside the fault's window).
+NOT_FAULTS = ("priority_starvation", "retry_storm", "read_only_failover")
+
+
 def main() -> int:
     args = _arguments()
-    names = args.scenarios.split(",") if args.scenarios else list(SCENARIOS)
+    names = (
+        args.scenarios.split(",")
+        if args.scenarios
+        else [n for n in SCENARIOS if n not in NOT_FAULTS]
+    )
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         sys.exit(f"Unknown scenarios {unknown!r}; they are {', '.join(SCENARIOS)}.")

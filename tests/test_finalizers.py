@@ -564,3 +564,31 @@ def test_a_retried_task_delivers_each_outcome_once_though_its_first_webhook_was_
     )
     assert (second["state"], second["result"]) == ("succeeded", {"fail_attempt": 1})
     assert first["id"] == second["id"] == task.pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_finalizer_run_whose_connection_dies_before_its_record_is_recorded_once(
+    here: Path,
+) -> None:
+    """PostgreSQL restarted (or the backend killed) between a finalizer's side effects and
+    the record of its run: the record is written on a new connection, not left for the
+    claim's lease to run out and the finalizers to run a second time."""
+    import psycopg
+
+    task = BatchTask.submit("finalizers.demo", run_after=timedelta(hours=1))
+    task.cancel()
+    database = connections["default"]
+
+    def cut_off(final: BatchTask) -> None:
+        pid = database.connection.info.backend_pid
+        with psycopg.connect(**database.get_connection_params(), autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+    finalizer("finalizers.demo")(cut_off)
+    try:
+        assert finalize.run_due(using="default") == 1
+    finally:
+        unregister_finalizer("finalizers.demo", cut_off)
+
+    assert calls(here, task) == [TaskState.CANCELLED]
+    assert finalized(task)

@@ -23,6 +23,7 @@ import time
 import traceback
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from .. import transitions
@@ -30,6 +31,7 @@ from ..core.conf import get_settings
 from ..core.exceptions import BatchTasksError, ConfigurationError
 from ..core.finalizers import finalizers_of, has_finalizers, webhook_of
 from ..core.states import STATE_CODES, FinalizeState
+from ..db.connections import reconnecting
 from ..models import BatchTask, BatchTaskOutcome
 
 logger = logging.getLogger(__name__)
@@ -86,9 +88,17 @@ def run(task_id: int, *, attempt: int | None = None, using: str) -> str | None:
         call_finalizers(task)
     except Exception as exc:
         return _record_error(claimed, exc, using=using)
-    if not transitions.record_finalized(claimed, using=using):
+    if not _recording(lambda: transitions.record_finalized(claimed, using=using), using):
         return None
     return FinalizeState.DONE
+
+
+def _recording(record: Callable[[], bool], using: str) -> bool:
+    """Write a run's record, on a new connection if the one it ran on died meanwhile (a
+    restart, a killed backend), for as long as the run's claim lasts: the side effects
+    have happened, and a record never written means they happen again once the claim's
+    lease is over. The record is fenced by the claim, so a late one changes nothing."""
+    return reconnecting(record, using, patience=get_settings().FINALIZE_LEASE)
 
 
 def outcome_of(claimed: transitions.FinalizeRun, *, using: str) -> BatchTask | None:
@@ -127,7 +137,9 @@ def _record_error(claimed: transitions.FinalizeRun, exc: Exception, *, using: st
         retry_in,
         f"{type(exc).__name__}: {exc}",
     )
-    if not transitions.record_finalize_error(claimed, error, retry_in, using=using):
+    if not _recording(
+        lambda: transitions.record_finalize_error(claimed, error, retry_in, using=using), using
+    ):
         return None
     return FinalizeState.PENDING if retry_in is not None else FinalizeState.FAILED
 

@@ -128,23 +128,34 @@ class Work(BatchTaskPlugin):
     """Sleep in small steps, checking for cancel; each run is a row in ``chaos.runs``."""
 
     def run(self, params: dict[str, Any] | None) -> dict[str, Any]:
-        seconds = float((params or {}).get("seconds", 0.2))
-        token = uuid.uuid4()
-        ledger_write(
-            "INSERT INTO chaos.runs (token, task_id, attempt, host, pid, started_at) "
-            "VALUES (%s, %s, %s, %s, %s, clock_timestamp()) ON CONFLICT (token) DO NOTHING",
-            (token, self.task_id, self.attempt, socket.gethostname(), os.getpid()),
-        )
-        try:
-            deadline = time.monotonic() + seconds
-            while (left := deadline - time.monotonic()) > 0:
-                time.sleep(min(left, 0.05))
-                self.check_cancelled()
-        except BaseException as exc:  # stopped mid-body: when, and by what
-            _end(token, type(exc).__name__)
-            raise
-        _end(token, "done")
-        return {"run": str(token)}
+        return sleep_recorded(self, float((params or {}).get("seconds", 0.2)))
+
+
+def sleep_recorded(plugin: BatchTaskPlugin, seconds: float) -> dict[str, Any]:
+    """Sleep ``seconds`` in small steps, checking for cancel, the run a row in
+    ``chaos.runs`` from its start to its end (or what stopped it)."""
+    token = begin_run(plugin.task_id, plugin.attempt)
+    try:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.05))
+            plugin.check_cancelled()
+    except BaseException as exc:  # stopped mid-body: when, and by what
+        end_run(token, type(exc).__name__)
+        raise
+    end_run(token, "done")
+    return {"run": str(token)}
+
+
+def begin_run(task_id: int, attempt: int) -> uuid.UUID:
+    """A ``chaos.runs`` row for a run starting now; its token, for ``end_run``."""
+    token = uuid.uuid4()
+    ledger_write(
+        "INSERT INTO chaos.runs (token, task_id, attempt, host, pid, started_at) "
+        "VALUES (%s, %s, %s, %s, %s, clock_timestamp()) ON CONFLICT (token) DO NOTHING",
+        (token, task_id, attempt, socket.gethostname(), os.getpid()),
+    )
+    return token
 
 
 FLAKY = "chaos.flaky"
@@ -165,20 +176,17 @@ class FlakyWork(BatchTaskPlugin):
     """A run in ``chaos.runs`` per attempt: the first two end ``Flaky``, the third ``done``."""
 
     def run(self, params: dict[str, Any] | None) -> dict[str, Any]:
-        token = uuid.uuid4()
-        ledger_write(
-            "INSERT INTO chaos.runs (token, task_id, attempt, host, pid, started_at) "
-            "VALUES (%s, %s, %s, %s, %s, clock_timestamp()) ON CONFLICT (token) DO NOTHING",
-            (token, self.task_id, self.attempt, socket.gethostname(), os.getpid()),
-        )
+        token = begin_run(self.task_id, self.attempt)
         if self.attempt < 3:
-            _end(token, Flaky.__name__)
+            end_run(token, Flaky.__name__)
             raise Flaky(f"attempt {self.attempt} of task {self.task_id} fails on purpose")
-        _end(token, "done")
+        end_run(token, "done")
         return {"run": str(token)}
 
 
-def _end(token: uuid.UUID, outcome: str) -> None:
+def end_run(token: uuid.UUID, outcome: str) -> None:
+    """The run of ``token`` ended (``done``, or the exception that stopped it), at the
+    moment of this call even if the ledger answers later (a worker cut off from it)."""
     ended = time.monotonic()
     ledger_write(
         "UPDATE chaos.runs SET ended_at = clock_timestamp() - make_interval(secs => %s), "

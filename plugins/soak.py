@@ -24,13 +24,12 @@ from __future__ import annotations
 import os
 import socket
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchtasks import BatchTaskPlugin, ExecutorPlugin, batchtask, finalizer
-from plugins.chaos import ledger_write
+from plugins.chaos import ledger_write, sleep_recorded
 
 if TYPE_CHECKING:
     from batchtasks.models import BatchTask
@@ -54,26 +53,6 @@ TYPES = (
 LIMITS = {"soak.limited": LIMIT}
 
 
-def begin(task_id: int, attempt: int) -> uuid.UUID:
-    """A ``chaos.runs`` row for a run starting now; its token, for ``end``."""
-    token = uuid.uuid4()
-    ledger_write(
-        "INSERT INTO chaos.runs (token, task_id, attempt, host, pid, started_at) "
-        "VALUES (%s, %s, %s, %s, %s, clock_timestamp()) ON CONFLICT (token) DO NOTHING",
-        (token, task_id, attempt, socket.gethostname(), os.getpid()),
-    )
-    return token
-
-
-def end(token: uuid.UUID, outcome: str) -> None:
-    """The run of ``token`` ended (``done``, or the exception that stopped it)."""
-    ledger_write(
-        "UPDATE chaos.runs SET ended_at = clock_timestamp(), outcome = %s "
-        "WHERE token = %s AND ended_at IS NULL",
-        (outcome, token),
-    )
-
-
 class Sleeper(BatchTaskPlugin):
     """Sleep ``params["seconds"]`` in small steps, checking for cancel; the run is a row
     in ``chaos.runs`` from start to end."""
@@ -81,18 +60,7 @@ class Sleeper(BatchTaskPlugin):
     default_seconds = 0.2
 
     def run(self, params: dict[str, Any] | None) -> dict[str, Any]:
-        seconds = float((params or {}).get("seconds", self.default_seconds))
-        token = begin(self.task_id, self.attempt)
-        try:
-            deadline = time.monotonic() + seconds
-            while (left := deadline - time.monotonic()) > 0:
-                time.sleep(min(left, 0.05))
-                self.check_cancelled()
-        except BaseException as exc:  # stopped mid-body: when, and by what
-            end(token, type(exc).__name__)
-            raise
-        end(token, "done")
-        return {"run": str(token)}
+        return sleep_recorded(self, float((params or {}).get("seconds", self.default_seconds)))
 
 
 @batchtask("soak.limited", max_concurrency=LIMIT, max_lost_runs=10, web=True, webhook=WEBHOOK)

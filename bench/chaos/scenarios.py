@@ -357,14 +357,14 @@ def clock_skew(stack: Stack, faults: Faults, s: Settings) -> Span:
         stack.exec(worker, "sh", "-c", f"echo {seconds:+g} > {CLOCK_OFFSET_FILE}")
     time.sleep(1.5)  # the hook reads the file again at most once a second
     for worker in offsets:
-        faults.notes.append(f"{worker}'s clock {_clock_off(stack, worker):+.0f} s off")
+        faults.notes.append(f"{worker}'s clock {round(_clock_off(stack, worker)):+d} s off")
     time.sleep(max(s.skew_for, 3 * s.settle))
     for worker in offsets:
         stack.exec(worker, "rm", "-f", CLOCK_OFFSET_FILE)
     time.sleep(1.5)
     end = stack.now()
     for worker in offsets:
-        faults.notes.append(f"{worker}'s clock {_clock_off(stack, worker):+.0f} s off after")
+        faults.notes.append(f"{worker}'s clock {round(_clock_off(stack, worker)):+d} s off after")
     return start, end
 
 

@@ -19,7 +19,7 @@ HOOK = ROOT / "plugins" / "clockskew"
 
 # What the child reports: its clocks, each read once, in the order the bracket expects.
 CHILD = """
-import json, time, datetime, _datetime
+import json, pickle, time, datetime, _datetime
 from django.conf import settings
 settings.configure(USE_TZ=True)
 from django.utils import timezone
@@ -33,6 +33,10 @@ print(json.dumps({
     "django": timezone.now().timestamp(),
     "real_is_datetime": isinstance(_datetime.datetime(2026, 1, 1), datetime.datetime),
     "real_is_date": isinstance(_datetime.datetime(2026, 1, 1), datetime.date),
+    "pickled": [
+        str(pickle.loads(pickle.dumps(value)))
+        for value in (_datetime.datetime(2026, 1, 1), _datetime.date(2026, 1, 1))
+    ],
 }))
 """
 
@@ -78,3 +82,5 @@ def test_the_wall_clocks_are_off_by_the_file_s_seconds_the_monotonic_one_is_not(
     }
     assert child["today"] in days
     assert child["real_is_datetime"] and child["real_is_date"]
+    # Celery's prefork pool pickles what it hands its processes; psycopg makes real ones.
+    assert child["pickled"] == ["2026-01-01 00:00:00", "2026-01-01"]

@@ -18,6 +18,7 @@ host's wall clock being wrong does not touch them, and the files' times (the ker
 
 from __future__ import annotations
 
+import copyreg
 import datetime as _datetime
 import os
 import time as _time
@@ -93,6 +94,17 @@ class datetime(_RealDatetime, metaclass=_DatetimeType):
         return _RealDatetime.fromtimestamp(time(), _datetime.UTC).replace(tzinfo=None)
 
 
+def _reduce(value: _RealDate) -> tuple[type, tuple[Any, ...]]:
+    """Pickle a real ``date`` or ``datetime`` (psycopg's, say) as ``datetime.date`` or
+    ``datetime.datetime``: the hook's classes here, the real ones where it is absent."""
+    shifted = datetime if isinstance(value, _RealDatetime) else date
+    return shifted, value.__reduce__()[1]  # the state the real class pickles
+
+
+# Pickle names the classes by module and name, which must lead back to them.
+for _class, _name in ((date, "date"), (datetime, "datetime")):
+    _class.__module__, _class.__qualname__ = "datetime", _name
+    copyreg.pickle(_class.__mro__[1], _reduce)
 _time.time = time
 _time.time_ns = time_ns
 _datetime.date = date  # type: ignore[misc]

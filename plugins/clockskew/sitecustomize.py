@@ -11,8 +11,8 @@ worker runs; no file, or no number in it, is no offset.
 
 Shifted: ``time.time``, ``time.time_ns``, ``datetime.datetime.now`` / ``utcnow`` /
 ``today`` and ``datetime.date.today`` (through classes put in the ``datetime`` module
-before anything imports from it; ``isinstance`` still holds for the real classes'
-instances, which C code such as psycopg makes). Not shifted: the monotonic clocks, as a
+before anything imports from it; the real classes' instances, which C code such as
+psycopg makes, still pass ``isinstance`` and pickle). Not shifted: the monotonic clocks, as a
 host's wall clock being wrong does not touch them, and the files' times (the kernel's).
 """
 

@@ -14,6 +14,9 @@ from datetime import datetime
 from .ledger import Faults, Span
 from .stack import DRIVER, Stack
 
+#: plugins/clockskew's offset file in a worker container.
+CLOCK_OFFSET_FILE = "/tmp/batchtasks-clock-offset"
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -34,6 +37,9 @@ class Settings:
     flood_for: float = 60.0
     #: How many tasks fail twice, then succeed (retry_storm).
     storm_tasks: int = 10_000
+    #: How long two workers' wall clocks are off (clock_skew), and by how much.
+    skew_for: float = 60.0
+    skew: float = 3600.0
 
     @property
     def settle(self) -> float:
@@ -339,6 +345,36 @@ def retry_storm(stack: Stack, faults: Faults, s: Settings) -> Span:
     return start, end
 
 
+def clock_skew(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """One worker's wall clock ``skew`` seconds ahead, another's as far behind, for
+    ``skew_for`` seconds and at least three leases and sweeps (plugins/clockskew: the
+    offset file its sitecustomize reads). The engine takes every time it compares from
+    the database's clock, so nothing may change; the notes say how far off each worker's
+    Python clock was, as read in the container."""
+    offsets = {"chaos-1": s.skew, "chaos-2": -s.skew}
+    start = stack.now()
+    for worker, seconds in offsets.items():
+        stack.exec(worker, "sh", "-c", f"echo {seconds:+g} > {CLOCK_OFFSET_FILE}")
+    time.sleep(1.5)  # the hook reads the file again at most once a second
+    for worker in offsets:
+        faults.notes.append(f"{worker}'s clock {round(_clock_off(stack, worker)):+d} s off")
+    time.sleep(max(s.skew_for, 3 * s.settle))
+    for worker in offsets:
+        stack.exec(worker, "rm", "-f", CLOCK_OFFSET_FILE)
+    time.sleep(1.5)
+    end = stack.now()
+    for worker in offsets:
+        faults.notes.append(f"{worker}'s clock {round(_clock_off(stack, worker)):+d} s off after")
+    return start, end
+
+
+def _clock_off(stack: Stack, worker: str) -> float:
+    """How far ``worker``'s Python wall clock (``time.time`` in a new process, which the
+    hook shifts as it does the worker's) is from the database's."""
+    there = float(stack.exec(worker, "python", "-c", "import time; print(time.time())"))
+    return there - stack.now().timestamp()
+
+
 def _finals(stack: Stack, ids: list[int]) -> int:
     rows = stack.query(
         "SELECT count(DISTINCT task_id) FROM chaos.finals WHERE task_id = ANY(%s)", (ids,)
@@ -363,6 +399,7 @@ SCENARIOS: dict[str, Scenario] = {
     "active_readers": active_readers,
     "priority_starvation": priority_starvation,
     "retry_storm": retry_storm,
+    "clock_skew": clock_skew,
 }
 #: What to undo once a scenario's tasks are final (the driver calls it).
 AFTERWARDS: dict[str, Callable[[Stack], None]] = {

@@ -35,6 +35,16 @@ class Stack:
             stdout=subprocess.DEVNULL,
         )
 
+    def exec(self, service: str, *command: str) -> str:
+        """``docker exec CONTAINER COMMAND...`` in ``service``'s container; its output."""
+        out = subprocess.run(
+            ["docker", "exec", self.containers[service], *command],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+
     def network(self, action: str, network: str, *, service: str) -> None:
         """``docker network connect|disconnect`` of ``service``'s container and the
         stack's network ``network`` (``db`` or ``broker``, docker/compose.chaos.yaml)."""

@@ -166,7 +166,7 @@ def renew_leases(
         match, values = attempts_in(held)
         where += f" AND {match}"
         params += values
-    returning = " RETURNING id, attempt, cancel_requested, worker_pid"
+    returning = f" RETURNING {t.task}.id, attempt, cancel_requested, worker_pid"
     if connection.vendor == "postgresql":
         # Locked in id order, as the batched ends and a child's submit lock theirs: the
         # update's own plan meets rows in heap order, and renewals move them in the heap.
@@ -175,7 +175,6 @@ def renew_leases(
             f"FOR NO KEY UPDATE) UPDATE {t.task} SET lease_expires_at = {clock.after} "
             f"FROM locked WHERE {t.task}.id = locked.id"
         )
-        returning = returning.replace(" id,", f" {t.task}.id,")
         params = [*params, clock.param(seconds)]
     else:  # SQLite: one writer at a time
         sql = f"UPDATE {t.task} SET lease_expires_at = {clock.after} WHERE {where}"

@@ -343,4 +343,9 @@ def test_the_finalizers_of_batched_finishes_run_holding_the_state_lock(
     wait_for(lambda: all((noted_folder() / str(t.pk)).exists() for t in tasks))
 
     calls = [(noted_folder() / str(t.pk)).read_text().split() for t in tasks]
-    assert [call[2] for call in calls] == ["1"] * len(tasks), calls
+    assert all(len(call) == 3 for call in calls), calls  # once per outcome
+    # The worker's own finalizers' thread (in its main process, which has no state
+    # connection to share) may take an outcome first: a sweep that met it already due.
+    in_pool = [call for call in calls if call[1] != "batchtasks-finalizers"]
+    assert in_pool, calls
+    assert [call[2] for call in in_pool] == ["1"] * len(in_pool), calls

@@ -79,7 +79,7 @@ test: $(STAMP) $(MO) services browser
 	$(MAKE) --no-print-directory lint
 	$(BIN)/mypy
 	$(MAKE) --no-print-directory docs
-	$(TEST_ENV) $(BIN)/python -m pytest
+	$(TEST_ENV) $(BIN)/python -m pytest --durations=25
 	$(TEST_ENV) .ci/second-legs
 	$(TEST_ENV) .ci/third-legs
 

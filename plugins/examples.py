@@ -24,7 +24,9 @@ from batchtasks.core.plugin import ExecutorPlugin
 from plugins.executors.demo import escape
 
 
-def _record(params: dict[str, Any], task_id: int | None, event: str, when: float) -> None:
+def _record(
+    params: dict[str, Any], task_id: int | None, event: str, when: float, *, suffix: str = ""
+) -> None:
     """With ``params["record"]``, append ``<event> <pid> <time>`` to
     ``MEDIA_ROOT/batchtasks/runs/<task id>``: a real side effect that tests read to prove
     a task started once, or that two never ran at once. Never a path from params."""
@@ -32,8 +34,8 @@ def _record(params: dict[str, Any], task_id: int | None, event: str, when: float
         return
     folder = Path(settings.MEDIA_ROOT) / "batchtasks" / "runs"
     folder.mkdir(parents=True, exist_ok=True)
-    with (folder / str(int(task_id))).open("a") as fh:
-        fh.write(f"{event} {os.getpid()} {when:.6f}\n")
+    with (folder / f"{int(task_id)}{suffix}").open("a") as fh:
+        fh.write(f"{event} {os.getpid()} {when:.6f}\n".lstrip())
 
 
 @batchtask("examples.noop", description="Do nothing (benchmarks).")
@@ -55,7 +57,9 @@ class Sleep(BatchTaskPlugin):
     ``cooperate: false`` never checks (a plugin stuck in a long call);
     ``ignore_sigterm: true`` also ignores SIGTERM (a plugin that will not be told);
     ``catch_soft: true`` returns early, saying so, when the soft time limit strikes;
-    ``swallow: true`` returns whatever is raised in it (a plugin that will not fail).
+    ``swallow: true`` returns whatever is raised in it (a plugin that will not fail);
+    ``pulse: true`` (with ``record``) notes ``<pid> <time>`` at each step of the sleep in
+    ``runs/<task id>.pulse``: when a run really stopped, whoever stopped it.
     """
 
     def run(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +69,7 @@ class Sleep(BatchTaskPlugin):
         start = time.time()
         _record(params, self.task_id, "start", start)
         try:
-            self._sleep(seconds, cooperate=params.get("cooperate", True))
+            self._sleep(seconds, cooperate=params.get("cooperate", True), params=params)
         except SoftTimeLimitExceeded:
             if not params.get("catch_soft"):
                 raise
@@ -78,10 +82,13 @@ class Sleep(BatchTaskPlugin):
         _record(params, self.task_id, "end", end)
         return {"slept": seconds, "start": start, "end": end, "pid": os.getpid()}
 
-    def _sleep(self, seconds: float, *, cooperate: bool) -> None:
+    def _sleep(self, seconds: float, *, cooperate: bool, params: dict[str, Any]) -> None:
         deadline = time.monotonic() + seconds
+        pulse = params.get("pulse") and params.get("record")
         while (left := deadline - time.monotonic()) > 0:
             time.sleep(min(0.05, left))
+            if pulse:
+                _record(params, self.task_id, "", time.time(), suffix=".pulse")
             if cooperate:
                 self.check_cancelled()
 

@@ -86,6 +86,11 @@ class BatchTasksSettings:
     DATABASE: str | None = None
     #: Keep database connections between tasks (Celery's Django fixup closes them).
     KEEP_DB_CONNECTIONS: bool = True
+    #: Worker processes notice a PostgreSQL server they can no longer reach within about
+    #: a third of ``LEASE_SECONDS`` (TCP keepalives, a TCP user timeout and a connect
+    #: timeout derived from it, where the ``OPTIONS`` of a database do not set them);
+    #: without, a statement waits on a cut-off server for many minutes.
+    WORKER_KEEPALIVES: bool = True
     #: Worker state writes wait for PostgreSQL's WAL flush (see batchtasks.db).
     SYNCHRONOUS_COMMIT: bool = False
     #: Prepared statements: on the worker's state connection and for submit on the caller's

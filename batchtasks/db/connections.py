@@ -65,6 +65,34 @@ def _watch_read_only(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any
         connection.execute_wrappers.append(drop_if_read_only)
 
 
+def keepalive_options(lease_seconds: float) -> dict[str, int]:
+    """libpq's options that make a worker's connection to a server it can no longer reach
+    fail within about a third of a lease, rather than wait the kernel's many minutes: TCP
+    keepalives while it waits for an answer, a user timeout for what it sent and nobody
+    acknowledged, and a connect timeout. Client-side only (a pooler sees none of them)."""
+    third = max(3, int(lease_seconds / 3))
+    return {
+        "keepalives": 1,
+        "keepalives_idle": max(1, third // 2),
+        "keepalives_interval": max(1, third // 6),
+        "keepalives_count": 3,
+        "tcp_user_timeout": third * 1000,
+        "connect_timeout": max(2, third // 2),
+    }
+
+
+def add_keepalives(lease_seconds: float) -> None:
+    """Give this process's PostgreSQL databases ``keepalive_options`` where their
+    ``OPTIONS`` set none of their own (worker processes, at boot, before the pool forks)."""
+    for alias in connections:
+        settings_dict = connections.settings[alias]
+        if "postgresql" not in settings_dict.get("ENGINE", ""):
+            continue
+        options = settings_dict.setdefault("OPTIONS", {})
+        for name, value in keepalive_options(lease_seconds).items():
+            options.setdefault(name, value)
+
+
 def state_db(using: str) -> str:
     """The alias of this thread's state connection to database ``using``: a dedicated,
     tuned connection in worker processes, ``using`` itself elsewhere."""

@@ -2,10 +2,15 @@
 
 It keeps working while the pool processes run plugin code, so leases are renewed and
 cancels enforced whatever a plugin does. It only schedules; each duty lives in its
-own module: the heartbeat (``heartbeat``: leases, lost attempts, the worker's row)
-every ``HEARTBEAT_SECONDS``, stopping processes (``stopping``) every tenth of a second
-while any must stop, the time limits of inline runs (``timelimits``) every fifth of a
-second while the worker holds run messages, a safety-net dispatch pass for its queues every
+own module. Two threads share them, so that what must happen on this host in time never
+waits on the database. The local thread touches no database: while the worker holds run
+messages, every fifth of a second it enforces the time limits of inline runs
+(``timelimits``), their inactivity timeouts (``stopping.overdue``) and self-fencing
+(``fencing``: runs whose leases would run out unrenewed); and it steps the stopping of
+processes (``stopping``) every tenth of a second while any must stop, handing a killed
+process's attempt to the other thread to end. The database thread runs the heartbeat
+(``heartbeat``: leases, lost attempts, cancels, the worker's row) every
+``HEARTBEAT_SECONDS``, the ends of killed attempts, a safety-net dispatch pass for its queues every
 ``DISPATCH_INTERVAL``, the moment a delayed task falls due and when a refill its pool
 processes skipped is due (``refills``), the due ticks of schedules (``services.schedules``)
 every ``SCHEDULE_INTERVAL`` and at the next tick, and a sweep of the
@@ -35,9 +40,9 @@ from ..services.dispatch import dispatch_queue
 from ..services.schedule_rows import sync_schedules
 from ..services.workers import Identity
 from ..transitions import Fence
-from . import notices, refills, running, timelimits
+from . import fencing, notices, refills, running, timelimits
 from .heartbeat import Heartbeat, behind
-from .stopping import HARD_LIMIT, Killed, Stopper
+from .stopping import HARD_LIMIT, INACTIVE, Killed, Stopper, overdue
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +59,7 @@ class WorkerAgent:
         self.stopper = Stopper(behind=behind)
         self.heart = Heartbeat(identity, self.stopper)
         self.limits = timelimits.TimeLimits(self.stopper)
-        self._limits_wanted = False
+        self.fence = fencing.SelfFence(self.stopper)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="batchtasks-agent", daemon=True)
@@ -63,10 +68,19 @@ class WorkerAgent:
             "dispatch": 0.0,
             "sweep": 0.0,
             "schedules": 0.0,
-            "stop": float("inf"),
             "refill": float("inf"),
-            "limits": float("inf"),
         }
+        #: A signal went to a process that must stop: beat soon (the local thread asks).
+        self._beat_soon = False
+        #: Processes the local thread killed, whose attempts the database thread ends.
+        self._killed: list[Killed] = []
+        self._killed_lock = threading.Lock()
+        self._local_wake = threading.Event()
+        self._watch_wanted = False
+        self._local_next = {"watch": float("inf"), "stop": float("inf")}
+        self._local = threading.Thread(
+            target=self._local_loop, name="batchtasks-local", daemon=True
+        )
         #: Queues the pool processes skipped a refill of, and when to pass (``refills``).
         self._owed: dict[str, float] = {}
         self._owed_lock = threading.Lock()
@@ -85,6 +99,7 @@ class WorkerAgent:
 
     def start(self) -> None:
         self._thread.start()
+        self._local.start()
         self._finalizer.start()
         self._reader.start()
         self.listener.start()
@@ -92,10 +107,12 @@ class WorkerAgent:
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._wake.set()
+        self._local_wake.set()
         self._finalize_due.set()
         self.listener.stop()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        for thread in (self._local, self._thread):
+            if thread.is_alive():
+                thread.join(timeout)
 
     @property
     def db(self) -> str:
@@ -153,9 +170,14 @@ class WorkerAgent:
         if self._probe_wanted.is_set():
             self._probe_wanted.clear()
             self._probe()
-        if self._limits_wanted:
-            self._limits_wanted = False
-            self._next["limits"] = min(self._next["limits"], time.monotonic())
+        if self._beat_soon:
+            self._beat_soon = False
+            self._next["beat"] = min(self._next["beat"], time.monotonic() + 0.2)
+        try:
+            self.end_killed()
+        except Exception:
+            logger.exception("batchtasks killed attempts not ended worker=%s", self.identity.name)
+            connections[self.db].close()
         try:
             self.refill_owed()
         except Exception:
@@ -164,8 +186,6 @@ class WorkerAgent:
         settings = get_settings()
         duties = (
             ("beat", self.heartbeat, settings.HEARTBEAT_SECONDS),
-            ("stop", self.stop_processes, STOP_STEP_SECONDS),
-            ("limits", self.enforce_limits, timelimits.STEP_SECONDS),
             ("dispatch", self.dispatch, settings.DISPATCH_INTERVAL),
             ("sweep", self.sweep, settings.SWEEP_INTERVAL),
             ("schedules", self.run_schedules, settings.SCHEDULE_INTERVAL),
@@ -179,8 +199,35 @@ class WorkerAgent:
             except Exception:
                 logger.exception("batchtasks %s failed worker=%s", name, self.identity.name)
                 connections[self.db].close()  # a fresh connection next time
+
+    # --- the local thread: no database ------------------------------------------------
+    def _local_loop(self) -> None:
+        while not self._stop.is_set():
+            wait = min(self._local_next.values()) - time.monotonic()
+            self._local_wake.wait(min(max(0.01, wait), 60.0))
+            self._local_wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.local_tick()
+            except Exception:
+                logger.exception("batchtasks local duties failed worker=%s", self.identity.name)
+
+    def local_tick(self) -> None:
+        """The local duties due now (see the module text)."""
+        now = time.monotonic()
+        if self._watch_wanted:
+            self._watch_wanted = False
+            self._local_next["watch"] = min(self._local_next["watch"], now)
+        if self.stopper.pending:
+            self._local_next["stop"] = min(self._local_next["stop"], now + STOP_STEP_SECONDS)
+        if now >= self._local_next["watch"]:
+            self.watch_runs()
+        if now >= self._local_next["stop"]:
+            self._local_next["stop"] = now + STOP_STEP_SECONDS
+            self.stop_processes()
         if not self.stopper.pending:
-            self._next["stop"] = float("inf")
+            self._local_next["stop"] = float("inf")
 
     # --- duties -------------------------------------------------------------------------
     def heartbeat(self) -> None:
@@ -188,7 +235,7 @@ class WorkerAgent:
         db = self.db
         freed = self.heart.beat(db)
         if self.stopper.pending:
-            self._next["stop"] = min(self._next["stop"], time.monotonic())
+            self._local_wake.set()
         cpu, memory = self._usage()
         workers.worker_seen(
             self.identity.instance, in_hand=self.heart.in_hand, cpu=cpu, memory=memory, using=db
@@ -199,24 +246,32 @@ class WorkerAgent:
             dispatch_queue(queue, using=db)
 
     def watch_limits(self) -> None:
-        """A run message came (Celery's consumer thread): read the time limits soon."""
-        if self._next["limits"] == float("inf") and not self._limits_wanted:
-            self._limits_wanted = True
-            self._wake.set()
+        """A run message came (Celery's consumer thread): watch the runs soon."""
+        if self._local_next["watch"] == float("inf") and not self._watch_wanted:
+            self._watch_wanted = True
+            self._local_wake.set()
 
-    def enforce_limits(self) -> None:
-        """Signal the inline runs past their time limits (``timelimits``); read again in
-        ``timelimits.STEP_SECONDS`` or when a limit falls due, while any run message is
-        in a pool process."""
+    def watch_runs(self) -> None:
+        """Signal the inline runs past their time limits (``timelimits``) or silent past
+        their inactivity timeouts, and the runs whose leases would run out unrenewed
+        (``fencing``); look again in ``timelimits.STEP_SECONDS`` or when one falls due,
+        while any run message is in a pool process."""
         pids = timelimits.busy_pids()
         if pids is None:  # none in hand: the next message wakes this duty (``signals``)
-            self._next["limits"] = float("inf")
+            self._local_next["watch"] = float("inf")
             return
-        due = self.limits.check(pids, self.identity.instance)
-        step = timelimits.STEP_SECONDS if due is None else min(due, timelimits.STEP_SECONDS)
-        self._next["limits"] = time.monotonic() + step
+        instance = self.identity.instance
+        due = [self.limits.check(pids, instance), self.fence.check(pids, instance)]
+        for pid in pids:
+            slot = running.slot_of(pid)
+            if slot is not None:
+                fence = Fence(slot.task_id, slot.attempt, instance)
+                if overdue(fence, pid):
+                    self.stopper.stop(fence, pid, reason=INACTIVE, grace=0.0)
+        step = min([d for d in due if d is not None] + [timelimits.STEP_SECONDS])
+        self._local_next["watch"] = time.monotonic() + step
         if self.stopper.pending:
-            self._next["stop"] = min(self._next["stop"], time.monotonic())
+            self._local_next["stop"] = min(self._local_next["stop"], time.monotonic())
 
     def _want_probe(self) -> None:
         self._probe_wanted.set()
@@ -254,17 +309,34 @@ class WorkerAgent:
             self._wake.set()
 
     def stop_processes(self) -> None:
-        """Advance the stopping of processes; once one is gone, end its attempt at once."""
+        """Advance the stopping of processes (local thread); a killed one's attempt is
+        ended by the database thread at once."""
         settings = get_settings()
         grace, wait = settings.KILL_GRACE, settings.LEASE_SECONDS
-        for killed in self.stopper.step(kill_grace=grace, held_wait=wait):
-            if killed.gone:
-                self._after_kill(killed)
-        if self.stopper.signalled:
-            # A signalled process's attempt is ended by its runner, by Celery's failure
-            # signal or by the next beat: beat soon rather than in HEARTBEAT_SECONDS
-            # (not during a cancel's grace period, when nothing is about to change).
-            self._next["beat"] = min(self._next["beat"], time.monotonic() + 0.2)
+        killed = [k for k in self.stopper.step(kill_grace=grace, held_wait=wait) if k.gone]
+        if killed:
+            with self._killed_lock:
+                self._killed.extend(killed)
+            self._wake.set()
+        # A signalled process's attempt is ended by its runner, by Celery's failure
+        # signal or by the next beat: beat soon rather than in HEARTBEAT_SECONDS
+        # (not during a cancel's grace period, when nothing is about to change).
+        if self.stopper.signalled and not self._beat_soon:
+            self._beat_soon = True
+            self._wake.set()
+
+    def end_killed(self) -> None:
+        """End the attempts of the processes the local thread killed (database thread);
+        those not ended yet (the database away) wait for the next tick."""
+        with self._killed_lock:
+            killed, self._killed = self._killed, []
+        for i, one in enumerate(killed):
+            try:
+                self._after_kill(one)
+            except Exception:
+                with self._killed_lock:
+                    self._killed[:0] = killed[i:]
+                raise
 
     def _after_kill(self, killed: Killed) -> None:
         """End the killed attempt now (its process is gone: a lost run, or a time-limit

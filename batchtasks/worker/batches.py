@@ -9,7 +9,10 @@ heard of a cancel for it since the last read (``worker.notices``; always, where 
 cannot be heard), and at least every ``PROGRESS_INTERVAL``. A crash loses the held
 finishes (``worker.completions``) and the tasks not run yet: all are ``running`` under
 the lease, and run again as lost runs; a process killed for one of its tasks gives the
-tasks behind it back instead (``worker.stopping``).
+tasks behind it back instead (``worker.stopping``). A run stopped because its worker
+could not renew its lease writes nothing, and the runs behind it do not start; nor does
+any run once the lease of the message is about to run out unrenewed (``worker.fencing``):
+all of them are the database's to end as lost runs.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from ..db.connections import reconnecting, state_db
 from ..models import BatchTask
 from ..services import events, leases
 from ..services.facts import type_facts
-from . import identity, notices, refills
+from . import fencing, identity, notices, refills, stopping
 from .completions import measured, process_completions
 from .progress import state_lock
 from .runner import RunnerContext, claim_runs, run_plugin, write_outcome
@@ -58,9 +61,12 @@ def execute_many(
     try:
         with message.completions.message():
             for i in range(len(claims)):
-                message.run(i)
+                if not message.run(i):
+                    break
     finally:
         message.completions.flush()
+    if message.fenced:  # the database is out of reach: the agent's passes refill later
+        return message.outcomes
     for queue, limited in message.queues.items():
         try:
             refills.refill(queue, limited=limited, using=db)
@@ -90,9 +96,22 @@ class MessageRun:
         self.heard = heard
         #: Cancel flags of the runs still to come, by task id, once read.
         self.flags: dict[int, bool] | None = None
+        #: Whether the runs stopped because the message's leases could not be renewed.
+        self.fenced = False
 
-    def run(self, i: int) -> None:
+    def run(self, i: int) -> bool:
+        """Run ``i`` (or drop it if cancelled); False once the rest must not start."""
         claim = self.claims[i]
+        if i and not fencing.may_start_next():
+            logger.warning(
+                "batchtasks not starting task=%s attempt=%s and %d behind it: the lease of "
+                "their message could not be renewed",
+                claim.task_id,
+                claim.attempt,
+                len(self.claims) - i - 1,
+            )
+            self.fenced = True
+            return False
         fence = transitions.Fence(claim.task_id, claim.attempt, self.instance)
         facts = type_facts(claim.definition_id, claim.queue, self.db)
         self.queues[claim.queue] = self.queues.get(claim.queue, False) or facts.limited
@@ -103,19 +122,22 @@ class MessageRun:
         if self.flags is not None:
             flag = self.flags.get(claim.task_id)
             if flag is None:  # no longer ours (its lease went): nothing to write
-                return
+                return True
             if flag:  # cancelled while it waited
                 cancelled = transitions.Outcome(
                     AttemptOutcome.CANCELLED, error_message=CANCELLED_WAITING
                 )
                 write_outcome(fence, cancelled, facts, self.db)
                 self.outcomes.append((fence, cancelled))
-                return
+                return True
         with log_context(claim.task_id, facts.name, claim.attempt):
             events.started(claim.task_id, facts.name, claim.attempt, using=self.db)
             started = time.monotonic()
             context = RunnerContext(claim, fence, self.worker).bind(self.db)
             outcome = run_plugin(claim, facts, context)
+            if stopping.take_fenced():  # its lease is about to run out: nothing is written
+                self.fenced = True
+                return False
             measured(claim.definition_id, time.monotonic() - started, db=self.db)
             if outcome.kind == AttemptOutcome.SUCCEEDED and self.completions.enabled:
                 note = outcome.progress[1] if outcome.progress else None
@@ -126,6 +148,7 @@ class MessageRun:
             else:
                 write_outcome(fence, outcome, facts, self.db)
         self.outcomes.append((fence, outcome))
+        return True
 
     def _news(self, i: int) -> bool:
         """Whether the flags must be read again before run ``i`` starts."""

@@ -13,13 +13,16 @@ others (``worker.completions``, within ``COMPLETION_WINDOW``, far less than a be
 such a finish is not lost. A pool process that died meanwhile costs its held finishes
 one beat more before they run again.
 
-Each beat also stops inline runs silent past their type's inactivity timeout (see
-``stopping``: the pool process keeps the life sign, the beat reads it).
+Each renewal answered moves the moment until which this worker's leases hold at least
+(``running.set_horizon``: from when the renewal was sent); the agent's local thread stops
+the runs whose leases would otherwise run out unrenewed (``worker.fencing``), and watches
+the inactivity timeouts and time limits of inline runs, without waiting on the database.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery.worker import state as celery_state
@@ -34,7 +37,8 @@ from ..transport.publish import (
     parse_many_args,
     parse_message_id,
 )
-from .stopping import INACTIVE, Stopper, overdue
+from .running import set_horizon
+from .stopping import Stopper
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +125,7 @@ class Heartbeat:
         held = in_flight()
         settings = get_settings()
         freed: set[str] = set()
+        sent = time.monotonic()  # the leases renewed last from here at least
         if held is None:
             logger.warning("batchtasks cannot read the requests in hand; beat keeps all leases")
             renewed = transitions.renew_leases(instance, None, settings.LEASE_SECONDS, using=db)
@@ -135,9 +140,11 @@ class Heartbeat:
                 elif self._end_vanished(attempt, db):
                     freed.add(attempt.queue)
             self._missing = missing
+            sent = time.monotonic()
             renewed = transitions.renew_leases(
                 instance, list(held), settings.LEASE_SECONDS, using=db
             )
+        set_horizon(sent + settings.LEASE_SECONDS)
         self._stop_what_must_stop(renewed, held, db)
         self.in_hand = len(held) if held is not None else len(renewed)
         return freed
@@ -161,8 +168,6 @@ class Heartbeat:
                 self.stopper.stop(
                     fence, r.pid, reason="cancel ignored", grace=get_settings().CANCEL_GRACE
                 )
-            elif overdue(fence, r.pid):
-                self.stopper.stop(fence, r.pid, reason=INACTIVE, grace=0.0)
         if held is not None:
             # Still running here, but ended as a lost run since (this worker was silent
             # for a lease): it must not go on unseen. Ours at the last beat, or started by

@@ -37,7 +37,7 @@ from ..db.connections import reconnecting, state_db
 from ..models import BatchTask
 from ..services import events, leases
 from ..services.facts import TypeFacts, type_facts
-from . import identity, refills, stopping
+from . import identity, refills, running, stopping
 from .completions import after_end, measured, process_completions
 from .isolation import executor, process
 from .isolation.results import MAX_MESSAGE, MAX_TRACEBACK, check_result, error_type
@@ -128,6 +128,8 @@ def execute(
         events.started(task_id, facts.name, attempt, using=db)
         started = time.monotonic()
         outcome = run_plugin(claim, facts, RunnerContext(claim, fence, worker).bind(db))
+        if stopping.take_fenced():  # its lease is about to run out: nothing is written
+            return None
         measured(claim.definition_id, time.monotonic() - started, db=db)
         held = process_completions(db) if hold and not facts.limited else None
         ended: transitions.Ended | None
@@ -150,14 +152,15 @@ def claim_runs(fences: list[transitions.Fence], worker: str, db: str) -> list[tr
     # While PostgreSQL is away, wait for it rather than drop the message or the outcome
     # (then the task would run again): as long as a lease, which nobody can take meanwhile.
     lease_seconds = get_settings().LEASE_SECONDS
-    with state_lock:
-        return reconnecting(
-            lambda: transitions.claim_many(
-                fences, worker=worker, pid=os.getpid(), lease_seconds=lease_seconds, using=db
-            ),
-            db,
-            patience=lease_seconds,
+
+    def claim() -> list[transitions.Claim]:
+        running.note_claim(time.monotonic())  # the leases last from here at least (fencing)
+        return transitions.claim_many(
+            fences, worker=worker, pid=os.getpid(), lease_seconds=lease_seconds, using=db
         )
+
+    with state_lock:
+        return reconnecting(claim, db, patience=lease_seconds)
 
 
 def write_outcome(

@@ -10,9 +10,14 @@ before it signals that process.
 
 The same slot carries what the agent needs to enforce an inline run's time limits
 (``worker.timelimits``): when its plugin started, by ``CLOCK_MONOTONIC`` (one clock for
-every process of the host), and its soft and hard limits; and how many successful
+every process of the host), and its soft and hard limits; how many successful
 finishes of its message the process holds unwritten (``worker.completions``), which a
-kill must wait for.
+kill must wait for; and when the claim of its message was sent, from which its lease
+lasts at least ``LEASE_SECONDS`` (``worker.fencing``).
+
+One more file, ``leases``, is the agent's: the moment (``CLOCK_MONOTONIC``) until which
+the last renewal it saw answered holds this worker's leases. Pool processes read it
+before they start the next run of a message (``worker.fencing``).
 """
 
 from __future__ import annotations
@@ -29,11 +34,17 @@ from typing import NamedTuple
 from ..transitions import Fence
 from . import identity
 
-#: task id, attempt, start (monotonic s), soft and hard limit (s, 0: none), held finishes.
-_SLOT = struct.Struct("<qqdddq")
+#: task id, attempt, start (monotonic s), soft and hard limit (s, 0: none), held
+#: finishes, claim sent (monotonic s).
+_SLOT = struct.Struct("<qqdddqd")
 _HELD = struct.calcsize("<qqddd")
 #: This process's mapped file, with the pid it belongs to (a fork must not share it).
 _mapped: tuple[int, mmap.mmap] | None = None
+#: When this process sent the claim of the message it runs (monotonic s).
+_claimed = 0.0
+#: The agent's ``leases`` file (either side), with the pid that mapped it.
+_HORIZON = struct.Struct("<d")
+_horizon_map: tuple[int, mmap.mmap] | None = None
 
 
 class Slot(NamedTuple):
@@ -48,6 +59,8 @@ class Slot(NamedTuple):
     hard: float
     #: Successful finishes of its message held and not written yet.
     held: int
+    #: When the claim of its message was sent (``time.monotonic()``).
+    claimed: float
 
 
 def set_running(
@@ -59,11 +72,61 @@ def set_running(
     if slot is None:
         return
     if fence is None:
-        _SLOT.pack_into(slot, 0, 0, 0, 0.0, 0.0, 0.0, _read_held(slot))
+        _SLOT.pack_into(slot, 0, 0, 0, 0.0, 0.0, 0.0, _read_held(slot), 0.0)
     else:
         start, held = time.monotonic(), _read_held(slot)
         limits = (soft or 0.0, hard or 0.0)
-        _SLOT.pack_into(slot, 0, fence.task_id, fence.attempt, start, *limits, held)
+        _SLOT.pack_into(slot, 0, fence.task_id, fence.attempt, start, *limits, held, _claimed)
+
+
+def note_claim(sent: float) -> None:
+    """This process sent the claim of its next message at ``sent`` (monotonic s)."""
+    global _claimed
+    _claimed = sent
+
+
+def claimed() -> float:
+    """When this process sent the claim of the message it runs (monotonic s)."""
+    return _claimed
+
+
+def set_horizon(until: float) -> None:
+    """The agent saw its renewal answered: this worker's leases hold until ``until``
+    (monotonic s) at least."""
+    mapped = _horizon(create=True)
+    if mapped is not None:
+        _HORIZON.pack_into(mapped, 0, until)
+
+
+def horizon() -> float:
+    """Until when the agent's last answered renewal holds this worker's leases
+    (monotonic s; 0.0 if none was seen or the file cannot be read)."""
+    mapped = _horizon(create=False)
+    return float(_HORIZON.unpack_from(mapped)[0]) if mapped is not None else 0.0
+
+
+def _horizon(*, create: bool) -> mmap.mmap | None:
+    global _horizon_map
+    pid = os.getpid()
+    if _horizon_map is not None and _horizon_map[0] == pid:
+        return _horizon_map[1]
+    folder = identity.stop_dir()
+    if not folder:
+        return None
+    path = Path(folder, "leases")
+    try:
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+    except OSError:
+        return None
+    try:
+        if create:
+            os.ftruncate(fd, _HORIZON.size)
+        elif os.fstat(fd).st_size < _HORIZON.size:
+            return None
+        _horizon_map = (pid, mmap.mmap(fd, _HORIZON.size))
+    finally:
+        os.close(fd)
+    return _horizon_map[1]
 
 
 def set_held(count: int) -> None:

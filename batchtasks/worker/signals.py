@@ -11,7 +11,7 @@ from celery import signals
 from django.db import close_old_connections, router
 
 from ..core.conf import get_settings
-from ..db.connections import state_db, use_dedicated_connections
+from ..db.connections import add_keepalives, state_db, use_dedicated_connections
 from ..models import BatchTask
 from ..services import leases
 from ..services.dispatch import dispatch_queue
@@ -38,6 +38,8 @@ def set_up_worker(sender: Any = None, **kwargs: Any) -> None:
     before and after each task, so obsolete and broken connections are replaced.
     """
     identity.boot(getattr(sender, "hostname", None) or "unknown")
+    if get_settings().WORKER_KEEPALIVES:
+        add_keepalives(get_settings().LEASE_SECONDS)
     refills.open_channel()  # inherited by the pool processes it forks
     # Forked pool processes inherit it: a cancelled run then tells monitors (`tasks`).
     _tasks.events_enabled = bool(getattr(sender, "task_events", False))

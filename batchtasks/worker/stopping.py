@@ -75,6 +75,8 @@ logger = logging.getLogger(__name__)
 INACTIVE = "inactive"
 #: The reasons of time-limit stops: the soft limit (a signal only), the hard limit.
 SOFT_LIMIT, HARD_LIMIT = "soft", "timeout"
+#: The reason of a stop before the run's lease runs out unrenewed (``worker.fencing``).
+FENCED = "fenced"
 #: Most seconds between two touches of an activity file (less for short limits).
 TOUCH_INTERVAL = 1.0
 
@@ -96,6 +98,9 @@ class _Running:
     #: The hard time limit of the run, and whether it struck.
     timeout: int | None = None
     timed_out: bool = False
+    #: Whether a run was stopped because its lease could not be renewed (``fencing``):
+    #: nothing of it is written, and its message's later runs do not start.
+    fenced: bool = False
 
 
 _running = _Running()
@@ -212,6 +217,13 @@ def _request_path(pid: int) -> Path | None:
     return Path(folder, str(pid)) if folder else None
 
 
+def take_fenced() -> bool:
+    """Whether this pool process's last run was stopped by self-fencing (``fencing``);
+    the mark is cleared."""
+    fenced, _running.fenced = _running.fenced, False
+    return fenced
+
+
 def hard_limit_message(timeout: int | None) -> str:
     """The error message of an attempt stopped at its hard time limit by its worker."""
     return f"hard time limit of {timeout} s exceeded; worker {identity.current().name} stopped it"
@@ -240,6 +252,12 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
             if kind == [HARD_LIMIT]:
                 _running.timed_out = True
                 raise TimeLimitExceeded(hard_limit_message(_running.timeout))
+            if kind == [FENCED]:
+                _running.fenced = True
+                raise TaskStopped(
+                    f"Task {current.task_id} was stopped by its worker: the worker could not "
+                    "renew its lease (the database was out of reach), so another may run it."
+                )
             raise TaskStopped(
                 f"Task {current.task_id} was stopped by its worker (a cancel it did not "
                 "honour, or a lost lease)."
@@ -276,6 +294,8 @@ class _Stopping:
     grace: float
     terminated_at: float | None = None
     killed_at: float | None = None
+    #: Seconds from SIGTERM to SIGKILL, if not the agent's ``KILL_GRACE``.
+    kill_grace: float | None = None
 
 
 @dataclass(frozen=True)
@@ -300,6 +320,8 @@ class Stopper:
         #: The attempts that wait behind an attempt in the message that carries it.
         self._behind = behind
         self._pending: dict[Fence, _Stopping] = {}
+        #: The agent's local thread steps; its database thread asks for stops too.
+        self._lock = threading.RLock()
 
     @property
     def pending(self) -> bool:
@@ -308,11 +330,20 @@ class Stopper:
     @property
     def signalled(self) -> bool:
         """Whether a signal went to any process that must stop (its end is near)."""
-        return any(s.terminated_at is not None for s in self._pending.values())
+        with self._lock:
+            return any(s.terminated_at is not None for s in self._pending.values())
 
-    def stop(self, fence: Fence, pid: int | None, *, reason: str, grace: float) -> None:
+    def stop(
+        self,
+        fence: Fence,
+        pid: int | None,
+        *,
+        reason: str,
+        grace: float,
+        kill_grace: float | None = None,
+    ) -> None:
         """Stop ``fence``'s process (``pid``) unless it ends by itself within ``grace`` s
-        of starting to run it."""
+        of starting to run it; SIGKILLed ``kill_grace`` s after its SIGTERM if given."""
         if pid is None or pid == os.getpid():
             logger.warning(
                 "batchtasks cannot stop task=%s attempt=%s: it runs in the worker's own "
@@ -321,19 +352,24 @@ class Stopper:
                 fence.attempt,
             )
             return
-        if fence not in self._pending:
-            self._pending[fence] = _Stopping(pid, reason, time.monotonic(), grace)
+        with self._lock:
+            if fence not in self._pending:
+                self._pending[fence] = _Stopping(
+                    pid, reason, time.monotonic(), grace, kill_grace=kill_grace
+                )
 
     def forget(self, keep: set[Fence]) -> None:
         """Drop attempts that ended (only those in ``keep`` are still running here)."""
-        for fence in [f for f in self._pending if f not in keep]:
-            self._clear(fence)
+        with self._lock:
+            for fence in [f for f in self._pending if f not in keep]:
+                self._clear(fence)
 
     def soft_limit(self, fence: Fence, pid: int) -> None:
         """Raise ``SoftTimeLimitExceeded`` in ``fence``'s plugin, run by ``pid`` (unless
         a stop of it is under way)."""
-        if fence in self._pending or pid == os.getpid():
-            return
+        with self._lock:
+            if fence in self._pending or pid == os.getpid():
+                return
         path = _request_path(pid)
         if path is None:
             return
@@ -350,7 +386,12 @@ class Stopper:
 
     def step(self, *, kill_grace: float, held_wait: float = 0.0) -> list[Killed]:
         """Signal what is due; returns the processes killed in this step. A kill waits
-        up to ``held_wait`` more seconds while the process holds unwritten finishes."""
+        up to ``held_wait`` more seconds while the process holds unwritten finishes (not
+        a fenced one's: they could not be written either)."""
+        with self._lock:
+            return self._step(kill_grace, held_wait)
+
+    def _step(self, kill_grace: float, held_wait: float) -> list[Killed]:
         now = time.monotonic()
         killed = []
         for fence, stopping in list(self._pending.items()):
@@ -362,8 +403,11 @@ class Stopper:
                     stopping.since = now
                 elif now - stopping.since >= stopping.grace:
                     self._terminate(fence, stopping)
-            elif stopping.killed_at is None and now - stopping.terminated_at >= kill_grace:
-                late = now - stopping.terminated_at >= kill_grace + held_wait
+            elif stopping.killed_at is None and now - stopping.terminated_at >= (
+                after := kill_grace if stopping.kill_grace is None else stopping.kill_grace
+            ):
+                wait = 0.0 if stopping.reason == FENCED else held_wait
+                late = now - stopping.terminated_at >= after + wait
                 if current and (late or not running.held_by(stopping.pid)):
                     killed.append(self._kill(fence, stopping))
                 elif current:
@@ -375,7 +419,7 @@ class Stopper:
     def _terminate(self, fence: Fence, stopping: _Stopping) -> None:
         path = _request_path(stopping.pid)
         if path is not None:
-            kind = stopping.reason if stopping.reason in (INACTIVE, HARD_LIMIT) else "stop"
+            kind = stopping.reason if stopping.reason in (INACTIVE, HARD_LIMIT, FENCED) else "stop"
             path.write_text(f"{fence.task_id} {fence.attempt} {kind}")
         stopping.terminated_at = time.monotonic()
         logger.warning(

@@ -17,9 +17,8 @@ from django.utils import timezone
 from batchtasks import BatchTask, Priority, TaskState, transitions
 from batchtasks.core.conf import BatchTasksSettings, get_settings
 from batchtasks.core.exceptions import ConfigurationError
-from batchtasks.core.states import AttemptOutcome
+from batchtasks.core.states import PRIORITY_MAX, AttemptOutcome
 from batchtasks.services.dispatch import dispatch_queue
-from batchtasks.core.states import PRIORITY_MAX
 from batchtasks.services.sweeper import age_waiting, sweep
 from tests.conftest import purge_queues, set_limit
 from tests.workers import Worker, wait_for

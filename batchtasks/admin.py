@@ -124,7 +124,8 @@ def run_again(task: BatchTask) -> BatchTask:
         task.definition.name,
         task.params,
         owner=task.owner,
-        priority=task.priority,
+        # The priority it was given, not one aging raised it to.
+        priority=task.priority if task.base_priority is None else task.base_priority,
         description=task.description,
         fairness_key=task.fairness_key,
     )
@@ -336,7 +337,9 @@ class BatchTaskAdmin(admin.ModelAdmin):
     actions = (cancel_tasks, retry_tasks, set_priority, run_again_tasks)
     inlines = (AttemptInline, EarlierOutcomeInline)
     fieldsets = (
-        (None, {"fields": ("definition", "state_badge", "owner", "description", "priority")}),
+        (None, {"fields": (
+            "definition", "state_badge", "owner", "description", "priority", "base_priority",
+        )}),
         (_("Progress"), {"fields": ("progress_bar", "worker", "attempt")}),
         (_("Data"), {"fields": ("parameters_display", "result_display", "error_display")}),
         (_("Timing"), {"fields": (

@@ -683,6 +683,7 @@ def _one_at_a_time(type_name: str, params: dict[str, Any]) -> float:
 
 def main() -> None:
     configure()
+    from bench.aging import bench_aging
     from bench.ratelimits import bench_ratelimits
 
     steps = {
@@ -699,6 +700,7 @@ def main() -> None:
         "schedules": bench_schedules,
         "ratelimits": bench_ratelimits,
         "fanin": bench_fanin,
+        "aging": bench_aging,
     }
     chosen = sys.argv[1:] or list(steps)
     rows: list[tuple[str, str, str, str]] = []

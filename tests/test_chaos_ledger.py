@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from bench.chaos.ledger import Faults, Final, Row, Run, Window, judge
+from bench.chaos.scenarios import Settings, starvation_note
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -145,3 +146,15 @@ def test_runs_of_another_type_than_the_loads_do_not_count_against_its_limit() ->
     faults = Faults()
     faults.other_type.add(3)
     assert verdict([1, 2, 3], runs, [], faults, limit=2).limit_breaks == 0
+
+
+def test_priority_starvation_notes_how_many_low_tasks_started_and_the_longest_wait() -> None:
+    off = Settings(lease=8, sweep=2)
+    assert starvation_note([], 5, 538, off) == (
+        "priority 0 (no aging): 0 of 5 started during the 60 s flood at priority 100 (538 tasks)"
+    )
+    on = Settings(lease=8, sweep=2, aging=0.3)
+    assert starvation_note([31.0, 33.25], 5, 540, on) == (
+        "priority 0 (aging 0.3 s a point): 2 of 5 started during the 60 s flood at "
+        "priority 100 (540 tasks), the last after 33.2 s"
+    )

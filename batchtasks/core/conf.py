@@ -67,6 +67,10 @@ class BatchTasksSettings:
     HEARTBEAT_SECONDS: float = 5.0
     #: Seconds between sweeps (one worker at a time sweeps the whole cluster).
     SWEEP_INTERVAL: float = 5.0
+    #: Priority aging: seconds a due task waits ``new`` per point its priority is raised
+    #: (the sweeper raises it, up to ``Priority.IMMEDIATE``, from the database's clock);
+    #: ``None`` or 0 = off: a lower priority waits as long as a higher one has tasks.
+    PRIORITY_AGING: float | None = None
     #: Seconds a sweep may spend deleting finished tasks past their retention; what is
     #: left waits for the next sweep (the sweep's refill of freed slots waits as long).
     PURGE_SECONDS: float = 1.0
@@ -195,6 +199,16 @@ class BatchTasksSettings:
                 raise ConfigurationError(
                     f"BATCHTASKS[{name!r}] must be a number of seconds >= 0, not {value!r}."
                 )
+        aging = self.PRIORITY_AGING
+        if aging is not None and (
+            not isinstance(aging, int | float)
+            or isinstance(aging, bool)
+            or not 0 <= aging < float("inf")
+        ):
+            raise ConfigurationError(
+                f"BATCHTASKS['PRIORITY_AGING'] must be seconds of waiting per priority point "
+                f"(a number > 0), or None or 0 for no aging, not {aging!r}."
+            )
         for name in ("ISOLATION_TEMPLATE_FORKS", "INDICATOR_TOKEN_SECONDS"):
             count = getattr(self, name)
             if not isinstance(count, int) or isinstance(count, bool) or count < 0:
@@ -300,6 +314,8 @@ def _from_environment(raw: dict[str, Any]) -> dict[str, Any]:
             values[f.name] = tuple(item.strip() for item in text.split(",") if item.strip())
         elif f.type in ("int", "float", "bool"):
             values[f.name] = _parse(ENV_PREFIX + f.name, text, str(f.type))
+        elif f.type == "float | None":  # PRIORITY_AGING: 0 is off, as None is
+            values[f.name] = _parse(ENV_PREFIX + f.name, text, "float")
     return values
 
 

@@ -82,6 +82,8 @@ WRITES: dict[str, Write] = {
     "republish": Write((TaskState.QUEUED,)),
     # a rate limit's deferral: a later run_after (its earliest start), not an attempt
     "defer": Write((TaskState.NEW,)),
+    # priority aging (the sweeper): a due waiting task's priority raised by its wait
+    "age": Write((TaskState.NEW,)),
     # worker
     "claim": Write((TaskState.QUEUED,), (TaskState.RUNNING,)),
     "progress": Write((TaskState.RUNNING,)),

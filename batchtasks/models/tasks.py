@@ -93,6 +93,11 @@ class BatchTask(models.Model):
     priority = models.SmallIntegerField(
         _("priority"), default=Priority.NORMAL, validators=PRIORITY_VALIDATORS
     )
+    # The priority it was given (at submit, or by set_priority), kept when the sweeper's
+    # priority aging (BATCHTASKS["PRIORITY_AGING"]) raised ``priority``; NULL if never raised.
+    base_priority = models.SmallIntegerField(
+        _("priority before aging"), null=True, blank=True, editable=False
+    )
     description = models.CharField(_("description"), max_length=500, blank=True)
     fairness_key = models.CharField(_("fairness key"), max_length=200, blank=True)
     # Per-key limits of its type (max_concurrency_per_key, rate_limit); "" is a key too.

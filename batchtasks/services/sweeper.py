@@ -16,6 +16,9 @@
 - Final tasks whose finalizers are due run them (``services.finalize``): cancels and
   skips made outside a worker, runs that crashed or failed. Each is claimed on its
   own, so this part needs no cluster lock and runs after it is released.
+- With priority aging on (``PRIORITY_AGING`` seconds per point), due waiting tasks get
+  a point of priority per that many seconds waited, up to ``Priority.IMMEDIATE``, so
+  that a flood of higher priorities cannot hold them back for ever (``age_waiting``).
 - Workers not heard from for a lease period are marked offline; rows of workers
   stopped or offline for a week are deleted.
 """
@@ -34,7 +37,7 @@ from django.db import DatabaseError, connections, transaction
 
 from .. import transitions
 from ..core.conf import get_settings
-from ..core.states import Isolation, TaskState
+from ..core.states import PRIORITY_MAX, Isolation, TaskState
 from ..db.connections import lock_db
 from ..db.sql import Clock, Tables, states_sql
 from ..models import BatchTaskDefinition
@@ -54,6 +57,8 @@ PURGE_CHUNK = 1000
 #: pauses, concurrent submits ran at 3-8x their p50 without a purge; with 1.0 at 1.3-2.3x
 #: (``make bench-scale``, step e; see docs/figures/benchmarks.md, Scale).
 PURGE_PAUSE = 1.0
+#: Most waiting tasks one sweep raises by priority aging, those it raises highest first.
+AGE_BATCH = 1000
 #: Republishing waits at most ``REPUBLISH_AFTER`` times this between two publishes.
 REPUBLISH_BACKOFF_MAX = 64
 #: Seconds the rows of stopped or offline workers are kept.
@@ -72,13 +77,14 @@ class SweepReport:
     purged: int = 0
     offline: int = 0
     finalized: int = 0
+    aged: int = 0
     queues: set[str] = field(default_factory=set)
 
     def __str__(self) -> str:
         return (
             f"requeued={self.requeued} failed={self.failed} cancelled={self.cancelled} "
             f"reaped={self.reaped} republished={self.republished} purged={self.purged} "
-            f"offline={self.offline} finalized={self.finalized}"
+            f"offline={self.offline} finalized={self.finalized} aged={self.aged}"
         )
 
 
@@ -141,6 +147,7 @@ def sweep(*, using: str, instance: str = "", finalize_due: bool = True) -> Sweep
         report.reaped = len(freed)
         report.queues.update(freed)
         republish_lost(report, using=using)
+        report.aged = age_waiting(using=using)
         report.purged = purge(using=using)
         report.offline = workers.workers_gone(silent_for=get_settings().LEASE_SECONDS, using=using)
         workers.forget_workers(older_than=WORKER_ROWS_KEPT, using=using)
@@ -205,6 +212,15 @@ def republish_lost(report: SweepReport, *, using: str) -> None:
         if runs:
             publish_or_unqueue(queue, runs, using)
             report.republished += len(runs)
+
+
+def age_waiting(*, using: str) -> int:
+    """Priority aging: raise the priority of due waiting tasks by their wait, if
+    ``PRIORITY_AGING`` is on; return how many were raised. Off, it reads nothing."""
+    seconds = get_settings().PRIORITY_AGING
+    if not seconds:
+        return 0
+    return transitions.age_priorities(seconds, PRIORITY_MAX, AGE_BATCH, using=using)
 
 
 def purge(*, using: str, budget: float | None = None) -> int:

@@ -25,6 +25,7 @@ from .completions import Succeeded, end_succeeded, record_run_seconds
 from .dependents import Settled, cancel_descendants, link, settle
 from .dispatching import (
     admit,
+    age_priorities,
     defer,
     lock_rate_keys,
     mark_republished,
@@ -60,6 +61,7 @@ __all__ = [
     "Settled",
     "Succeeded",
     "admit",
+    "age_priorities",
     "cancel",
     "cancel_descendants",
     "claim",

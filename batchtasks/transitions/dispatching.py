@@ -1,5 +1,5 @@
 """The dispatcher's and the sweeper's writes: admit, defer, unqueue, mark republished,
-and the rate-limit rows the admitting transaction moves on."""
+age priorities, and the rate-limit rows the admitting transaction moves on."""
 
 from __future__ import annotations
 
@@ -94,6 +94,48 @@ def defer(deferrals: list[tuple[int, datetime]], *, using: str) -> int:
         )
         cursor.executemany(sql, [[w, pk, w] for pk, w in zip(ids, whens, strict=True)])
         return max(cursor.rowcount, 0)
+
+
+def age_priorities(seconds_per_point: float, cap: int, limit: int, *, using: str) -> int:
+    """Raise the priority of due waiting tasks by a point per ``seconds_per_point`` each
+    has waited since it fell due (``run_after``, else its submit), up to ``cap``, keeping
+    the priority it had in ``base_priority`` and never lowering one: at most ``limit``
+    tasks, those it would raise highest first (then the longest waiting). Returns how
+    many it raised.
+
+    The dispatcher's index and statements stay as they are: aged tasks are rows of a
+    higher priority. A row is written only when its aged value goes up, so one task costs
+    at most ``cap - base`` writes in its whole wait. Rows the dispatcher holds are
+    skipped (PostgreSQL), so this never waits for a lock, nor deadlocks with a pass."""
+    connection = connections[using]
+    t, clock = Tables(connection), Clock(connection)
+    since = "COALESCE(run_after, created_at)"
+    waited = clock.seconds_since(since)
+    base = "COALESCE(base_priority, priority)"
+    if connection.vendor == "postgresql":
+        aged = f"LEAST(%(cap)s, {base} + FLOOR({waited} / %(step)s))"
+    else:  # waited >= 0 here, so truncating is flooring; SQLite's MIN(a, b) is LEAST
+        aged = f"MIN(%(cap)s, {base} + CAST({waited} / %(step)s AS INTEGER))"
+    new = states_sql(*WRITES["age"].sources)
+    pick = (
+        f"SELECT id FROM {t.task} WHERE state IN ({new}) AND priority < %(cap)s "
+        # Due tasks that waited a point's worth at least (cheap before the arithmetic).
+        f"AND {since} <= {clock.now} AND {waited} >= %(step)s AND {aged} > priority "
+        f"ORDER BY {aged} DESC, {since}, id LIMIT %(limit)s"
+    )
+    assignments = f"base_priority = {base}, priority = {aged}, updated_at = {clock.now}"
+    if connection.vendor == "postgresql":
+        sql = (
+            f"WITH picked AS MATERIALIZED ({pick} FOR UPDATE SKIP LOCKED) "
+            f"UPDATE {t.task} SET {assignments} WHERE id = ANY(ARRAY(SELECT id FROM picked)) "
+            f"AND state IN ({new}) AND {aged} > priority"
+        )
+    else:
+        sql = f"UPDATE {t.task} SET {assignments} WHERE id IN ({pick})"
+    params = {"cap": cap, "step": float(seconds_per_point), "limit": limit}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
 
 
 def lock_rate_keys(

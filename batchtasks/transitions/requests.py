@@ -92,7 +92,10 @@ def retry(task_id: int, *, using: str) -> bool:
     sql = (
         f"UPDATE {t.task} SET state = '{TaskState.NEW}', attempt = attempt + 1, lost_runs = 0, "
         f"updated_at = {clock.now}, "
-        "run_after = NULL, queue = '', queued_at = NULL, started_at = NULL, "
+        # Due from now, from the priority it was given: a wait by priority aging
+        # (``age_priorities``) counts from here, not from its first submit.
+        f"run_after = {clock.now}, priority = COALESCE(base_priority, priority), "
+        "base_priority = NULL, queue = '', queued_at = NULL, started_at = NULL, "
         "finished_at = NULL, worker = '', worker_instance = '', worker_pid = NULL, "
         "lease_expires_at = NULL, cancel_requested = FALSE, result = NULL, error_type = '', "
         "error_message = '', error_traceback = '', progress_percent = 0, progress_message = '', "
@@ -123,7 +126,9 @@ def set_priority(task_id: int, priority: int, *, using: str) -> bool:
     t, clock = Tables(connection), Clock(connection)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {t.task} SET priority = %s, updated_at = {clock.now} WHERE id = %s "
+            # The user's choice is the task's priority now: aging goes on from it.
+            f"UPDATE {t.task} SET priority = %s, base_priority = NULL, "
+            f"updated_at = {clock.now} WHERE id = %s "
             f"AND state IN ({states_sql(*WRITES['set_priority'].sources)})",
             [priority, task_id],
         )

@@ -49,6 +49,13 @@ TASK: Schema = {
         },
         "state_label": {"type": "string"},
         "priority": {"type": "integer", "minimum": PRIORITY_MIN, "maximum": PRIORITY_MAX},
+        "base_priority": nullable(
+            "integer",
+            minimum=PRIORITY_MIN,
+            maximum=PRIORITY_MAX,
+            description="The priority it was given, if priority aging (PRIORITY_AGING) has "
+            "raised `priority` since; null: never raised.",
+        ),
         "concurrency_key": {
             "type": "string",
             "description": 'Its key under its type\'s max_concurrency_per_key ("": none).',

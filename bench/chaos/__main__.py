@@ -48,6 +48,7 @@ def main() -> int:
         # The 3 minutes unless CHAOS_LONG_SECONDS says otherwise (trials).
         long_session=float(os.environ.get("CHAOS_LONG_SECONDS", "180")),
         storm_tasks=args.storm_tasks,
+        aging=float(os.environ.get("BATCHTASKS_PRIORITY_AGING") or 0),
     )
     window = 8.0 if args.quick else 15.0
     _print_header(settings, window, MAX_CONCURRENCY)
@@ -144,6 +145,7 @@ def _print_header(s: Settings, window: float, limit: int) -> None:
     print(
         f"chaos.work: {SECONDS} s a task, {BACKLOG} kept unfinished, max_concurrency {limit}; "
         f"lease {s.lease:g} s, sweep {s.sweep:g} s; throughput windows {window:g} s"
+        + (f"; priority aging {s.aging:g} s a point" if s.aging else "")
     )
     print(" | ".join(name.rjust(width) for name, width in COLUMNS))
 

@@ -35,6 +35,9 @@ class Settings:
     long_session: float = 180.0
     #: How long the flood at priority 100 lasts (priority_starvation).
     flood_for: float = 60.0
+    #: The workers' BATCHTASKS_PRIORITY_AGING (seconds per point; 0: off), which
+    #: .ci/docker-chaos sets from CHAOS_PRIORITY_AGING.
+    aging: float = 0.0
     #: How many tasks fail twice, then succeed (retry_storm).
     storm_tasks: int = 10_000
     #: How long two workers' wall clocks are off (clock_skew), and by how much.
@@ -291,8 +294,10 @@ def _long_session(stack: Stack, faults: Faults, s: Settings, sql: str) -> Span:
 
 def priority_starvation(stack: Stack, faults: Faults, s: Settings) -> Span:
     """Five tasks at priority 0 wait while a flood at priority 100, kept 40 tasks deep,
-    lasts ``flood_for`` seconds: how long they wait (a note; the dispatcher admits by
-    priority first, so they may starve for as long as the flood lasts)."""
+    lasts ``flood_for`` seconds: how long they wait (a note). The dispatcher admits by
+    priority first, so without aging they may starve for as long as the flood lasts;
+    with ``PRIORITY_AGING`` (``s.aging``) each should start within ``100 * s.aging``
+    seconds and a sweep, plus the turns ahead of it at priority 100."""
     from batchtasks import BatchTask
 
     from .load import Load
@@ -305,15 +310,25 @@ def priority_starvation(stack: Stack, faults: Faults, s: Settings) -> Span:
     faults.submitted += low + flood.stop()
     end = stack.now()
     rows = stack.query(
-        "SELECT count(DISTINCT task_id) FROM chaos.runs WHERE task_id = ANY(%s) "
-        "AND started_at < %s",
+        "SELECT task_id, min(started_at) FROM chaos.runs WHERE task_id = ANY(%s) "
+        "AND started_at < %s GROUP BY task_id",
         (low, end),
     )
-    faults.notes.append(
-        f"priority 0: {rows[0][0]} of {len(low)} started during the {s.flood_for:g} s "
-        f"flood at priority 100 ({len(faults.submitted) - len(low)} tasks)"
-    )
+    waits = [(first - start).total_seconds() for _, first in rows]
+    flood_tasks = len(faults.submitted) - len(low)
+    faults.notes.append(starvation_note(waits, len(low), flood_tasks, s))
     return start, end
+
+
+def starvation_note(waits: list[float], low: int, flood_tasks: int, s: Settings) -> str:
+    """What priority_starvation saw: how many of the ``low`` tasks at priority 0 started
+    during the flood, and after how many seconds at most (``waits``: of those started)."""
+    aging = f"aging {s.aging:g} s a point" if s.aging else "no aging"
+    longest = f", the last after {max(waits):.1f} s" if waits else ""
+    return (
+        f"priority 0 ({aging}): {len(waits)} of {low} started during the {s.flood_for:g} s "
+        f"flood at priority 100 ({flood_tasks} tasks){longest}"
+    )
 
 
 def retry_storm(stack: Stack, faults: Faults, s: Settings) -> Span:

@@ -82,6 +82,15 @@ def test_a_worker_cut_off_the_database_stops_its_run_before_another_takes_it_ove
         outcomes = BatchTaskAttempt.objects.filter(task=task).order_by("number")
         assert [o.outcome for o in outcomes] == ["lost", "succeeded"]
         assert cut_off.process is not None and cut_off.process.poll() is None  # still up
+        # Out of reach, it took no more messages of its queue: the next attempt's went to
+        # the other worker at once; reached again, it takes them again.
+        log = cut_off.log()
+        assert "not taking messages of queues=batch.examples.sleep" in log
+        assert f"batchtask-{task.pk}-2" not in log
+        wait_for(lambda: "database reached again" in cut_off.log(), timeout=30)
+        wait_for(lambda: "Started consuming from batch.examples.sleep" in cut_off.log())
+        (again,) = wait_final(BatchTask.submit("examples.sleep", {"seconds": 0.1}))
+        assert again.state == TaskState.SUCCEEDED
 
 
 def test_time_limits_strike_while_the_database_is_out_of_reach(

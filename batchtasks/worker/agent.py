@@ -8,7 +8,11 @@ messages, every fifth of a second it enforces the time limits of inline runs
 (``timelimits``), their inactivity timeouts (``stopping.overdue``) and self-fencing
 (``fencing``: runs whose leases would run out unrenewed); and it steps the stopping of
 processes (``stopping``) every tenth of a second while any must stop, handing a killed
-process's attempt to the other thread to end. The database thread runs the heartbeat
+process's attempt to the other thread to end. Twice a second it also looks at when a
+lease renewal was last answered: once none has been for ``max(3 beats, a third of a
+lease)``, the worker stops taking messages of its batch queues from the broker (their
+claims would wait on the database while other workers could run them), and takes them
+again once a renewal is answered. The database thread runs the heartbeat
 (``heartbeat``: leases, lost attempts, cancels, the worker's row) every
 ``HEARTBEAT_SECONDS``, the ends of killed attempts, a safety-net dispatch pass for its queues every
 ``DISPATCH_INTERVAL``, the moment a delayed task falls due and when a refill its pool
@@ -25,6 +29,7 @@ import logging
 import os
 import threading
 import time
+from typing import Any
 
 import psutil
 from django.db import close_old_connections, connections, router
@@ -47,15 +52,31 @@ from .stopping import HARD_LIMIT, INACTIVE, Killed, Stopper, overdue
 logger = logging.getLogger(__name__)
 
 STOP_STEP_SECONDS = 0.1
+#: How often the local thread looks at when a lease renewal was last answered.
+REACH_STEP_SECONDS = 0.5
 
 
 class WorkerAgent:
     """See the module text."""
 
-    def __init__(self, identity: Identity, *, queues: list[str], concurrency: int = 0) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        queues: list[str],
+        concurrency: int = 0,
+        consumer: Any = None,
+    ) -> None:
         self.identity = identity
         self.queues = queues
         self.concurrency = concurrency
+        #: Celery's consumer of this worker (``None``: the broker is never paused).
+        self.consumer = consumer
+        #: The batch queues among ``queues`` (read at start and at each dispatch pass).
+        self.batch_queues: list[str] = []
+        #: Whether consuming from them is paused: the database is out of reach.
+        self.paused = False
+        self._started_at = time.monotonic()
         self.stopper = Stopper(behind=behind)
         self.heart = Heartbeat(identity, self.stopper)
         self.limits = timelimits.TimeLimits(self.stopper)
@@ -77,7 +98,7 @@ class WorkerAgent:
         self._killed_lock = threading.Lock()
         self._local_wake = threading.Event()
         self._watch_wanted = False
-        self._local_next = {"watch": float("inf"), "stop": float("inf")}
+        self._local_next = {"watch": float("inf"), "stop": float("inf"), "reach": 0.0}
         self._local = threading.Thread(
             target=self._local_loop, name="batchtasks-local", daemon=True
         )
@@ -98,6 +119,7 @@ class WorkerAgent:
         )
 
     def start(self) -> None:
+        self._started_at = time.monotonic()
         self._thread.start()
         self._local.start()
         self._finalizer.start()
@@ -228,6 +250,44 @@ class WorkerAgent:
             self.stop_processes()
         if not self.stopper.pending:
             self._local_next["stop"] = float("inf")
+        if now >= self._local_next["reach"]:
+            self._local_next["reach"] = now + REACH_STEP_SECONDS
+            self.check_reach()
+
+    def check_reach(self) -> None:
+        """Stop taking messages of the batch queues while no lease renewal has been
+        answered for long (the database is out of reach), and take them again once one
+        is (see the module text)."""
+        if self.consumer is None or not self.batch_queues:
+            return
+        settings = get_settings()
+        horizon = running.horizon()  # none yet: silent since the agent started
+        answered = horizon - settings.LEASE_SECONDS if horizon else self._started_at
+        silent = time.monotonic() - answered
+        out = silent > max(3 * settings.HEARTBEAT_SECONDS, settings.LEASE_SECONDS / 3)
+        if out == self.paused:
+            return
+        self.paused = out
+        consumer = self.consumer
+        if out:
+            logger.warning(
+                "batchtasks database out of reach for %.1f s: not taking messages of "
+                "queues=%s worker=%s",
+                silent,
+                ",".join(self.batch_queues),
+                self.identity.name,
+            )
+        else:
+            logger.warning(
+                "batchtasks database reached again: taking messages of queues=%s worker=%s",
+                ",".join(self.batch_queues),
+                self.identity.name,
+            )
+        for queue in self.batch_queues:  # run by Celery's consumer thread (thread-safe)
+            if out:
+                consumer.call_soon(consumer.cancel_task_queue, queue)
+            else:
+                consumer.call_soon(consumer.add_task_queue, queue)
 
     # --- duties -------------------------------------------------------------------------
     def heartbeat(self) -> None:
@@ -362,7 +422,8 @@ class WorkerAgent:
     def _batch_queues(self) -> list[str]:
         known = BatchQueue.objects.using(self.db).filter(name__in=self.queues)
         names = set(known.values_list("name", flat=True))
-        return [queue for queue in self.queues if queue in names]
+        self.batch_queues = [queue for queue in self.queues if queue in names]
+        return self.batch_queues
 
     def dispatch(self) -> None:
         """A safety-net pass for each batch queue; wake again when a delayed task is due."""

@@ -92,7 +92,7 @@ def start_agent(sender: Any = None, **kwargs: Any) -> None:
         )
     concurrency = getattr(getattr(sender, "controller", None), "concurrency", 0) or 0
     booted = identity.current()
-    _agent = WorkerAgent(booted, queues=queues, concurrency=int(concurrency))
+    _agent = WorkerAgent(booted, queues=queues, concurrency=int(concurrency), consumer=sender)
     _agent.start()
 
 

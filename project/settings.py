@@ -100,12 +100,15 @@ TEMPLATES = [
 
 # --- Database -----------------------------------------------------------------
 # Connections are kept between requests and between tasks (batchtasks keeps
-# Celery's Django fixup from closing them around every task).
+# Celery's Django fixup from closing them around every task), and checked before a
+# request reuses one: a connection the server dropped meanwhile (a restart, a failover,
+# pg_terminate_backend) is replaced instead of failing the request's first query.
 if os.environ.get("DATABASE_URL"):
     DATABASES = {
         "default": dj_database_url.parse(
             os.environ["DATABASE_URL"],
             conn_max_age=int(os.environ.get("DB_CONN_MAX_AGE", "600")),
+            conn_health_checks=True,
         )
     }
 else:
@@ -128,6 +131,7 @@ if os.environ.get("TASKS_DATABASE_URL"):
     DATABASES["tasks"] = dj_database_url.parse(
         os.environ["TASKS_DATABASE_URL"],
         conn_max_age=int(os.environ.get("DB_CONN_MAX_AGE", "600")),
+        conn_health_checks=True,
     )
     DATABASE_ROUTERS = ["batchtasks.db.router.TaskDatabaseRouter"]
 if os.environ.get("BATCHTASKS_TEST_DB_NAME"):

@@ -9,6 +9,7 @@ import errno
 import os
 import random
 import re
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -386,16 +387,15 @@ def _clock_off(stack: Stack, worker: str) -> float:
 
 
 #: The worker that takes ``chaos.hog`` (docker/compose.chaos.yaml), whose memory oom_kill
-#: limits; and its memory cgroup (v1) as the container sees it.
+#: limits.
 OOM_WORKER = "chaos-1"
-MEMORY_CGROUP = "/sys/fs/cgroup/memory"
 #: How long each chaos.hog task sleeps (before the hog allocates).
 HOG_SECONDS = 0.05
 
 
 def oom_kill(stack: Stack, faults: Faults, s: Settings) -> Span:
     """The kernel's OOM killer ends a pool process mid-run: chaos-1's memory is limited
-    (``docker update --memory``, cgroup v1, no swap) to what it uses plus ``oom_margin``
+    (``docker update --memory``, no swap) to what it uses plus ``oom_margin``
     MiB, and eight quick ``chaos.hog`` tasks are submitted (packed four to a message
     once four more have measured the type's run time) whose second allocates until
     killed (on its first run only). The limit is raised again (4 GiB: a limit
@@ -410,7 +410,7 @@ def oom_kill(stack: Stack, faults: Faults, s: Settings) -> Span:
     faults.submitted += warm
     faults.other_type.update(warm)
     _until(lambda: _finals(stack, warm) == len(warm), 30)
-    usage = int(stack.exec(worker, "cat", f"{MEMORY_CGROUP}/memory.usage_in_bytes"))
+    usage = int(_cgroup(stack, worker, "memory.usage_in_bytes", "memory.current"))
     limit = usage + (s.oom_margin << 20)
     kills_before = _oom_kills(stack, worker)
     stack.docker("update", "--memory", str(limit), "--memory-swap", str(limit), service=worker)
@@ -443,10 +443,19 @@ def oom_kill(stack: Stack, faults: Faults, s: Settings) -> Span:
     return start, end
 
 
+def _cgroup(stack: Stack, worker: str, v1: str, v2: str) -> str:
+    """A file of ``worker``'s memory cgroup as the container sees it: ``v1`` of cgroup
+    v1's memory controller, else ``v2`` of cgroup v2 (not tried yet: this machine has v1)."""
+    try:
+        return stack.exec(worker, "cat", f"/sys/fs/cgroup/memory/{v1}")
+    except subprocess.CalledProcessError:
+        return stack.exec(worker, "cat", f"/sys/fs/cgroup/{v2}")
+
+
 def _oom_kills(stack: Stack, worker: str) -> int:
-    """The OOM kills in ``worker``'s memory cgroup so far (``oom_kill`` of cgroup v1's
-    ``memory.oom_control``)."""
-    text = stack.exec(worker, "cat", f"{MEMORY_CGROUP}/memory.oom_control")
+    """The OOM kills in ``worker``'s memory cgroup so far (the ``oom_kill`` line of
+    ``memory.oom_control``, cgroup v1, or ``memory.events``, v2)."""
+    text = _cgroup(stack, worker, "memory.oom_control", "memory.events")
     found = re.search(r"^oom_kill (\d+)$", text, re.MULTILINE)
     return int(found.group(1)) if found else 0
 

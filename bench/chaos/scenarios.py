@@ -535,7 +535,8 @@ def full_disk(stack: Stack, faults: Faults, s: Settings) -> Span:
         f"{(end - start).total_seconds():.0f} s; "
         f"PostgreSQL logged {log.count('No space left on device')} 'No space left on device', "
         f"{log.count('could not extend file')} 'could not extend file', "
-        f"{log.count('PANIC')} PANIC"
+        f"{log.count('could not write init file')} 'could not write init file' (a new "
+        f"session refused), {log.count('PANIC')} PANIC"
     )
     return start, end
 

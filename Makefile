@@ -150,7 +150,8 @@ docker-smoke: $(STAMP)
 ##        restart, Redis restarted empty or frozen, a worker frozen past its lease, every
 ##        backend terminated, a worker cut off PostgreSQL or Redis, a read-only failover,
 ##        the connections taken, repeated kills, the sweeper killed, a long transaction or
-##        read); a row per scenario from a ledger outside the task table; fails if a task
+##        read, a pool process OOM-killed, PostgreSQL's disk full, faults inside
+##        finalizers); a row per scenario from a ledger outside the task table; fails if a task
 ##        is lost, completed twice, ran beside itself or broke its limit, or a worker the
 ##        fault hindered never worked again.
 ##        SCENARIOS=crash_recovery,broker_pause runs those only (see .ci/docker-chaos).

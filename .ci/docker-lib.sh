@@ -73,5 +73,29 @@ free_port() {
 }
 secret() { python3 -c "import secrets; print(secrets.token_urlsafe(${1:-16}))"; }
 
+# full_disk's disk (bench/chaos/scenarios.py): PostgreSQL's data on an ext4 of its own
+# (a sparse 4 GiB file in WORK, loop-mounted), which the scenario fills and empties
+# again: `mount_pg_disk WORK ENV_FILE` after the images are built sets pg_disk (the mount
+# point; empty where it cannot be done: not root, no loop device) and adds CHAOS_PG_DISK
+# (the data folder) to ENV_FILE; `umount_pg_disk` after the stack is down. Elsewhere
+# the data stays on the named volume and full_disk says so.
+pg_disk=""
+mount_pg_disk() {
+    local work=$1 env_file=$2
+    if [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null \
+        && truncate -s 4G "$work/pgdisk.img" && mkfs.ext4 -q -m 0 -F "$work/pgdisk.img" \
+        && mkdir "$work/pgdisk" && mount -o loop "$work/pgdisk.img" "$work/pgdisk" 2>/dev/null
+    then
+        pg_disk="$work/pgdisk"
+        mkdir "$pg_disk/data"
+        chown "$(docker run --rm batchtasks-smoke-postgres:latest id -u)" "$pg_disk/data"
+        echo "CHAOS_PG_DISK=$pg_disk/data" >> "$env_file"
+        say "PostgreSQL's data on a 4 GiB ext4 of its own ($pg_disk)"
+    else
+        say "no file system of its own for PostgreSQL's data here: full_disk cannot run"
+    fi
+}
+umount_pg_disk() { [ -z "$pg_disk" ] || umount "$pg_disk" || true; }
+
 # The legacy builder: compose v1 with BuildKit off.
 export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0

@@ -13,6 +13,12 @@ set), written on a connection of its own, in autocommit, with the database's clo
 - ``chaos.finals``: one row each time the task's finalizer is called (once per final
   outcome), with the state it saw.
 
+Two more types serve single scenarios: ``chaos.hog`` (oom_kill), packed four tasks to a
+message and consumed by chaos-1 only, whose task with ``params["hog"]`` allocates memory
+on its first run until the kernel kills its process; and ``chaos.hooked``
+(finalizer_faults), whose finalizer takes ``HOOKED_FINALIZER_SECONDS`` after writing its
+row, then its webhook (``$CHAOS_WEBHOOK_URL``, plugins/soak_receiver.py) is posted.
+
 A ledger write that fails (PostgreSQL restarting, its backend terminated) is retried
 on a new connection for up to ``LEDGER_PATIENCE`` seconds: the ledger must miss no run.
 So that it can, its session writes whatever the server's default (a read-only
@@ -26,9 +32,11 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -98,17 +106,19 @@ def _ledger() -> psycopg.Connection[Any]:
     return _connection
 
 
-def ledger_write(sql: str, args: Callable[[], tuple[Any, ...]] | tuple[Any, ...]) -> None:
-    """Run one ledger statement, reconnecting until it succeeds or patience runs out.
-    Statements are idempotent (keyed by a token of the caller's): one that did commit
-    before its connection broke may run again. ``args`` may be a function, called for
-    each try."""
+def ledger_write(
+    sql: str, args: Callable[[], tuple[Any, ...]] | tuple[Any, ...]
+) -> list[tuple[Any, ...]]:
+    """Run one ledger statement, reconnecting until it succeeds or patience runs out; its
+    rows, if it returns any. Statements are idempotent (keyed by a token of the
+    caller's): one that did commit before its connection broke may run again. ``args``
+    may be a function, called for each try."""
     global _connection
     deadline = time.monotonic() + LEDGER_PATIENCE
     while True:
         try:
-            _ledger().execute(sql, args() if callable(args) else args)
-            return
+            cursor = _ledger().execute(sql, args() if callable(args) else args)
+            return cursor.fetchall() if cursor.description else []
         except psycopg.OperationalError:
             if _connection is not None:
                 _connection.close()
@@ -195,7 +205,76 @@ def end_run(token: uuid.UUID, outcome: str) -> None:
     )
 
 
-@finalizer(TYPE, FLAKY)
+HOG = "chaos.hog"
+#: Tasks of ``chaos.hog`` in one message.
+HOG_PACK = 4
+#: What a hog allocates at most (MiB) before it gives up: no memory limit killed it.
+HOG_CAP = 2048
+
+
+@batchtask(
+    HOG,
+    tasks_per_message=HOG_PACK,
+    max_lost_runs=10,
+    description="Sleep like chaos.work; with params['hog'], allocate until killed first.",
+)
+class Hog(BatchTaskPlugin):
+    """Like ``chaos.work``; with ``params["hog"]`` its first run (the ledger has no
+    earlier one of the task) allocates memory after ``seconds``, 16 MiB every 20 ms,
+    until the kernel's OOM killer ends its process (which it marks its first choice,
+    ``oom_score_adj`` 1000); past ``HOG_CAP`` MiB it fails
+    (``MemoryError``: nothing limited its memory)."""
+
+    def run(self, params: dict[str, Any] | None) -> dict[str, Any]:
+        params = params or {}
+        if not params.get("hog") or earlier_runs(self.task_id):
+            return sleep_recorded(self, float(params.get("seconds", 0.2)))
+        token = begin_run(self.task_id, self.attempt)
+        time.sleep(float(params.get("seconds", 0.2)))
+        # The OOM killer's first choice in its cgroup, not the worker's main process.
+        Path("/proc/self/oom_score_adj").write_text("1000")
+        hoard = []
+        for _ in range(HOG_CAP // 16):
+            hoard.append(b"\x01" * (16 << 20))  # written: resident at once
+            time.sleep(0.02)
+        end_run(token, MemoryError.__name__)
+        print(f"chaos.hog: {HOG_CAP} MiB and not killed", file=sys.stderr)
+        raise MemoryError(f"task {self.task_id} allocated {len(hoard) * 16} MiB unharmed")
+
+
+def earlier_runs(task_id: int) -> int:
+    """How many runs of the task the ledger has (a lost one included)."""
+    rows = ledger_write("SELECT count(*) FROM chaos.runs WHERE task_id = %s", (task_id,))
+    return int(rows[0][0])
+
+
+HOOKED = "chaos.hooked"
+#: How long ``chaos.hooked``'s finalizer takes after writing its row: a fault can strike
+#: while it runs, before its webhook and its record.
+HOOKED_FINALIZER_SECONDS = 1.0
+
+
+@batchtask(
+    HOOKED,
+    max_lost_runs=10,
+    webhook=os.environ.get("CHAOS_WEBHOOK_URL") or None,
+    description="Sleep like chaos.work; a slow finalizer, then a webhook.",
+)
+class Hooked(BatchTaskPlugin):
+    """Like ``chaos.work``; its finalizer and webhook are the finalizer_faults' target."""
+
+    def run(self, params: dict[str, Any] | None) -> dict[str, Any]:
+        return sleep_recorded(self, float((params or {}).get("seconds", 0.2)))
+
+
+@finalizer(HOOKED)
+def record_final_slowly(task: BatchTask) -> None:
+    """``record_final``, then ``HOOKED_FINALIZER_SECONDS`` more inside the finalizer."""
+    record_final(task)
+    time.sleep(HOOKED_FINALIZER_SECONDS)
+
+
+@finalizer(TYPE, FLAKY, HOG)
 def record_final(task: BatchTask) -> None:
     """Note the final outcome in ``chaos.finals`` (a second row is a second completion)."""
     ledger_write(

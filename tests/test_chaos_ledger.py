@@ -158,3 +158,29 @@ def test_priority_starvation_notes_how_many_low_tasks_started_and_the_longest_wa
         "priority 0 (aging 0.3 s a point): 2 of 5 started during the 60 s flood at "
         "priority 100 (540 tasks), the last after 33.2 s"
     )
+
+
+def test_a_repeated_finalizer_call_is_twice_unless_the_fault_struck_finalizers() -> None:
+    finals = [final(1, 2), final(1, 32), final(2, 3)]
+    plain = verdict([1, 2], [run(1, 1, 2), run(2, 1, 3)], finals, Faults())
+    assert (plain.twice, plain.repeats) == (1, 1)
+    struck = Faults(finalizers_struck=True)
+    row = verdict([1, 2], [run(1, 1, 2), run(2, 1, 3)], finals, struck)
+    assert (row.twice, row.repeats) == (0, 1)
+    assert row.invariants_hold
+
+
+def test_two_outcomes_finalized_are_twice_even_where_the_fault_struck_finalizers() -> None:
+    second = Final(1, 2, "succeeded", at(5))
+    row = verdict([1], [run(1, 1, 2), run(1, 3, 4, attempt=2)], [final(1, 2), second],
+                  Faults(finalizers_struck=True))  # fmt: skip
+    assert (row.twice, row.repeats) == (1, 0)
+    assert not row.invariants_hold
+
+
+def test_what_a_scenarios_own_check_found_broken_fails_it() -> None:
+    faults = Faults()
+    faults.broken.append("the hog ran 3 times")
+    row = verdict([1], [run(1, 1, 2)], [final(1, 2)], faults)
+    assert row.broken == 1
+    assert not row.invariants_hold

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .ledger import Faults, Final, Row, Run, Window, judge
-from .scenarios import AFTERWARDS, QUICK, SCENARIOS, Settings
+from .scenarios import AFTERWARDS, CHECKS, QUICK, SCENARIOS, Settings
 from .stack import Stack
 
 #: Seconds each task sleeps; tasks kept submitted and unfinished.
@@ -73,6 +73,8 @@ def run_scenario(stack: Stack, name: str, s: Settings, window: float, limit: int
     drain_bound = stack.now() + timedelta(seconds=max(60.0, 3 * s.settle))
     while stack.now() < drain_bound and _unfinished(stack, submitted):
         time.sleep(0.5)
+    if name in CHECKS:
+        CHECKS[name](stack, faults, s)
     end_bound = stack.now()
     if name in AFTERWARDS:
         AFTERWARDS[name](stack)
@@ -99,7 +101,7 @@ def run_scenario(stack: Stack, name: str, s: Settings, window: float, limit: int
         ),
         limit=limit,
     )
-    _print_row(row, s, faults.notes)
+    _print_row(row, s, faults.notes + [f"BROKEN: {b}" for b in faults.broken])
     _keep(name, runs, finals, faults, fault)
     return row
 
@@ -115,6 +117,7 @@ def _keep(name: str, runs: list[Any], finals: list[Any], faults: Faults, fault: 
         "gone": [[host, pid, at] for (host, pid), at in faults.gone.items()],
         "hindered": faults.hindered,
         "notes": faults.notes,
+        "broken": faults.broken,
         "runs": runs,
         "finals": finals,
     }
@@ -166,6 +169,8 @@ def _print_row(row: Row, s: Settings, notes: list[str]) -> None:
         "-" if row.during_percent is None else f"{row.during_percent:.0f}",
     )  # fmt: skip
     print(" | ".join(str(v).rjust(w) for v, (_, w) in zip(values, COLUMNS, strict=True)))
+    if row.repeats:
+        notes = [*notes, f"{row.repeats} finalizer calls repeated an outcome's"]
     for note in notes:
         print(f"    {row.scenario}: {note}")
     sys.stdout.flush()

@@ -67,6 +67,13 @@ class Faults:
     #: Those of them of another type than the load's, whose runs the load's limit does
     #: not count
     other_type: set[int] = field(default_factory=set)
+    #: The fault struck finalizers mid-call: an outcome's finalizer may be called again
+    #: (side effects are at least once), which is a repeat, not a second completion
+    finalizers_struck: bool = False
+    #: What a scenario's own check found broken, a sentence each (fails the scenario)
+    broken: list[str] = field(default_factory=list)
+    #: What a scenario hands its own check (``scenarios.CHECKS``)
+    context: dict[str, Any] = field(default_factory=dict)
 
 
 def executed(
@@ -169,12 +176,23 @@ class Row:
     rejoin: float | None = None
     #: Hindered workers that started no run after their fault by the end bound.
     stuck: int = 0
+    #: Finalizer calls beyond the first of one outcome (task and attempt).
+    repeats: int = 0
+    #: What the scenario's own check found broken.
+    broken: int = 0
 
     @property
     def invariants_hold(self) -> bool:
         """No task lost, none completed twice, none beside itself, the limit kept, no
-        worker stuck after its fault."""
-        return not (self.lost or self.twice or self.overlaps or self.limit_breaks or self.stuck)
+        worker stuck after its fault, nothing the scenario checks itself broken."""
+        return not (
+            self.lost
+            or self.twice
+            or self.overlaps
+            or self.limit_breaks
+            or self.stuck
+            or self.broken
+        )
 
 
 @dataclass(frozen=True)
@@ -210,7 +228,7 @@ def judge(
         submitted=len(ids),
         succeeded=sum(1 for fs in per_task.values() if any(f.state == "succeeded" for f in fs)),
         lost=len(ids - per_task.keys()),
-        twice=sum(1 for fs in per_task.values() if len(fs) > 1),
+        twice=sum(1 for fs in per_task.values() if _completions(fs, faults) > 1),
         overlaps=len(overlapping_tasks(runs, faults, window.end_bound)),
         limit_breaks=limit_breaks(
             [r for r in runs if r.task_id not in faults.other_type], faults, window.end_bound, limit
@@ -220,7 +238,15 @@ def judge(
         during_percent=_ratio(finals, window.before, window.fault),
         remnant=longest_remnant(runs, faults, window.end_bound),
         **rejoins(runs, faults, window.end_bound),
+        repeats=sum(len(fs) - len({f.attempt for f in fs}) for fs in per_task.values()),
+        broken=len(faults.broken),
     )
+
+
+def _completions(finals: Sequence[Final], faults: Faults) -> int:
+    """How many times a task was completed: each finalizer call, or each outcome (task
+    and attempt) finalized where the fault struck the finalizers and a call may repeat."""
+    return len({f.attempt for f in finals}) if faults.finalizers_struck else len(finals)
 
 
 def rejoins(runs: Sequence[Run], faults: Faults, end_bound: datetime) -> dict[str, Any]:

@@ -16,14 +16,21 @@ logger = logging.getLogger("bench.chaos")
 
 
 class Load(threading.Thread):
-    """Submit ``chaos.work`` tasks of ``seconds`` each, ``backlog`` ahead of the finals."""
+    """Submit ``chaos.work`` tasks (or of ``type_name``) of ``seconds`` each, ``backlog``
+    ahead of the finals."""
 
     def __init__(
-        self, stack: Stack, *, backlog: int, seconds: float, priority: int | None = None
+        self,
+        stack: Stack,
+        *,
+        backlog: int,
+        seconds: float,
+        priority: int | None = None,
+        type_name: str = "chaos.work",
     ) -> None:
         super().__init__(name="chaos-load", daemon=True)
         self.stack, self.backlog, self.seconds = stack, backlog, seconds
-        self.priority = priority
+        self.priority, self.type_name = priority, type_name
         self.submitted: list[int] = []
         self.errors = 0
         self._halt = threading.Event()
@@ -61,7 +68,9 @@ class Load(threading.Thread):
         from batchtasks import BatchTask
 
         try:
-            task = BatchTask.submit("chaos.work", {"seconds": self.seconds}, priority=self.priority)
+            task = BatchTask.submit(
+                self.type_name, {"seconds": self.seconds}, priority=self.priority
+            )
         except Exception as exc:  # any fault of the stack: try again later
             self.errors += 1
             logger.debug("submit failed: %r", exc)

@@ -5,11 +5,16 @@ The fault's end is when the harm is undone and the service answers again."""
 
 from __future__ import annotations
 
+import errno
+import os
 import random
+import re
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from .ledger import Faults, Span
 from .stack import DRIVER, Stack
@@ -43,6 +48,12 @@ class Settings:
     #: How long two workers' wall clocks are off (clock_skew), and by how much.
     skew_for: float = 60.0
     skew: float = 3600.0
+    #: How long PostgreSQL's disk stays full (full_disk).
+    disk_full: float = 20.0
+    #: How much memory above what it uses a worker may take (oom_kill), in MiB.
+    oom_margin: int = 128
+    #: How long finalizers are struck at (finalizer_faults).
+    finalizer_faults_for: float = 20.0
 
     @property
     def settle(self) -> float:
@@ -390,6 +401,323 @@ def _clock_off(stack: Stack, worker: str) -> float:
     return there - stack.now().timestamp()
 
 
+#: The worker that takes ``chaos.hog`` (docker/compose.chaos.yaml), whose memory oom_kill
+#: limits.
+OOM_WORKER = "chaos-1"
+#: How long each chaos.hog task sleeps (before the hog allocates).
+HOG_SECONDS = 0.05
+
+
+def oom_kill(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """The kernel's OOM killer ends a pool process mid-run: chaos-1's memory is limited
+    (``docker update --memory``, no swap) to what it uses plus ``oom_margin``
+    MiB, and eight quick ``chaos.hog`` tasks are submitted (packed four to a message
+    once four more have measured the type's run time) whose second allocates until
+    killed (on its first run only). The limit is raised again (4 GiB: a limit
+    cannot be removed) once the process is gone. The check: the hog ran exactly twice
+    (a lost run, then a success), its neighbours exactly once."""
+    from batchtasks import BatchTask
+    from plugins.chaos import HOG, HOG_PACK
+
+    worker = OOM_WORKER
+    # Four quick ones first: the type's run time measured, its backlog shares messages.
+    warm = [int(t.pk) for t in BatchTask.submit_many(HOG, [{"seconds": HOG_SECONDS}] * 4)]
+    faults.submitted += warm
+    faults.other_type.update(warm)
+    _until(lambda: _finals(stack, warm) == len(warm), 30)
+    usage = int(_cgroup(stack, worker, "memory.usage_in_bytes", "memory.current"))
+    limit = usage + (s.oom_margin << 20)
+    kills_before = _oom_kills(stack, worker)
+    stack.docker("update", "--memory", str(limit), "--memory-swap", str(limit), service=worker)
+    start = stack.now()
+    params: list[dict[str, Any]] = [{"seconds": HOG_SECONDS} for _ in range(2 * HOG_PACK)]
+    params[1]["hog"] = True
+    ids = [int(t.pk) for t in BatchTask.submit_many(HOG, params)]
+    faults.submitted += ids
+    faults.other_type.update(ids)
+    faults.context.update(hog=ids[1], neighbours=[ids[0], *ids[2:]])
+    _until(lambda: _oom_kills(stack, worker) > kills_before, 60)
+    kills = _oom_kills(stack, worker) - kills_before
+    first = stack.query(
+        "SELECT pid FROM chaos.runs WHERE task_id = %s AND ended_at IS NULL "
+        "ORDER BY started_at LIMIT 1",
+        (ids[1],),
+    )
+    if first:  # the ledger's end of the killed run: when its process is seen gone
+        pid = int(first[0][0])
+        _until(lambda: not stack.alive(worker, pid), 30)
+        faults.gone[(worker, pid)] = stack.now()
+    stack.docker("update", "--memory", "4g", "--memory-swap", "4g", service=worker)
+    end = stack.now()
+    faults.notes.append(
+        f"{worker} limited to {limit >> 20} MiB ({usage >> 20} MiB in use): the kernel's "
+        f"OOM killer killed {kills} process(es) there (memory.oom_control)"
+    )
+    if not kills:
+        faults.broken.append(f"no OOM kill in {worker} within 60 s")
+    return start, end
+
+
+def _cgroup(stack: Stack, worker: str, v1: str, v2: str) -> str:
+    """A file of ``worker``'s memory cgroup as the container sees it: ``v1`` of cgroup
+    v1's memory controller, else ``v2`` of cgroup v2 (not tried yet: this machine has v1)."""
+    try:
+        return stack.exec(worker, "cat", f"/sys/fs/cgroup/memory/{v1}")
+    except subprocess.CalledProcessError:
+        return stack.exec(worker, "cat", f"/sys/fs/cgroup/{v2}")
+
+
+def _oom_kills(stack: Stack, worker: str) -> int:
+    """The OOM kills in ``worker``'s memory cgroup so far (the ``oom_kill`` line of
+    ``memory.oom_control``, cgroup v1, or ``memory.events``, v2)."""
+    text = _cgroup(stack, worker, "memory.oom_control", "memory.events")
+    found = re.search(r"^oom_kill (\d+)$", text, re.MULTILINE)
+    return int(found.group(1)) if found else 0
+
+
+def check_oom_kill(stack: Stack, faults: Faults, s: Settings) -> None:
+    """The hog's first run ended as a lost run and it ran again once; its neighbours
+    ran once each (none given back ran twice, none was lost)."""
+    from batchtasks.models import BatchTask
+
+    hog, neighbours = faults.context["hog"], faults.context["neighbours"]
+    table = BatchTask._meta.db_table
+    rows = stack.query(
+        f"SELECT id, state, attempt, lost_runs FROM {table} WHERE id = ANY(%s)",
+        ([hog, *neighbours],),
+    )
+    tasks = {int(r[0]): r[1:] for r in rows}
+    runs: dict[int, list[tuple[str, int, str | None]]] = {t: [] for t in [hog, *neighbours]}
+    for task_id, host, pid, outcome in stack.query(
+        "SELECT task_id, host, pid, outcome FROM chaos.runs WHERE task_id = ANY(%s) "
+        "ORDER BY started_at",
+        ([hog, *neighbours],),
+    ):
+        runs[int(task_id)].append((host, int(pid), outcome))
+    killed = runs[hog][0][:2] if runs[hog] else None
+    beside = [n for n in neighbours if any(r[:2] == killed for r in runs[n])]
+    faults.notes.append(
+        f"neighbours that ran in the killed process (its message, before the hog): {beside}"
+    )
+    state, attempt, lost = tasks.get(hog, (None, None, None))
+    faults.notes.append(
+        f"the hog (task {hog}) ran {len(runs[hog])} times, ended {state}, attempt {attempt}, "
+        f"{lost} lost run(s); its neighbours ran {[len(runs[n]) for n in neighbours]} times, "
+        f"ended {sorted({tasks[n][0] for n in neighbours if n in tasks})}, attempts and lost "
+        f"runs {[tasks[n][1:] for n in neighbours if n in tasks]}"
+    )
+    if (len(runs[hog]), state, lost) != (2, "succeeded", 1):
+        faults.broken.append(f"the hog ran {len(runs[hog])} times, ended {state}, {lost} lost runs")
+    twice = [n for n in neighbours if len(runs[n]) != 1]
+    if twice:
+        faults.broken.append(f"neighbours {twice} did not run exactly once")
+
+
+def full_disk(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """PostgreSQL's disk full for ``disk_full`` seconds: its data directory is on a file
+    system of its own (``CHAOS_PG_DISK``, a loop-mounted ext4 of .ci/docker-chaos), which
+    a file of the driver's fills to the last block (``fallocate``, then written until
+    ``ENOSPC``); then the file is removed. Every write that needs a new block fails
+    (``could not extend file``, SQLSTATE 53100) meanwhile; every worker must work again
+    after."""
+    data = os.environ.get("CHAOS_PG_DISK")
+    if not data:
+        raise RuntimeError(
+            "full_disk needs PostgreSQL's data on a file system of its own (CHAOS_PG_DISK, "
+            "which .ci/docker-chaos sets where it can mount one)"
+        )
+    fills = [os.path.join(data, "chaos-fill"), os.path.join(data, "chaos-fill-rest")]
+    start = stack.now()
+    disk = os.statvfs(data)
+    # All but 16 MiB at once (the file's own extents take blocks too), the rest written.
+    size = max(disk.f_bavail * disk.f_frsize - (16 << 20), 0)
+    try:
+        with open(fills[0], "wb") as fh:
+            os.posix_fallocate(fh.fileno(), 0, size)
+        rest = _fill_up(fills[1])
+        left = os.statvfs(data).f_bavail
+        time.sleep(s.disk_full)
+    finally:
+        for path in fills:
+            if os.path.exists(path):
+                os.unlink(path)
+    end = stack.now()
+    for worker in stack.workers:
+        faults.hindered[worker].append((start, end))
+    log = stack.logs("postgres", start)
+    faults.notes.append(
+        f"{(size + rest) >> 20} MiB filled ({left} blocks left) for "
+        f"{(end - start).total_seconds():.0f} s; "
+        f"PostgreSQL logged {log.count('No space left on device')} 'No space left on device', "
+        f"{log.count('could not extend file')} 'could not extend file', "
+        f"{log.count('could not write init file')} 'could not write init file' (a new "
+        f"session refused), {log.count('PANIC')} PANIC"
+    )
+    return start, end
+
+
+def _fill_up(path: str) -> int:
+    """Write ``path`` until its file system has no block left; how many bytes it took."""
+    written = 0
+    chunk = b"\0" * 4096
+    with open(path, "wb", buffering=0) as fh:
+        while True:
+            try:
+                written += fh.write(chunk) or 0
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                return written
+
+
+def finalizer_faults(stack: Stack, faults: Faults, s: Settings) -> Span:
+    """Faults while finalizers run, for ``finalizer_faults_for`` seconds beside a load of
+    ``chaos.hooked`` (a finalizer that takes a second after its ledger row, then a
+    webhook to the receiver): first the worker running a finalizer right now is
+    SIGKILLed (started again 2 s later), then, five times, every backend but the
+    driver's is terminated 0.8 s into a running finalizer (before it records). The check
+    (once every outcome is recorded): each outcome's finalizer and webhook called at
+    least once, and recorded exactly once (a trigger on the task table counts each
+    ``pending`` to done or failed); repeated calls are counted, not failures."""
+    from batchtasks.models import BatchTask
+    from plugins.chaos import HOOKED
+
+    from .load import Load
+
+    faults.finalizers_struck = True
+    stack.execute(RECORDS.format(table=BatchTask._meta.db_table))
+    hooked = Load(stack, backlog=6, seconds=0.2, type_name=HOOKED)
+    hooked.start()
+    start = stack.now()
+    deadline = time.monotonic() + s.finalizer_faults_for
+    struck: list[tuple[str, int]] = []
+    found = _finalizing(stack, hooked.submitted, wait=s.finalizer_faults_for)
+    if found is not None:
+        struck.append(found[:2])
+        _kill_and_restart(stack, faults, found[0])
+    for _ in range(5):
+        found = _finalizing(stack, hooked.submitted, wait=max(deadline - time.monotonic(), 5))
+        if found is None:
+            continue
+        time.sleep(max(0.0, 0.8 - found[2]))
+        struck.append(found[:2])
+        pg_backend_kill(stack, faults, s)
+    time.sleep(max(0.0, deadline - time.monotonic()))
+    ids = hooked.stop()
+    end = stack.now()
+    faults.submitted += ids
+    faults.other_type.update(ids)
+    faults.context["hooked"] = ids
+    reconnects = sum(
+        stack.logs(w, start).count("database connection lost; reconnecting") for w in stack.workers
+    )
+    faults.notes.append(
+        f"{len(ids)} chaos.hooked tasks; a worker killed in the finalizer of task "
+        f"{struck[0][1] if struck else '-'}, backends terminated in those of "
+        f"{[t for _, t in struck[1:]]}; the workers logged {reconnects} reconnects"
+    )
+    return start, end
+
+
+#: A trigger that notes each record of an outcome's finalizers in chaos.records.
+RECORDS = """
+CREATE TABLE IF NOT EXISTS chaos.records (
+    task_id bigint NOT NULL, attempt int NOT NULL, state text NOT NULL,
+    number int NOT NULL, at timestamptz NOT NULL
+);
+TRUNCATE chaos.records;
+CREATE OR REPLACE FUNCTION chaos.note_record() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.finalize_state = 'pending' AND NEW.finalize_state <> 'pending' THEN
+        INSERT INTO chaos.records VALUES
+            (NEW.id, NEW.attempt, NEW.finalize_state, NEW.finalize_attempts, clock_timestamp());
+    END IF;
+    RETURN NEW;
+END $$;
+DROP TRIGGER IF EXISTS chaos_records ON {table};
+CREATE TRIGGER chaos_records AFTER UPDATE ON {table}
+    FOR EACH ROW EXECUTE FUNCTION chaos.note_record();
+"""
+
+
+def _finalizing(stack: Stack, ids: list[int], wait: float) -> tuple[str, int, float] | None:
+    """A worker in a finalizer of one of ``ids`` right now (its row written less than
+    0.5 s ago): its host, the task, and how long ago the row was written."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        rows = stack.query(
+            "SELECT host, task_id, extract(epoch FROM clock_timestamp() - at) FROM chaos.finals "
+            "WHERE task_id = ANY(%s) AND at > clock_timestamp() - interval '0.5 s' "
+            "ORDER BY at DESC LIMIT 1",
+            (list(ids),),
+        )
+        for host, task_id, age in rows:
+            if host in stack.workers:
+                return host, int(task_id), float(age)
+        time.sleep(0.05)
+    return None
+
+
+def check_finalizer_faults(stack: Stack, faults: Faults, s: Settings) -> None:
+    """Once every chaos.hooked outcome is recorded (at most a ``FINALIZE_LEASE`` and
+    30 s): each one's finalizer and webhook called at least once and its record written
+    exactly once; the repeats in the notes."""
+    from batchtasks.core.conf import get_settings
+    from batchtasks.models import BatchTask
+
+    ids, table = faults.context["hooked"], BatchTask._meta.db_table
+    deadline = time.monotonic() + get_settings().FINALIZE_LEASE + 30
+    while time.monotonic() < deadline and _pending(stack, table, ids):
+        time.sleep(1)
+    tasks = {
+        int(i): (a, st, fs, n)
+        for i, a, st, fs, n in stack.query(
+            f"SELECT id, attempt, state, finalize_state, finalize_attempts FROM {table} "
+            "WHERE id = ANY(%s)",
+            (ids,),
+        )
+    }
+    calls = _counts(stack, "chaos.finals", ids)
+    hooks = _counts(stack, "soak.webhooks", ids)
+    records = _counts(stack, "chaos.records", ids)
+    stack.execute(f"DROP TRIGGER IF EXISTS chaos_records ON {table}")
+    uncalled = [i for i in ids if not calls.get((i, tasks[i][0]))]
+    unhooked = [i for i in ids if not hooks.get((i, tasks[i][0]))]
+    unrecorded = [i for i in ids if records.get((i, tasks[i][0]), 0) != 1 or tasks[i][2] != "done"]
+    again = sum(n - 1 for n in calls.values() if n > 1)
+    hooks_again = sum(n - 1 for n in hooks.values() if n > 1)
+    claims = sum(1 for i in ids if tasks[i][3] > 1)
+    faults.notes.append(
+        f"finalizer calls {sum(calls.values())} for {len(ids)} outcomes ({again} repeats), "
+        f"webhook calls {sum(hooks.values())} ({hooks_again} repeats), "
+        f"records {sum(records.values())}; {claims} outcomes claimed more than once"
+    )
+    for what, found in (
+        ("finalizer never called", uncalled),
+        ("webhook never called", unhooked),
+        ("not recorded done exactly once", unrecorded),
+    ):
+        if found:
+            faults.broken.append(f"{what}: tasks {found[:10]} ({len(found)})")
+
+
+def _pending(stack: Stack, table: str, ids: list[int]) -> bool:
+    rows = stack.query(
+        f"SELECT count(*) FROM {table} WHERE id = ANY(%s) AND finalize_state = 'pending'", (ids,)
+    )
+    return int(rows[0][0]) > 0
+
+
+def _counts(stack: Stack, table: str, ids: list[int]) -> dict[tuple[int, int], int]:
+    """Rows of ``table`` by (task, attempt)."""
+    rows = stack.query(
+        f"SELECT task_id, attempt, count(*) FROM {table} WHERE task_id = ANY(%s) "
+        "GROUP BY task_id, attempt",
+        (ids,),
+    )
+    return {(int(t), int(a)): int(n) for t, a, n in rows}
+
+
 def _finals(stack: Stack, ids: list[int]) -> int:
     rows = stack.query(
         "SELECT count(DISTINCT task_id) FROM chaos.finals WHERE task_id = ANY(%s)", (ids,)
@@ -415,10 +743,19 @@ SCENARIOS: dict[str, Scenario] = {
     "priority_starvation": priority_starvation,
     "retry_storm": retry_storm,
     "clock_skew": clock_skew,
+    "oom_kill": oom_kill,
+    "full_disk": full_disk,
+    "finalizer_faults": finalizer_faults,
 }
 #: What to undo once a scenario's tasks are final (the driver calls it).
 AFTERWARDS: dict[str, Callable[[Stack], None]] = {
     "read_only_failover": writable_again,
+}
+#: What a scenario checks itself once its tasks are final (it may wait; the driver calls
+#: it before it takes the end bound), adding to ``Faults.notes`` and ``Faults.broken``.
+CHECKS: dict[str, Callable[[Stack, Faults, Settings], None]] = {
+    "oom_kill": check_oom_kill,
+    "finalizer_faults": check_finalizer_faults,
 }
 #: What `.ci/docker-chaos --quick` (make test) runs.
 QUICK = ("crash_recovery", "worker_paused", "pg_backend_kill")

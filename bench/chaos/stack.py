@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 
 from plugins.chaos import SCHEMA
+from plugins.soak_receiver import SCHEMA as WEBHOOKS
 
 DRIVER = "chaos-driver"
 
@@ -34,6 +35,16 @@ class Stack:
             check=True,
             stdout=subprocess.DEVNULL,
         )
+
+    def logs(self, service: str, since: datetime) -> str:
+        """What ``service``'s container wrote to its log (both streams) since ``since``."""
+        out = subprocess.run(
+            ["docker", "logs", "--since", since.isoformat(), self.containers[service]],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout + out.stderr
 
     def exec(self, service: str, *command: str) -> str:
         """``docker exec CONTAINER COMMAND...`` in ``service``'s container; its output."""
@@ -156,9 +167,11 @@ class Stack:
         return value
 
     def create_ledger(self) -> None:
-        """The ledger's schema, emptied (in a UTF-8 database, as an application's is)."""
+        """The ledger's schema and the webhook receiver's table, emptied (in a UTF-8
+        database, as an application's is)."""
         encoding = self.query("SHOW server_encoding")[0][0]
         if encoding != "UTF8":
             raise RuntimeError(f"The stack's database is encoded {encoding!r}, not 'UTF8'.")
         self.db().execute(SCHEMA)
-        self.db().execute("TRUNCATE chaos.runs, chaos.finals")
+        self.db().execute(WEBHOOKS)
+        self.db().execute("TRUNCATE chaos.runs, chaos.finals, soak.webhooks")

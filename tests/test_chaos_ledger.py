@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from bench.chaos.ledger import Faults, Final, Row, Run, Window, judge
+from bench.chaos.ledger import Faults, Final, Row, Run, Window, judge, runs_of
 from bench.chaos.scenarios import Settings, starvation_note
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -184,3 +184,16 @@ def test_what_a_scenarios_own_check_found_broken_fails_it() -> None:
     row = verdict([1], [run(1, 1, 2)], [final(1, 2)], faults)
     assert row.broken == 1
     assert not row.invariants_hold
+
+
+def test_a_run_the_ledger_never_saw_end_takes_the_end_its_host_noted() -> None:
+    rows = [
+        ("t1", 1, 1, "chaos-1", 10, at(1), None, None),  # stopped while cut off the ledger
+        ("t2", 2, 1, "chaos-1", 10, at(2), at(3), "done"),
+        ("t3", 3, 1, "chaos-2", 11, at(2), None, None),  # no note either: unknown end
+    ]
+    local = {"t1": ("TaskStopped", at(1.5)), "t2": ("done", at(9))}
+    one, two, three = runs_of(rows, local)
+    assert (one.ended, one.outcome) == (at(1.5), "TaskStopped")
+    assert (two.ended, two.outcome) == (at(3), "done")  # the ledger's own end stands
+    assert three.ended is None

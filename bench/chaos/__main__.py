@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .ledger import Faults, Final, Row, Run, Window, judge
+from .ledger import RUNS_SQL, Faults, Final, Row, Window, judge, runs_of
 from .scenarios import AFTERWARDS, CHECKS, QUICK, SCENARIOS, Settings
 from .stack import Stack
 
@@ -78,11 +78,7 @@ def run_scenario(stack: Stack, name: str, s: Settings, window: float, limit: int
     end_bound = stack.now()
     if name in AFTERWARDS:
         AFTERWARDS[name](stack)
-    runs = stack.query(
-        "SELECT task_id, attempt, host, pid, started_at, ended_at, outcome FROM chaos.runs "
-        "WHERE task_id = ANY(%s) ORDER BY started_at",
-        (submitted,),
-    )
+    runs = runs_of(stack.query(RUNS_SQL, (submitted,)), stack.local_ends())
     finals = stack.query(
         "SELECT task_id, attempt, state, at FROM chaos.finals WHERE task_id = ANY(%s) ORDER BY at",
         (submitted,),
@@ -90,7 +86,7 @@ def run_scenario(stack: Stack, name: str, s: Settings, window: float, limit: int
     row = judge(
         name,
         submitted=submitted,
-        runs=[Run(*r) for r in runs],
+        runs=runs,
         finals=[Final(*f) for f in finals],
         faults=faults,
         window=Window(

@@ -37,6 +37,29 @@ class Run:
     outcome: str | None = None
 
 
+#: The ledger's runs, with their tokens: ``runs_of(rows, stack.local_ends())``.
+RUNS_SQL = (
+    "SELECT token::text, task_id, attempt, host, pid, started_at, ended_at, outcome "
+    "FROM chaos.runs WHERE task_id = ANY(%s) ORDER BY started_at"
+)
+
+
+def runs_of(
+    rows: Iterable[Sequence[Any]], local_ends: dict[str, tuple[str, datetime]]
+) -> list[Run]:
+    """``Run``s of ``RUNS_SQL``'s rows. A run whose end the ledger never heard of (its
+    worker, cut off PostgreSQL, stopped it and was killed before the ledger answered)
+    takes the end its host noted (``plugins.chaos.note_end_locally``)."""
+    runs = []
+    for token, *row in rows:
+        run = Run(*row)
+        if run.ended is None and token in local_ends:
+            outcome, ended = local_ends[token]
+            run = Run(run.task_id, run.attempt, run.host, run.pid, run.started, ended, outcome)
+        runs.append(run)
+    return runs
+
+
 @dataclass(frozen=True)
 class Final:
     """One row of ``chaos.finals``: the finalizer saw the task final in ``state``."""

@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
-from plugins.chaos import SCHEMA
+from plugins.chaos import LOCAL_ENDS, SCHEMA
 from plugins.soak_receiver import SCHEMA as WEBHOOKS
 
 DRIVER = "chaos-driver"
@@ -45,6 +45,21 @@ class Stack:
             check=True,
         )
         return out.stdout + out.stderr
+
+    def local_ends(self) -> dict[str, tuple[str, datetime]]:
+        """The ends of runs the workers noted on their own hosts, by run token
+        (``plugins.chaos.note_end_locally``): outcome and time. A worker that cannot
+        be asked (gone) adds none."""
+        ends: dict[str, tuple[str, datetime]] = {}
+        for service in self.workers:
+            try:
+                text = self.exec(service, "sh", "-c", f"cat {LOCAL_ENDS} 2>/dev/null || true")
+            except subprocess.CalledProcessError:
+                continue
+            for line in text.splitlines():
+                token, outcome, when = line.split()
+                ends[token] = (outcome, datetime.fromtimestamp(float(when), UTC))
+        return ends
 
     def exec(self, service: str, *command: str) -> str:
         """``docker exec CONTAINER COMMAND...`` in ``service``'s container; its output."""

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.chaos.ledger import Final, Run
+from bench.chaos.ledger import RUNS_SQL, Final, runs_of
 from bench.chaos.scenarios import SCENARIOS, Settings
 from bench.chaos.stack import Stack
 
@@ -124,7 +124,7 @@ def main() -> int:
     _drain(stack, submissions, user, deadline)
     end_bound = stack.now()
     ids = [s.task_id for s in submissions]
-    runs = [Run(*r) for r in stack.query(_RUNS, (ids,))]
+    runs = runs_of(stack.query(RUNS_SQL, (ids,)), stack.local_ends())
     finals = [Final(*f) for f in stack.query(_FINALS, (ids,))]
     hooks = [Hook(*h) for h in stack.query(_HOOKS)]
     counts = judge(
@@ -168,10 +168,6 @@ def main() -> int:
     return 1 if counts.breaks else 0
 
 
-_RUNS = (
-    "SELECT task_id, attempt, host, pid, started_at, ended_at, outcome FROM chaos.runs "
-    "WHERE task_id = ANY(%s) ORDER BY started_at"
-)
 _FINALS = "SELECT task_id, attempt, state, at FROM chaos.finals WHERE task_id = ANY(%s) ORDER BY at"
 _HOOKS = "SELECT task_id, attempt, state, signed, at FROM soak.webhooks ORDER BY at"
 

@@ -118,3 +118,20 @@ def test_time_limits_strike_while_the_database_is_out_of_reach(
     assert (done.state, done.error.type) == (TaskState.FAILED, TIME_LIMIT)
     [(_, _, end)] = runs_of(record_dir, task.pk)
     assert end is None
+
+
+def test_a_run_does_not_start_once_its_claim_is_older_than_the_lease_allows() -> None:
+    """A claim whose answer waited out a partition: its lease may be gone already."""
+    from batchtasks.core.conf import get_settings
+    from batchtasks.worker import fencing, running
+
+    saved = running.claimed()
+    try:
+        running.note_claim(time.monotonic())
+        assert fencing.may_start()
+        running.note_claim(time.monotonic() - get_settings().LEASE_SECONDS)
+        assert not fencing.may_start()
+        running.note_claim(0.0)  # no claim of a worker's message (the test helpers)
+        assert fencing.may_start()
+    finally:
+        running.note_claim(saved)

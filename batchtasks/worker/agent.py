@@ -35,6 +35,7 @@ import psutil
 from django.db import close_old_connections, connections, router
 
 from ..core.conf import get_settings
+from ..core.registry import registry
 from ..core.states import TaskState
 from ..db.connections import close_state_connections, state_db
 from ..db.sql import Clock, Tables, states_sql
@@ -56,6 +57,14 @@ STOP_STEP_SECONDS = 0.1
 REACH_STEP_SECONDS = 0.5
 
 
+def declared_batch_queues(queues: list[str]) -> list[str]:
+    """The queues among ``queues`` that the task types in the code use (the database's
+    definitions may name others: ``WorkerAgent._batch_queues``)."""
+    declared = {spec.options.get("queue") for spec in registry}
+    prefix = get_settings().QUEUE_PREFIX
+    return [queue for queue in queues if queue.startswith(prefix) or queue in declared]
+
+
 class WorkerAgent:
     """See the module text."""
 
@@ -72,8 +81,9 @@ class WorkerAgent:
         self.concurrency = concurrency
         #: Celery's consumer of this worker (``None``: the broker is never paused).
         self.consumer = consumer
-        #: The batch queues among ``queues`` (read at start and at each dispatch pass).
-        self.batch_queues: list[str] = []
+        #: The batch queues among ``queues`` (read at start and at each dispatch pass;
+        #: until then, as the code declares them: the database may be out of reach).
+        self.batch_queues: list[str] = declared_batch_queues(queues)
         #: Whether consuming from them is paused: the database is out of reach.
         self.paused = False
         self._started_at = time.monotonic()

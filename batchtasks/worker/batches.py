@@ -102,10 +102,10 @@ class MessageRun:
     def run(self, i: int) -> bool:
         """Run ``i`` (or drop it if cancelled); False once the rest must not start."""
         claim = self.claims[i]
-        if i and not fencing.may_start_next():
+        if not fencing.may_start():
             logger.warning(
                 "batchtasks not starting task=%s attempt=%s and %d behind it: the lease of "
-                "their message could not be renewed",
+                "their message could not be renewed in time",
                 claim.task_id,
                 claim.attempt,
                 len(self.claims) - i - 1,

@@ -19,8 +19,9 @@ SIGKILL of the process and what it started, without waiting for the finishes it 
 unwritten (they cannot be written either). A fenced run writes nothing: its attempt
 stays the database's to end, as a lost run, by whichever worker reaches it first (this
 one once its heartbeat gets through, or another once the lease has run out), and the
-task runs again. A pool process does not start the next run of its message once that
-run's lease is that close to its end; those runs are lost runs too.
+task runs again. A pool process does not start a run of its message once that run's
+lease is that close to its end (the first too: a claim whose answer waited out a
+partition); those runs are lost runs too.
 
 With the default settings (30 s leases, a beat every 5 s, 5 s kill grace) a worker stops
 its runs 23.5 s after the last renewal it saw answered: five missed beats. A healthy
@@ -59,8 +60,9 @@ def stop_at(claimed: float) -> float:
     return lease_end - kill_grace() - margin()
 
 
-def may_start_next() -> bool:
-    """Whether this pool process may start the next run of its message (see above)."""
+def may_start() -> bool:
+    """Whether this pool process may start the next run of its message (see above); the
+    first too, in case the claim's answer came late (it waited out a partition)."""
     claimed = running.claimed()
     return not claimed or time.monotonic() < stop_at(claimed)
 

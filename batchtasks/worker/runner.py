@@ -37,7 +37,7 @@ from ..db.connections import reconnecting, state_db
 from ..models import BatchTask
 from ..services import events, leases
 from ..services.facts import TypeFacts, type_facts
-from . import identity, refills, running, stopping
+from . import fencing, identity, refills, running, stopping
 from .completions import after_end, measured, process_completions
 from .isolation import executor, process
 from .isolation.results import MAX_MESSAGE, MAX_TRACEBACK, check_result, error_type
@@ -119,6 +119,14 @@ def execute(
     if claim is None:
         logger.info(
             "batchtasks message dropped task=%s attempt=%s reason=not-queued", task_id, attempt
+        )
+        return None
+    if not fencing.may_start():  # the claim's answer came too late (``fencing``)
+        logger.warning(
+            "batchtasks not starting task=%s attempt=%s: its lease could not be renewed "
+            "in time",
+            task_id,
+            attempt,
         )
         return None
     facts = type_facts(claim.definition_id, claim.queue, db)

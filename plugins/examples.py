@@ -59,7 +59,8 @@ class Sleep(BatchTaskPlugin):
     ``catch_soft: true`` returns early, saying so, when the soft time limit strikes;
     ``swallow: true`` returns whatever is raised in it (a plugin that will not fail);
     ``pulse: true`` (with ``record``) notes ``<pid> <time>`` at each step of the sleep in
-    ``runs/<task id>.pulse``: when a run really stopped, whoever stopped it.
+    ``runs/<task id>.pulse``: when a run really stopped, whoever stopped it;
+    ``die: true`` SIGKILLs its own process once started (the kernel's OOM killer, say).
     """
 
     def run(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -68,6 +69,8 @@ class Sleep(BatchTaskPlugin):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         start = time.time()
         _record(params, self.task_id, "start", start)
+        if params.get("die"):
+            os.kill(os.getpid(), signal.SIGKILL)
         try:
             self._sleep(seconds, cooperate=params.get("cooperate", True), params=params)
         except SoftTimeLimitExceeded:

@@ -349,3 +349,26 @@ def test_the_finalizers_of_batched_finishes_run_holding_the_state_lock(
     in_pool = [call for call in calls if call[1] != "batchtasks-finalizers"]
     assert in_pool, calls
     assert [call[2] for call in in_pool] == ["1"] * len(in_pool), calls
+
+
+def test_the_tasks_behind_one_whose_process_died_are_given_back_not_lost(
+    start_worker, record_dir: Path
+) -> None:
+    """A pool process killed from outside (the kernel's OOM killer) while it runs a task
+    of a message: the tasks behind it never started, so they run again as they were,
+    not as lost runs (each death ate into their ``max_lost_runs``: one of them failed).
+    The task ahead of it ran, and its success, held to be written with the others, went
+    with the process: that is a lost run (``worker.batches``)."""
+    batched(per_message=4)
+    dying = {"seconds": 0, "record": True, "die": True}
+    tasks = BatchTask.submit_many("examples.sleep", [QUICK, dying, QUICK, QUICK])
+    start_worker("w", SLEEP, concurrency=1, env=FAST)
+
+    done = wait_final(*tasks, timeout=90)
+
+    assert done[1].state == TaskState.FAILED  # it dies each time: its lost runs run out
+    assert done[1].lost_runs == 3
+    for task in (done[2], done[3]):
+        assert task.state == TaskState.SUCCEEDED, task.error
+        assert (task.attempt, task.lost_runs) == (1, 0), task.pk
+        assert len(runs_of(record_dir, task.pk)) == 1

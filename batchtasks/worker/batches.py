@@ -30,7 +30,7 @@ from ..db.connections import reconnecting, state_db
 from ..models import BatchTask
 from ..services import events, leases
 from ..services.facts import type_facts
-from . import fencing, identity, notices, refills, stopping
+from . import fencing, identity, notices, refills, running, stopping
 from .completions import measured, process_completions
 from .progress import state_lock
 from .runner import RunnerContext, claim_runs, run_plugin, write_outcome
@@ -57,6 +57,7 @@ def execute_many(
             len(fences) - len(claims),
             len(fences),
         )
+    running.set_message([(c.task_id, c.attempt) for c in claims])  # if it dies: given back
     message = MessageRun(claims, worker, instance, db, heard)
     try:
         with message.completions.message():

@@ -37,7 +37,7 @@ from ..transport.publish import (
     parse_many_args,
     parse_message_id,
 )
-from .running import set_horizon
+from .running import runs_behind, set_horizon
 from .stopping import Stopper
 
 logger = logging.getLogger(__name__)
@@ -130,16 +130,20 @@ class Heartbeat:
             logger.warning("batchtasks cannot read the requests in hand; beat keeps all leases")
             renewed = transitions.renew_leases(instance, None, settings.LEASE_SECONDS, using=db)
         else:
-            missing = set()
+            missing, vanished = set(), []
             for attempt in running:
                 key = (attempt.task_id, attempt.attempt)
                 if key in held:
                     continue
                 if key not in self._missing:  # perhaps a finish held to be written
                     missing.add(key)
-                elif self._end_vanished(attempt, db):
-                    freed.add(attempt.queue)
+                else:
+                    vanished.append(attempt)
             self._missing = missing
+            freed |= self._give_back_unstarted(vanished, db)
+            for attempt in vanished:
+                if self._end_vanished(attempt, db):
+                    freed.add(attempt.queue)
             sent = time.monotonic()
             renewed = transitions.renew_leases(
                 instance, list(held), settings.LEASE_SECONDS, using=db
@@ -148,6 +152,21 @@ class Heartbeat:
         self._stop_what_must_stop(renewed, held, db)
         self.in_hand = len(held) if held is not None else len(renewed)
         return freed
+
+    def _give_back_unstarted(self, vanished: list[leases.HeldAttempt], db: str) -> set[str]:
+        """Of the attempts gone with their pool process, give back (``leases.give_back``)
+        those its message had not started yet, as its notes say (``running.runs_behind``):
+        they run again as they were, not as lost runs. Removed from ``vanished``."""
+        queues: set[str] = set()
+        for pid in {a.pid for a in vanished if a.pid is not None}:
+            behind = set(runs_behind(pid))
+            mine = [a for a in vanished if a.pid == pid and (a.task_id, a.attempt) in behind]
+            if not mine:
+                continue
+            fences = [transitions.Fence(a.task_id, a.attempt, a.instance) for a in mine]
+            queues |= leases.give_back(fences, pid, using=db)[0]
+            vanished[:] = [a for a in vanished if a not in mine]
+        return queues
 
     def _end_vanished(self, held: leases.HeldAttempt, db: str) -> bool:
         """End an attempt no pool process of this worker held at this beat nor the last."""

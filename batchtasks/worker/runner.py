@@ -123,8 +123,7 @@ def execute(
         return None
     if not fencing.may_start():  # the claim's answer came too late (``fencing``)
         logger.warning(
-            "batchtasks not starting task=%s attempt=%s: its lease could not be renewed "
-            "in time",
+            "batchtasks not starting task=%s attempt=%s: its lease could not be renewed in time",
             task_id,
             attempt,
         )

@@ -79,6 +79,43 @@ def set_running(
         _SLOT.pack_into(slot, 0, fence.task_id, fence.attempt, start, *limits, held, _claimed)
 
 
+def set_message(runs: list[tuple[int, int]]) -> None:
+    """Note the runs of the message of several runs this pool process takes now, in the
+    order it runs them (``<pid>.msg``): if the process dies, those behind the one its
+    slot names never started (``runs_behind``)."""
+    folder = identity.stop_dir()
+    if not folder:
+        return
+    text = " ".join(f"{task_id}:{attempt}" for task_id, attempt in runs)
+    with contextlib.suppress(OSError):
+        Path(folder, f"{os.getpid()}.msg").write_text(text)
+
+
+def _message_of(pid: int) -> list[tuple[int, int]]:
+    folder = identity.stop_dir()
+    try:
+        text = Path(folder, f"{pid}.msg").read_text() if folder else ""
+    except OSError:
+        return []
+    runs = []
+    for item in text.split():
+        task_id, _, attempt = item.partition(":")
+        if task_id.isdigit() and attempt.isdigit():
+            runs.append((int(task_id), int(attempt)))
+    return runs
+
+
+def runs_behind(pid: int) -> list[tuple[int, int]]:
+    """The runs of pool process ``pid``'s last message of several runs that it had not
+    started when last seen (main process): those behind the run its slot named. None
+    if either note is missing or they do not agree."""
+    slot = last_slot(pid)
+    runs = _message_of(pid) or _last_message.get(pid, [])
+    if slot is None or (slot.task_id, slot.attempt) not in runs:
+        return []
+    return runs[runs.index((slot.task_id, slot.attempt)) + 1 :]
+
+
 def note_claim(sent: float) -> None:
     """This process sent the claim of its next message at ``sent`` (monotonic s)."""
     global _claimed
@@ -177,12 +214,35 @@ def held_by(pid: int) -> int:
     return int(struct.unpack_from("<q", data, _HELD)[0]) if len(data) >= _SLOT.size else 0
 
 
+#: The last slots of pool processes whose files were removed (main process): what a
+#: process that died was running, for Celery's word of its death, which may come later.
+_last: dict[int, Slot] = {}
+_last_message: dict[int, list[tuple[int, int]]] = {}
+_LAST_KEPT = 64
+
+
 def forget(pid: int) -> None:
     """Remove the file of pool process ``pid``, which is gone (main process)."""
     path = _path(pid)
     if path is not None:
+        slot, message = slot_of(pid), _message_of(pid)
+        if slot is not None:
+            _last[pid] = slot
+            _last_message[pid] = message
+            while len(_last) > _LAST_KEPT:
+                oldest = next(iter(_last))
+                del _last[oldest]
+                _last_message.pop(oldest, None)
         with contextlib.suppress(OSError):
             path.unlink()
+        with contextlib.suppress(OSError):
+            path.with_suffix(".msg").unlink()
+
+
+def last_slot(pid: int) -> Slot | None:
+    """What pool process ``pid`` ran when it was last seen, gone or not (main process)."""
+    slot = slot_of(pid)
+    return slot if slot is not None else _last.get(pid)
 
 
 def prune(alive: Callable[[int], bool]) -> None:
@@ -192,8 +252,7 @@ def prune(alive: Callable[[int], bool]) -> None:
         return
     for path in Path(folder).glob("*.run"):
         if path.stem.isdigit() and not alive(int(path.stem)):
-            with contextlib.suppress(OSError):
-                path.unlink()
+            forget(int(path.stem))
 
 
 def _path(pid: int) -> Path | None:

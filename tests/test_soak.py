@@ -92,6 +92,24 @@ def test_one_outcome_finalized_twice_and_a_task_succeeding_twice_are_double_comp
     assert judge(ledgers(finals=two_successes)).twice == 1
 
 
+def test_a_finalizer_called_again_after_its_container_was_killed_is_a_repeat() -> None:
+    """Side effects at least once: a finalizer cut short by its container's kill, before
+    its run could be recorded, is called again (a lease later); not a second completion."""
+    calls = [replace(final(1, 2), host="w1"), replace(final(1, 62), host="w2")]
+    killed = Faults()
+    killed.killed["w1"].append(at(3))
+    counts = judge(ledgers(finals=calls, faults=killed, hooks=[hook(1, 2), hook(1, 62)],
+                           webhook_types=frozenset({"soak.open"})))  # fmt: skip
+    assert (counts.breaks, counts.finalizer_repeats) == ({}, 1)
+    # Killed before the first call, or another container's kill: twice all the same.
+    elsewhere = Faults()
+    elsewhere.killed["w2"].append(at(3))
+    early = Faults()
+    early.killed["w1"].append(at(1))
+    for faults in (elsewhere, early, Faults()):
+        assert judge(ledgers(finals=calls, faults=faults)).breaks == {"twice": 1}
+
+
 def test_two_runs_of_one_task_at_once_overlap() -> None:
     runs = [run(1, 1, 3), run(1, 2, 4, attempt=2, host="w2")]
     assert judge(ledgers(runs=runs)).breaks == {"overlaps": 1}

@@ -68,6 +68,8 @@ class Final:
     attempt: int
     state: str
     at: datetime
+    #: The container that called it ("" where not read).
+    host: str = ""
 
 
 @dataclass

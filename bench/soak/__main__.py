@@ -168,7 +168,10 @@ def main() -> int:
     return 1 if counts.breaks else 0
 
 
-_FINALS = "SELECT task_id, attempt, state, at FROM chaos.finals WHERE task_id = ANY(%s) ORDER BY at"
+_FINALS = (
+    "SELECT task_id, attempt, state, at, host FROM chaos.finals WHERE task_id = ANY(%s) "
+    "ORDER BY at"
+)
 _HOOKS = "SELECT task_id, attempt, state, signed, at FROM soak.webhooks ORDER BY at"
 
 

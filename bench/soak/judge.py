@@ -8,7 +8,10 @@ A task's *outcome* is one ``(task, attempt)`` its finalizer saw final; a retry m
 new one. The invariants (``Counts.breaks``), each counted:
 
 - **lost**: a task with no outcome by the drain's end (or none after its last retry);
-- **twice**: an outcome finalized more than once, or a task that succeeded twice;
+- **twice**: an outcome finalized more than once, or a task that succeeded twice; but a
+  finalizer called again after the container that called it was killed (before it could
+  record its run: side effects are at least once, the record exactly once) is a
+  **finalizer repeat**, counted apart and not a break;
 - **overlaps**, **limit breaks**: as the chaos test counts them (``bench/chaos/ledger.py``);
 - **webhooks missing / repeated**: an outcome of a webhook type not called exactly once;
   **webhooks stray**: a call for no outcome the finalizer saw; **unsigned** ones;
@@ -29,6 +32,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 from bench.chaos.ledger import Faults, Final, Run, limit_breaks, overlapping_tasks
@@ -105,6 +109,8 @@ class Counts:
     webhook_calls: int = 0
     api_requests: int = 0
     api_5xx_in_faults: int = 0
+    #: outcomes whose finalizer ran again because its container was killed after a call
+    finalizer_repeats: int = 0
     lost: int = 0
     twice: int = 0
     overlaps: int = 0
@@ -190,7 +196,9 @@ def judge(ledgers: Ledgers) -> Counts:
         t for t in tasks if not _final_after(per_task[t], max(retried.get(t, []), default=None))
     ]
     _note(counts, "lost", lost)
-    twice = [key for key, fs in per_outcome.items() if len(fs) > 1]
+    repeated = {key for key, fs in per_outcome.items() if _killed_after_each(fs, led.faults)}
+    counts.finalizer_repeats = len(repeated)
+    twice = [key for key, fs in per_outcome.items() if len(fs) > 1 and key not in repeated]
     twice += [
         (t, "succeeded twice")
         for t, fs in per_task.items()
@@ -203,12 +211,22 @@ def judge(ledgers: Ledgers) -> Counts:
         typed = [r for r in runs if tasks[r.task_id].type == type_name]
         breaks += [type_name] * limit_breaks(typed, led.faults, led.end_bound, limit)
     _note(counts, "limit_breaks", breaks)
-    _judge_webhooks(counts, led, tasks, per_outcome)
+    _judge_webhooks(counts, led, tasks, per_outcome, repeated)
     _judge_cancels(counts, led, runs, retried)
     _judge_skips(counts, runs, per_task, retried)
     _judge_times(counts, tasks, runs)
     _judge_api(counts, led)
     return counts
+
+
+def _killed_after_each(finals: Sequence[Final], faults: Faults) -> bool:
+    """Whether an outcome called its finalizer more than once only because each call but
+    the last was cut short: its container was killed between it and the next call."""
+    ordered = sorted(finals, key=lambda f: f.at)
+    return len(ordered) > 1 and all(
+        any(a.at <= kill <= b.at for kill in faults.killed.get(a.host, []))
+        for a, b in pairwise(ordered)
+    )
 
 
 def _retried_at(requests: Sequence[Request]) -> dict[int, list[datetime]]:
@@ -235,13 +253,18 @@ def _judge_webhooks(
     led: Ledgers,
     tasks: dict[int, Submission],
     per_outcome: dict[tuple[int, int], list[Final]],
+    repeated: set[tuple[int, int]],
 ) -> None:
     calls = Counter(
         (h.task_id, h.attempt) for h in led.hooks if h.task_id in tasks and h.attempt is not None
     )
     wanted = [key for key in per_outcome if tasks[key[0]].type in led.webhook_types]
     _note(counts, "webhooks_missing", [key for key in wanted if not calls.get(key)])
-    _note(counts, "webhooks_repeated", [key for key in wanted if calls.get(key, 0) > 1])
+    _note(
+        counts,
+        "webhooks_repeated",  # a finalizer repeat posts its webhook again too
+        [key for key in wanted if calls.get(key, 0) > 1 and key not in repeated],
+    )
     _note(counts, "webhooks_stray", [key for key in calls if key not in per_outcome])
     _note(counts, "webhooks_unsigned", [(h.task_id, h.attempt) for h in led.hooks if not h.signed])
 

@@ -25,6 +25,7 @@ from datetime import timedelta
 from typing import Any
 
 from bench.run import percentile, reset
+from bench.scratch import copy_task
 
 TASKS = int(os.environ.get("BENCH_AGING_TASKS", "100000"))
 REPEAT = int(os.environ.get("BENCH_AGING_REPEAT", "20"))
@@ -51,13 +52,9 @@ def _register() -> None:
 def _fill(low_every: int, low: int = 0, spread: int = 3600) -> None:
     """``TASKS`` waiting tasks, copies of one submitted task: one in ``low_every`` at
     priority ``low``, the others at 100; the ``g``-th submitted ``g % spread`` s ago."""
-    from django.db import connection
-
     from batchtasks import BatchTask
 
     template = BatchTask.submit(TYPE, description="template", run_after=timedelta(hours=1))
-    quote = connection.ops.quote_name
-    fields = [f.column for f in BatchTask._meta.concrete_fields if not f.primary_key]
     made = {
         "priority": f"CASE WHEN g %% {low_every} = 0 THEN {low} ELSE 100 END",
         "fair_round": "g",
@@ -67,16 +64,7 @@ def _fill(low_every: int, low: int = 0, spread: int = 3600) -> None:
         "run_after": "NULL",
         "created_at": f"STATEMENT_TIMESTAMP() - MAKE_INTERVAL(secs => g %% {spread})",
     }
-    select = ", ".join(made.get(c, quote(c)) for c in fields)
-    table = quote(BatchTask._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} ({', '.join(map(quote, fields))}) SELECT {select} "
-            f"FROM {table} t CROSS JOIN generate_series(1, %s) g WHERE t.id = %s",
-            [TASKS, template.pk],
-        )
-        cursor.execute(f"DELETE FROM {table} WHERE id = %s", [template.pk])
-        cursor.execute(f"VACUUM ANALYZE {table}")
+    copy_task(template.pk, TASKS, made, vacuum=True)
 
 
 def _vacuum() -> None:

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from bench.run import percentile, reset
+from bench.scratch import copy_task
 
 KEYS = [int(k) for k in os.environ.get("BENCH_RATE_KEYS", "10,10000").split(",")]
 TASKS = int(os.environ.get("BENCH_RATE_TASKS", "30000"))
@@ -48,16 +49,12 @@ def _register() -> None:
 
 def _fill(keys: int) -> None:
     """``TASKS`` due tasks, copies of one submitted task, over ``keys`` rate keys."""
-    from django.db import connection
-
     from batchtasks import BatchTask
     from batchtasks.models import BatchTaskDefinition, BatchTaskRateLimit
 
     template = BatchTask.submit(TYPE, description="template")
     BatchTaskRateLimit.objects.all().delete()
     BatchTaskDefinition.objects.filter(name=TYPE).update(rate_limit="1/m")
-    quote = connection.ops.quote_name
-    fields = [f.column for f in BatchTask._meta.concrete_fields if not f.primary_key]
     made = {
         "rate_key": f"'k' || (g %% {keys})",
         "fair_round": "g",
@@ -65,16 +62,7 @@ def _fill(keys: int) -> None:
         "queue": "''",
         "queued_at": "NULL",
     }
-    select = ", ".join(made.get(c, quote(c)) for c in fields)
-    table = quote(BatchTask._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} ({', '.join(map(quote, fields))}) SELECT {select} "
-            f"FROM {table} t CROSS JOIN generate_series(1, %s) g WHERE t.id = %s",
-            [TASKS, template.pk],
-        )
-        cursor.execute(f"DELETE FROM {table} WHERE id = %s", [template.pk])
-        cursor.execute(f"ANALYZE {table}")
+    copy_task(template.pk, TASKS, made)
 
 
 def _due_again() -> None:

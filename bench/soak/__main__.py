@@ -169,8 +169,7 @@ def main() -> int:
 
 
 _FINALS = (
-    "SELECT task_id, attempt, state, at, host FROM chaos.finals WHERE task_id = ANY(%s) "
-    "ORDER BY at"
+    "SELECT task_id, attempt, state, at, host FROM chaos.finals WHERE task_id = ANY(%s) ORDER BY at"
 )
 _HOOKS = "SELECT task_id, attempt, state, signed, at FROM soak.webhooks ORDER BY at"
 

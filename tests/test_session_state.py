@@ -90,3 +90,45 @@ def test_a_failed_state_statement_leaves_the_connection_usable(state: str) -> No
         one(state, "SELECT 1 / 0")
     with transaction.atomic(using=state):
         assert one(state, SETTING) == "off"
+
+
+def test_a_statement_on_a_shared_state_connection_waits_for_the_thread_holding_it(
+    state: str,
+) -> None:
+    """A pool process's timer thread shares its state connection and writes under
+    ``state_lock``, a transaction at times; a statement of the main thread that did not
+    take the lock ran inside that transaction (or began one that nothing committed, and
+    the timer's next ``set_autocommit`` failed with INTRANS: successes written and
+    finalized, then rolled back, and the task ran again). Each statement on a shared
+    state connection now takes the lock itself."""
+    import threading
+    import time
+
+    from batchtasks.worker.progress import state_lock
+
+    wrapper = connections[state]
+    wrapper.ensure_connection()
+    wrapper.inc_thread_sharing()
+    inside, done = threading.Event(), threading.Event()
+
+    def timer() -> None:  # as worker.progress._Timer's thread does
+        connections[state] = wrapper
+        with state_lock, transaction.atomic(using=state):
+            wrapper.cursor().execute("SELECT 1")
+            inside.set()
+            time.sleep(0.5)
+        done.set()
+
+    thread = threading.Thread(target=timer)
+    thread.start()
+    try:
+        inside.wait(10)
+        assert one(state, "SELECT 1") == 1  # without the lock, inside the timer's transaction
+        assert done.is_set(), "the statement ran while another thread held the connection"
+    finally:
+        thread.join(10)
+        wrapper.dec_thread_sharing()
+    assert (
+        wrapper.connection.info.transaction_status
+        == wrapper.connection.info.transaction_status.IDLE
+    )

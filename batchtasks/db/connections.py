@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -48,6 +49,25 @@ SUFFIX = ":batchtasks"
 LOCK_SUFFIX = ":batchtasks-lock"
 _registered: set[str] = set()
 _dedicated = False
+
+
+#: Held by whichever thread of a pool process uses its state connection: its timer thread
+#: borrows the main thread's (``worker.progress``). Each statement on a state connection
+#: shared between threads takes it too (``locked_if_shared``), so that a statement
+#: forgotten outside it waits rather than joining the other thread's transaction.
+state_lock = threading.RLock()
+
+
+def locked_if_shared(
+    execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
+) -> Any:
+    """Execute wrapper of state connections: a statement on one that another thread
+    shares runs holding ``state_lock`` (a thread holding it for a transaction keeps it
+    whole; a reentrant lock, so a thread that holds it already goes on)."""
+    if not context["connection"].allow_thread_sharing:
+        return execute(sql, params, many, context)
+    with state_lock:
+        return execute(sql, params, many, context)
 
 
 def use_dedicated_connections(enabled: bool = True) -> None:
@@ -132,6 +152,8 @@ def _add(base: BaseDatabaseWrapper, alias: str, *, tune: bool) -> None:
     wrapper.settings_dict["CONN_MAX_AGE"] = None
     if wrapper.vendor == "postgresql":
         wrapper.execute_wrappers.append(drop_if_read_only)
+    if tune:  # a state connection, which a pool process's timer thread may share
+        wrapper.execute_wrappers.insert(0, locked_if_shared)
     if tune and wrapper.vendor == "postgresql":
         _tune_postgresql(wrapper)
     connections[alias] = wrapper

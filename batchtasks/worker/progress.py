@@ -17,12 +17,9 @@ from collections.abc import Callable
 from django.db import DatabaseError, connections
 
 from .. import transitions
-from ..db.connections import reconnecting
+from ..db.connections import reconnecting, state_lock
 
 logger = logging.getLogger(__name__)
-
-#: Held by whichever thread of a pool process uses its state connection.
-state_lock = threading.RLock()
 
 
 class ProgressWriter:

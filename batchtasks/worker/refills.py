@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 
 from ..core.conf import get_settings
+from ..db.connections import state_lock
 from ..services import dispatch
 
 #: The read and write ends of the worker's pipe, inherited by its pool processes.
@@ -43,7 +44,12 @@ def refill(queue: str, *, limited: bool, using: str) -> None:
     """Refill ``queue`` after a run: a limited one at once (``services.dispatch.refill``),
     an unlimited one by the agent once the interval is over (see the module text)."""
     to_agent = not limited and _pipe is not None
-    if to_agent or not dispatch.refill(queue, limited=limited, using=using):
+    if to_agent:
+        owe(queue)
+        return
+    with state_lock:  # a transaction on the state connection the timer thread shares
+        refilled = dispatch.refill(queue, limited=limited, using=using)
+    if not refilled:
         owe(queue)
 
 

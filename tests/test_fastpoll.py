@@ -137,20 +137,32 @@ def test_the_fast_path_leaves_no_transaction_and_keeps_the_connection(tab: Tab) 
     assert connection.connection is opened  # CONN_MAX_AGE: kept for the next request
 
 
-def test_a_broken_connection_is_replaced_and_the_poll_still_answered(tab: Tab) -> None:
-    assert tab.poll() == 304 and tab.fast
-    connection.connection.close()  # the server went away under the idle connection
-    noted: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = noted.append  # type: ignore[method-assign]
-    logger = logging.getLogger("batchtasks.web.fastpoll")
-    logger.addHandler(handler)
+@pytest.mark.parametrize("checked", [True, False], ids=["health-checked", "unchecked"])
+def test_a_broken_connection_is_replaced_and_the_poll_still_answered(
+    tab: Tab, checked: bool
+) -> None:
+    """With ``CONN_HEALTH_CHECKS`` (the reference project's) the connection is replaced
+    before the token's query; without, the failed query falls through to the view."""
+    saved = connection.settings_dict["CONN_HEALTH_CHECKS"]
+    connection.settings_dict["CONN_HEALTH_CHECKS"] = checked
     try:
-        assert tab.poll() == 304  # the failed query fell through; Django reconnected
+        assert tab.poll() == 304 and tab.fast
+        connection.health_check_enabled = checked  # read from the settings at connect
+        connection.connection.close()  # the server went away under the idle connection
+        noted: list[logging.LogRecord] = []
+        handler = logging.Handler()
+        handler.emit = noted.append  # type: ignore[method-assign]
+        logger = logging.getLogger("batchtasks.web.fastpoll")
+        logger.addHandler(handler)
+        try:
+            assert tab.poll() == 304  # answered either way; Django reconnected
+        finally:
+            logger.removeHandler(handler)
     finally:
-        logger.removeHandler(handler)
+        connection.settings_dict["CONN_HEALTH_CHECKS"] = saved
 
-    assert [r.getMessage() for r in noted] == [f"fastpoll fell_through=error path={ACTIVE}"]
+    fell = [f"fastpoll fell_through=error path={ACTIVE}"]
+    assert [r.getMessage() for r in noted] == ([] if checked else fell)
     assert tab.poll() == 304 and tab.fast
 
 

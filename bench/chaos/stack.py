@@ -11,9 +11,6 @@ from typing import Any
 
 import psycopg
 
-from plugins.chaos import LOCAL_ENDS, SCHEMA
-from plugins.soak_receiver import SCHEMA as WEBHOOKS
-
 DRIVER = "chaos-driver"
 
 
@@ -50,6 +47,8 @@ class Stack:
         """The ends of runs the workers noted on their own hosts, by run token
         (``plugins.chaos.note_end_locally``): outcome and time. A worker that cannot
         be asked (gone) adds none."""
+        from plugins.chaos import LOCAL_ENDS  # not at import: it registers task types
+
         ends: dict[str, tuple[str, datetime]] = {}
         for service in self.workers:
             try:
@@ -187,6 +186,9 @@ class Stack:
         encoding = self.query("SHOW server_encoding")[0][0]
         if encoding != "UTF8":
             raise RuntimeError(f"The stack's database is encoded {encoding!r}, not 'UTF8'.")
+        from plugins.chaos import SCHEMA  # not at import: it registers task types
+        from plugins.soak_receiver import SCHEMA as WEBHOOKS
+
         self.db().execute(SCHEMA)
         self.db().execute(WEBHOOKS)
         self.db().execute("TRUNCATE chaos.runs, chaos.finals, soak.webhooks")

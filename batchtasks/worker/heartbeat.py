@@ -103,6 +103,27 @@ def attempts_of(request: Any) -> list[tuple[int, int]]:
     return []
 
 
+def give_back_unstarted(
+    gone: list[leases.HeldAttempt], db: str
+) -> tuple[set[str], list[leases.HeldAttempt]]:
+    """Of attempts gone with their pool process (killed from outside: the OOM killer,
+    say), give back (``leases.give_back``) those its message had not started yet, as its
+    notes say (``running.runs_behind``): they run again as they were, not as lost runs.
+    Returns the queues to dispatch and the attempts still to end as lost runs (all of
+    them without the notes). The heartbeat's vanished attempts and Celery's word of a
+    lost pool process (``signals``) both come here."""
+    queues: set[str] = set()
+    rest = list(gone)
+    for pid in {a.pid for a in gone if a.pid is not None}:
+        behind = set(runs_behind(pid))
+        mine = [a for a in rest if a.pid == pid and (a.task_id, a.attempt) in behind]
+        if mine:
+            fences = [transitions.Fence(a.task_id, a.attempt, a.instance) for a in mine]
+            queues |= leases.give_back(fences, pid, using=db)[0]
+            rest = [a for a in rest if a not in mine]
+    return queues, rest
+
+
 class Heartbeat:
     """One worker boot's heartbeat (see the module text)."""
 
@@ -125,9 +146,9 @@ class Heartbeat:
         held = in_flight()
         settings = get_settings()
         freed: set[str] = set()
-        sent = time.monotonic()  # the leases renewed last from here at least
         if held is None:
             logger.warning("batchtasks cannot read the requests in hand; beat keeps all leases")
+            sent = time.monotonic()  # the leases renewed last from here at least
             renewed = transitions.renew_leases(instance, None, settings.LEASE_SECONDS, using=db)
         else:
             missing, vanished = set(), []
@@ -140,11 +161,12 @@ class Heartbeat:
                 else:
                     vanished.append(attempt)
             self._missing = missing
-            freed |= self._give_back_unstarted(vanished, db)
+            given_back, vanished = give_back_unstarted(vanished, db)
+            freed |= given_back
             for attempt in vanished:
                 if self._end_vanished(attempt, db):
                     freed.add(attempt.queue)
-            sent = time.monotonic()
+            sent = time.monotonic()  # the leases renewed last from here at least
             renewed = transitions.renew_leases(
                 instance, list(held), settings.LEASE_SECONDS, using=db
             )
@@ -152,21 +174,6 @@ class Heartbeat:
         self._stop_what_must_stop(renewed, held, db)
         self.in_hand = len(held) if held is not None else len(renewed)
         return freed
-
-    def _give_back_unstarted(self, vanished: list[leases.HeldAttempt], db: str) -> set[str]:
-        """Of the attempts gone with their pool process, give back (``leases.give_back``)
-        those its message had not started yet, as its notes say (``running.runs_behind``):
-        they run again as they were, not as lost runs. Removed from ``vanished``."""
-        queues: set[str] = set()
-        for pid in {a.pid for a in vanished if a.pid is not None}:
-            behind = set(runs_behind(pid))
-            mine = [a for a in vanished if a.pid == pid and (a.task_id, a.attempt) in behind]
-            if not mine:
-                continue
-            fences = [transitions.Fence(a.task_id, a.attempt, a.instance) for a in mine]
-            queues |= leases.give_back(fences, pid, using=db)[0]
-            vanished[:] = [a for a in vanished if a not in mine]
-        return queues
 
     def _end_vanished(self, held: leases.HeldAttempt, db: str) -> bool:
         """End an attempt no pool process of this worker held at this beat nor the last."""

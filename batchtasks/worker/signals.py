@@ -7,6 +7,7 @@ import logging
 from types import SimpleNamespace
 from typing import Any
 
+from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery import signals
 from django.db import close_old_connections, router
 
@@ -17,10 +18,10 @@ from ..services import leases
 from ..services.dispatch import dispatch_queue
 from ..transitions import Fence
 from . import beat as _beat  # noqa: F401  (registers batchtasks.submit_scheduled)
-from . import identity, refills, running
+from . import identity, refills
 from . import tasks as _tasks  # registers batchtasks.run with Celery
 from .completions import flush_process
-from .heartbeat import attempts_of
+from .heartbeat import attempts_of, give_back_unstarted
 from .isolation import forkserver
 
 logger = logging.getLogger(__name__)
@@ -126,51 +127,30 @@ def end_broken_run(
         return  # an AttemptFailed's outcome is recorded already
     request = SimpleNamespace(name=getattr(sender, "name", None), id=task_id, args=args)
     using = state_db(router.db_for_write(BatchTask))
-    keys = attempts_of(request)
-    try:
-        keys = _give_back_unstarted(keys, exception, using)
-    except Exception:
-        logger.exception("batchtasks could not give back the runs of a lost message")
-    for key in keys:
-        try:
-            _end_broken(Fence(*key, identity.instance()), exception, using)
-        except Exception:
-            logger.exception("batchtasks could not record a failed run task=%s", key[0])
-
-
-def _give_back_unstarted(
-    keys: list[tuple[int, int]], exception: BaseException, using: str
-) -> list[tuple[int, int]]:
-    """A pool process died running a message of several runs (killed from outside: the
-    OOM killer, say): the runs behind the one it was running never started, as its notes
-    say (``running.runs_behind``), so they run again as they were (``leases.give_back``),
-    not as lost runs. Returns the runs still to end as lost (all, without the notes)."""
-    from billiard.exceptions import WorkerLostError
-
-    if len(keys) < 2 or not isinstance(exception, WorkerLostError):
-        return keys
     instance = identity.instance()
-    pid = next(
-        (h.pid for k in keys if (h := leases.held_attempt(Fence(*k, instance), using=using))),
-        None,
-    )
-    behind = set(running.runs_behind(pid)) & set(keys) if pid else set()
-    if pid is None or not behind:
-        return keys
-    queues, _ = leases.give_back([Fence(*key, instance) for key in behind], pid, using=using)
-    for queue in queues:
-        dispatch_queue(queue, using=using)
-    return [key for key in keys if key not in behind]
+    try:
+        gone = [
+            held
+            for key in attempts_of(request)
+            if (held := leases.held_attempt(Fence(*key, instance), using=using)) is not None
+        ]
+        if isinstance(exception, WorkerLostError):  # the runs it had not started: back
+            queues, gone = give_back_unstarted(gone, using)
+            for queue in queues:
+                dispatch_queue(queue, using=using)
+    except Exception:
+        logger.exception("batchtasks could not read the runs of a failed message")
+        return
+    for held in gone:
+        try:
+            _end_broken(held, exception, using)
+        except Exception:
+            logger.exception("batchtasks could not record a failed run task=%s", held.task_id)
 
 
-def _end_broken(fence: Fence, exception: BaseException, using: str) -> None:
-    from billiard.exceptions import TimeLimitExceeded, WorkerLostError
-
+def _end_broken(held: leases.HeldAttempt, exception: BaseException, using: str) -> None:
     from .runner import error_type
 
-    held = leases.held_attempt(fence, using=using)
-    if held is None:
-        return
     if isinstance(exception, TimeLimitExceeded):
         reason, message = leases.TIME_LIMIT, leases.time_limit_message(held)
     elif isinstance(exception, WorkerLostError):

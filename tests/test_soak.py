@@ -37,9 +37,17 @@ def hook(task_id: int, when: float, attempt: int = 1, signed: bool = True) -> Ho
     return Hook(task_id, attempt, "succeeded", signed, at(when))
 
 
-def request(action: str, task_id: int, sent: float, state: str = "", status: int = 200) -> Request:
+def request(
+    action: str,
+    task_id: int,
+    sent: float,
+    state: str = "",
+    *,
+    status: int = 200,
+    attempt: int | None = None,
+) -> Request:
     path = f"/tasks/{task_id}/{action}/"
-    return Request("POST", path, status, at(sent), at(sent + 0.1), task_id, action, state)
+    return Request("POST", path, status, at(sent), at(sent + 0.1), task_id, action, state, attempt)
 
 
 def ledgers(**given: Any) -> Ledgers:
@@ -152,6 +160,22 @@ def test_a_task_cancelled_while_waiting_must_not_start_until_retried() -> None:
     assert after_retry.breaks == {}
 
 
+def test_a_retry_without_an_answer_may_have_run_the_cancelled_task_again() -> None:
+    """The answer names the attempt it cancelled: a later attempt's run came from a retry,
+    answered or not (a fault can swallow the answer of a retry that was applied)."""
+    cancel = request("cancel", 1, 5, state="cancelled", attempt=1)
+    unanswered = request("retry", 1, 8, status=0)  # in a fault's window
+    given = ledgers(
+        runs=[run(1, 9, 10, attempt=2)],
+        finals=[final(1, 5, "cancelled"), final(1, 10, attempt=2)],
+        requests=[cancel, unanswered],
+        timeline=[Fault("broker_partition", at(7), at(8.5))],
+    )
+    assert judge(given).breaks == {}
+    counts = judge(replace(given, runs=[run(1, 9, 10)]))
+    assert counts.breaks == {"cancelled_waiting_started": 1}
+
+
 def test_a_cancel_answered_running_may_see_its_run_go_on() -> None:
     cancel = request("cancel", 1, 1.5, state="running")
     counts = judge(ledgers(finals=[final(1, 2, "cancelled")], requests=[cancel]))
@@ -169,6 +193,14 @@ def test_a_delayed_task_must_not_start_before_its_run_after() -> None:
     delayed = [task(1, due=at(1.5))]
     assert judge(ledgers(submissions=delayed)).breaks == {"early_starts": 1}
     assert judge(ledgers(submissions=[task(1, due=at(1))])).breaks == {}
+
+
+def test_a_keyed_submit_that_returned_the_running_task_is_not_a_new_submission() -> None:
+    """``supersede`` returns the running task with the key: the driver records its id
+    again, with the ``run_after`` it has by then (a retry's, later than its first run)."""
+    again = [task(1, due=at(0.5)), task(1, due=at(3))]
+    assert judge(ledgers(submissions=again)).breaks == {}
+    assert judge(ledgers(submissions=again)).submitted == 1
 
 
 def test_a_child_must_start_after_every_parent_ran_to_its_end() -> None:

@@ -67,7 +67,8 @@ class Hook:
 @dataclass(frozen=True)
 class Request:
     """One API request of the simulated user: its method, path, status (0: no answer),
-    when it was sent and answered, and for a cancel or retry the task and state answered."""
+    when it was sent and answered, and for a cancel or retry the task, and the state and
+    attempt answered."""
 
     method: str
     path: str
@@ -77,6 +78,7 @@ class Request:
     task_id: int | None = None
     action: str = ""
     state: str = ""
+    attempt: int | None = None
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,9 @@ def judge(ledgers: Ledgers) -> Counts:
     """The counts of one soak."""
     led = ledgers
     counts = Counts()
-    tasks = {s.task_id: s for s in led.submissions}
+    tasks: dict[int, Submission] = {}
+    for s in led.submissions:  # a keyed submit may return a task submitted before: the first
+        tasks.setdefault(s.task_id, s)
     runs = [r for r in led.runs if r.task_id in tasks]
     finals = [f for f in led.finals if f.task_id in tasks and f.at <= led.end_bound]
     retried = _retried_at(led.requests)
@@ -273,10 +277,12 @@ def _judge_cancels(
     counts: Counts, led: Ledgers, runs: Sequence[Run], retried: dict[int, list[datetime]]
 ) -> None:
     """A task the API cancelled while it waited (answered ``cancelled`` at once) must not
-    start until it is retried."""
-    starts: dict[int, list[datetime]] = defaultdict(list)
+    start until it is retried: no run of the attempt cancelled (or an earlier one) after
+    the cancel. Where the answer names no attempt, no run before a retry answered 2xx (a
+    retry applied whose answer a fault swallowed then reads as a break)."""
+    starts: dict[int, list[tuple[datetime, int]]] = defaultdict(list)
     for run in runs:
-        starts[run.task_id].append(run.started)
+        starts[run.task_id].append((run.started, run.attempt))
     found = []
     for r in led.requests:
         if r.action != "cancel" or not 200 <= r.status < 300 or r.task_id is None:
@@ -285,8 +291,13 @@ def _judge_cancels(
             counts.cancels_running += 1
             continue
         counts.cancels_waiting += 1
-        until = min((t for t in retried.get(r.task_id, []) if t > r.sent), default=None)
-        if any(s >= r.sent and (until is None or s < until) for s in starts[r.task_id]):
+        after = [(s, attempt) for s, attempt in starts[r.task_id] if s >= r.sent]
+        if r.attempt is not None:
+            started = any(attempt <= r.attempt for _, attempt in after)
+        else:
+            until = min((t for t in retried.get(r.task_id, []) if t > r.sent), default=None)
+            started = any(until is None or s < until for s, _ in after)
+        if started:
             found.append(r.task_id)
     _note(counts, "cancelled_waiting_started", found)
 

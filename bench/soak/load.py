@@ -227,9 +227,19 @@ class User(threading.Thread):
             status = exc.code
         except (OSError, ValueError) as exc:
             logger.debug("%s %s: %r", method, path, exc)
-        state = answer.get("state", "") if isinstance(answer, dict) else ""
+        named = answer if isinstance(answer, dict) else {}
         self.requests.append(
-            Request(method, path, status, sent, now(), task_id=task_id, action=action, state=state)
+            Request(
+                method,
+                path,
+                status,
+                sent,
+                now(),
+                task_id=task_id,
+                action=action,
+                state=named.get("state", ""),
+                attempt=named.get("attempt"),
+            )
         )
         return status, answer
 

@@ -25,6 +25,7 @@ Every path to the broker ends in ``publish``. While ``redirected(receiver)`` is 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -39,6 +40,8 @@ try:
     from kombu.transport.redis import Channel as RedisChannel
 except ImportError:  # the redis client library is not installed
     RedisChannel = None  # type: ignore[assignment, misc]
+
+logger = logging.getLogger(__name__)
 
 RUN_TASK_NAME = "batchtasks.run"
 #: The task of a message that carries several attempts of one type, run one by one.
@@ -152,12 +155,38 @@ def publish(queue: str, tasks: list[Run], *, app: Any = None) -> None:
         _receiver(queue, list(tasks))
         return
     app = app or current_app
+    global _app_checked
+    if not _app_checked:
+        _app_checked = True
+        warn_if_fallback(app)
     with app.pool.acquire(block=True) as connection:
         channel = connection.default_channel
         if _can_pipeline(channel):
             _publish_pipelined(app, channel, queue, tasks)
             return
     _publish_each(app, queue, tasks)
+
+
+#: Whether this process checked the app it publishes with (``warn_if_fallback``).
+_app_checked = False
+
+
+def warn_if_fallback(app: Any) -> bool:
+    """Warn if ``app`` is the app Celery falls back on when the project's was never
+    imported: it knows none of the project's ``CELERY_*`` settings (only
+    ``CELERY_BROKER_URL`` from the environment), so its messages may go to another
+    broker, or under no key prefix, where no worker looks; the sweeper would publish
+    their tasks again only after ``REPUBLISH_AFTER``. ``publish`` asks once a process."""
+    fallback = bool(app.main == "default" and not app.fixups)
+    if fallback:
+        logger.warning(
+            "batchtasks publishes with Celery's fallback app: this process never imported "
+            "your Celery app, so your CELERY_* settings (transport options, key prefix, "
+            "routes) do not apply to its messages; import it in your project package's "
+            "__init__.py (from .celery import app as celery_app), as Celery's Django "
+            "guide asks"
+        )
+    return fallback
 
 
 def _can_pipeline(channel: Any) -> bool:

@@ -53,6 +53,10 @@ class BatchTasksSettings:
     MESSAGE_BATCH_SECONDS: float = 0.25
     #: Most tasks in one message.
     MESSAGE_BATCH_MAX: int = 50
+    #: A message whose tasks' measured run time adds up to at most this (seconds) is
+    #: acked when a pool process takes it, so that the worker fetches the next one while
+    #: it runs; longer ones are acked after their runs. 0 = every message after its runs.
+    EARLY_ACK_SECONDS: float = 0.05
     #: Seconds a pool process may hold successful finishes to write them in one statement
     #: (the tasks of a message, and across messages of one task each while this is less
     #: than HEARTBEAT_SECONDS: worker.completions); 0 = each finish at once.
@@ -177,6 +181,7 @@ class BatchTasksSettings:
             "DISPATCH_INTERVAL",
             "REFILL_INTERVAL",
             "MESSAGE_BATCH_SECONDS",
+            "EARLY_ACK_SECONDS",
             "COMPLETION_WINDOW",
             "PROGRESS_INTERVAL",
             "LEASE_SECONDS",

@@ -286,9 +286,14 @@ def runs_in_order(
 
 
 def run_of(task_id: int, attempt: int, row: Any, per_message: int = 1) -> Run:
-    """The message for an attempt, with the time limits and the name of its type."""
+    """The message for an attempt, with the time limits and the name of its type, acked
+    early if ``per_message`` runs of its type's measured time fit in ``EARLY_ACK_SECONDS``."""
     inline = row.isolation == Isolation.INLINE
-    return Run(task_id, attempt, row.timeout, row.soft_timeout, row.name, per_message, inline)
+    seconds = row.run_seconds
+    early = bool(seconds) and seconds * per_message <= get_settings().EARLY_ACK_SECONDS
+    return Run(
+        task_id, attempt, row.timeout, row.soft_timeout, row.name, per_message, inline, early
+    )
 
 
 def _merge_candidates(slots: list[TypeSlot], queue_free: int, db: str) -> list[int]:

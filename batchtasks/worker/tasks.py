@@ -33,10 +33,12 @@ class AttemptFailed(Exception):
     monitors show the failure; the worker's signal handlers leave it alone."""
 
 
-#: Both run tasks: acked after the run, requeued if the pool process dies, no result.
+#: Both run tasks: acked after the run (or when taken, if the message says so:
+#: ``worker.request``), requeued if the pool process dies, no result.
 RUN_OPTIONS: dict[str, Any] = {
     "bind": True,
     "acks_late": True,
+    "Request": "batchtasks.worker.request:RunRequest",
     "reject_on_worker_lost": True,
     "ignore_result": True,
     "typing": False,

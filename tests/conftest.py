@@ -160,6 +160,7 @@ def start_worker(
         env: dict[str, str] | None = None,
         *,
         extra_args: list[str] | None = None,
+        chatty: bool = False,
     ) -> Worker:
         twins = sum(1 for w in started if w.name == name)
         worker = Worker(
@@ -170,6 +171,7 @@ def start_worker(
             env={"DJANGO_MEDIA_ROOT": str(media_root), **(env or {})},
             log_name=f"{name}-{twins + 1}" if twins else name,
             extra_args=extra_args,
+            chatty=chatty,
         )
         started.append(worker)
         return worker.start(wait=wait)

@@ -51,8 +51,12 @@ class EmptiedQueues:
     def url(self) -> str:
         return os.environ["BROKER_URL"]
 
-    def restart_empty(self) -> None:
+    def restart_empty(self, down: float = 0.0) -> None:
+        """The queues deleted and declared again: emptied at once (``down``, how long a
+        restarted Redis stays down, has no match here)."""
         from project.celery import app
+
+        del down
 
         with app.connection_for_write() as connection:
             channel = connection.default_channel

@@ -25,6 +25,7 @@ from batchtasks.services.definitions import get_definition
 from tests import rabbitmq
 from tests.conftest import broker_at, runs_of
 from tests.test_recovery import FAST
+from tests.test_workers import wait_final
 from tests.workers import wait_for
 
 pytestmark = pytest.mark.worker
@@ -76,10 +77,12 @@ class RedisServer:
             self.process.kill()
             self.process.wait(10)
 
-    def restart_empty(self) -> None:
+    def restart_empty(self, down: float = 0.0) -> None:
+        """Stop it, keep it down ``down`` seconds, start it again: empty."""
         client = redis.Redis.from_url(self.url)
         client.set("chaos:sentinel", "1")
         self.stop()
+        time.sleep(down)
         self.start()
         assert not client.exists("chaos:sentinel"), "everything it held is gone"
 
@@ -175,3 +178,25 @@ def test_nothing_is_lost_and_nothing_runs_needlessly_twice(
     repeated = sum(n - 1 for n in runs.values())
     assert repeated <= in_hand, f"{repeated} repeated runs, {in_hand} tasks were in hand"
     print(f"chaos: in hand at kills={in_hand} repeated runs={repeated}")
+
+
+def test_a_worker_with_runs_in_hand_outlives_a_broker_restart(
+    start_worker, private_redis: RedisServer | rabbitmq.EmptiedQueues, record_dir: Path
+) -> None:
+    """As deployed (gossip, mingle and heartbeats over the broker's pub/sub), with its
+    messages unacked while they run (acks_late): Celery closes the broken connection
+    after collecting it, and the channel's close gives them back with a client of a
+    transport already let go of. It must reconnect, not exit."""
+    env = {**FAST, "REDIS_URL": private_redis.url}
+    w = start_worker("w", SLEEP, concurrency=2, env=env, chatty=True)
+    held = BatchTask.submit_many("examples.sleep", [{"seconds": 4, "record": True}] * 2)
+    wait_for(lambda: running_on(w.hostname) == 2, timeout=30)
+
+    private_redis.restart_empty(down=2)  # down while the worker closes what broke
+
+    done = wait_final(*held, timeout=60)
+    assert [t.state for t in done] == [TaskState.SUCCEEDED] * 2
+    assert w.process is not None and w.process.poll() is None, w.log()[-3000:]
+    (after,) = wait_final(BatchTask.submit("examples.sleep", {"seconds": 0.1}), timeout=60)
+    assert (after.state, after.worker) == (TaskState.SUCCEEDED, w.hostname)
+    assert "Unrecoverable error" not in w.log()

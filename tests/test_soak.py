@@ -232,6 +232,12 @@ def test_5xx_answers_break_only_outside_the_fault_windows() -> None:
     assert counts.breaks == {"api_5xx_outside_faults": 1}
 
 
+def test_a_worker_that_exited_by_itself_fails_the_soak() -> None:
+    counts = judge(ledgers(exited=["chaos-2"]))
+    assert counts.breaks == {"workers_exited": 1}
+    assert counts.examples["workers_exited"] == ["chaos-2"]
+
+
 def test_a_fault_that_failed_to_fire_fails_the_soak() -> None:
     timeline = [Fault("broker_pause", at(10), at(11), error="CalledProcessError()")]
     counts = judge(ledgers(timeline=timeline))

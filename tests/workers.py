@@ -45,6 +45,11 @@ def task_database_env() -> dict[str, str]:
     return {"TASKS_DATABASE_URL": database_url("tasks")}
 
 
+#: What the tests' workers go without: the broker's broadcast (pub/sub) traffic between
+#: workers, which the engine does not need.
+QUIET = ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+
+
 class Worker:
     """One ``celery -A project worker`` process group."""
 
@@ -59,9 +64,13 @@ class Worker:
         settings_module: str = "tests.settings",
         extra_args: list[str] | None = None,
         log_name: str | None = None,
+        chatty: bool = False,
     ) -> None:
         self.settings_module = settings_module
         self.extra_args = extra_args or []
+        #: With gossip, mingle and heartbeats, as deployed (docker/compose.yaml); the
+        #: tests' workers go without them unless they need what they bring.
+        self.chatty = chatty
         self.name = name
         self.queues = queues
         self.concurrency = concurrency
@@ -88,7 +97,7 @@ class Worker:
             sys.executable, "-m", "celery", "-A", "project", "worker",
             "-Q", ",".join(self.queues), "-c", str(self.concurrency), "-n", f"{self.name}@%h",
             "-P", "prefork", "--prefetch-multiplier", "1",
-            "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info",
+            *([] if self.chatty else QUIET), "-l", "info",
             *self.extra_args,
         ]  # fmt: skip
 

@@ -7,6 +7,16 @@ which is a good part of what a Celery worker's main process spends per task. A
 client is only a handle on the channel's connection pool and is thread-safe, so one
 per channel (rebuilt when the pool is) does the same work.
 
+It also keeps the connection parameters a channel's pool was built with. Celery's
+worker, on a broken broker connection, collects it (which lets go of the transport: its
+``client`` becomes None) and then closes it; a channel whose own close failed during the
+collect (a ``BRPOP`` in flight meeting the dead server) is closed then, and gives back
+its unacked messages through a new pool, whose parameters kombu reads from that
+``client``: ``AttributeError``, which Celery takes for an unrecoverable error, and the
+worker exited (seen when Redis restarted under a worker with runs in hand, with gossip,
+mingle and heartbeats on). With the kept parameters the messages go back, or the
+attempt fails with a connection error, which Celery ignores there.
+
 Opt in with ``CELERY_BROKER_TRANSPORT = "batchtasks.broker:Transport"`` beside a
 ``redis://`` broker URL; everything else is kombu's.
 """
@@ -22,6 +32,18 @@ class Channel(kombu_redis.Channel):
     """A Redis channel that keeps its synchronous client."""
 
     _kept_client: tuple[Any, Any] | None = None
+    #: The connection parameters of the last pools built, by ``asynchronous``.
+    _kept_params: dict[bool, dict[str, Any]] | None = None
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        kept = self._kept_params
+        if self.connection.client is None and kept and asynchronous in kept:
+            return dict(kept[asynchronous])  # the transport was let go of: see the module
+        params: dict[str, Any] = super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
+        if kept is None:
+            kept = self._kept_params = {}
+        kept[asynchronous] = dict(params)
+        return params
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:

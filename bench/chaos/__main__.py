@@ -75,6 +75,8 @@ def run_scenario(stack: Stack, name: str, s: Settings, window: float, limit: int
         time.sleep(0.5)
     if name in CHECKS:
         CHECKS[name](stack, faults, s)
+    # A worker the fault stopped is started again by it: one not running exited by itself.
+    faults.broken += [f"{w} exited by itself" for w in stack.workers if not stack.running(w)]
     end_bound = stack.now()
     if name in AFTERWARDS:
         AFTERWARDS[name](stack)

@@ -140,6 +140,7 @@ def main() -> int:
             settle=settings.settle,
             limits=LIMITS,
             webhook_types=frozenset(t for t in TYPES if webhook_of(t)),
+            exited=[w for w in stack.workers if not stack.running(w)],
         )
     )
     folder = Path(args.out) / datetime.now().strftime("%Y%m%d-%H%M%S")

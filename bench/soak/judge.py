@@ -126,6 +126,9 @@ class Counts:
     early_starts: int = 0
     dependency_breaks: int = 0
     api_5xx_outside_faults: int = 0
+    #: worker containers that were not running at the end (none is stopped for good
+    #: by a fault: one that exited did so by itself)
+    workers_exited: int = 0
     #: the ids behind each broken invariant (a few), to look into
     examples: dict[str, list[Any]] = field(default_factory=dict)
 
@@ -133,6 +136,7 @@ class Counts:
         "lost", "twice", "overlaps", "limit_breaks", "webhooks_missing", "webhooks_repeated",
         "webhooks_stray", "webhooks_unsigned", "cancelled_waiting_started", "skipped_started",
         "early_starts", "dependency_breaks", "api_5xx_outside_faults", "fault_errors",
+        "workers_exited",
     )  # fmt: skip
 
     @property
@@ -164,6 +168,8 @@ class Ledgers:
     settle: float
     limits: dict[str, int]
     webhook_types: frozenset[str]
+    #: the worker containers found not running at the end
+    exited: Sequence[str] = ()
 
 
 def judge(ledgers: Ledgers) -> Counts:
@@ -220,6 +226,7 @@ def judge(ledgers: Ledgers) -> Counts:
     _judge_skips(counts, runs, per_task, retried)
     _judge_times(counts, tasks, runs)
     _judge_api(counts, led)
+    _note(counts, "workers_exited", list(led.exited))
     return counts
 
 

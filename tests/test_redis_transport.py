@@ -1,0 +1,59 @@
+"""The batchtasks Redis transport (``batchtasks.transport.redis``) against the real
+Redis: what it changes of kombu's, and a failure of kombu's it must not share."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from kombu import Connection
+
+from batchtasks.transport.redis import Transport
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    yield os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def connect(url: str, prefix: str) -> Connection:
+    return Connection(url, transport=Transport, transport_options={"global_keyprefix": prefix})
+
+
+def test_a_channel_keeps_one_client_per_pool(url: str) -> None:
+    conn = connect(url, f"batchtasks-test-{uuid.uuid4().hex}:")
+    channel = conn.default_channel
+    with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+        assert first is second
+    conn.close()
+
+
+def test_a_channel_closed_after_its_transport_was_let_go_of_gives_its_messages_back(
+    url: str,
+) -> None:
+    """Celery's worker, on a broken broker connection, collects it (which lets go of the
+    transport: ``transport.client`` is None) and then closes it; a channel whose own close
+    failed during the collect (its BRPOP in flight met the dead server) is closed then,
+    and gives its unacked messages back: with kombu's connection parameters read from the
+    transport, that raised AttributeError, which Celery takes for an unrecoverable error:
+    the worker exited."""
+    prefix = f"batchtasks-test-{uuid.uuid4().hex}:"
+    queue = "restore"
+    conn = connect(url, prefix)
+    channel = conn.default_channel
+    channel.queue_declare(queue)
+    channel.basic_publish(channel.prepare_message("run me"), exchange="", routing_key=queue)
+    assert channel.basic_get(queue, no_ack=False) is not None  # delivered, not acked
+    assert channel._size(queue) == 0
+
+    conn._do_close_transport()  # the last step of Connection.collect()
+    conn.close()  # raised AttributeError: 'NoneType' object has no attribute 'hostname'
+
+    check = connect(url, prefix)
+    try:
+        assert check.default_channel._size(queue) == 1, "given back to its queue"
+    finally:
+        check.default_channel.queue_delete(queue)
+        check.close()

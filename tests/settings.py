@@ -9,6 +9,14 @@ import os
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/batchtasks")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
 os.environ.setdefault("BATCHTASKS_REDIS_PREFIX", f"batchtasks-test-{os.getpid()}:")
+# Side by side in one run (pytest -n, pytest-xdist), each process gw0, gw1, … keys of its
+# own (pytest-django gives each its own database): inherited from the run's first
+# process, the prefix gets the process's name once, and is passed on to its workers.
+_xdist = os.environ.get("PYTEST_XDIST_WORKER")
+if _xdist and not os.environ["BATCHTASKS_REDIS_PREFIX"].endswith(f"-{_xdist}:"):
+    os.environ["BATCHTASKS_REDIS_PREFIX"] = (
+        f"{os.environ['BATCHTASKS_REDIS_PREFIX'].removesuffix(':')}-{_xdist}:"
+    )
 os.environ.setdefault("BATCHTASKS_TEST_DB_NAME", f"test_batchtasks_{os.getpid()}")
 os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-not-a-secret")
 if os.environ.get("BATCHTASKS_TEST_BROKER"):

@@ -17,7 +17,7 @@ worker exited (seen when Redis restarted under a worker with runs in hand, with 
 mingle and heartbeats on). With the kept parameters the messages go back, or the
 attempt fails with a connection error, which Celery ignores there.
 
-Opt in with ``CELERY_BROKER_TRANSPORT = "batchtasks.broker:Transport"`` beside a
+Opt in with ``CELERY_BROKER_TRANSPORT = "batchtasks.transport.redis:Transport"`` beside a
 ``redis://`` broker URL; everything else is kombu's.
 """
 

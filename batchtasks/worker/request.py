@@ -3,7 +3,7 @@ says so (``transport.publish.ACK_HEADER``), else after its runs (``acks_late``).
 
 A late ack holds the worker's next message until a run ends (prefetch 1 counts unacked
 messages): the pool process then waits for the ack and the next fetch, a round trip to
-the broker per message, which for tiny tasks one per message is a third of their cost.
+the broker on the way from one task to the next, which tiny tasks one per message feel.
 An early ack lets the worker fetch the next message while the run goes on, as plain
 Celery does. The dispatcher asks for it only for messages of short runs (measured, at
 most ``EARLY_ACK_SECONDS`` all told), because a message fetched early waits behind the

@@ -12,10 +12,12 @@ os.environ.setdefault("BATCHTASKS_REDIS_PREFIX", f"batchtasks-test-{os.getpid()}
 # Side by side in one run (pytest -n, pytest-xdist), each process gw0, gw1, … keys of its
 # own (pytest-django gives each its own database): inherited from the run's first
 # process, the prefix gets the process's name once, and is passed on to its workers.
-_xdist = os.environ.get("PYTEST_XDIST_WORKER")
-if _xdist and not os.environ["BATCHTASKS_REDIS_PREFIX"].endswith(f"-{_xdist}:"):
+if os.environ.get("PYTEST_XDIST_WORKER") and not os.environ["BATCHTASKS_REDIS_PREFIX"].endswith(
+    f"-{os.environ['PYTEST_XDIST_WORKER']}:"
+):
     os.environ["BATCHTASKS_REDIS_PREFIX"] = (
-        f"{os.environ['BATCHTASKS_REDIS_PREFIX'].removesuffix(':')}-{_xdist}:"
+        f"{os.environ['BATCHTASKS_REDIS_PREFIX'].removesuffix(':')}"
+        f"-{os.environ['PYTEST_XDIST_WORKER']}:"
     )
 os.environ.setdefault("BATCHTASKS_TEST_DB_NAME", f"test_batchtasks_{os.getpid()}")
 os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-not-a-secret")

@@ -18,6 +18,7 @@ from django.test import override_settings
 from django.urls import reverse
 from django.utils import timezone
 
+import tests
 from batchtasks import BatchTask, TaskState
 from batchtasks.backends.django_tasks import (
     InvalidTask,
@@ -288,6 +289,9 @@ def forgotten_functions():
         registry.unregister(f"tests.django_task_functions.{name}")
     yield
     sys.modules["tests.django_task_functions"] = saved
+    # The import in the test set the package's attribute to its new module: a later
+    # `from tests import django_task_functions` must get the registered functions' module.
+    tests.django_task_functions = saved  # type: ignore[attr-defined]
     for name in FUNCTIONS:
         register(getattr(functions, name))
 

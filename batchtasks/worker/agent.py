@@ -12,7 +12,8 @@ process's attempt to the other thread to end. Twice a second it also looks at wh
 lease renewal was last answered: once none has been for ``max(3 beats, a third of a
 lease)``, the worker stops taking messages of its batch queues from the broker (their
 claims would wait on the database while other workers could run them), and takes them
-again once a renewal is answered. The database thread runs the heartbeat
+again once a renewal is answered (``pausing``: in whatever order Celery's loop runs the
+two). The database thread runs the heartbeat
 (``heartbeat``: leases, lost attempts, cancels, the worker's row) every
 ``HEARTBEAT_SECONDS``, the ends of killed attempts, a safety-net dispatch pass for its queues every
 ``DISPATCH_INTERVAL``, the moment a delayed task falls due and when a refill its pool
@@ -48,6 +49,7 @@ from ..services.workers import Identity
 from ..transitions import Fence
 from . import fencing, notices, refills, running, timelimits
 from .heartbeat import Heartbeat, behind
+from .pausing import ConsumerPause
 from .stopping import HARD_LIMIT, INACTIVE, Killed, Stopper, overdue
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,9 @@ logger = logging.getLogger(__name__)
 STOP_STEP_SECONDS = 0.1
 #: How often the local thread looks at when a lease renewal was last answered.
 REACH_STEP_SECONDS = 0.5
+#: How long a pause or resume may wait for Celery's consumer loop before it is asked
+#: again (``pausing``).
+ASK_AGAIN_SECONDS = 2.0
 
 
 def declared_batch_queues(queues: list[str]) -> list[str]:
@@ -84,8 +89,8 @@ class WorkerAgent:
         #: The batch queues among ``queues`` (read at start and at each dispatch pass;
         #: until then, as the code declares them: the database may be out of reach).
         self.batch_queues: list[str] = declared_batch_queues(queues)
-        #: Whether consuming from them is paused: the database is out of reach.
-        self.paused = False
+        #: Consuming from them is paused while the database is out of reach.
+        self.pause = ConsumerPause(consumer) if consumer is not None else None
         self._started_at = time.monotonic()
         self.stopper = Stopper(behind=behind)
         self.heart = Heartbeat(identity, self.stopper)
@@ -268,17 +273,17 @@ class WorkerAgent:
         """Stop taking messages of the batch queues while no lease renewal has been
         answered for long (the database is out of reach), and take them again once one
         is (see the module text)."""
-        if self.consumer is None or not self.batch_queues:
+        pause = self.pause
+        if pause is None or not self.batch_queues:
             return
         settings = get_settings()
         horizon = running.horizon()  # none yet: silent since the agent started
         answered = horizon - settings.LEASE_SECONDS if horizon else self._started_at
         silent = time.monotonic() - answered
         out = silent > max(3 * settings.HEARTBEAT_SECONDS, settings.LEASE_SECONDS / 3)
-        if out == self.paused:
+        if out == pause.paused:
+            pause.ask_again(ASK_AGAIN_SECONDS)  # the consumer's loop could not yet
             return
-        self.paused = out
-        consumer = self.consumer
         if out:
             logger.warning(
                 "batchtasks database out of reach for %.1f s: not taking messages of "
@@ -293,11 +298,7 @@ class WorkerAgent:
                 ",".join(self.batch_queues),
                 self.identity.name,
             )
-        for queue in self.batch_queues:  # run by Celery's consumer thread (thread-safe)
-            if out:
-                consumer.call_soon(consumer.cancel_task_queue, queue)
-            else:
-                consumer.call_soon(consumer.add_task_queue, queue)
+        pause.want(out, self.batch_queues)
 
     # --- duties -------------------------------------------------------------------------
     def heartbeat(self) -> None:

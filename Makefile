@@ -9,10 +9,10 @@ STAMP := $(VENV)/.installed-$(shell cat requirements/base.txt requirements/dev.t
 TEST_ENV := DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/batchtasks} \
             REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} \
             DJANGO_SETTINGS_MODULE=tests.settings
-# Processes make test's first leg runs side by side (pytest-xdist; a test file stays in
-# one): most tests wait on worker processes, not on the CPU. 0: in pytest's own process
-# (the default until the suite's order dependencies are gone: README, "Not done yet").
-TEST_PROCESSES ?= 0
+# Processes make test's first leg and the Django 6 leg run side by side (pytest-xdist;
+# a test file stays in one; each has its own test database and Redis key prefix): most
+# tests wait on worker processes, not on the CPU. 0: in pytest's own process.
+TEST_PROCESSES ?= 2
 
 # The languages of batchtasks/locale (and of the reference project's pages, project/locale)
 # next to English; their compiled catalogs (.mo) are built from the .po files, never committed.
@@ -84,7 +84,7 @@ test: $(STAMP) $(MO) services browser
 	$(BIN)/mypy
 	$(MAKE) --no-print-directory docs
 	$(TEST_ENV) $(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile --durations=25
-	$(TEST_ENV) .ci/second-legs
+	$(TEST_ENV) TEST_PROCESSES=$(TEST_PROCESSES) .ci/second-legs
 	$(TEST_ENV) .ci/third-legs
 
 ## test-rabbitmq: the broker-specific tests on RabbitMQ (skipped without it; see .ci/rabbitmq).

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
+from celery import Celery
 from kombu import Connection
 
+from batchtasks.transport import publish
+from batchtasks.transport.publish import Run
 from batchtasks.transport.redis import SOCKET_TIMEOUT, Transport
 from tests.netfault import proxied
 
@@ -97,3 +101,38 @@ def test_a_publish_to_a_broker_cut_off_gives_up_instead_of_waiting_forever(url: 
     own = Connection(url, transport=Transport, transport_options=options)
     assert own.default_channel.socket_timeout == 60.0
     own.close()
+
+
+def test_after_a_publish_failed_to_reach_the_broker_the_next_ones_fail_at_once(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each publish through a dropped route waits out the socket timeout; the worker
+    agent's database thread publishes once per queue in a pass, so its lease renewals
+    waited for all of them (enough queues, and the worker fenced its own runs). After one
+    publish failed to reach the broker, publishes in this process fail at once for
+    ``UNREACHABLE_SECONDS`` (their runs go back to ``new``), then try again."""
+    target = urlsplit(url)
+    with proxied((target.hostname or "127.0.0.1", target.port or 6379)) as proxy:
+        app = Celery(
+            "unreachable-test",
+            broker=f"redis://127.0.0.1:{proxy.port}{target.path}",
+            broker_transport=Transport,
+            broker_transport_options={"global_keyprefix": f"test-{uuid.uuid4().hex}:"},
+            set_as_current=False,
+        )
+        runs = [Run(1, 1)]
+        monkeypatch.setattr(publish, "UNREACHABLE_SECONDS", 1.0)
+        publish.publish("q", runs, app=app)
+        proxy.cut()
+        with pytest.raises(app.connection_for_write().connection_errors) as first:
+            publish.publish("q", runs, app=app)
+        assert not isinstance(first.value, publish.BrokerUnreachable)
+        with pytest.raises(publish.BrokerUnreachable):
+            publish.publish("q", runs, app=app)
+        proxy.sever()  # the route is back
+        time.sleep(1.0)
+        publish.publish("q", runs, app=app)  # the first after the window tries again
+        publish.publish("q", runs, app=app)
+        with app.connection_for_read() as conn:
+            assert conn.default_channel._size("q") == 3
+        app.close()

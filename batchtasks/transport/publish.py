@@ -17,6 +17,12 @@ tasks' ``timeout``, plus ``KILL_GRACE`` per task, plus ``OUTER_LIMIT_GRACE`` sec
 (``celery_limits``); no Celery soft limit, and none at all for a type without a hard
 ``timeout``.
 
+A publish that cannot reach the broker fails (its runs go back to ``new``: the caller's
+``dispatch.publish_or_unqueue``); then every publish in this process fails at once for
+``UNREACHABLE_SECONDS`` with ``BrokerUnreachable`` rather than wait out the transport's
+socket timeout again: the worker agent's database thread publishes once per queue in a
+pass, and its lease renewals must not wait for each of them.
+
 Every path to the broker ends in ``publish``. While ``redirected(receiver)`` is active,
 ``receiver(queue, runs)`` gets the runs instead of the broker: the test helpers
 (``batchtasks.testing``) run them in the test's process, or hold them.
@@ -28,6 +34,7 @@ import contextlib
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -56,6 +63,14 @@ ACK_EARLY = "early"
 #: limits and kill graces (claims, finishes and a slow database fit in it).
 OUTER_LIMIT_GRACE = 30
 DELIVERY_PERSISTENT = 2
+#: After a publish failed to reach the broker, how long the publishes of this process
+#: fail at once (see the module text).
+UNREACHABLE_SECONDS = 2.0
+
+
+class BrokerUnreachable(ConnectionError):
+    """A publish not tried: one failed to reach the broker less than
+    ``UNREACHABLE_SECONDS`` ago in this process."""
 
 
 class Run(NamedTuple):
@@ -172,14 +187,26 @@ def publish(queue: str, tasks: list[Run], *, app: Any = None) -> None:
     if not _app_checked:
         _app_checked = True
         warn_if_fallback(app)
-    with app.pool.acquire(block=True) as connection:
-        channel = connection.default_channel
-        if _can_pipeline(channel):
-            _publish_pipelined(app, channel, queue, tasks)
-            return
-    _publish_each(app, queue, tasks)
+    global _unreachable_until
+    if time.monotonic() < _unreachable_until:
+        raise BrokerUnreachable(f"a publish failed to reach the broker just now: {queue}")
+    errors: tuple[type[BaseException], ...] = ()
+    try:
+        with app.pool.acquire(block=True) as connection:
+            errors = connection.connection_errors
+            channel = connection.default_channel
+            if _can_pipeline(channel):
+                _publish_pipelined(app, channel, queue, tasks)
+                return
+        _publish_each(app, queue, tasks)
+    except Exception as exc:
+        if errors and isinstance(exc, errors):
+            _unreachable_until = time.monotonic() + UNREACHABLE_SECONDS
+        raise
 
 
+#: Until when (monotonic s) this process's publishes fail at once (``BrokerUnreachable``).
+_unreachable_until = 0.0
 #: Whether this process checked the app it publishes with (``warn_if_fallback``).
 _app_checked = False
 

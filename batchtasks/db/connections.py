@@ -167,6 +167,12 @@ def _replace_if_unusable(wrapper: BaseDatabaseWrapper) -> None:
         wrapper.close_if_unusable_or_obsolete()
 
 
+def unreachable(error: BaseException) -> bool:
+    """Whether ``error`` says the database could not be reached or written (a lost or
+    refused connection, a session turned read-only), not that a statement was wrong."""
+    return isinstance(error, OperationalError | InterfaceError) or read_only(error)
+
+
 def read_only(error: BaseException) -> bool:
     """Whether ``error`` is a write refused because the session is read-only (25006)."""
     cause = error.__cause__ or error
@@ -198,7 +204,7 @@ def reconnecting(action: Callable[[], T], using: str, *, patience: float = 0.0) 
         try:
             return action()
         except DatabaseError as error:
-            if not isinstance(error, OperationalError | InterfaceError) and not read_only(error):
+            if not unreachable(error):
                 raise
             connection = connections[using]
             if connection.in_atomic_block:

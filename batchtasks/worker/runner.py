@@ -33,7 +33,7 @@ from ..core.plugin import BatchTaskPlugin, ExecutorPlugin
 from ..core.registry import registry
 from ..core.retries import is_retryable, retry_delay
 from ..core.states import AttemptOutcome, Isolation, TaskState
-from ..db.connections import reconnecting, state_db
+from ..db.connections import reconnecting, state_db, unreachable
 from ..models import BatchTask
 from ..services import events, leases
 from ..services.facts import TypeFacts, type_facts
@@ -154,8 +154,14 @@ def execute(
     return ended
 
 
+class ClaimUnanswered(Exception):
+    """The database stayed out of reach for a lease while a message's claim waited for
+    it: nothing of the message ran; its run task gives it back to the broker."""
+
+
 def claim_runs(fences: list[transitions.Fence], worker: str, db: str) -> list[transitions.Claim]:
-    """Claim the attempts of one message (one statement), those still queued as theirs."""
+    """Claim the attempts of one message (one statement), those still queued as theirs;
+    ``ClaimUnanswered`` if the database stays out of reach for a lease meanwhile."""
     # While PostgreSQL is away, wait for it rather than drop the message or the outcome
     # (then the task would run again): as long as a lease, which nobody can take meanwhile.
     lease_seconds = get_settings().LEASE_SECONDS
@@ -167,7 +173,12 @@ def claim_runs(fences: list[transitions.Fence], worker: str, db: str) -> list[tr
         )
 
     with state_lock:
-        return reconnecting(claim, db, patience=lease_seconds)
+        try:
+            return reconnecting(claim, db, patience=lease_seconds)
+        except DatabaseError as error:
+            if unreachable(error):
+                raise ClaimUnanswered(str(error)) from error
+            raise
 
 
 def write_outcome(

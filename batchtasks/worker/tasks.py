@@ -6,14 +6,23 @@ raises ``AttemptFailed`` (FAILURE), one that runs again raises ``Retry`` (RETRY)
 cancelled one sends ``task-revoked`` and raises ``Ignore`` (REVOKED); a success may be
 written a moment after the task returns (``worker.completions``). None of them stores
 a result (``ignore_result``), requeues or rejects the message: the message is acked.
+The one exception: a message whose claim could not reach the database for a lease
+(``runner.ClaimUnanswered``: nothing of it ran) is rejected and requeued, so another
+worker takes it at once; left acked, its tasks would stay ``queued``, holding slots of
+their types' limits, until the sweeper published them again (``REPUBLISH_AFTER``). A
+message acked when taken (``worker.request``: runs measured short) has nothing to give
+back: its tasks wait for that sweep.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 from celery import shared_task
-from celery.exceptions import Ignore, Retry
+from celery.exceptions import Ignore, Reject, Retry
 from django.db import router
 
 from ..core.states import AttemptOutcome, TaskState
@@ -23,6 +32,8 @@ from ..transport.publish import RUN_MANY_TASK_NAME, RUN_TASK_NAME, parse_message
 from . import batches, runner
 from .completions import process_completions
 from .progress import state_lock
+
+logger = logging.getLogger(__name__)
 
 #: Whether this worker sends task events (``-E``); set at its start (``signals``).
 events_enabled = False
@@ -59,7 +70,7 @@ def run_batch_task(
             return
         attempt = parsed[1]
     db = state_db(router.db_for_write(BatchTask))
-    with process_completions(db).message():
+    with process_completions(db).message(), given_back_unclaimed():
         ended = runner.execute(
             int(task_id),
             int(attempt),
@@ -76,11 +87,23 @@ def run_batch_tasks(self: Any, runs: list[list[int]], type_name: str = "") -> No
     """Claim and run several ``[task id, attempt]`` of one type, one after another (see
     ``worker.batches``). Monitors see one task: FAILURE if any attempt failed."""
     pairs = [(int(task_id), int(attempt)) for task_id, attempt in runs]
-    outcomes = batches.execute_many(pairs, worker=self.request.hostname or "unknown")
+    with given_back_unclaimed():
+        outcomes = batches.execute_many(pairs, worker=self.request.hostname or "unknown")
     failed = [o for _, o in outcomes if o.kind == AttemptOutcome.FAILED]
     if failed:
         first = ": ".join(part for part in (failed[0].error_type, failed[0].error_message) if part)
         raise AttemptFailed(f"{len(failed)} of {len(outcomes)} attempts failed; the first: {first}")
+
+
+@contextlib.contextmanager
+def given_back_unclaimed() -> Iterator[None]:
+    """Give the message back to the broker if its claim could not reach the database
+    (see the module text)."""
+    try:
+        yield
+    except runner.ClaimUnanswered as error:
+        logger.warning("batchtasks message given back: its claim could not reach the database")
+        raise Reject(error, requeue=True) from error
 
 
 def report_outcome(task: Any, task_id: int, attempt: int, state: str) -> None:

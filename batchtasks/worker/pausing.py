@@ -18,12 +18,9 @@ consume it either.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 
 class ConsumerPause:

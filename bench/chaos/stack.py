@@ -55,9 +55,16 @@ class Stack:
                 text = self.exec(service, "sh", "-c", f"cat {LOCAL_ENDS} 2>/dev/null || true")
             except subprocess.CalledProcessError:
                 continue
-            for line in text.splitlines():
-                token, outcome, when = line.split()
-                ends[token] = (outcome, datetime.fromtimestamp(float(when), UTC))
+            ends.update(self.parse_local_ends(text))
+        return ends
+
+    @staticmethod
+    def parse_local_ends(text: str) -> dict[str, tuple[str, datetime]]:
+        """One host's notes of run ends (``local_ends``), by run token."""
+        ends: dict[str, tuple[str, datetime]] = {}
+        for line in text.splitlines():
+            token, outcome, when = line.split()
+            ends[token] = (outcome, datetime.fromtimestamp(float(when), UTC))
         return ends
 
     def exec(self, service: str, *command: str) -> str:

@@ -17,14 +17,10 @@ worker exited (seen when Redis restarted under a worker with runs in hand, with 
 mingle and heartbeats on). With the kept parameters the messages go back, or the
 attempt fails with a connection error, which Celery ignores there.
 
-It also bounds every blocking socket operation (``SOCKET_TIMEOUT``, and as long to
-connect, with TCP keepalives), as kombu's own documentation advises where the broker can
-disappear without closing the connection: kombu waits forever by default, so a publish
-through a dropped route (a network partition) held its thread until the route came back;
-the worker agent's database thread publishes, and its lease renewals waited behind it.
-A publish that gives up fails like any refused publish (its tasks go back to ``new``).
-The transport options ``socket_timeout``, ``socket_connect_timeout`` and
-``socket_keepalive`` still set others.
+It leaves kombu's socket timeouts as they are (none): bounded, an ack that timed out
+while Redis was stopped left its delivery counted against the prefetch window for good
+(kombu's Redis QoS forgets a delivery only once its ack reached Redis), and two of them
+stopped a ``-c 2`` worker from taking messages (seen in a soak with ``broker_pause``).
 
 Opt in with ``CELERY_BROKER_TRANSPORT = "batchtasks.transport.redis:Transport"`` beside a
 ``redis://`` broker URL; everything else is kombu's.
@@ -36,18 +32,9 @@ from typing import Any
 
 from kombu.transport import redis as kombu_redis
 
-#: Seconds a blocking socket operation on the broker may wait (see the module text):
-#: well under a lease's third, after which a worker's agent takes the database for out
-#: of reach.
-SOCKET_TIMEOUT = 5.0
-
 
 class Channel(kombu_redis.Channel):
-    """A Redis channel that keeps its synchronous client and bounds its waits."""
-
-    socket_timeout = SOCKET_TIMEOUT
-    socket_connect_timeout = SOCKET_TIMEOUT
-    socket_keepalive = True
+    """A Redis channel that keeps its synchronous client."""
 
     _kept_client: tuple[Any, Any] | None = None
     #: The connection parameters of the last pools built, by ``asynchronous``.

@@ -19,9 +19,9 @@ tasks' ``timeout``, plus ``KILL_GRACE`` per task, plus ``OUTER_LIMIT_GRACE`` sec
 
 A publish that cannot reach the broker fails (its runs go back to ``new``: the caller's
 ``dispatch.publish_or_unqueue``); then every publish in this process fails at once for
-``UNREACHABLE_SECONDS`` with ``BrokerUnreachable`` rather than wait out the transport's
-socket timeout again: the worker agent's database thread publishes once per queue in a
-pass, and its lease renewals must not wait for each of them.
+``UNREACHABLE_SECONDS`` with ``BrokerUnreachable`` rather than try the broker again (a
+try may wait on a connection that is going nowhere): the worker agent's database thread
+publishes once per queue in a pass, and its lease renewals must not wait for each.
 
 Every path to the broker ends in ``publish``. While ``redirected(receiver)`` is active,
 ``receiver(queue, runs)`` gets the runs instead of the broker: the test helpers
